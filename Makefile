@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make demo` (main job)  and  `make test` (test suite).
+# Both create .venv and install the package into it first; reruns skip the install while pyproject is unchanged.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# One torch thread: on small shared machines two threads were measured 20-60x slower under contention.
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+# Never reach for a model hub from tests, the demo or CI.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned: pip takes the local CPU wheel instead of resolving a multi-GB CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/infalign demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check offline_infalign data_builders tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

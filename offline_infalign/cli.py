@@ -1,0 +1,53 @@
+"""`infalign` command line: `infalign {tradeoff,sample,score,prepare,build,train,eval,demo} ...`.
+
+Each subcommand lives in `offline_infalign/commands/<name>.py` with two functions: `add_parser(subparsers)`
+(argparse only, no heavy imports, so `--help` is instant) and `run(args) -> int`. Bad input raises
+InfalignError, which is reported here as one line on stderr with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .core.errors import InfalignError
+
+# Order is the order shown in `infalign --help`.
+COMMANDS = ["tradeoff"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infalign",
+        description="Inference-aware alignment (InfAlign-CTRL), offline: build calibrated datasets, train the "
+        "tilted policy, evaluate best-of-N / worst-of-N win rates, and pick the transform and beta.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"offline-infalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InfalignError as exc:
+        print(f"infalign {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"infalign {args.command}: interrupted; finished chunks are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
