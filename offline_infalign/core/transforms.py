@@ -9,8 +9,8 @@ CLI choices and the error messages all read the registry, so nothing else change
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
