@@ -1,0 +1,240 @@
+"""Offline losses for the tilted objective (SPEC §6), each a small function on log-prob tensors.
+
+Notation (SPEC §6): h(y) = log π_θ(y|x) − log π_ref(y|x) is a completion's log-ratio ("logratio" below),
+summed over its tokens; Φ is the transformed calibrated reward ("target"); β > 0 is the KL coefficient.
+Every tilted loss here is minimized exactly when h = Φ/β + const(x), i.e. π_θ = π* ∝ π_ref · exp(Φ/β).
+
+Each loss returns `(losses, metrics)`: per-example losses, shape (B,), which the trainer multiplies by the
+row weight and averages, and a dict of detached scalar tensors worth logging (TRL's names: `rewards/chosen`
+is β·h of the chosen completion, `rewards/margins` the chosen-minus-rejected difference, ...).
+
+One calling convention per dataset kind, so the trainer needs one code path per kind, not per loss:
+- pairs    `fn(chosen_logratios (B,), rejected_logratios (B,), target_margin (B,), beta)`;
+           target_margin = Φ_chosen − Φ_rejected (≥ 0, not divided by β).
+- listwise `fn(logratios (B, K), targets (B, K), mask (B, K) bool, beta)`; mask marks real completions
+           (groups have variable K and are padded). `pointwise` takes `log_z` too (bind it with partial).
+- bon      `fn(policy_logps (B,), weight (B,))`; weight = softmax(Φ/β) within the row's prompt.
+
+`LOSSES` maps a loss name to `(fn, dataset kind)`; add a loss by writing its function and one registry line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InfalignError
+
+__all__ = [
+    "tilted_pairwise",
+    "tilted_sigmoid",
+    "dpo",
+    "ipo",
+    "listwise",
+    "pointwise",
+    "weighted_sft",
+    "kl_estimates",
+    "LOSSES",
+    "LOSS_NAMES",
+    "get_loss",
+    "check_beta",
+]
+
+Metrics = dict[str, torch.Tensor]
+
+
+def check_beta(beta: float) -> float:
+    b = float(beta)
+    if not math.isfinite(b) or b <= 0.0:
+        raise InfalignError(f"beta must be a finite number > 0, got beta={beta!r}")
+    return b
+
+
+def _pair_metrics(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> Metrics:
+    chosen = (beta * chosen_logratios).detach()
+    rejected = (beta * rejected_logratios).detach()
+    return {
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        "rewards/margins": (chosen - rejected).mean(),
+        "rewards/accuracies": (chosen > rejected).float().mean(),
+    }
+
+
+# ---- pairs ---------------------------------------------------------------------------------------------------
+
+
+def tilted_pairwise(chosen_logratios, rejected_logratios, target_margin, beta):
+    """Squared reward distillation (SPEC §6, the IPO form): ℓ = (h_c − h_r − (Φ_c − Φ_r)/β)².
+
+    Example: h_c = 0.5, h_r = −0.5, margin 0.3, β = 0.1 → (1.0 − 3.0)² = 4.0. At h = 0 the loss is (margin/β)².
+    Shapes: all (B,) → losses (B,).
+    """
+    beta = check_beta(beta)
+    residual = chosen_logratios - rejected_logratios - target_margin / beta  # (B,)
+    metrics = _pair_metrics(chosen_logratios, rejected_logratios, beta)
+    metrics["loss/residual_abs"] = residual.detach().abs().mean()
+    return residual.pow(2), metrics
+
+
+def tilted_sigmoid(chosen_logratios, rejected_logratios, target_margin, beta):
+    """Soft-label sigmoid (SPEC §6, the DPO form): ℓ = −p log σ(z) − (1 − p) log σ(−z), z = β(h_c − h_r),
+    p = σ(Φ_c − Φ_r). Minimized at z = Φ_c − Φ_r; with p = 1 (an infinite margin) it is `dpo`.
+
+    Example: h_c − h_r = 2, β = 0.5 → z = 1; margin 0 → p = ½ → ℓ = ½(softplus(−1) + softplus(1))
+    = ½(0.31326 + 1.31326) = 0.81326. At h = 0 the loss is log 2 for every p.
+    Shapes: all (B,) → losses (B,).
+    """
+    beta = check_beta(beta)
+    z = beta * (chosen_logratios - rejected_logratios)  # (B,)
+    p = torch.sigmoid(target_margin.to(z.dtype))
+    # −log σ(z) = softplus(−z): stable for large |z|.
+    losses = p * F.softplus(-z) + (1.0 - p) * F.softplus(z)
+    metrics = _pair_metrics(chosen_logratios, rejected_logratios, beta)
+    metrics["loss/soft_label"] = p.detach().mean()
+    return losses, metrics
+
+
+def dpo(chosen_logratios, rejected_logratios, target_margin, beta):
+    """DPO baseline (Rafailov et al. 2023): ℓ = −log σ(β(h_c − h_r)). target_margin is ignored: the baseline
+    only knows which completion is preferred.
+
+    Example: h_c − h_r = 2, β = 0.5 → softplus(−1) = log(1 + e^{−1}) = 0.31326. At h = 0: log 2 = 0.69315.
+    """
+    beta = check_beta(beta)
+    z = beta * (chosen_logratios - rejected_logratios)
+    return F.softplus(-z), _pair_metrics(chosen_logratios, rejected_logratios, beta)
+
+
+def ipo(chosen_logratios, rejected_logratios, target_margin, beta):
+    """IPO baseline (Azar et al. 2023, TRL's form): ℓ = (h_c − h_r − 1/(2β))². target_margin is ignored.
+
+    Example: h_c − h_r = 2, β = 0.5 → (2 − 1)² = 1. At h = 0: 1/(4β²) = 1.
+    """
+    beta = check_beta(beta)
+    residual = chosen_logratios - rejected_logratios - 1.0 / (2.0 * beta)
+    return residual.pow(2), _pair_metrics(chosen_logratios, rejected_logratios, beta)
+
+
+# ---- listwise (K completions per row, padded and masked) ----------------------------------------------------
+
+
+def _check_group(mask: torch.Tensor) -> None:
+    counts = mask.sum(-1)
+    if bool((counts < 2).any()):
+        raise InfalignError(
+            f"a listwise group has {int(counts.min())} completion(s); every group needs at least 2"
+        )
+
+
+def _group_metrics(logratios, targets, mask, beta) -> Metrics:
+    """TRL-style metrics for a group: 'chosen' is the completion with the largest target, 'rejected' the smallest."""
+    neg_inf = torch.finfo(targets.dtype).min
+    best = targets.masked_fill(~mask, neg_inf).argmax(-1, keepdim=True)  # (B, 1)
+    worst = targets.masked_fill(~mask, -neg_inf).argmin(-1, keepdim=True)
+    h = logratios.detach()
+    return _pair_metrics(h.gather(-1, best).squeeze(-1), h.gather(-1, worst).squeeze(-1), beta)
+
+
+def listwise(logratios, targets, mask, beta):
+    """Listwise cross-entropy (SPEC §6): ℓ = −Σ_i q_i log softmax(β h)_i with q = softmax(Φ), both over the
+    row's real completions. Minimized at β h = Φ + const, for every group (Gibbs' inequality).
+
+    Example: K = 2, Φ = (1, 0), h = (0, 0) → q = (0.73106, 0.26894), softmax(βh) = (½, ½) → ℓ = log 2.
+    With h = (2, 0), β = 0.5: softmax = σ(±1) = (0.73106, 0.26894) = q → ℓ = entropy(q) = 0.58220.
+    At h = 0 the loss is log K for every Φ.
+    Shapes: logratios, targets (B, K) float; mask (B, K) bool → losses (B,).
+    """
+    beta = check_beta(beta)
+    mask = mask.bool()
+    _check_group(mask)
+    neg_inf = torch.finfo(logratios.dtype).min
+    log_p = torch.log_softmax((beta * logratios).masked_fill(~mask, neg_inf), dim=-1)  # (B, K)
+    q = torch.softmax(targets.to(logratios.dtype).masked_fill(~mask, neg_inf), dim=-1)  # (B, K), 0 on padding
+    losses = -(q * log_p.masked_fill(~mask, 0.0)).sum(-1)
+    return losses, _group_metrics(logratios, targets, mask, beta)
+
+
+def pointwise(logratios, targets, mask, beta, log_z):
+    """Quantile-reward regression (SPEC §6, QRPO-style): ℓ = mean_i (β h_i − Φ_i + β log Z)² over the row's
+    real completions, Z = ∫₀¹ exp(Φ(u)/β) du (`core.tradeoff.log_partition`). Needs no pairs: the calibrated
+    reward is Uniform(0, 1) under π_ref, so log Z is the same for every prompt.
+
+    Example: β = 0.5, log Z = 1, Φ = (1, 0), h = (1, −2) → (0.5 − 1 + 0.5)² = 0 and (−1 − 0 + 0.5)² = 0.25,
+    mean 0.125. At h = 0: mean_i (Φ_i − β log Z)².
+    Shapes: logratios, targets, mask (B, K) → losses (B,).
+    """
+    beta = check_beta(beta)
+    mask = mask.bool()
+    if mask.sum(-1).min() < 1:
+        raise InfalignError("a pointwise group has no completions")
+    residual = beta * logratios - targets.to(logratios.dtype) + beta * float(log_z)  # (B, K)
+    sq = residual.pow(2).masked_fill(~mask, 0.0)
+    losses = sq.sum(-1) / mask.sum(-1)
+    metrics = _group_metrics(logratios, targets, mask, beta) if bool((mask.sum(-1) >= 2).all()) else {}
+    metrics["loss/residual_abs"] = (residual.detach().abs().masked_fill(~mask, 0.0).sum() / mask.sum())
+    return losses, metrics
+
+
+# ---- bon (one row per completion, weighted) ------------------------------------------------------------------
+
+
+def weighted_sft(policy_logps, weight):
+    """Weighted SFT / BoN distillation (SPEC §6): ℓ_i = −w_i log π_θ(y_i|x), w = softmax(Φ/β) within the prompt
+    (self-normalized importance weights of π* against π_ref). Needs no reference log-probs.
+
+    Example: log π = (−2, −1), w = (0.25, 0.75) → (0.5, 0.75).
+    Shapes: (B,) → losses (B,). Summing over a prompt's rows gives the SPEC's ℓ; the trainer averages over rows,
+    which only rescales it.
+    """
+    losses = -weight.to(policy_logps.dtype) * policy_logps
+    return losses, {"logps/weighted": (weight * policy_logps).detach().sum() / weight.sum().clamp_min(1e-12)}
+
+
+# ---- KL estimate for logging ---------------------------------------------------------------------------------
+
+
+def kl_estimates(logratios: torch.Tensor, mask: torch.Tensor | None = None) -> Metrics:
+    """Running KL estimates from log-ratios h of base samples y ~ π_ref (the dataset's completions).
+
+    - `kl/estimate`: self-normalized importance-weighted Σ e^h h / Σ e^h ≈ E_{π_θ}[h] = KL(π_θ ‖ π_ref), the KL
+      the tradeoff tool predicts. Biased for small batches and when π_θ drifts far from π_ref; a trend, not a
+      measurement (evaluation measures KL on samples from π_θ, SPEC §8).
+    - `kl/reverse`: mean of −h ≈ E_{π_ref}[−h] = KL(π_ref ‖ π_θ) (unbiased when the rows are base samples).
+    Pair datasets hold selected samples (e.g. best/worst), so both are approximate there.
+
+    Example: h = (0, log 2) → e^h = (1, 2) → kl/estimate = 2 log 2 / 3 = 0.46210; kl/reverse = −log 2 / 2.
+    """
+    h = logratios.detach().float().reshape(-1)
+    if mask is not None:
+        h = h[mask.reshape(-1).bool()]
+    if h.numel() == 0:
+        return {}
+    w = torch.softmax(h, dim=0)
+    return {"kl/estimate": (w * h).sum(), "kl/reverse": (-h).mean()}
+
+
+# ---- registry ------------------------------------------------------------------------------------------------
+
+LOSSES: dict[str, tuple[Callable, str]] = {
+    "tilted_pairwise": (tilted_pairwise, "pairs"),
+    "tilted_sigmoid": (tilted_sigmoid, "pairs"),
+    "dpo": (dpo, "pairs"),
+    "ipo": (ipo, "pairs"),
+    "listwise": (listwise, "listwise"),
+    "pointwise": (pointwise, "listwise"),
+    "weighted_sft": (weighted_sft, "bon"),
+}
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+# Losses whose minimizer is the tilted policy π* (the others are baselines).
+TILTED_LOSSES: tuple[str, ...] = ("tilted_pairwise", "tilted_sigmoid", "listwise", "pointwise", "weighted_sft")
+
+
+def get_loss(name: str) -> tuple[Callable, str]:
+    """`(fn, dataset kind)` for a loss name; InfalignError naming the allowed names otherwise."""
+    if name not in LOSSES:
+        raise InfalignError(f"unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}")
+    return LOSSES[name]
