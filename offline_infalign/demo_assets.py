@@ -37,6 +37,7 @@ __all__ = ["DEMO_RECIPE", "demo_model_dir", "demo_prompts", "demo_reward", "sent
 # Everything that decides the trained model. Its hash (with the corpus and package version) names the cache
 # folder, so changing any of it trains a new model instead of reusing a stale one.
 DEMO_RECIPE = {
+    "build_version": 1,  # bump when the build code (tokenizer, model, training loop) changes meaning
     "num_reviews": 6000,
     "corpus_seed": 0,
     "hidden_size": 96,
@@ -185,7 +186,7 @@ def _file_lock(path: Path):
 
 
 def _build_tokenizer(texts: list[str]):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     pre = pre_tokenizers.Whitespace()
@@ -193,6 +194,8 @@ def _build_tokenizer(texts: list[str]):
     vocab = {token: i for i, token in enumerate(list(_SPECIALS.values()) + words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=_SPECIALS["unk"]))
     backend.pre_tokenizer = pre
+    # Join words with spaces and glue punctuation back ("great , and" -> "great, and"); the prefix never occurs.
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     # BOS on every plain-text prompt (tokenization.encode_prompt uses the tokenizer's special tokens).
     backend.post_processor = processors.TemplateProcessing(
         single=f"{_SPECIALS['bos']} $A", special_tokens=[(_SPECIALS["bos"], vocab[_SPECIALS["bos"]])]
@@ -203,7 +206,6 @@ def _build_tokenizer(texts: list[str]):
         eos_token=_SPECIALS["eos"],
         pad_token=_SPECIALS["pad"],
         unk_token=_SPECIALS["unk"],
-        clean_up_tokenization_spaces=True,  # decode "great , and" as "great, and"
         model_max_length=DEMO_RECIPE["max_position_embeddings"],
     )
     tokenizer.chat_template = _CHAT_TEMPLATE
@@ -271,7 +273,10 @@ def _train(model, sequences: list[list[int]], recipe: dict, pad_id: int, progres
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": recipe["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=recipe["learning_rate"],
         betas=(0.9, 0.98),
     )

@@ -47,41 +47,135 @@ _ASPECT_WORDS: dict[str, dict[str, list[str]]] = {
 
 # place -> aspects as (noun, "was"/"were", category)
 PLACES: dict[str, list[tuple[str, str, str]]] = {
-    "cafe": [("coffee", "was", "food"), ("cakes", "were", "food"), ("tea", "was", "food"),
-             ("staff", "were", "people"), ("music", "was", "sound"), ("seats", "were", "space"),
-             ("prices", "were", "price")],
-    "restaurant": [("food", "was", "food"), ("pasta", "was", "food"), ("soup", "was", "food"),
-                   ("service", "was", "people"), ("waiter", "was", "people"), ("prices", "were", "price"),
-                   ("dining room", "was", "space")],
-    "bakery": [("bread", "was", "food"), ("croissants", "were", "food"), ("cakes", "were", "food"),
-               ("staff", "were", "people"), ("prices", "were", "price"), ("shop", "was", "space")],
-    "hotel": [("room", "was", "space"), ("bed", "was", "space"), ("breakfast", "was", "food"),
-              ("staff", "were", "people"), ("bathroom", "was", "space"), ("price", "was", "price")],
-    "diner": [("burgers", "were", "food"), ("fries", "were", "food"), ("coffee", "was", "food"),
-              ("waitress", "was", "people"), ("prices", "were", "price"), ("booths", "were", "space")],
-    "pizza place": [("pizza", "was", "food"), ("crust", "was", "food"), ("salad", "was", "food"),
-                    ("staff", "were", "people"), ("garlic bread", "was", "food"), ("prices", "were", "price")],
-    "noodle shop": [("noodles", "were", "food"), ("broth", "was", "food"), ("dumplings", "were", "food"),
-                    ("service", "was", "people"), ("prices", "were", "price"), ("tables", "were", "space")],
-    "bar": [("drinks", "were", "food"), ("beer", "was", "food"), ("music", "was", "sound"),
-            ("bartender", "was", "people"), ("prices", "were", "price"), ("cocktails", "were", "food")],
+    "cafe": [
+        ("coffee", "was", "food"),
+        ("cakes", "were", "food"),
+        ("tea", "was", "food"),
+        ("staff", "were", "people"),
+        ("music", "was", "sound"),
+        ("seats", "were", "space"),
+        ("prices", "were", "price"),
+    ],
+    "restaurant": [
+        ("food", "was", "food"),
+        ("pasta", "was", "food"),
+        ("soup", "was", "food"),
+        ("service", "was", "people"),
+        ("waiter", "was", "people"),
+        ("prices", "were", "price"),
+        ("dining room", "was", "space"),
+    ],
+    "bakery": [
+        ("bread", "was", "food"),
+        ("croissants", "were", "food"),
+        ("cakes", "were", "food"),
+        ("staff", "were", "people"),
+        ("prices", "were", "price"),
+        ("shop", "was", "space"),
+    ],
+    "hotel": [
+        ("room", "was", "space"),
+        ("bed", "was", "space"),
+        ("breakfast", "was", "food"),
+        ("staff", "were", "people"),
+        ("bathroom", "was", "space"),
+        ("price", "was", "price"),
+    ],
+    "diner": [
+        ("burgers", "were", "food"),
+        ("fries", "were", "food"),
+        ("coffee", "was", "food"),
+        ("waitress", "was", "people"),
+        ("prices", "were", "price"),
+        ("booths", "were", "space"),
+    ],
+    "pizza place": [
+        ("pizza", "was", "food"),
+        ("crust", "was", "food"),
+        ("salad", "was", "food"),
+        ("staff", "were", "people"),
+        ("garlic bread", "was", "food"),
+        ("prices", "were", "price"),
+    ],
+    "noodle shop": [
+        ("noodles", "were", "food"),
+        ("broth", "was", "food"),
+        ("dumplings", "were", "food"),
+        ("service", "was", "people"),
+        ("prices", "were", "price"),
+        ("tables", "were", "space"),
+    ],
+    "bar": [
+        ("drinks", "were", "food"),
+        ("beer", "was", "food"),
+        ("music", "was", "sound"),
+        ("bartender", "was", "people"),
+        ("prices", "were", "price"),
+        ("cocktails", "were", "food"),
+    ],
 }
 
-_PLACE_ADJECTIVES = ["cozy", "little", "busy", "quiet", "old", "new", "small", "big", "popular", "local",
-                     "family", "hidden"]
-_LOCATIONS = ["in town", "near the station", "by the river", "on main street", "near the park", "downtown",
-              "by the beach", "near the market", "on the corner", "near campus"]
+_PLACE_ADJECTIVES = [
+    "cozy",
+    "little",
+    "busy",
+    "quiet",
+    "old",
+    "new",
+    "small",
+    "big",
+    "popular",
+    "local",
+    "family",
+    "hidden",
+]
+_LOCATIONS = [
+    "in town",
+    "near the station",
+    "by the river",
+    "on main street",
+    "near the park",
+    "downtown",
+    "by the beach",
+    "near the market",
+    "on the corner",
+    "near campus",
+]
 
-_OPENERS = ["we came here for dinner.", "i stopped by on a sunday.", "first time here.",
-            "we went there last week.", "i came here for lunch with a friend.", "we stayed here for two nights.",
-            "i had heard a lot about this place.", "we tried it on a rainy evening."]
+_OPENERS = [
+    "we came here for dinner.",
+    "i stopped by on a sunday.",
+    "first time here.",
+    "we went there last week.",
+    "i came here for lunch with a friend.",
+    "we stayed here for two nights.",
+    "i had heard a lot about this place.",
+    "we tried it on a rainy evening.",
+]
 _CLOSERS = {
-    "pos": ["we will definitely come back.", "highly recommended.", "i loved it.", "five stars.",
-            "a real gem.", "cannot wait to return."],
-    "neu": ["it was an okay visit.", "maybe we will try it again.", "not bad, not great.",
-            "it does the job.", "three stars."],
-    "neg": ["we will not come back.", "avoid this place.", "what a waste of money.", "never again.",
-            "one star.", "very disappointing."],
+    "pos": [
+        "we will definitely come back.",
+        "highly recommended.",
+        "i loved it.",
+        "five stars.",
+        "a real gem.",
+        "cannot wait to return.",
+    ],
+    "neu": [
+        "it was an okay visit.",
+        "maybe we will try it again.",
+        "not bad, not great.",
+        "it does the job.",
+        "three stars.",
+    ],
+    "neg": [
+        "we will not come back.",
+        "avoid this place.",
+        "what a waste of money.",
+        "never again.",
+        "one star.",
+        "very disappointing.",
+    ],
 }
 # Per review tone: probability that each aspect sentence is pos / neu / neg.
 _TONES = {
@@ -107,7 +201,9 @@ def template_texts() -> list[str]:
     """Every piece of text a prompt or review can contain (the tokenizer's vocabulary is built from these)."""
     texts = all_prompts() + _OPENERS + [line for lines in _CLOSERS.values() for line in lines]
     texts += [f"the {noun} {verb}" for aspects in PLACES.values() for noun, verb, _ in aspects]
-    texts += [word for by_sentiment in _ASPECT_WORDS.values() for words in by_sentiment.values() for word in words]
+    texts += [
+        word for by_sentiment in _ASPECT_WORDS.values() for words in by_sentiment.values() for word in words
+    ]
     return texts + [", and", ", but", "."]
 
 

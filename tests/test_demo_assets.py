@@ -1,0 +1,192 @@
+"""The embedded demo's assets: cached tiny LM folder, prompts, sentiment reward.
+
+The model is built once per module with a reduced training budget (a few seconds); the full recipe is measured
+by hand (see the demo_assets docstring), not here.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from offline_infalign import demo_assets
+from offline_infalign.core.errors import InfalignError
+from offline_infalign.demo_assets import demo_model_dir, demo_prompts, demo_reward, sentiment_data
+from offline_infalign.demo_corpus import review_corpus, sentiment_lines
+from offline_infalign.tokenization import encode_completion, encode_prompt
+
+SMALL_STEPS = 150
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("infalign_cache")
+
+
+@pytest.fixture(scope="module")
+def small_model_dir(cache_root):
+    return demo_model_dir(cache_dir=cache_root, train_steps=SMALL_STEPS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def loaded(small_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(small_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(small_model_dir)
+    return model, tokenizer
+
+
+def _sample(model, tokenizer, prompt, num, seed=0, max_new_tokens=60):
+    batch = tokenizer([prompt] * num, return_tensors="pt")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, top_k=0, max_new_tokens=max_new_tokens)
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def test_folder_loads_like_a_hub_model(loaded):
+    model, tokenizer = loaded
+    assert model.config.model_type == "llama"
+    assert tokenizer.bos_token_id is not None and tokenizer.eos_token_id is not None
+    assert tokenizer.pad_token_id is not None
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    prompt = demo_prompts("train", 1)[0]
+    ids = encode_prompt(tokenizer, prompt)
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.unk_token_id not in ids
+
+
+def test_tokenizer_round_trips_corpus_text(loaded):
+    _, tokenizer = loaded
+    for _, review in review_corpus(30, seed=5):
+        ids = encode_completion(tokenizer, review)
+        assert tokenizer.unk_token_id not in ids
+        assert ids[-1] == tokenizer.eos_token_id
+        # Decoding must give back the stored text so stored completions re-encode to the same ids.
+        assert tokenizer.decode(ids[:-1]) == review
+    messages = [{"role": "user", "content": "review of the cozy cafe in town:"}]
+    assert encode_prompt(tokenizer, messages)[0] == tokenizer.bos_token_id
+
+
+def test_generation_stays_in_vocabulary_and_ends(loaded):
+    model, tokenizer = loaded
+    completions = _sample(model, tokenizer, demo_prompts("test", 1)[0], num=8)
+    assert int(completions.max()) < len(tokenizer)
+    assert (completions == tokenizer.unk_token_id).sum() == 0
+    ended = (completions == tokenizer.eos_token_id).any(dim=1)
+    assert ended.float().mean() >= 0.75, ended
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    assert all(text.strip() for text in texts)
+
+
+def test_sampled_completions_vary_in_reward(loaded):
+    model, tokenizer = loaded
+    prompts = demo_prompts("test", 4)
+    rewards = []
+    for i, prompt in enumerate(prompts):
+        texts = tokenizer.batch_decode(
+            _sample(model, tokenizer, prompt, num=8, seed=i), skip_special_tokens=True
+        )
+        rewards.append(demo_reward([prompt] * len(texts), texts))
+    rewards = np.concatenate(rewards)
+    # Best-of-N only matters if the base samples spread: both praise and complaints must appear.
+    assert rewards.std() > 0.4, rewards
+    assert rewards.min() < 0 < rewards.max(), rewards
+
+
+def test_cache_is_reused_without_retraining(cache_root, small_model_dir, monkeypatch):
+    weights = small_model_dir / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("cached demo model was rebuilt")
+
+    monkeypatch.setattr(demo_assets, "_build", must_not_build)
+    again = demo_model_dir(cache_dir=cache_root, train_steps=SMALL_STEPS, progress=False)
+    assert again == small_model_dir
+    assert weights.stat().st_mtime_ns == mtime
+    # A different recipe is a different folder, never the stale one.
+    with pytest.raises(AssertionError, match="rebuilt"):
+        demo_model_dir(cache_dir=cache_root, train_steps=SMALL_STEPS + 1, progress=False)
+
+
+def test_no_temporary_folders_left(cache_root, small_model_dir):
+    leftovers = [p.name for p in cache_root.iterdir() if p.is_dir() and p != small_model_dir]
+    assert leftovers == []
+
+
+def test_killed_build_leaves_no_model(tmp_path, monkeypatch):
+    def dies_halfway(out, *args, **kwargs):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_assets, "_build", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        demo_model_dir(cache_dir=tmp_path, train_steps=3, progress=False)
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_build_is_deterministic(tmp_path):
+    first = demo_model_dir(cache_dir=tmp_path / "a", train_steps=3, progress=False)
+    second = demo_model_dir(cache_dir=tmp_path / "b", train_steps=3, progress=False)
+    assert first.name == second.name
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+
+
+def test_default_cache_dir_follows_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFALIGN_CACHE", str(tmp_path))
+    assert demo_assets._default_cache_dir() == tmp_path
+    monkeypatch.delenv("INFALIGN_CACHE")
+    assert demo_assets._default_cache_dir() == Path(os.path.expanduser("~/.cache/offline_infalign"))
+
+
+def test_bad_train_steps_is_rejected(tmp_path):
+    with pytest.raises(InfalignError, match="train_steps"):
+        demo_model_dir(cache_dir=tmp_path, train_steps=0)
+
+
+def test_prompts_are_distinct_disjoint_and_fixed():
+    train, test = demo_prompts("train"), demo_prompts("test")
+    assert len(train) == 200 and len(test) == 64
+    assert len(set(train)) == 200 and len(set(test)) == 64
+    assert not set(train) & set(test)
+    assert demo_prompts("train") == train
+    assert demo_prompts("test", limit=5) == test[:5]
+    assert all(p.startswith("review of the ") and p.endswith(":") for p in train + test)
+    with pytest.raises(InfalignError, match="split"):
+        demo_prompts("validation")
+    with pytest.raises(InfalignError, match="limit"):
+        demo_prompts("train", limit=-1)
+
+
+def test_reward_ranks_sentiment_and_is_deterministic():
+    prompts = ["review of the cozy cafe in town:"] * 3
+    texts = [
+        "the coffee was delicious, and the staff were friendly. highly recommended.",
+        "the coffee was okay.",
+        "the coffee was cold, and the staff were rude. never again.",
+    ]
+    rewards = demo_reward(prompts, texts)
+    assert rewards.shape == (3,) and rewards.dtype == np.float64
+    assert rewards[0] > rewards[1] > rewards[2]
+    assert rewards[0] > 0 > rewards[2]
+    np.testing.assert_array_equal(demo_reward(prompts, texts), rewards)
+    assert demo_reward([], []).shape == (0,)
+    with pytest.raises(InfalignError, match="2 prompts but 1"):
+        demo_reward(prompts[:2], texts[:1])
+
+
+def test_reward_spreads_over_the_corpus_the_model_imitates():
+    reviews = [review for _, review in review_corpus(300, seed=3)]
+    rewards = demo_reward([""] * len(reviews), reviews)
+    assert rewards.std() > 0.5
+    assert np.abs(rewards).max() < 10  # a logit, not saturated
+
+
+def test_shipped_sentiment_file_matches_its_generator():
+    rows = sentiment_data()
+    assert rows == sentiment_lines()
+    labels = [label for label, _ in rows]
+    assert len(rows) >= 300 and sum(labels) == len(labels) // 2
