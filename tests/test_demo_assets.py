@@ -190,3 +190,15 @@ def test_shipped_sentiment_file_matches_its_generator():
     assert rows == sentiment_lines()
     labels = [label for label, _ in rows]
     assert len(rows) >= 300 and sum(labels) == len(labels) // 2
+
+
+def test_demo_prompt_source_is_registered():
+    from data_builders import get_prompt_source, prompt_id, source_names
+
+    assert "demo" in source_names()
+    rows = list(get_prompt_source("demo", split="test", limit=3))
+    assert [row["prompt"] for row in rows] == demo_prompts("test", 3)
+    assert [row["prompt_id"] for row in rows] == [prompt_id(p) for p in demo_prompts("test", 3)]
+    assert len(list(get_prompt_source("demo", split="train"))) == 200
+    with pytest.raises(InfalignError, match="split"):
+        list(get_prompt_source("demo", split="validation"))
