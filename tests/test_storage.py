@@ -1,0 +1,61 @@
+"""Artifact folders: atomic chunk writes, manifest last, config guard with config_diff."""
+
+import datasets
+import pytest
+
+from offline_infalign.core.errors import InfalignError
+from offline_infalign.storage import ChunkStore, content_hash, load_artifact, read_manifest, save_artifact
+
+
+def _ds(n, start=0):
+    return datasets.Dataset.from_dict({"x": list(range(start, start + n))})
+
+
+def test_save_and_load_artifact(tmp_path):
+    m = save_artifact(_ds(3), tmp_path / "a", {"stage": "samples", "config": {}})
+    ds, manifest = load_artifact(tmp_path / "a", stage="samples")
+    assert ds["x"] == [0, 1, 2] and manifest == m and m["num_rows"] == 3
+    assert datasets.load_from_disk(str(tmp_path / "a"))["x"] == [0, 1, 2]
+    assert m["content_hash"] == content_hash(tmp_path / "a")
+    save_artifact(_ds(3, 1), tmp_path / "b", {"stage": "samples"})
+    assert read_manifest(tmp_path / "b")["content_hash"] != m["content_hash"]
+    with pytest.raises(InfalignError, match="holds a 'samples' artifact; expected 'scored'"):
+        load_artifact(tmp_path / "a", stage="scored")
+    with pytest.raises(InfalignError, match="not a finished artifact folder"):
+        read_manifest(tmp_path / "nothing")
+
+
+def test_overwrite_replaces_old_files(tmp_path):
+    save_artifact(datasets.DatasetDict({"train": _ds(2), "test": _ds(1)}), tmp_path / "a", {"stage": "prepared"})
+    save_artifact(_ds(4), tmp_path / "a", {"stage": "samples"})
+    ds, m = load_artifact(tmp_path / "a")
+    assert ds["x"] == [0, 1, 2, 3] and not (tmp_path / "a" / "train").exists()
+
+
+def test_chunk_store_resume_and_config_guard(tmp_path):
+    store = ChunkStore(tmp_path / "out")
+    assert store.start({"seed": 0, "batch_size": 4}) is False
+    store.write(0, _ds(2))
+    assert store.done(0) and not store.done(1)
+    assert store.load(0)["x"] == [0, 1]
+    # A leftover temporary chunk from a crash is not a finished chunk and is rewritten.
+    (store.chunks / "chunk-00001.tmp").mkdir()
+    assert not store.done(1)
+    store.write(1, _ds(1))
+    assert store.load(1)["x"] == [0]
+    again = ChunkStore(tmp_path / "out")
+    assert again.start({"seed": 0, "batch_size": 8}, ignore=("batch_size",)) is False
+    with pytest.raises(InfalignError, match=r"unfinished run with a different config.*seed: 0 -> 1"):
+        again.start({"seed": 1, "batch_size": 4})
+    save_artifact(_ds(3), tmp_path / "out", {"stage": "samples", "config": {"seed": 0, "batch_size": 4}})
+    assert not (tmp_path / "out" / "_work").exists()
+    assert ChunkStore(tmp_path / "out").start({"seed": 0, "batch_size": 4}) is True
+    with pytest.raises(InfalignError, match=r"finished artifact with a different config.*seed: 0 -> 2"):
+        ChunkStore(tmp_path / "out").start({"seed": 2, "batch_size": 4})
+
+
+def test_refuses_foreign_folder(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(InfalignError, match="exists and is not an artifact"):
+        ChunkStore(tmp_path / "out").start({})
