@@ -122,3 +122,99 @@ def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # Command configs. Each command's dataclass goes in its own section below (edit with small insertions).
 # ---------------------------------------------------------------------------------------------------------
+
+# ---- eval (evaluation.py, `infalign eval`) ---------------------------------------------------------------
+_EVAL_PROCEDURES = ("bon", "won")
+_EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """`infalign eval`: measure an adapter's best-/worst-of-N win rate against its base model and its KL (SPEC §8).
+
+    Sampling is always at temperature 1 with no top-p/top-k: the win rates and the KL refer to the policy itself,
+    which is what the tradeoff tool predicts.
+    """
+
+    policy: str = dataclasses.field(metadata={"help": "adapter folder written by `infalign train` (PEFT adapter)"})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "base model path or hub id (default: the model the adapter was trained on)"}
+    )
+    reward_model: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "judge: HF sequence-classification path, 'module:function' or 'demo' "
+                  "(default: the adapter's training reward model)"},
+    )
+    prompts: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "prompt source: a registered builder name or a .jsonl/.parquet path "
+                  "(default: the test split of the adapter's prepared dataset)"},
+    )
+    split: str = dataclasses.field(default="test", metadata={"help": "split of the prompt source"})
+    limit: int | None = dataclasses.field(default=100, metadata={"help": "number of evaluation prompts (P)"})
+    procedure: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "inference-time procedures to measure, bon and/or won "
+                  "(default: the one the adapter was trained for)"},
+    )
+    n: list[int] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "values of N (best_of_n / worst_of_n), each <= samples "
+                  "(default: 1, 2, 4, ... up to samples, and the trained N)"},
+    )
+    samples: int = dataclasses.field(
+        default=16, metadata={"help": "M: completions per prompt drawn from the policy and M from the base"}
+    )
+    max_new_tokens: int = dataclasses.field(default=128, metadata={"help": "generation length limit"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed for sampling and the bootstrap"})
+    batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts per generation / log-prob batch"})
+    score_batch_size: int = dataclasses.field(default=16, metadata={"help": "pairs per reward-model batch"})
+    num_bootstrap: int = dataclasses.field(default=1000, metadata={"help": "bootstrap resamples over prompts"})
+    confidence: float = dataclasses.field(default=0.95, metadata={"help": "confidence level of the intervals"})
+    transform: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "transform for the prediction, e.g. 'exp:tilt=10' (default: the adapter's)"},
+    )
+    beta: float | None = dataclasses.field(
+        default=None, metadata={"help": "beta for the prediction (default: the adapter's)"}
+    )
+    out: str = dataclasses.field(default="eval_out", metadata={"help": "output folder (report.json, plots)"})
+    device: str | None = dataclasses.field(
+        default=None, metadata={"help": "torch device, e.g. cuda or cpu (default: cuda if available)"}
+    )
+    dtype: str = dataclasses.field(
+        default="auto", metadata={"help": "model dtype", "choices": list(_EVAL_DTYPES)}
+    )
+    plots: bool = dataclasses.field(default=True, metadata={"help": "write the PNG plots"})
+    trust_remote_code: bool = dataclasses.field(
+        default=False, metadata={"help": "allow custom model code from the hub (off by default)"}
+    )
+
+    def __post_init__(self):
+        if not self.policy:
+            raise InfalignError("eval: policy must be an adapter folder, got an empty value")
+        for name in ("samples", "max_new_tokens", "batch_size", "score_batch_size", "num_bootstrap"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InfalignError(f"eval: {name} must be an integer >= 1, got {value!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise InfalignError(f"eval: limit must be an integer >= 1 or null, got {self.limit!r}")
+        if not 0.0 < float(self.confidence) < 1.0:
+            raise InfalignError(f"eval: confidence must be in (0, 1), got {self.confidence!r}")
+        if self.beta is not None and not float(self.beta) > 0.0:
+            raise InfalignError(f"eval: beta must be > 0, got {self.beta!r}")
+        if self.dtype not in _EVAL_DTYPES:
+            raise InfalignError(f"eval: dtype {self.dtype!r} is not one of {', '.join(_EVAL_DTYPES)}")
+        if self.procedure is not None:
+            self.procedure = [self.procedure] if isinstance(self.procedure, str) else list(self.procedure)
+            bad = [p for p in self.procedure if p not in _EVAL_PROCEDURES]
+            if bad or not self.procedure:
+                raise InfalignError(f"eval: procedure {bad or self.procedure!r} not allowed; allowed: bon, won")
+        if self.n is not None:
+            self.n = [self.n] if isinstance(self.n, int) else list(self.n)
+            bad = [v for v in self.n if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= self.samples]
+            if bad or not self.n:
+                # SPEC §8: the win rate for N is computed from M samples per side, meaningful only for N <= M.
+                raise InfalignError(
+                    f"eval: n {bad or self.n!r} not allowed; each N must be an integer in [1, samples={self.samples}]"
+                )

@@ -1,0 +1,69 @@
+"""`infalign eval`: best-/worst-of-N win rates of an adapter against its base model, and its KL (SPEC §8)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _int_list(text: str) -> list[int]:
+    """'4,8' or '4' → [4, 8] / [4]; the contract spells several N as one comma-separated value."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"N must be integers like 4 or 4,8,16, got {text!r}") from None
+
+
+def _procedure_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in ("bon", "won")]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"procedure must be bon, won or bon,won, got {text!r}")
+    return values
+
+
+def add_parser(subparsers) -> None:
+    from ..config import EvalConfig, add_config_arguments
+
+    p = subparsers.add_parser(
+        "eval",
+        help="measure an adapter: BoN/WoN win rate vs base with intervals, KL, and the predicted values",
+        description="Sample M completions per held-out prompt from the adapter and from its base model (temperature "
+        "1), score them with the judge, and write DIR/report.json (per procedure and N: win_rate, ci_low, ci_high, "
+        "predicted; overall kl, kl_stderr, standard win rate) plus plots. Defaults (base model, judge, prompts, "
+        "transform, beta) come from the adapter's infalign_train.json.",
+    )
+    p.add_argument("--config", help="YAML file with EvalConfig keys; flags given on the command line override it")
+    add_config_arguments(p, EvalConfig, skip=("n", "procedure"))
+    p.add_argument("--n", dest="n", type=_int_list, action="extend", default=None, nargs="+",
+                   help="values of N, e.g. 4 or 1,2,4,8 (default: 1, 2, 4, ... up to --samples and the trained N)")
+    p.add_argument("--procedure", dest="procedure", type=_procedure_list, action="extend", default=None, nargs="+",
+                   help="bon, won or bon,won (default: the procedure the adapter was trained for)")
+    p.set_defaults(func=run)
+
+
+def _flatten(values):
+    return None if values is None else [v for group in values for v in (group if isinstance(group, list) else [group])]
+
+
+def run(args) -> int:
+    from ..config import EvalConfig, load_config, overrides_from_args
+    from ..evaluation import evaluate
+
+    args.n = _flatten(args.n)
+    args.procedure = _flatten(args.procedure)
+    cfg = load_config(EvalConfig, args.config, overrides_from_args(args, EvalConfig))
+    report = evaluate(cfg)
+
+    print(f"policy {report['policy']}  ({report['transform'] or 'no transform'}, beta={report['beta']})")
+    print(f"judge {report['reward_model']}  prompts {report['num_prompts']} x {report['samples']} samples per side")
+    pkl = report.get("predicted_kl")
+    print(f"KL  {report['kl']:.4f} ± {report['kl_stderr']:.4f}" + (f"   predicted {pkl:.4f}" if pkl is not None else ""))
+    rows = [("standard (N=1)", report["standard_win_rate"])]
+    for procedure, by_n in report["results"].items():
+        rows += [(f"{procedure} N={n}", e) for n, e in sorted(by_n.items(), key=lambda kv: int(kv[0]))]
+    print(f"{'':16s} {'win rate':>9s} {'CI':>17s} {'predicted':>10s}")
+    for name, e in rows:
+        pred = "" if e["predicted"] is None else f"{e['predicted']:.3f}"
+        print(f"{name:16s} {e['win_rate']:9.3f}  [{e['ci_low']:.3f}, {e['ci_high']:.3f}] {pred:>10s}")
+    print(f"wrote {cfg.out}/report.json" + (" and plots" if report.get("plots") else ""))
+    return 0
