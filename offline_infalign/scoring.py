@@ -1,0 +1,165 @@
+"""Reward scorers behind one interface: `scorer(prompts, completions) -> np.ndarray (n,)`, plus `scorer.name`.
+
+- `HFRewardScorer`: a Hugging Face sequence-classification reward model with ITS OWN tokenizer and chat
+  template (a reward model is often trained on another template than the policy's), batched, with
+  dtype/device options. Sequences longer than the reward model's context are cut from the left, keeping the
+  completion, which is what is being judged.
+- `CallableScorer`: any Python callable `(prompts, completions) -> floats`, named "module:function".
+- "demo": the built-in demo reward (`offline_infalign.demo_assets.demo_reward`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core.errors import InfalignError
+
+__all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "score_texts"]
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class Scorer:
+    """Base class: `__call__(prompts: list, completions: list[str]) -> np.ndarray` of shape (n,), float64."""
+
+    name: str = "scorer"
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(completions):
+            raise InfalignError(f"scorer got {len(prompts)} prompts but {len(completions)} completions")
+        if not len(prompts):
+            return np.zeros(0, dtype=np.float64)
+        out = np.asarray(self._score(list(prompts), list(completions)), dtype=np.float64).reshape(-1)
+        if out.shape != (len(prompts),):
+            raise InfalignError(f"scorer {self.name!r} returned {out.size} rewards for {len(prompts)} completions")
+        return out
+
+    def _score(self, prompts: list, completions: list[str]):
+        raise NotImplementedError
+
+
+class CallableScorer(Scorer):
+    def __init__(self, fn: Callable, name: str):
+        self.fn, self.name = fn, name
+
+    def _score(self, prompts, completions):
+        return self.fn(prompts, completions)
+
+
+def _torch_dtype(dtype: str | None):
+    import torch
+
+    if dtype in (None, "auto"):
+        return None
+    if dtype not in DTYPES:
+        raise InfalignError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+class HFRewardScorer(Scorer):
+    """A sequence-classification reward model: one scalar logit per (prompt, completion)."""
+
+    def __init__(self, path: str, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
+                 trust_remote_code: bool = False, model=None, tokenizer=None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InfalignError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.name, self.batch_size = str(path), batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token_id is None:
+            raise InfalignError(
+                f"reward model tokenizer {self.name!r} has no pad_token; batching needs one (set "
+                "`tokenizer.pad_token = tokenizer.eos_token` and save it with the reward model)"
+            )
+        if model is None:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+        if model.config.num_labels != 1:
+            raise InfalignError(f"reward model {self.name!r} must have one output (num_labels=1), "
+                                f"got num_labels={model.config.num_labels}")
+        if model.config.pad_token_id is None:  # how the model finds each row's last real token
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = model.to(self.device).eval()
+        limit = getattr(model.config, "max_position_embeddings", None)
+        self.max_length = min(limit or 10**9, self.tokenizer.model_max_length or 10**9)
+
+    def text(self, prompt: Any, completion: str) -> str:
+        """The (prompt, completion) conversation as the reward model reads it."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            return tok.apply_chat_template(msgs + [{"role": "assistant", "content": completion}], tokenize=False)
+        if not isinstance(prompt, str):
+            raise InfalignError(f"prompt is a list of chat messages but reward model tokenizer {self.name!r} "
+                                "has no chat_template")
+        sep = "" if prompt[-1:].isspace() or completion[:1].isspace() else " "
+        return prompt + sep + completion
+
+    def _score(self, prompts, completions):
+        import torch
+
+        texts = [self.text(p, c) for p, c in zip(prompts, completions)]
+        tok = self.tokenizer
+        side = tok.truncation_side
+        tok.truncation_side = "left"  # keep the completion when a conversation exceeds the context
+        out = []
+        try:
+            for lo in range(0, len(texts), self.batch_size):
+                # A chat template already writes special tokens itself.
+                enc = tok(texts[lo : lo + self.batch_size], padding=True, truncation=True,
+                          max_length=self.max_length, return_tensors="pt",
+                          add_special_tokens=not getattr(tok, "chat_template", None))
+                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                with torch.no_grad():
+                    out.append(self.model(**enc).logits[:, 0].float().cpu().numpy())
+        finally:
+            tok.truncation_side = side
+        return np.concatenate(out)
+
+
+def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
+                trust_remote_code: bool = False) -> Scorer:
+    """A scorer from `spec`: "demo", "module:function", a reward-model folder / hub id, or a callable."""
+    if isinstance(spec, Scorer):
+        return spec
+    if callable(spec):
+        return CallableScorer(spec, getattr(spec, "__name__", "callable"))
+    spec = str(spec)
+    if spec == "demo":
+        from .demo_assets import demo_reward
+
+        return CallableScorer(demo_reward, "demo")
+    if ":" in spec and not Path(spec).exists():
+        module_name, _, attr = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise InfalignError(f"cannot load reward function {spec!r}: {exc}") from None
+        if not callable(fn):
+            raise InfalignError(f"reward function {spec!r} is not callable")
+        return CallableScorer(fn, spec)
+    return HFRewardScorer(spec, device=device, dtype=dtype, batch_size=batch_size,
+                          trust_remote_code=trust_remote_code)
+
+
+def score_texts(scorer: Scorer, prompts: Sequence[Any], completions: Sequence[Sequence[str]],
+                prompt_ids: Sequence[str]) -> np.ndarray:
+    """Rewards (P, K) for K completions per prompt; non-finite rewards are an error naming the prompt_id."""
+    k = len(completions[0]) if len(completions) else 0
+    flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
+    flat_c = [c for cs in completions for c in cs]
+    rewards = scorer(flat_p, flat_c).reshape(len(prompts), k)
+    bad = np.argwhere(~np.isfinite(rewards))
+    if len(bad):
+        i, j = (int(v) for v in bad[0])
+        raise InfalignError(f"reward model {scorer.name!r} gave a non-finite reward {float(rewards[i, j])!r} for prompt_id "
+                            f"{prompt_ids[i]} (completion {j}); rewards must be finite")
+    return rewards
