@@ -218,3 +218,110 @@ class EvalConfig:
                 raise InfalignError(
                     f"eval: n {bad or self.n!r} not allowed; each N must be an integer in [1, samples={self.samples}]"
                 )
+
+# ---- train (trainer.py, `infalign train`) -------------------------------------------------------------------
+_TRAIN_REFERENCES = ("auto", "stored", "live")
+_TRAIN_LOSSES = ("tilted_pairwise", "tilted_sigmoid", "listwise", "pointwise", "weighted_sft", "dpo", "ipo")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """`infalign train`: fit the tilted policy (SPEC §6) on a prepared dataset with LoRA or QLoRA."""
+
+    dataset: str = dataclasses.field(metadata={"help": "prepared dataset folder (`infalign prepare` output)"})
+    model: str = dataclasses.field(metadata={"help": "base model: local path or hub id (the reference policy)"})
+    loss: str = dataclasses.field(
+        metadata={"help": "loss (SPEC §6); its dataset kind must match the dataset's: tilted_pairwise, "
+                  "tilted_sigmoid, dpo, ipo <- pairs; listwise, pointwise <- listwise; weighted_sft <- bon",
+                  "choices": list(_TRAIN_LOSSES)}
+    )
+    out: str = dataclasses.field(metadata={"help": "output folder: adapter, tokenizer, model card, infalign_train.json"})
+    beta: float | None = dataclasses.field(
+        default=None, metadata={"help": "KL coefficient beta (default: the dataset manifest's beta)"}
+    )
+    split: str = dataclasses.field(default="train", metadata={"help": "dataset split to train on"})
+    max_steps: int | None = dataclasses.field(
+        default=None, metadata={"help": "optimizer steps (overrides num_train_epochs when set)"}
+    )
+    num_train_epochs: float = dataclasses.field(default=1.0, metadata={"help": "passes over the dataset"})
+    learning_rate: float = dataclasses.field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
+    lr_scheduler_type: str = dataclasses.field(
+        default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, ..."}
+    )
+    warmup_steps: int = dataclasses.field(default=0, metadata={"help": "linear warmup steps"})
+    lora_r: int = dataclasses.field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int | None = dataclasses.field(default=None, metadata={"help": "LoRA alpha (default: 2 * lora_r)"})
+    lora_dropout: float = dataclasses.field(default=0.05, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "modules that get LoRA: 'all-linear' or module names such as q_proj v_proj"},
+    )
+    qlora: bool = dataclasses.field(
+        default=False, metadata={"help": "4-bit nf4 base weights (bitsandbytes), double quantization"}
+    )
+    per_device_train_batch_size: int = dataclasses.field(
+        default=8, metadata={"help": "rows per device per step (a pairs row is 2 sequences, a listwise row K)"}
+    )
+    gradient_accumulation_steps: int = dataclasses.field(default=1, metadata={"help": "micro-batches per step"})
+    reference: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "reference log-probs: stored (dataset columns, no reference forward), live (policy with "
+                  "the adapter disabled), auto (stored when present and the base weights are in the dtype they "
+                  "were computed in)", "choices": list(_TRAIN_REFERENCES)},
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed for LoRA init and data order"})
+    logging_steps: int = dataclasses.field(default=10, metadata={"help": "log metrics every this many steps"})
+    save_steps: int | None = dataclasses.field(
+        default=500, metadata={"help": "checkpoint every this many steps into OUT/checkpoints (null: never)"}
+    )
+    save_total_limit: int | None = dataclasses.field(default=2, metadata={"help": "checkpoints kept"})
+    resume_from_checkpoint: str | None = dataclasses.field(
+        default=None, metadata={"help": "checkpoint folder to resume from, or 'latest' (newest in OUT/checkpoints)"}
+    )
+    gradient_checkpointing: bool = dataclasses.field(
+        default=False, metadata={"help": "recompute activations in backward (less memory, ~30% slower)"}
+    )
+    bf16: bool | None = dataclasses.field(
+        default=None, metadata={"help": "bf16 weights and autocast (default: on for a bf16-capable GPU, off on CPU)"}
+    )
+    max_length: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "drop rows whose prompt + completion is longer (never truncated: the stored reference "
+                  "log-probs are of the whole completion)"},
+    )
+    report_to: str = dataclasses.field(default="none", metadata={"help": "none, tensorboard, wandb, ..."})
+    trust_remote_code: bool = dataclasses.field(
+        default=False, metadata={"help": "allow custom model code from the hub (off by default)"}
+    )
+
+    def __post_init__(self):
+        for name in ("dataset", "model", "out"):
+            if not getattr(self, name):
+                raise InfalignError(f"train: {name} is required, got {getattr(self, name)!r}")
+        if self.loss not in _TRAIN_LOSSES:
+            raise InfalignError(f"train: unknown loss {self.loss!r}; allowed: {', '.join(_TRAIN_LOSSES)}")
+        if self.reference not in _TRAIN_REFERENCES:
+            raise InfalignError(
+                f"train: reference {self.reference!r} not allowed; allowed: {', '.join(_TRAIN_REFERENCES)}"
+            )
+        if self.beta is not None and not (float(self.beta) > 0.0 and float(self.beta) < float("inf")):
+            raise InfalignError(f"train: beta must be a finite number > 0, got beta={self.beta!r}")
+        positive = ("lora_r", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InfalignError(f"train: {name} must be an integer >= 1, got {value!r}")
+        for name in ("max_steps", "save_steps", "max_length", "lora_alpha", "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InfalignError(f"train: {name} must be an integer >= 1 or null, got {value!r}")
+        if not float(self.learning_rate) > 0.0:
+            raise InfalignError(f"train: learning_rate must be > 0, got {self.learning_rate!r}")
+        if not float(self.num_train_epochs) > 0.0:
+            raise InfalignError(f"train: num_train_epochs must be > 0, got {self.num_train_epochs!r}")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise InfalignError(f"train: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if not self.target_modules:
+            raise InfalignError("train: target_modules must name at least one module (or 'all-linear')")

@@ -1,0 +1,194 @@
+"""Load the policy (base model + LoRA, or QLoRA on 4-bit weights) and a trained adapter for evaluation.
+
+The reference policy is never a second model: it is the same PeftModel with its adapter disabled (or the
+stored `ref_*logps` columns, see trainer.py), so training holds one copy of the base weights.
+
+- dtype: None picks bfloat16 on a GPU that supports it and float32 otherwise (CPU training in bf16 is slow
+  and imprecise). The dtype the base weights end up in is what `base_weights_dtype` reports; the trainer
+  compares it with the dtype the stored reference log-probs were computed in.
+- QLoRA: 4-bit nf4 weights with double quantization (bitsandbytes), bf16 compute on GPU (float32 on CPU),
+  `prepare_model_for_kbit_training`. On CPU, bitsandbytes' AVX512-bf16 kernel path breaks the backward pass
+  of biased 4-bit linears, so it is switched off on every Linear4bit.
+- `trust_remote_code` is off unless asked: a hub checkpoint's own Python code never runs by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .core.errors import InfalignError
+
+__all__ = [
+    "load_tokenizer",
+    "load_policy",
+    "load_adapted",
+    "lora_config",
+    "base_weights_dtype",
+    "bitsandbytes_problem",
+    "resolve_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | None = None) -> torch.dtype:
+    """None/'auto' → bfloat16 on a bf16-capable GPU, float32 otherwise; a name → that dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        on_gpu = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in _DTYPES:
+        raise InfalignError(f"unknown dtype {dtype!r}; allowed: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+    """The model's tokenizer; a missing pad token becomes EOS (padding is always masked, so this is safe)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        logger.info("tokenizer %s has no pad token; using EOS for padding (always masked)", model_path)
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def bitsandbytes_problem() -> str | None:
+    """None when bitsandbytes 4-bit layers run here, else a sentence saying why not (for the QLoRA error)."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:  # ImportError or a broken native library
+        return f"bitsandbytes cannot be imported ({type(exc).__name__}: {exc}); install it with "\
+               "`pip install 'offline-infalign[quant]'`"
+    try:  # a real 4-bit matmul: import success alone says nothing about the native backend
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        layer = bnb.nn.Linear4bit(8, 8, bias=True, quant_type="nf4", compute_dtype=torch.float32).to(device)
+        layer.support_avx512bf16_for_cpu = False
+        layer(torch.randn(2, 8, device=device))
+    except Exception as exc:
+        return f"bitsandbytes is installed but its 4-bit kernels fail here ({type(exc).__name__}: {exc})"
+    return None
+
+
+def lora_config(r: int = 16, alpha: int | None = None, dropout: float = 0.05,
+                target_modules: str | list[str] = "all-linear"):
+    """peft LoraConfig for a causal LM; alpha defaults to 2r; target_modules 'all-linear' or module names."""
+    from peft import LoraConfig
+
+    if r < 1:
+        raise InfalignError(f"lora_r must be >= 1, got {r}")
+    if not 0.0 <= dropout < 1.0:
+        raise InfalignError(f"lora_dropout must be in [0, 1), got {dropout}")
+    if isinstance(target_modules, (list, tuple)) and len(target_modules) == 1:
+        target_modules = target_modules[0]  # the CLI gives a list; 'all-linear' must stay a string for peft
+    return LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=dropout,
+                      target_modules=target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def _disable_cpu_bf16_kernels(model) -> int:
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def load_base(model_path: str, *, qlora: bool = False, dtype=None, device_map=None,
+              trust_remote_code: bool = False):
+    """The base causal LM (in eval mode), full precision or 4-bit nf4 for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if qlora:
+        problem = bitsandbytes_problem()
+        if problem is not None:
+            raise InfalignError(f"qlora=True needs bitsandbytes 4-bit layers, but {problem}; "
+                                "train with qlora=False (plain LoRA) instead")
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["dtype"] = compute
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except OSError as exc:
+        raise InfalignError(f"cannot load model {model_path!r}: {exc}") from None
+    if qlora:
+        _disable_cpu_bf16_kernels(model)
+    return model.eval()
+
+
+def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
+                target_modules: str | list[str] = "all-linear", qlora: bool = False, dtype=None,
+                device_map=None, gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+    """Base model + a fresh LoRA adapter (B = 0, so the policy equals the base at step 0) and its tokenizer.
+
+    Returns (PeftModel in train mode, tokenizer). Only LoRA parameters require grad.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    tok = load_tokenizer(model_path, trust_remote_code)
+    model = load_base(model_path, qlora=qlora, dtype=dtype, device_map=device_map,
+                      trust_remote_code=trust_remote_code)
+    if qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+    model.config.use_cache = False
+    peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, target_modules))
+    if qlora:
+        _disable_cpu_bf16_kernels(peft_model)
+    return peft_model, tok
+
+
+def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map=None,
+                 trust_remote_code: bool = False):
+    """A trained adapter on its base model, for evaluation: (PeftModel in eval mode, tokenizer).
+
+    The tokenizer comes from the adapter folder (train saves it there) and falls back to the base model's.
+    `policy.disable_adapter()` (a context manager) gives the base model without a second copy.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise InfalignError(f"{str(adapter_dir)!r} is not a PEFT adapter folder (no adapter_config.json)")
+    tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
+    tok = load_tokenizer(str(tok_dir), trust_remote_code)
+    base = load_base(base_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    return model.eval(), tok
+
+
+def base_weights_dtype(model) -> str:
+    """'nf4'/'fp4' for 4-bit base weights, else the dtype name of the (frozen) base parameters, e.g. 'float32'."""
+    try:
+        import bitsandbytes as bnb
+
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                return str(getattr(module.weight, "quant_type", "nf4"))
+    except ImportError:
+        pass
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            return str(p.dtype).replace("torch.", "")
+    return "float32"
