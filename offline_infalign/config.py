@@ -123,6 +123,57 @@ def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
 # Command configs. Each command's dataclass goes in its own section below (edit with small insertions).
 # ---------------------------------------------------------------------------------------------------------
 
+# ---- tradeoff (core/tradeoff.py, `infalign tradeoff`) -----------------------------------------------------
+_TRADEOFF_PROCEDURES = ("bon", "won")
+
+
+@dataclasses.dataclass
+class TradeoffConfig:
+    """`infalign tradeoff`: predicted KL and win rates of a tilt (SPEC §4), the optimum, or the best exp tilt (§7).
+
+    Modes: a transform with --beta or --kl; --optimal --kl; --choose --kl.
+    """
+
+    procedure: str = dataclasses.field(
+        default="bon", metadata={"help": "inference-time procedure: bon (best-of-N) or won (worst-of-N)"}
+    )
+    n: int = dataclasses.field(default=4, metadata={"help": "N of best-of-N / worst-of-N (>= 1)"})
+    transform: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "transform name (identity, log, exp, power) or 'exp:tilt=2.5' (default: identity)"},
+    )
+    tilt: float | None = dataclasses.field(default=None, metadata={"help": "tilt t of the transform (exp, power)"})
+    beta: float | None = dataclasses.field(default=None, metadata={"help": "KL coefficient beta (> 0)"})
+    kl: float | None = dataclasses.field(default=None, metadata={"help": "KL budget in nats (> 0); beta is matched"})
+    optimal: bool = dataclasses.field(default=False, metadata={"help": "the optimal transform at --kl"})
+    choose: bool = dataclasses.field(
+        default=False, metadata={"help": "best exp tilt and its beta at --kl, beside identity, log and the optimum"}
+    )
+    kl_max: float | None = dataclasses.field(
+        default=None, metadata={"help": "right end of the --plot KL axis (default: twice the KL shown)"}
+    )
+
+    def __post_init__(self):
+        if self.procedure not in _TRADEOFF_PROCEDURES:
+            raise InfalignError(f"tradeoff: procedure must be one of bon, won, got {self.procedure!r}")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise InfalignError(f"tradeoff: n (best_of_n / worst_of_n) must be an integer >= 1, got {self.n!r}")
+        for name in ("beta", "kl", "kl_max"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
+                raise InfalignError(f"tradeoff: {name} must be a finite number > 0, got {value!r}")
+        if self.optimal and self.choose:
+            raise InfalignError("tradeoff: give one of --optimal and --choose, not both")
+        if self.optimal or self.choose:
+            mode = "--optimal" if self.optimal else "--choose"
+            if self.kl is None or self.beta is not None:
+                raise InfalignError(f"tradeoff: {mode} needs --kl K (a KL budget) and no --beta")
+            if self.transform is not None or self.tilt is not None:
+                raise InfalignError(f"tradeoff: {mode} picks the transform itself; drop --transform/--tilt")
+        elif (self.beta is None) == (self.kl is None):
+            raise InfalignError("tradeoff: give exactly one of --beta B and --kl K (or --optimal/--choose with --kl)")
+
+
 # ---- eval (evaluation.py, `infalign eval`) ---------------------------------------------------------------
 _EVAL_PROCEDURES = ("bon", "won")
 _EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")

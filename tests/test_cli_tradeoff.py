@@ -1,0 +1,107 @@
+"""`infalign tradeoff` end to end through cli.main, and core importing without the heavy ML libraries."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from offline_infalign.cli import main
+from offline_infalign.core import tradeoff as T
+from offline_infalign.core.transforms import Transform
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1  # exactly one JSON object
+    return json.loads(out)
+
+
+def test_choose_json(capsys):
+    r = _json(capsys, ["tradeoff", "--procedure", "bon", "--n", "4", "--choose", "--kl", "0.25", "--json"])
+    assert {"kl", "beta", "win_rate", "standard_win_rate", "transform", "tilt", "optimal_win_rate"} <= set(r)
+    assert r["transform"] == "exp" and r["tilt"] > 0 and r["kl"] == pytest.approx(0.25, abs=1e-8)
+    assert r["optimal_win_rate"] >= r["win_rate"] - 1e-9
+    # the JSON describes a real tilt: recompute it from the printed transform, tilt and beta
+    assert r["win_rate"] == pytest.approx(T.win_rate(Transform("exp", r["tilt"]), r["beta"], "bon", 4), abs=1e-10)
+
+
+def test_transform_modes_json(capsys):
+    # log at beta = 1/(N-1) is the base best-of-N: KL = log N − (N−1)/N, win rate N/(N+1) (SPEC §4)
+    r = _json(capsys, ["tradeoff", "--n", "4", "--transform", "log", "--beta", str(1 / 3), "--json"])
+    assert r["kl"] == pytest.approx(1.3862943611198906 - 0.75, abs=1e-8)
+    assert r["win_rate"] == pytest.approx(0.8, abs=1e-8)
+    r = _json(capsys, ["tradeoff", "--procedure", "won", "--transform", "exp", "--tilt", "-5", "--kl", "0.3",
+                       "--json"])
+    assert r["kl"] == pytest.approx(0.3, abs=1e-8) and r["tilt"] == -5.0
+    r2 = _json(capsys, ["tradeoff", "--procedure", "won", "--transform", "exp:tilt=-5", "--kl", "0.3", "--json"])
+    assert r2 == r
+    r = _json(capsys, ["tradeoff", "--procedure", "won", "--n", "2", "--optimal", "--kl", "0.3", "--json"])
+    assert {"kl", "beta", "win_rate", "standard_win_rate"} <= set(r) and r["kl"] == pytest.approx(0.3, abs=1e-6)
+
+
+def test_table_and_plot(capsys, tmp_path):
+    png = tmp_path / "tradeoff.png"
+    assert main(["tradeoff", "--choose", "--kl", "0.2", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    for word in ("identity", "log", "chosen exp", "optimal"):
+        assert word in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--procedure", "mon", "--kl", "0.1"], "'mon'"),
+        (["--n", "0", "--kl", "0.1"], "got 0"),
+        (["--beta", "-1"], "-1"),
+        (["--kl", "100"], "kl=100"),
+        (["--transform", "exp", "--kl", "0.1"], "needs a tilt"),
+        (["--transform", "exp", "--tilt", "0", "--kl", "0.1"], "t=0"),
+        (["--transform", "bogus", "--kl", "0.1"], "'bogus'"),
+        (["--choose"], "--kl"),
+        (["--kl", "0.1", "--beta", "1"], "exactly one"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, argv, needle):
+    assert main(["tradeoff", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_help(capsys):
+    for argv in (["--help"], ["tradeoff", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        assert "tradeoff" in capsys.readouterr().out
+
+
+def test_core_imports_without_heavy_libraries():
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        BLOCKED = ("transformers", "datasets", "peft", "trl", "accelerate")
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"blocked {name}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import offline_infalign.core as core
+        names = [m.name for m in pkgutil.iter_modules(core.__path__)]
+        assert {"calibration", "transforms", "tradeoff", "estimators"} <= set(names), names
+        for name in names:
+            importlib.import_module(f"offline_infalign.core.{name}")
+        loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+        assert not loaded, loaded
+        print("ok", len(names))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ok")
