@@ -1,7 +1,8 @@
 """Assets of the embedded demo: a tiny review-writing causal LM, its prompts, and a sentiment reward.
 
-- `demo_model_dir()` trains a small Llama-architecture LM on generated restaurant/cafe/hotel reviews at first
-  use (about a minute on one CPU thread) and caches it as an ordinary Hugging Face folder, so
+- `demo_model_dir()` trains a small Llama-architecture LM (2 layers, hidden 128, 214 words, 0.36M parameters)
+  on generated restaurant/cafe/hotel reviews at first use (about a minute on one CPU thread: 61 s measured on a
+  shared 2-core machine) and caches it as an ordinary Hugging Face folder, so
   `AutoModelForCausalLM.from_pretrained(path)` and `AutoTokenizer.from_pretrained(path)` load it like any real
   model. Reviews mix positive, neutral, negative and mixed tones, so samples vary in sentiment.
 - `demo_prompts(split)` gives plain-text prompts like "review of the cozy cafe near the station:"; the train and
@@ -40,12 +41,12 @@ DEMO_RECIPE = {
     "build_version": 1,  # bump when the build code (tokenizer, model, training loop) changes meaning
     "num_reviews": 6000,
     "corpus_seed": 0,
-    "hidden_size": 96,
+    "hidden_size": 128,
     "intermediate_size": 256,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "max_position_embeddings": 128,
-    "train_steps": 700,
+    "train_steps": 900,
     "batch_size": 32,
     "learning_rate": 3e-3,
     "warmup_steps": 30,
