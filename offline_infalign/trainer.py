@@ -1,7 +1,7 @@
 """Offline trainer for the tilted objective (SPEC §6): a `transformers.Trainer` whose loss is `core.losses`.
 
     infalign train --dataset prepared/ --model BASE --loss tilted_sigmoid --beta 0.1 --out adapter/
-    accelerate launch --num_processes 2 -m offline_infalign.cli train ...     # DDP; add --cpu on a CPU box
+    accelerate launch --multi_gpu --num_processes 2 -m offline_infalign.cli train ...   # DDP (GPUs or CPU)
 
 The reference log-probs log π_ref(y|x) come either from the dataset's stored columns (`ref_chosen_logps`,
 `ref_rejected_logps`, `ref_logps`, `ref_logp`; no reference forward at all) or from the policy itself with
@@ -318,13 +318,9 @@ class InfalignTrainer(Trainer):
 
 
 def log_partition(transform, beta: float) -> float:
-    """log ∫₀¹ exp(Φ(u)/β) du, from core.tradeoff when present (SPEC §4)."""
-    try:
-        from .core.tradeoff import log_partition as exact
-    except ImportError:  # core.tradeoff (issue 2) not there yet: midpoint rule, log-sum-exp for large 1/β
-        u = (np.arange(200_000) + 0.5) / 200_000
-        a = np.asarray(transform(u), dtype=np.float64) / beta
-        return float(a.max() + np.log(np.mean(np.exp(a - a.max()))))
+    """log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (SPEC §4/§6), from core.tradeoff."""
+    from .core.tradeoff import log_partition as exact
+
     return float(exact(transform, beta))
 
 
@@ -537,6 +533,9 @@ def train(cfg) -> Path:
             "reference_reason": why,
             "log_z": info["log_z"],
             "global_step": trainer.state.global_step,
+            "world_size": trainer.args.world_size,
+            "total_train_batch_size": trainer.args.world_size * trainer.args.per_device_train_batch_size
+            * trainer.args.gradient_accumulation_steps,
             "final_metrics": metrics,
             "package_version": __version__,
         }
