@@ -123,6 +123,244 @@ def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
 # Command configs. Each command's dataclass goes in its own section below (edit with small insertions).
 # ---------------------------------------------------------------------------------------------------------
 
+# ---- data builder: sample / score / prepare / build / merge (pipeline.py) ------------------------------------
+_BACKENDS = ("hf", "vllm")
+_LONG_PROMPT = ("truncate", "skip", "fail")
+_DUPLICATES = ("fail", "skip")
+_KINDS = ("pairs", "listwise", "bon")
+_PROCEDURES = ("bon", "won")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _positive_int(owner: str, name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InfalignError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _one_of(owner: str, name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise InfalignError(f"{owner}: {name} {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """'I/N' → (I, N) with 0 <= I < N (shards are numbered from 0, like Slurm array task ids)."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(v) for v in str(shard).split("/"))
+    except ValueError:
+        raise InfalignError(f"shard must look like 'I/N' (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise InfalignError(f"shard {shard!r} needs 0 <= I < N (shards are numbered 0..N-1)")
+    return i, n
+
+
+def _field(default=dataclasses.MISSING, help: str = "", **meta):
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """`infalign sample`: K completions per prompt from the base model, with ref_logps (DESIGN: samples/)."""
+
+    prompts: str = _field(help="prompt source: a registered builder name (hh_helpful, hh_harmless, tldr, "
+                          "ultrafeedback, demo) or a local .jsonl/.json/.parquet file with a 'prompt' field")
+    model: str = _field(help="base (reference) causal LM: local folder or hub id")
+    out: str = _field(help="output artifact folder")
+    num_samples: int = _field(8, help="K: completions per prompt (>= 2: calibration ranks them)")
+    max_new_tokens: int = _field(128, help="maximum completion length in tokens")
+    temperature: float = _field(1.0, help="sampling temperature (ref_logps are always at temperature 1)")
+    top_p: float = _field(1.0, help="nucleus sampling mass (1 = off)")
+    top_k: int = _field(0, help="top-k sampling (0 = off)")
+    seed: int = _field(0, help="seed; each prompt's draws depend only on (seed, prompt_id)")
+    batch_size: int = _field(8, help="prompts per generation batch (batch_size x K rows)")
+    chunk_size: int = _field(256, help="prompts per resumable chunk written to disk")
+    shard: str | None = _field(None, help="'I/N': process only the I-th of N contiguous parts of the prompts "
+                               "(I from 0); join the parts with `infalign merge`")
+    split: str = _field("train", help="split of the prompt source")
+    limit: int | None = _field(None, help="use at most this many prompts")
+    prompts_data_files: str | None = _field(None, help="local file in the prompt source's raw format, "
+                                            "read instead of the hub (e.g. an HH-RLHF jsonl)")
+    on_duplicate_prompt: str = _field("fail", help="a prompt seen twice: fail, or skip the repeat",
+                                      choices=list(_DUPLICATES))
+    on_long_prompt: str = _field("fail", help="a prompt longer than the context minus max_new_tokens: "
+                                 "truncate (from the left, with a warning), skip (counted), or fail",
+                                 choices=list(_LONG_PROMPT))
+    backend: str = _field("hf", help="generation backend: hf (transformers) or vllm (optional extra, GPU)",
+                          choices=list(_BACKENDS))
+    tensor_parallel_size: int = _field(1, help="vllm backend: GPUs per model")
+    device: str | None = _field(None, help="torch device (default: cuda if available, else cpu)")
+    dtype: str = _field("auto", help="model dtype", choices=list(_DTYPES))
+    trust_remote_code: bool = _field(False, help="allow custom model code from the hub (off by default)")
+
+    def __post_init__(self):
+        owner = "sample"
+        for name in ("prompts", "model", "out"):
+            if not getattr(self, name):
+                raise InfalignError(f"{owner}: {name} must be given")
+        _positive_int(owner, "num_samples", self.num_samples, 2)
+        for name in ("max_new_tokens", "batch_size", "chunk_size", "tensor_parallel_size"):
+            _positive_int(owner, name, getattr(self, name))
+        if self.limit is not None:
+            _positive_int(owner, "limit", self.limit)
+        _positive_int(owner, "top_k", self.top_k, 0)
+        if not float(self.temperature) > 0:
+            raise InfalignError(f"{owner}: temperature must be > 0, got {self.temperature!r}")
+        if not 0 < float(self.top_p) <= 1:
+            raise InfalignError(f"{owner}: top_p must be in (0, 1], got {self.top_p!r}")
+        _one_of(owner, "backend", self.backend, _BACKENDS)
+        _one_of(owner, "on_long_prompt", self.on_long_prompt, _LONG_PROMPT)
+        _one_of(owner, "on_duplicate_prompt", self.on_duplicate_prompt, _DUPLICATES)
+        _one_of(owner, "dtype", self.dtype, _DTYPES)
+        parse_shard(self.shard)
+
+
+@dataclasses.dataclass
+class ScoreConfig:
+    """`infalign score`: add `rewards` (K per prompt) to a samples artifact (DESIGN: scored/)."""
+
+    input: str = _field(help="samples artifact folder (from `infalign sample`)")
+    reward_model: str = _field(help="reward: HF sequence-classification folder/hub id, 'module:function', "
+                               "or 'demo'")
+    out: str = _field(help="output artifact folder")
+    batch_size: int = _field(16, help="(prompt, completion) pairs per reward-model batch")
+    chunk_size: int = _field(256, help="prompts per resumable chunk written to disk")
+    shard: str | None = _field(None, help="'I/N': score only the I-th of N contiguous parts (I from 0)")
+    device: str | None = _field(None, help="torch device (default: cuda if available, else cpu)")
+    dtype: str = _field("auto", help="reward model dtype", choices=list(_DTYPES))
+    trust_remote_code: bool = _field(False, help="allow custom model code from the hub (off by default)")
+
+    def __post_init__(self):
+        for name in ("input", "reward_model", "out"):
+            if not getattr(self, name):
+                raise InfalignError(f"score: {name} must be given")
+        _positive_int("score", "batch_size", self.batch_size)
+        _positive_int("score", "chunk_size", self.chunk_size)
+        _one_of("score", "dtype", self.dtype, _DTYPES)
+        parse_shard(self.shard)
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """`infalign prepare`: calibrated rewards, targets Φ(u) and a training dataset (SPEC §2, §5-§7)."""
+
+    input: str = _field(help="scored artifact folder (from `infalign score` or `infalign merge`)")
+    out: str = _field(help="output artifact folder (a DatasetDict with train and test splits)")
+    kind: str = _field("pairs", help="dataset kind: pairs, listwise or bon", choices=list(_KINDS))
+    transform: str | None = _field(None, help="transform Φ: identity, log, exp, power (or 'exp:tilt=3'), or "
+                                   "'auto' to take Φ and beta from the tradeoff tool for --procedure/--n/--kl")
+    tilt: float | None = _field(None, help="the transform's parameter t (exp, power)")
+    beta: float | None = _field(None, help="KL coefficient beta (not with --transform auto)")
+    procedure: str | None = _field(None, help="inference-time procedure served: bon or won (recorded; "
+                                   "needed for auto)", choices=list(_PROCEDURES))
+    n: int | None = _field(None, help="best_of_n / worst_of_n N (recorded; needed for auto)")
+    kl: float | None = _field(None, help="KL budget for --transform auto")
+    pairs_per_prompt: int | None = _field(None, help="pairs: sample this many pairs per prompt (default: all "
+                                          "K(K-1)/2)")
+    test_fraction: float = _field(0.1, help="fraction of prompts held out in the test split (by prompt_id hash)")
+    seed: int = _field(0, help="seed for sampling pairs")
+
+    def __post_init__(self):
+        owner = "prepare"
+        for name in ("input", "out"):
+            if not getattr(self, name):
+                raise InfalignError(f"{owner}: {name} must be given")
+        _one_of(owner, "kind", self.kind, _KINDS)
+        if self.procedure is not None:
+            _one_of(owner, "procedure", self.procedure, _PROCEDURES)
+        if self.n is not None:
+            _positive_int(owner, "n", self.n)
+        if self.pairs_per_prompt is not None:
+            _positive_int(owner, "pairs_per_prompt", self.pairs_per_prompt)
+        if not 0 <= float(self.test_fraction) < 1:
+            raise InfalignError(f"{owner}: test_fraction must be in [0, 1), got {self.test_fraction!r}")
+        if self.transform is None:
+            raise InfalignError(f"{owner}: transform must be given (identity, log, exp, power, or auto)")
+        if self.transform == "auto":
+            missing = [k for k in ("procedure", "n", "kl") if getattr(self, k) is None]
+            if missing:
+                raise InfalignError(f"{owner}: --transform auto needs {', '.join('--' + m for m in missing)} "
+                                    "(e.g. --procedure bon --n 4 --kl 0.3)")
+            if self.beta is not None or self.tilt is not None:
+                raise InfalignError(f"{owner}: --transform auto chooses tilt and beta itself; drop --tilt/--beta "
+                                    f"(got tilt={self.tilt!r}, beta={self.beta!r})")
+            if not float(self.kl) > 0:
+                raise InfalignError(f"{owner}: kl must be > 0, got {self.kl!r}")
+        else:
+            if self.beta is None:
+                raise InfalignError(f"{owner}: beta must be given with --transform {self.transform} "
+                                    "(or use --transform auto with --procedure/--n/--kl)")
+            if not float(self.beta) > 0:
+                raise InfalignError(f"{owner}: beta must be > 0, got {self.beta!r}")
+
+
+def _reuse(cls, skip=(), rename=None, defaults=None):
+    """(name, type, field) triples of `cls` for a combined config; help text is written once, in `cls`."""
+    rename, defaults = rename or {}, defaults or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        name = rename.get(f.name, f.name)
+        default = defaults.get(name, f.default)
+        yield name, f.type, dataclasses.field(default=default, metadata=f.metadata)
+
+
+def _build_post_init(self):
+    self.sample_config(), self.score_config(), self.prepare_config()  # each checks its own fields
+
+
+def _build_paths(self) -> dict[str, str]:
+    """Where build writes: out/{samples,scored,prepared}, or out/shard-I-of-N/{samples,scored} for a shard."""
+    shard = parse_shard(self.shard)
+    base = Path(self.out) / (f"shard-{shard[0]}-of-{shard[1]}" if shard else "")
+    return {"samples": str(base / "samples"), "scored": str(base / "scored"), "prepared": str(base / "prepared")}
+
+
+def _sub(self, cls, **fixed):
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+    return cls(**{**values, **fixed})
+
+
+_score_fields = {f.name: f for f in dataclasses.fields(ScoreConfig)}
+_build_fields = [
+    *_reuse(SampleConfig, skip=("out",)),
+    *_reuse(ScoreConfig, skip=("input", "reward_model", "out", "chunk_size", "shard", "device", "dtype",
+                               "trust_remote_code"), rename={"batch_size": "score_batch_size"}),
+    *_reuse(PrepareConfig, skip=("input", "out", "seed"),
+            defaults={"transform": "auto", "procedure": "bon", "n": 4, "kl": 0.3}),
+]
+# Required fields first (dataclass rule). `out` changes meaning: build writes three artifacts below it.
+_build_fields[2:2] = [
+    ("out", "str", _field(help="build folder: samples/, scored/ and prepared/ are written inside")),
+    ("reward_model", "str", dataclasses.field(metadata=_score_fields["reward_model"].metadata)),
+]
+BuildConfig = dataclasses.make_dataclass(
+    "BuildConfig", _build_fields,
+    namespace={"__post_init__": _build_post_init, "paths": _build_paths,
+               "sample_config": lambda self: _sub(self, SampleConfig, out=self.paths()["samples"]),
+               "score_config": lambda self: _sub(self, ScoreConfig, input=self.paths()["samples"], shard=None,
+                                                 out=self.paths()["scored"], batch_size=self.score_batch_size),
+               "prepare_config": lambda self: _sub(self, PrepareConfig, input=self.paths()["scored"],
+                                                   out=self.paths()["prepared"])},
+)
+BuildConfig.__module__ = __name__
+BuildConfig.__doc__ = ("`infalign build`: sample → score → prepare in one command, each stage resumable; with "
+                       "--shard only sample and score run (merge the shards, then prepare).")
+
+
+@dataclasses.dataclass
+class MergeConfig:
+    """`infalign merge`: join the shard artifacts of one sharded run, each shard exactly once."""
+
+    inputs: list[str] = _field(help="shard artifact folders (samples or scored), in any order")
+    out: str = _field(help="output artifact folder")
+
+    def __post_init__(self):
+        if not self.inputs or not self.out:
+            raise InfalignError("merge: inputs and out must be given")
+        self.inputs = [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
 # ---- tradeoff (core/tradeoff.py, `infalign tradeoff`) -----------------------------------------------------
 _TRADEOFF_PROCEDURES = ("bon", "won")
 
@@ -269,6 +507,7 @@ class EvalConfig:
                 raise InfalignError(
                     f"eval: n {bad or self.n!r} not allowed; each N must be an integer in [1, samples={self.samples}]"
                 )
+
 
 # ---- train (trainer.py, `infalign train`) -------------------------------------------------------------------
 _TRAIN_REFERENCES = ("auto", "stored", "live")

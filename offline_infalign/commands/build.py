@@ -1,0 +1,33 @@
+"""`infalign build`: sample → score → prepare in one command (each stage resumable)."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    from ..config import BuildConfig, add_config_arguments
+
+    p = subparsers.add_parser(
+        "build", help="sample, score and prepare in one go: OUT/samples, OUT/scored, OUT/prepared",
+        description="Runs `sample`, `score` and `prepare` below --out. With --shard I/N only sample and score run, "
+        "into OUT/shard-I-of-N/; join the shards with `infalign merge`, then run `infalign prepare`. Rerun the "
+        "same command to resume.")
+    p.add_argument("--config", help="YAML file with BuildConfig keys; command-line flags override it")
+    add_config_arguments(p, BuildConfig)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import BuildConfig, load_config, overrides_from_args
+    from ..pipeline import run_build
+    from .prepare import describe
+
+    cfg = load_config(BuildConfig, args.config, overrides_from_args(args, BuildConfig))
+    ms = run_build(cfg)
+    paths = cfg.paths()
+    print(f"samples: {ms['samples']['num_rows']} prompts x {ms['samples']['num_samples']} -> {paths['samples']}")
+    print(f"scored with {ms['scored']['reward_model']} -> {paths['scored']}")
+    if "prepared" in ms:
+        print(describe(ms["prepared"]) + f" -> {paths['prepared']}")
+    else:
+        print("shard done; when all shards are: infalign merge --inputs OUT/shard-*/scored --out OUT/scored")
+    return 0

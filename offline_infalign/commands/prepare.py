@@ -1,0 +1,36 @@
+"""`infalign prepare`: calibrated rewards, targets Φ(u) and a pairs / listwise / bon training dataset."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    from ..config import PrepareConfig, add_config_arguments
+
+    p = subparsers.add_parser(
+        "prepare", help="calibrate, transform and write a training dataset (pairs, listwise or bon)",
+        description="Per prompt: calibrated_rewards (SPEC §2), targets = transform(u), then the dataset kind, "
+        "split into train/test by prompt_id. --transform auto --procedure bon --n 4 --kl 0.3 takes the transform "
+        "and beta from the tradeoff tool.")
+    p.add_argument("--config", help="YAML file with PrepareConfig keys; command-line flags override it")
+    add_config_arguments(p, PrepareConfig)
+    p.set_defaults(func=run)
+
+
+def describe(m) -> str:
+    tilt = "" if m["tilt"] is None else f" tilt={m['tilt']:g}"
+    rows = ", ".join(f"{k} {v}" for k, v in m["num_rows"].items())
+    return f"prepared {m['kind']}: transform {m['transform']}{tilt}, beta={m['beta']:.4g}; rows: {rows}"
+
+
+def run(args) -> int:
+    from ..config import PrepareConfig, load_config, overrides_from_args
+    from ..pipeline import run_prepare
+
+    cfg = load_config(PrepareConfig, args.config, overrides_from_args(args, PrepareConfig))
+    m = run_prepare(cfg)
+    print(describe(m) + f" -> {cfg.out}")
+    if m.get("predicted"):
+        p = m["predicted"]
+        print(f"predicted at KL {p['kl']:.3g}: {m['procedure']}-{m['n']} win rate {p['win_rate']:.4f}, "
+              f"standard win rate {p['standard_win_rate']:.4f}")
+    return 0
