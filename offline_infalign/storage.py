@@ -12,6 +12,7 @@ A restart finds finished chunks by name; a chunk is either fully there or absent
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -77,11 +78,26 @@ def content_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No "Saving the dataset" bar per chunk: the stage's own bar reports progress."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
 def _save_tmp(dataset, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():  # left by a crash: never trusted, always rewritten
         shutil.rmtree(tmp)
-    dataset.save_to_disk(str(tmp))
+    with _quiet_datasets():
+        dataset.save_to_disk(str(tmp))
     return tmp
 
 
