@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .core.errors import InfalignError
+from .tokenization import encode_completion, encode_prompt
 
 __all__ = [
     "summarize",
@@ -277,49 +278,33 @@ def plot_win_rate_vs_n(report: dict[str, Any], path, predict_fn: PredictFn | Non
     return path
 
 
-def plot_tradeoff(report: dict[str, Any], path, transform=None, beta: float | None = None) -> Path:
-    """Measured (KL, win rate) points on the predicted win-rate-vs-KL curves of the adapter's transform (SPEC §4).
+def plot_tradeoff(report: dict[str, Any], out_dir, transform=None) -> list[Path]:
+    """Measured (KL, win rate) on the predicted win-rate-vs-KL curves (SPEC §4/§8), one PNG per procedure and N.
 
-    The curve sweeps β for the same transform; the cross marks the exact tilt the adapter was trained for.
+    Curves: the adapter's transform swept over β (when it has one) and the optimum, the yardstick. Points: the
+    measurement with its interval, and the prediction for the adapter's exact β. Files `tradeoff_<proc>_n<N>.png`.
     """
-    import matplotlib
+    from .core.tradeoff import tradeoff_curves
+    from .plots import plot_tradeoff_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    procedures = list(report["results"])
-    fig, axes = plt.subplots(1, len(procedures), figsize=(5.5 * len(procedures), 4), squeeze=False)
-    curve_ok = transform is not None and beta is not None
-    if curve_ok:
-        from .core.tradeoff import kl_divergence, win_rate
-
-        betas = beta * np.geomspace(0.05, 50.0, 40)  # from strong tilts to almost the base policy
-        kls = np.array([kl_divergence(transform, b) for b in betas])
-    for ax, procedure in zip(axes[0], procedures):
-        by_n = report["results"][procedure]
-        for k, n in enumerate(sorted(int(n) for n in by_n)):
-            color = _COLORS[k % len(_COLORS)]
-            e = by_n[str(n)]
-            if curve_ok:
-                ax.plot(kls, [win_rate(transform, b, procedure, n) for b in betas], "-", color=color, lw=1,
-                        label=f"N={n} predicted")
-                if e.get("predicted") is not None and report.get("predicted_kl") is not None:
-                    ax.plot([report["predicted_kl"]], [e["predicted"]], "x", color=color, ms=7)
-            ax.errorbar([report["kl"]], [e["win_rate"]], xerr=[[report["kl_stderr"]], [report["kl_stderr"]]],
-                        yerr=[[e["win_rate"] - e["ci_low"]], [e["ci_high"] - e["win_rate"]]], fmt="o",
-                        color=color, capsize=3, label=f"N={n} measured")
-        ax.axhline(0.5, color="k", lw=0.8, ls=":")
-        if curve_ok:
-            ax.set_xlim(0, max(float(kls.max()), report["kl"] + 2 * report["kl_stderr"]) * 1.05)
-        ax.set_xlabel("KL(policy || base)")
-        ax.set_ylabel(f"{procedure} win rate vs base")
-        ax.set_title(f"{procedure}: {report.get('transform') or 'no prediction'}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    kl, pred_kl = report["kl"], report.get("predicted_kl")
+    reach = max(kl + 2 * (report["kl_stderr"] if np.isfinite(report["kl_stderr"]) else 0.0), pred_kl or 0.0)
+    kl_max = max(1.5 * reach, 0.05)  # the curves extend past both points
+    paths = []
+    for procedure, by_n in report["results"].items():
+        for n_text, e in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+            n = int(n_text)
+            curves = tradeoff_curves(procedure, n, [] if transform is None else [(str(transform), transform)],
+                                     kl_max=kl_max, num_points=25)
+            points = [(kl, e["win_rate"], f"measured ({report.get('confidence', 0.95):.0%} CI)",
+                       (e["ci_low"], e["ci_high"]))]
+            if e.get("predicted") is not None and pred_kl is not None:
+                points.append((pred_kl, e["predicted"], f"predicted, beta={report.get('beta'):g}", None))
+            paths.append(plot_tradeoff_curves(
+                curves, Path(out_dir) / f"tradeoff_{procedure}_n{n}.png", points=points,
+                title=f"{'best' if procedure == 'bon' else 'worst'}-of-{n}: {report.get('transform') or 'policy'}",
+                ylabel=f"{procedure} win rate vs base (N={n})"))
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -354,20 +339,33 @@ def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None) -
     return [{"prompt_id": str(r["prompt_id"]), "prompt": r["prompt"]} for r in rows]
 
 
-def _log_probs(model, tokenizer, prompts: list, completions: list[str], batch_size: int, desc: str) -> np.ndarray:
+def completion_ids(tokenizer, completion: str, max_new_tokens: int) -> tuple[list[int], bool]:
+    """Ids whose log-prob is log π(y|x) for a sampled completion, and whether generation was cut off.
+
+    The package scores a completion as its tokens + EOS (tokenization.encode_completion). A completion that hit
+    `max_new_tokens` was never allowed to draw EOS, so the distribution actually sampled (and served) is the
+    length-truncated policy; its log-prob is the sum over the generated tokens only. Keeping the EOS term there
+    biases the KL estimate (seen below zero on a tiny model whose policy never stopped within the limit).
+    """
+    ids = encode_completion(tokenizer, completion)
+    truncated = len(ids) - 1 >= max_new_tokens
+    return (ids[:-1] if truncated else ids), truncated
+
+
+def _log_probs(model, tokenizer, prompts: list, completion_ids: list[list[int]], batch_size: int,
+               desc: str) -> np.ndarray:
     """Teacher-forced log π(y|x) (flat, one per pair) with the shared tokenization and log-prob code."""
     import torch
     from tqdm.auto import tqdm
 
     from .logprobs import completion_logps, pad_pairs
-    from .tokenization import encode_completion, encode_prompt
 
     device = next(model.parameters()).device
     out = np.empty(len(prompts), dtype=np.float64)
     with torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
             p = [encode_prompt(tokenizer, x) for x in prompts[start : start + batch_size]]
-            c = [encode_completion(tokenizer, y) for y in completions[start : start + batch_size]]
+            c = completion_ids[start : start + batch_size]
             batch = {k: v.to(device) for k, v in pad_pairs(p, c, tokenizer.pad_token_id).items()}
             out[start : start + len(p)] = completion_logps(model, **batch).double().cpu().numpy()
     return out
@@ -393,7 +391,7 @@ def evaluate(cfg) -> dict[str, Any]:
 
     from . import __version__
     from .config import config_to_dict
-    from .modeling import load_adapted
+    from .modeling import load_adapted, resolve_dtype
     from .sampling import sample_completions
     from .scoring import load_scorer
 
@@ -408,10 +406,9 @@ def evaluate(cfg) -> dict[str, Any]:
     m = cfg.samples
     timings: dict[str, float] = {}
 
-    model, tokenizer = load_adapted(settings["model"], cfg.policy)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.dtype != "auto":
-        model = model.to(getattr(torch, cfg.dtype))
+    model, tokenizer = load_adapted(settings["model"], cfg.policy, dtype=resolve_dtype(cfg.dtype, device),
+                                    trust_remote_code=cfg.trust_remote_code)
     model = model.to(device).eval()
 
     t = time.perf_counter()
@@ -428,9 +425,12 @@ def evaluate(cfg) -> dict[str, Any]:
     flat_prompts = [p for p in prompts for _ in range(m)]
     policy_completions = [c for s in policy_samples for c in s["completions"]]
     base_completions = [c for s in base_samples for c in s["completions"]]
-    policy_logps = _log_probs(model, tokenizer, flat_prompts, policy_completions, cfg.batch_size, "log pi (policy)")
+    encoded = [completion_ids(tokenizer, c, cfg.max_new_tokens) for c in policy_completions]
+    ids = [e[0] for e in encoded]
+    truncated_fraction = float(np.mean([e[1] for e in encoded]))
+    policy_logps = _log_probs(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi (policy)")
     with model.disable_adapter():
-        ref_logps = _log_probs(model, tokenizer, flat_prompts, policy_completions, cfg.batch_size, "log pi_ref")
+        ref_logps = _log_probs(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi_ref")
     log_ratios = (policy_logps - ref_logps).reshape(len(rows), m)  # (P, M)
     timings["kl_s"] = time.perf_counter() - t
     del model
@@ -449,6 +449,13 @@ def evaluate(cfg) -> dict[str, Any]:
     report = summarize(policy_rewards, base_rewards, log_ratios, settings["procedures"], settings["ns"],
                        predict_fn=predict_fn, num_bootstrap=cfg.num_bootstrap, confidence=cfg.confidence,
                        seed=cfg.seed)
+    notes = [PREDICTION_NOTE] if predict_fn is not None else [
+        "no prediction: the adapter has no transform/beta (or was trained with a DPO/IPO baseline loss); "
+        "pass --transform and --beta to compare with a tilt"]
+    if truncated_fraction > 0.05:
+        notes.append(f"{truncated_fraction:.0%} of the policy samples hit max_new_tokens={cfg.max_new_tokens}: "
+                     "win rates and KL refer to the length-truncated policy; raise --max-new-tokens to measure "
+                     "the policy the adapter was trained as")
     report.update({
         "policy": str(cfg.policy),
         "model": settings["model"],
@@ -459,11 +466,10 @@ def evaluate(cfg) -> dict[str, Any]:
         "beta": beta,
         "loss": settings["loss"],
         "trained_for": {"procedure": info.get("procedure"), "n": info.get("n")},
+        "truncated_fraction": truncated_fraction,
         "confidence": cfg.confidence,
         "num_bootstrap": cfg.num_bootstrap,
-        "notes": [PREDICTION_NOTE] if predict_fn is not None else [
-            "no prediction: the adapter has no transform/beta (or was trained with a DPO/IPO baseline loss); "
-            "pass --transform and --beta to compare with a tilt"],
+        "notes": notes,
         "package_version": __version__,
         "config": config_to_dict(cfg),
     })
@@ -479,7 +485,7 @@ def evaluate(cfg) -> dict[str, Any]:
         t = time.perf_counter()
         report["plots"] = [
             str(plot_win_rate_vs_n(report, out / "win_rate_vs_n.png", predict_fn)),
-            str(plot_tradeoff(report, out / "tradeoff.png", transform if predict_fn else None, beta)),
+            *(str(p) for p in plot_tradeoff(report, out, transform if predict_fn else None)),
         ]
         timings["plot_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
