@@ -1,0 +1,189 @@
+"""Pipeline stages: resume after a simulated crash equals an uninterrupted run, config guard, shards + merge,
+prepare with --transform auto, long prompts, and the manifests' keys."""
+
+import json
+import os
+
+import datasets
+import pytest
+
+from offline_infalign import pipeline
+from offline_infalign.config import BuildConfig, MergeConfig, PrepareConfig, SampleConfig, ScoreConfig, load_config
+from offline_infalign.core.errors import InfalignError
+from offline_infalign.storage import read_manifest
+from tests.tiny_models import save_tiny_lm
+
+WORDS = "the movie was very good . tell me about the cat please".split()
+# Shared through the environment: the scorer imports this file by name, possibly as a second module object.
+FAIL_AFTER = "INFALIGN_TEST_SCORE_FAIL_AFTER"
+
+
+def length_reward(prompts, completions):
+    """Reward = number of words, plus a tiny prompt-dependent offset (so ties are rare but deterministic)."""
+    if FAIL_AFTER in os.environ:
+        left = int(os.environ[FAIL_AFTER]) - 1
+        os.environ[FAIL_AFTER] = str(left)
+        if left < 0:
+            raise RuntimeError("simulated crash while scoring")
+    return [len(c.split()) + 0.01 * len(p) + 0.001 * i for i, (p, c) in enumerate(zip(prompts, completions))]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    lm = save_tiny_lm(root / "lm")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(WORDS[i : i + 3])}) + "\n" for i in range(6)))
+    return {"lm": str(lm), "prompts": str(prompts)}
+
+
+def _sample_cfg(assets, out, **kw):
+    base = {"prompts": assets["prompts"], "model": assets["lm"], "out": str(out), "num_samples": 4,
+            "max_new_tokens": 6, "chunk_size": 2, "batch_size": 2, "device": "cpu"}
+    return load_config(SampleConfig, None, {**base, **kw})
+
+
+def _rows(path):
+    return datasets.load_from_disk(str(path)).to_list()
+
+
+def test_sample_resume_after_crash_equals_uninterrupted(assets, tmp_path, monkeypatch):
+    full = pipeline.run_sample(_sample_cfg(assets, tmp_path / "full"), progress=False)
+    assert full["stage"] == "samples" and full["num_rows"] == 6 and full["num_samples"] == 4
+    for key in ("model", "tokenizer", "seed", "config", "package_version", "content_hash", "input_hash"):
+        assert key in full
+
+    real = pipeline._sample_chunk
+    calls = []
+
+    def crash_on_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "_sample_chunk", crash_on_second)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.run_sample(_sample_cfg(assets, tmp_path / "resumed"), progress=False)
+    assert not (tmp_path / "resumed" / "manifest.json").exists()
+    assert sorted(p.name for p in (tmp_path / "resumed" / "_work" / "chunks").iterdir()) == ["chunk-00000"]
+
+    # A different config is refused, showing the difference; batch_size may change (it cannot change results).
+    with pytest.raises(InfalignError, match=r"config_diff \(recorded -> now\): seed: 0 -> 1"):
+        pipeline.run_sample(_sample_cfg(assets, tmp_path / "resumed", seed=1), progress=False)
+    counted = []
+    monkeypatch.setattr(pipeline, "_sample_chunk", lambda *a, **k: counted.append(1) or real(*a, **k))
+    resumed = pipeline.run_sample(_sample_cfg(assets, tmp_path / "resumed", batch_size=3), progress=False)
+    assert len(counted) == 2  # chunk 0 was kept, chunks 1 and 2 sampled
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "full")
+    assert resumed["content_hash"] == full["content_hash"]
+    assert not (tmp_path / "resumed" / "_work").exists()
+
+
+def test_rerun_of_finished_stage_is_a_no_op_or_refused(assets, tmp_path):
+    first = pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
+    assert pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False) == first
+    with pytest.raises(InfalignError, match="finished artifact with a different config.*num_samples: 4 -> 3"):
+        pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", num_samples=3), progress=False)
+
+
+def test_score_resume_prepare_auto_and_manifests(assets, tmp_path, monkeypatch):
+    pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
+    score = {"input": str(tmp_path / "s"), "reward_model": "tests.test_pipeline:length_reward", "chunk_size": 2}
+    full = pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "full")}), progress=False)
+    monkeypatch.setenv(FAIL_AFTER, "1")  # the second chunk's scoring call fails
+    with pytest.raises(RuntimeError, match="simulated crash while scoring"):
+        pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}), progress=False)
+    monkeypatch.delenv(FAIL_AFTER)
+    resumed = pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}),
+                                 progress=False)
+    assert _rows(tmp_path / "sc") == _rows(tmp_path / "full") and resumed["content_hash"] == full["content_hash"]
+    samples = read_manifest(tmp_path / "s")
+    assert full["input_hash"] == samples["content_hash"] and full["reward_model"].endswith(":length_reward")
+    rows = _rows(tmp_path / "sc")
+    assert rows[0]["rewards"] == pytest.approx(length_reward([rows[0]["prompt"]] * 4, rows[0]["completions"]))
+
+    prep = pipeline.run_prepare(load_config(PrepareConfig, None, {
+        "input": str(tmp_path / "sc"), "out": str(tmp_path / "p"), "kind": "bon", "transform": "auto",
+        "procedure": "bon", "n": 4, "kl": 0.3, "test_fraction": 0.5}))
+    from offline_infalign.core.tradeoff import choose
+
+    choice = choose("bon", 4, 0.3)
+    assert prep["transform"] == "exp" and prep["tilt"] == pytest.approx(choice.tilt)
+    assert prep["beta"] == pytest.approx(choice.beta) and prep["kl"] == 0.3
+    for key in ("stage", "kind", "transform", "tilt", "beta", "procedure", "n", "num_samples", "model", "tokenizer",
+                "reward_model", "seed", "input_hash", "package_version", "config"):
+        assert key in prep, key
+    assert prep["input_hash"] == full["content_hash"] and prep["num_samples"] == 4
+    dd = datasets.load_from_disk(str(tmp_path / "p"))
+    assert set(dd) == {"train", "test"} and len(dd["train"]) + len(dd["test"]) == 24
+
+    # The scored input changed (another reward) → preparing into the same folder is refused.
+    pipeline.run_score(load_config(ScoreConfig, None, {**score, "reward_model": "demo", "out": str(tmp_path / "d")}),
+                       progress=False)
+    with pytest.raises(InfalignError, match="input_hash"):
+        pipeline.run_prepare(load_config(PrepareConfig, None, {
+            "input": str(tmp_path / "d"), "out": str(tmp_path / "p"), "kind": "bon", "transform": "auto",
+            "procedure": "bon", "n": 4, "kl": 0.3, "test_fraction": 0.5}))
+    with pytest.raises(InfalignError, match="holds a 'samples' artifact; expected 'scored'"):
+        pipeline.run_prepare(load_config(PrepareConfig, None, {
+            "input": str(tmp_path / "s"), "out": str(tmp_path / "p2"), "transform": "identity", "beta": 1.0}))
+
+
+def test_shards_merge_to_the_unsharded_artifact(assets, tmp_path):
+    pipeline.run_sample(_sample_cfg(assets, tmp_path / "all"), progress=False)
+    shards = []
+    for i in (1, 0, 2):  # any order
+        out = tmp_path / f"shard{i}"
+        m = pipeline.run_sample(_sample_cfg(assets, out, shard=f"{i}/3", batch_size=1), progress=False)
+        assert m["shard"] == [i, 3] and m["num_rows"] == 2
+        shards.append(str(out))
+    merged = pipeline.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "merged")))
+    assert merged["shard"] is None and merged["num_rows"] == 6
+    assert _rows(tmp_path / "merged") == _rows(tmp_path / "all")
+    with pytest.raises(InfalignError, match="missing shard\(s\) 2/3: merge needs all 3"):
+        pipeline.run_merge(MergeConfig(inputs=shards[:2], out=str(tmp_path / "m2")))
+    with pytest.raises(InfalignError, match="shard 1/3 given twice"):
+        pipeline.run_merge(MergeConfig(inputs=shards + shards[:1], out=str(tmp_path / "m3")))
+    with pytest.raises(InfalignError, match="is not a shard"):
+        pipeline.run_merge(MergeConfig(inputs=[str(tmp_path / "all")], out=str(tmp_path / "m4")))
+    odd = tmp_path / "odd"
+    pipeline.run_sample(_sample_cfg(assets, odd, shard="2/3", seed=5), progress=False)
+    with pytest.raises(InfalignError, match="different config .*seed: 0 -> 5"):
+        pipeline.run_merge(MergeConfig(inputs=shards[:2] + [str(odd)], out=str(tmp_path / "m5")))
+
+
+def test_long_prompts_in_the_pipeline(assets, tmp_path):
+    long_file = tmp_path / "long.jsonl"
+    long_file.write_text(json.dumps({"prompt": "the cat"}) + "\n" + json.dumps({"prompt": "very good " * 70}) + "\n")
+    # The tiny LM has 128 positions; 140 prompt words + 6 new tokens do not fit.
+    with pytest.raises(InfalignError, match="has 140 tokens but the model context leaves 122"):
+        pipeline.run_sample(_sample_cfg(assets, tmp_path / "f", prompts=str(long_file)), progress=False)
+    m = pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(long_file), on_long_prompt="skip"),
+                            progress=False)
+    assert m["num_rows"] == 1 and m["num_skipped_long"] == 1
+    m = pipeline.run_sample(_sample_cfg(assets, tmp_path / "t", prompts=str(long_file), on_long_prompt="truncate"),
+                            progress=False)
+    assert m["num_rows"] == 2 and m["num_truncated"] == 1
+    assert len(_rows(tmp_path / "t")[1]["prompt"].split()) == 122
+
+
+def test_build_config_checks():
+    base = {"prompts": "p.jsonl", "model": "m", "reward_model": "r", "out": "o"}
+    with pytest.raises(InfalignError, match="sample: num_samples must be an integer >= 2, got 1"):
+        load_config(BuildConfig, None, {**base, "num_samples": 1})
+    with pytest.raises(InfalignError, match="unknown config key\(s\) in command-line overrides: 'num_sample'"):
+        load_config(BuildConfig, None, {**base, "num_sample": 4})
+    with pytest.raises(InfalignError, match="shard must look like 'I/N'"):
+        load_config(BuildConfig, None, {**base, "shard": "2"})
+    with pytest.raises(InfalignError, match="shard '3/3' needs 0 <= I < N"):
+        load_config(BuildConfig, None, {**base, "shard": "3/3"})
+    with pytest.raises(InfalignError, match="beta must be given with --transform identity"):
+        load_config(BuildConfig, None, {**base, "transform": "identity"})
+    with pytest.raises(InfalignError, match="auto chooses tilt and beta itself"):
+        load_config(PrepareConfig, None, {"input": "i", "out": "o", "transform": "auto", "procedure": "bon",
+                                          "n": 4, "kl": 0.3, "beta": 1.0})
+    with pytest.raises(InfalignError, match="--transform auto needs --n, --kl"):
+        load_config(PrepareConfig, None, {"input": "i", "out": "o", "transform": "auto", "procedure": "bon"})
+    cfg = load_config(BuildConfig, None, {**base, "shard": "1/2"})
+    assert cfg.paths()["scored"].endswith("shard-1-of-2/scored") and cfg.score_config().shard is None
