@@ -8,7 +8,14 @@ import datasets
 import pytest
 
 from offline_infalign import pipeline
-from offline_infalign.config import BuildConfig, MergeConfig, PrepareConfig, SampleConfig, ScoreConfig, load_config
+from offline_infalign.config import (
+    BuildConfig,
+    MergeConfig,
+    PrepareConfig,
+    SampleConfig,
+    ScoreConfig,
+    load_config,
+)
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.storage import read_manifest
 from tests.tiny_models import save_tiny_lm
@@ -141,7 +148,7 @@ def test_shards_merge_to_the_unsharded_artifact(assets, tmp_path):
     merged = pipeline.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "merged")))
     assert merged["shard"] is None and merged["num_rows"] == 6
     assert _rows(tmp_path / "merged") == _rows(tmp_path / "all")
-    with pytest.raises(InfalignError, match="missing shard\(s\) 2/3: merge needs all 3"):
+    with pytest.raises(InfalignError, match=r"missing shard\(s\) 2/3: merge needs all 3"):
         pipeline.run_merge(MergeConfig(inputs=shards[:2], out=str(tmp_path / "m2")))
     with pytest.raises(InfalignError, match="shard 1/3 given twice"):
         pipeline.run_merge(MergeConfig(inputs=shards + shards[:1], out=str(tmp_path / "m3")))
@@ -172,7 +179,7 @@ def test_build_config_checks():
     base = {"prompts": "p.jsonl", "model": "m", "reward_model": "r", "out": "o"}
     with pytest.raises(InfalignError, match="sample: num_samples must be an integer >= 2, got 1"):
         load_config(BuildConfig, None, {**base, "num_samples": 1})
-    with pytest.raises(InfalignError, match="unknown config key\(s\) in command-line overrides: 'num_sample'"):
+    with pytest.raises(InfalignError, match=r"unknown config key\(s\) in command-line overrides: 'num_sample'"):
         load_config(BuildConfig, None, {**base, "num_sample": 4})
     with pytest.raises(InfalignError, match="shard must look like 'I/N'"):
         load_config(BuildConfig, None, {**base, "shard": "2"})
