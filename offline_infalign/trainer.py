@@ -424,7 +424,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
 
     Returns (trainer, info) with info keys manifest, beta, kind, reference, reference_reason, log_z.
     """
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, set_seed
 
     from . import modeling
 
@@ -447,6 +447,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(use_gpu and torch.cuda.is_bf16_supported())
     if bf16 and not use_gpu:
         logger.warning("bf16 on CPU is slow and imprecise; consider --no-bf16")
+    set_seed(cfg.seed)  # peft draws the LoRA A init from the global RNG, before Trainer seeds anything
     model, tokenizer = modeling.load_policy(
         cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, qlora=cfg.qlora, dtype="bfloat16" if bf16 else "float32",
