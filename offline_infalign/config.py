@@ -192,6 +192,8 @@ class SampleConfig:
     device: str | None = _field(None, help="torch device (default: cuda if available, else cpu)")
     dtype: str = _field("auto", help="model dtype", choices=list(_DTYPES))
     trust_remote_code: bool = _field(False, help="allow custom model code from the hub (off by default)")
+    pad_token_as_eos: bool = _field(False, help="a tokenizer without a pad token pads with its eos token "
+                                    "(otherwise such a tokenizer is an error)")
 
     def __post_init__(self):
         owner = "sample"

@@ -109,13 +109,15 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
         model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code)
-        ctx = model.llm_engine.model_config.max_model_len
+        ctx = getattr(getattr(getattr(model, "llm_engine", None), "model_config", None), "max_model_len", None)
         sampler, ids = sample_completions_vllm, {"model_revision": None, "model_type": None}
     else:
         model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
         ctx, sampler, ids = context_length(model), sample_completions, _model_id(model)
     from .tokenization import check_tokenizer
 
+    if cfg.pad_token_as_eos and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # left padding is masked, so reusing eos is safe
     check_tokenizer(tokenizer)
     truncated = skipped = 0
     if ctx is not None:

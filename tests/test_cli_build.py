@@ -119,6 +119,9 @@ def test_bad_inputs_each_give_one_clear_line(assets, tmp_path, capsys):
     err = _error(capsys, ["sample", "--model", assets["nopad"], "--prompts", assets["prompts"], "--out",
                           str(tmp_path / "n"), "--device", "cpu"])
     assert "has no pad_token" in err
+    assert main(["sample", "--model", assets["nopad"], "--prompts", assets["prompts"], "--out", str(tmp_path / "n2"),
+                 "--device", "cpu", "--num-samples", "2", "--max-new-tokens", "3", "--pad-token-as-eos"]) == 0
+    capsys.readouterr()
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "very good " * 70}) + "\n")
     err = _error(capsys, base + ["--prompts", str(long), "--out", str(tmp_path / "l")])
