@@ -177,18 +177,20 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
 
     train_cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     manifest = _dataset_manifest(info)
-    model = _first(cfg.model, train_cfg.get("model"), manifest.get("model"))
+    model = _first(cfg.model, info.get("model"), train_cfg.get("model"), manifest.get("model"))
     if model is None:
         adapter_cfg = Path(cfg.policy) / "adapter_config.json"
         if adapter_cfg.is_file():
             model = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not model:
         raise InfalignError(f"no base model for policy {cfg.policy!r}: pass --model (the adapter has no {TRAIN_INFO})")
-    reward_model = _first(cfg.reward_model, manifest.get("reward_model"))
+    reward_model = _first(cfg.reward_model, info.get("reward_model"), manifest.get("reward_model"))
     if not reward_model:
         raise InfalignError(f"no judge reward for policy {cfg.policy!r}: pass --reward-model (path, module:function "
                             "or demo)")
-    dataset = train_cfg.get("dataset")
+    # The absolute manifest path survives a change of working directory; config.dataset may be relative.
+    dataset = (str(Path(info["dataset_manifest_path"]).parent) if info.get("dataset_manifest_path")
+               else train_cfg.get("dataset"))
     if cfg.prompts is None and not dataset:
         raise InfalignError(f"no prompts for policy {cfg.policy!r}: pass --prompts (builder name or .jsonl path)")
 
