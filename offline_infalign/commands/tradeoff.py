@@ -58,6 +58,7 @@ def _at_kl(transform, kl, procedure, n):
 def run(args) -> int:
     from ..config import TradeoffConfig, load_config, overrides_from_args
     from ..core import tradeoff as T
+    from ..core.errors import InfalignError
     from ..core.transforms import Transform
 
     cfg = load_config(TradeoffConfig, args.config, overrides_from_args(args, TradeoffConfig))
@@ -65,9 +66,12 @@ def run(args) -> int:
     rows = []
     if cfg.choose:
         c = T.choose(procedure, n, cfg.kl, with_optimum=False)
-        opt = T.optimal(procedure, n, cfg.kl)
+        try:
+            opt = T.optimal(procedure, n, cfg.kl)
+        except InfalignError:  # an extreme budget the optimum cannot reach (win rate ≈ 1): show the tilt only
+            opt = None
         result = {"transform": c.transform.name, "tilt": c.tilt, "beta": c.beta, "kl": c.kl, "win_rate": c.win_rate,
-                  "standard_win_rate": c.standard_win_rate, "optimal_win_rate": opt.win_rate}
+                  "standard_win_rate": c.standard_win_rate, "optimal_win_rate": opt and opt.win_rate}
         rows = [_at_kl(Transform("identity"), cfg.kl, procedure, n), _at_kl(Transform("log"), cfg.kl, procedure, n),
                 _row(f"chosen {c.transform}", c.tilt, c.beta, c.kl, c.win_rate, c.standard_win_rate)]
         plotted, kl_star = c.transform, c.kl
@@ -86,7 +90,10 @@ def run(args) -> int:
         plotted, kl_star = transform, p.kl
         opt = None
         if not args.json and p.kl > 1e-6:  # the yardstick, for the table only (it costs a solve)
-            opt = T.optimal(procedure, n, p.kl)
+            try:
+                opt = T.optimal(procedure, n, p.kl)
+            except InfalignError:
+                opt = None
     if opt is not None:
         rows.append(_row("optimal", None, opt.beta, opt.kl, opt.win_rate, opt.standard_win_rate))
     result = {"procedure": procedure, "n": n, **{k: (float(v) if isinstance(v, float) else v)

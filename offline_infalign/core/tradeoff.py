@@ -52,6 +52,9 @@ _STEP = 0.01
 # or a point mass closer to u = 1 than the grid can resolve usefully (β small).
 BETA_MIN = 1e-6
 BETA_MAX = 1e9
+# The optimum may need a smaller β than any transform a user would train (its win rate is then within ~1e-9 of
+# 1); its inner solve still resolves features down to 1 − u ≈ 1e-14 at this floor.
+_OPT_BETA_MIN = 1e-10
 # Default tilt grid for `choose` (|t|, geometric); the best grid point is refined by a bounded 1-D search.
 DEFAULT_TILTS = tuple(float(t) for t in np.geomspace(0.25, 1024.0, 37))
 
@@ -300,36 +303,48 @@ def _objective(d: _Density, procedure: str, n: int, beta: float) -> float:
     return _win(d, procedure, n) - beta * _kl(d)
 
 
-def _ascend(log_f0: np.ndarray, procedure: str, n: int, beta: float, tol: float = 1e-13, max_iter: int = 5000):
+def _ascend(log_f0: np.ndarray, procedure: str, n: int, beta: float, tol: float = 1e-9, max_iter: int = 5000):
     """Exponentiated-gradient (mirror) ascent of J(f) = W(f) − β ∫ f log f from log_f0, with backtracking.
 
     A step of size α mixes log densities: log f ← (1 − α) log f + α Φ_f/β (α = 1 is the plain fixed point
     f ∝ exp(Φ_f/β), which oscillates at small β). α is halved until J increases and doubled after a success.
-    Stops when β·KL(f ‖ g) < tol, g ∝ exp(Φ_f/β). For concave W (BoN) that quantity bounds J* − J(f):
-    W(f*) ≤ W(f) + ⟨Φ_f, f* − f⟩ and max_p ⟨Φ_f, p⟩ − β ∫ p log p = β log Z_g give J* − J(f) ≤ β KL(f ‖ g).
-    For WoN it is a stationarity measure only. Returns (density, gradient, iterations).
+    Stops when the fixed-point residual r = log g − log f, g ∝ exp(Φ_f/β), is constant to sd_f(r) < tol (or
+    when no step raises J at float precision). For concave W (BoN), W(f*) ≤ W(f) + ⟨Φ_f, f* − f⟩ and
+    max_p ⟨Φ_f, p⟩ − β ∫ p log p = β log Z_g give J* − J(f) ≤ β KL(f ‖ g) ≈ β sd_f(r)²/2, and the KL of f is
+    off by about sd_f(log f)·sd_f(r): both negligible at tol = 1e-9. For WoN it is a stationarity measure only.
+    Returns (density, gradient, iterations).
     """
     grid = _grid()
     d = _density(log_f0)
     j = _objective(d, procedure, n, beta)
     alpha = 1.0
     it = 0
+    neutral = 0  # consecutive steps that changed J by no more than float rounding
     for it in range(1, max_iter + 1):  # noqa: B007  (it is reported)
         phi = _gradient(d, procedure, n)
         g = _density(phi / beta)
-        gap = beta * _total(d.f * (d.log_f - g.log_f) * grid.w, grid.h)
-        if gap < tol:
+        r = g.log_f - d.log_f
+        mean_r = _total(d.f * r * grid.w, grid.h)
+        sd_r = math.sqrt(max(0.0, _total(d.f * (r - mean_r) ** 2 * grid.w, grid.h)))
+        if sd_r < tol:
             return d, phi, it
         alpha = min(1.0, 2.0 * alpha)
+        # Close to the optimum J moves by less than its rounding (J* − J ≈ β sd_r²/2 < 1e-16 once sd_r ~ 1e-8)
+        # while log f is still ~1e-8 off; a step that keeps J within rounding is accepted then, so the
+        # residual, not J, decides convergence. 10 such steps in a row without reaching tol mean float noise.
+        slack = 8e-16 * max(1.0, abs(j))
         while alpha > 1e-14:
             cand = _density((1.0 - alpha) * d.log_f + alpha * g.log_f)
             j_c = _objective(cand, procedure, n, beta)
-            if j_c > j:
-                d, j = cand, j_c
+            if j_c > j + slack or (j_c >= j - slack and alpha == 1.0):
+                neutral = neutral + 1 if j_c <= j + slack else 0
+                d, j = cand, max(j, j_c)
                 break
             alpha *= 0.5
         else:  # no ascent direction left at float precision: stationary for all practical purposes
             return d, phi, it
+        if neutral >= 10:
+            return d, _gradient(d, procedure, n), it
     return d, _gradient(d, procedure, n), it
 
 
@@ -367,10 +382,12 @@ def optimal(procedure: str, n: int, kl: float) -> Optimum:
 def _optimal_from(procedure: str, n: int, kl: float, start_t: Transform, beta0: float) -> Optimum:
     """`optimal`, starting every inner solve from the tilt (start_t, beta0), which has KL = kl."""
     start = _tilted(start_t, beta0).log_f
-
     cache: dict[float, tuple] = {}
 
     def solve(log_beta: float):
+        # Every solve starts from the same tilt: the result is then a function of β alone (warm starts from the
+        # previous β were measured to make KL(β) noisy at 1e-8 and brentq slower), and for WoN the stationary
+        # point found does not depend on the search path.
         if log_beta not in cache:
             cache[log_beta] = _ascend(start, procedure, n, math.exp(log_beta))
         return cache[log_beta]
@@ -380,22 +397,27 @@ def _optimal_from(procedure: str, n: int, kl: float, start_t: Transform, beta0: 
 
     lo = hi = math.log(beta0)
     e_lo = e_hi = excess(lo)
-    # The optimum's β is near the start's; widen the bracket by factors of e until the KL crosses the budget.
-    for _ in range(40):
-        if e_lo > 0:
-            break
-        lo -= 1.0
+    # The optimum's β is near the start's; widen the bracket by growing steps until the KL crosses the budget.
+    step = 0.5
+    while e_lo <= 0 and lo > math.log(_OPT_BETA_MIN):
+        step *= 2
+        lo = max(lo - step, math.log(_OPT_BETA_MIN))
         e_lo = excess(lo)
-    for _ in range(40):
-        if e_hi < 0:
-            break
-        hi += 1.0
+    step = 0.5
+    while e_hi >= 0 and hi < math.log(BETA_MAX):
+        step *= 2
+        hi = min(hi + step, math.log(BETA_MAX))
         e_hi = excess(hi)
     if not (e_lo > 0 > e_hi):
         if e_lo == 0 or e_hi == 0:
             root = lo if e_lo == 0 else hi
         else:
-            raise InfalignError(f"KL budget kl={kl:g} is not reachable by the optimal {procedure}-{n} policy")
+            d = solve(lo if e_lo <= 0 else hi)[0]
+            raise InfalignError(
+                f"KL budget kl={kl:g} is not reachable by the optimal {procedure}-{n} policy with beta in "
+                f"[{_OPT_BETA_MIN:g}, {BETA_MAX:g}] (it reaches KL {_kl(d):.3g} with win rate "
+                f"{_win(d, procedure, n):.10f}); use a smaller kl"
+            )
     else:
         root = brentq(excess, lo, hi, xtol=1e-10, rtol=1e-12, maxiter=100)
     d, phi, iters = solve(root)
@@ -413,7 +435,7 @@ class Choice:
     kl: float
     win_rate: float
     standard_win_rate: float
-    optimal_win_rate: float | None  # None when choose(..., with_optimum=False)
+    optimal_win_rate: float | None  # None with with_optimum=False, or if the optimum needs β < 1e-10
     procedure: str
     n: int
 
@@ -432,7 +454,8 @@ def choose(procedure: str, n: int, kl: float, tilts=None, with_optimum: bool = T
     Args:
         tilts: candidate |t| values (signs are set by the procedure); default DEFAULT_TILTS (0.25 … 256).
             The best grid point is refined by a bounded search on log |t| between its neighbours.
-        with_optimum: also compute `optimal(procedure, n, kl).win_rate` (the yardstick, SPEC §7).
+        with_optimum: also compute `optimal(procedure, n, kl).win_rate` (the yardstick, SPEC §7); it is None
+            when the optimum cannot be computed at this budget (it would need β < 1e-10, win rate ≈ 1).
     For N = 1 every procedure is the standard win rate, whose optimum is the identity transform; it is
     returned (tilt None) instead of an exp tilt that could only approach it as t → 0.
     """
@@ -472,7 +495,12 @@ def choose(procedure: str, n: int, kl: float, tilts=None, with_optimum: bool = T
             best_t = float(math.exp(res.x))
     transform = Transform("exp", sign * best_t)
     p = _at_budget(transform, kl, procedure, n)
-    opt = _optimal_from(procedure, n, kl, transform, p.beta).win_rate if with_optimum else None
+    opt = None
+    if with_optimum:
+        try:
+            opt = _optimal_from(procedure, n, kl, transform, p.beta).win_rate
+        except InfalignError:  # the optimum would need β < _OPT_BETA_MIN: report the tilt, leave the yardstick out
+            opt = None
     return Choice(transform, transform.tilt, p.beta, p.kl, p.win_rate, p.standard_win_rate, opt, procedure, n)
 
 
