@@ -373,6 +373,15 @@ def _log_probs(model, tokenizer, prompts: list, completion_ids: list[list[int]],
     return out
 
 
+def _score(scorer, prompts: list, completions: list[str], chunk: int, desc: str) -> np.ndarray:
+    """The judge's rewards (flat), in chunks so that a progress bar shows the rate."""
+    from tqdm.auto import tqdm
+
+    parts = [np.asarray(scorer(prompts[i : i + chunk], completions[i : i + chunk]), dtype=np.float64)
+             for i in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk")]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _free_memory() -> None:
     """Return freed model memory to the device before the next model loads (callers drop their reference)."""
     import gc
@@ -439,9 +448,11 @@ def evaluate(cfg) -> dict[str, Any]:
     _free_memory()
 
     t = time.perf_counter()
-    scorer = load_scorer(settings["reward_model"], device=device, batch_size=cfg.score_batch_size)
-    policy_rewards = np.asarray(scorer(flat_prompts, policy_completions), dtype=np.float64).reshape(len(rows), m)
-    base_rewards = np.asarray(scorer(flat_prompts, base_completions), dtype=np.float64).reshape(len(rows), m)
+    scorer = load_scorer(settings["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
+                         trust_remote_code=cfg.trust_remote_code)
+    chunk = 8 * cfg.score_batch_size
+    policy_rewards = _score(scorer, flat_prompts, policy_completions, chunk, "judge (policy)").reshape(len(rows), m)
+    base_rewards = _score(scorer, flat_prompts, base_completions, chunk, "judge (base)").reshape(len(rows), m)
     timings["score_s"] = time.perf_counter() - t
     del scorer
     _free_memory()
