@@ -12,6 +12,7 @@ array_split), so `merge` of all N shards in order is row for row the unsharded a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,15 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     from .sampling import context_length, fit_prompts, sample_completions, sample_completions_vllm
 
     shard = parse_shard(cfg.shard)
-    config = config_to_dict(cfg)
+    rows = _prompt_rows(cfg)
+    rows = rows[_shard_slice(len(rows), shard)]
+    # The prompts' hash is part of the recorded config: if the source changed between a crash and the resume,
+    # finished chunks would no longer line up with the prompt list, so that resume is refused.
+    prompts_hash = hashlib.sha256("\n".join(r["prompt_id"] for r in rows).encode()).hexdigest()
+    config = {**config_to_dict(cfg), "input_hash": prompts_hash}
     store = ChunkStore(cfg.out)
     if store.start(config, ignore=_SAMPLE_FREE):
         return read_manifest(cfg.out)
-    rows = _prompt_rows(cfg)
-    rows = rows[_shard_slice(len(rows), shard)]
     if cfg.backend == "vllm":
         from transformers import AutoTokenizer
 
@@ -144,7 +148,7 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     manifest.update(model=cfg.model, tokenizer=getattr(tokenizer, "name_or_path", cfg.model), **ids,
                     prompts=cfg.prompts, split=cfg.split, seed=cfg.seed, num_samples=cfg.num_samples,
                     shard=list(shard) if shard else None, num_prompts=len(rows), num_truncated=truncated,
-                    num_skipped_long=skipped, backend=cfg.backend, input_hash=None)
+                    num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash)
     return save_artifact(final, cfg.out, manifest)
 
 
@@ -257,7 +261,7 @@ def run_build(cfg: BuildConfig, progress: bool = True) -> dict[str, dict[str, An
 
 
 # Config keys that legitimately differ between the shards of one run.
-_SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "device")
+_SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "chunk_size", "device")
 
 
 def run_merge(cfg: MergeConfig) -> dict[str, Any]:
@@ -304,14 +308,16 @@ def run_merge(cfg: MergeConfig) -> dict[str, Any]:
                     "hashes": [manifests[j]["content_hash"] for j in order]}):
         return read_manifest(cfg.out)
     manifest = {k: v for k, v in first.items() if k not in ("content_hash", "num_rows")}
-    manifest.update(shard=None, config={**first["config"], "shard": None, "out": cfg.out},
+    manifest.update(shard=None, config={**first["config"], "shard": None, "out": cfg.out, "input_hash": None},
                     merged_from=[{"path": cfg.inputs[j], "content_hash": manifests[j]["content_hash"]} for j in order],
                     num_prompts=len(seen))
     for key in ("num_truncated", "num_skipped_long"):
         if key in first:
             manifest[key] = sum(int(m.get(key) or 0) for m in manifests)
     if first.get("sample_config"):
-        manifest["sample_config"] = {**first["sample_config"], "shard": None}
+        manifest["sample_config"] = {**first["sample_config"], "shard": None, "input_hash": None}
+    if manifest.get("stage") == "samples":  # each shard's prompt hash is in merged_from's manifests
+        manifest["input_hash"] = None
     return save_artifact(datasets.concatenate_datasets(parts), cfg.out, manifest)
 
 

@@ -117,7 +117,8 @@ def fit_prompts(tokenizer, rows: Sequence[dict[str, Any]], max_prompt_tokens: in
 
     policy: "fail" raises naming the prompt_id; "skip" drops it; "truncate" cuts from the left (drops the oldest
     chat messages first, then the oldest words of what is left) and logs a warning. The stored prompt is the
-    truncated one, so sampling, scoring and training all see the same text.
+    truncated one, so sampling, scoring and training all see the same text; its prompt_id stays the source
+    prompt's, so ids (and seeds, splits) keep matching the source.
     Returns (rows, num_truncated, num_skipped).
     """
     if policy not in LONG_PROMPT_POLICIES:

@@ -194,3 +194,19 @@ def test_build_config_checks():
         load_config(PrepareConfig, None, {"input": "i", "out": "o", "transform": "auto", "procedure": "bon"})
     cfg = load_config(BuildConfig, None, {**base, "shard": "1/2"})
     assert cfg.paths()["scored"].endswith("shard-1-of-2/scored") and cfg.score_config().shard is None
+
+
+def test_resume_refused_when_the_prompt_source_changed(assets, tmp_path, monkeypatch):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": w}) + "\n" for w in ("the cat", "a dog", "very good")))
+
+    def crash(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(pipeline, "_sample_chunk", crash)
+    with pytest.raises(RuntimeError):
+        pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
+    monkeypatch.undo()
+    prompts.write_text(prompts.read_text() + json.dumps({"prompt": "new one"}) + "\n")
+    with pytest.raises(InfalignError, match="config_diff.*input_hash"):
+        pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
