@@ -261,6 +261,20 @@ def test_eval_cli_end_to_end(tiny_setup, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "bon N=4" in printed and "KL" in printed
 
+    # The base side really is the base model (adapter disabled): the same draws as sampling the saved base LM
+    # directly with the base seed (seed + 1); the policy side differs from it.
+    from transformers import AutoModelForCausalLM
+
+    from offline_infalign.modeling import load_tokenizer
+    from offline_infalign.sampling import sample_completions
+
+    base_lm = AutoModelForCausalLM.from_pretrained(tiny_setup.base).eval()
+    direct = sample_completions(base_lm, load_tokenizer(str(tiny_setup.base)), [r["prompt"] for r in rows],
+                                [r["prompt_id"] for r in rows], num_samples=4, max_new_tokens=5, seed=1,
+                                progress=False)
+    assert [d["completions"] for d in direct] == [r["base_completions"] for r in rows]
+    assert [r["policy_completions"] for r in rows] != [r["base_completions"] for r in rows]
+
 
 def test_eval_zero_adapter_has_zero_kl(tiny_setup, tmp_path):
     # A LoRA with B = 0 is the base policy: log π − log π_ref is exactly 0 for every sample. Defaults come from
