@@ -26,6 +26,20 @@ def test_matches_definition_on_random_ties():
     assert np.allclose(c.mean(axis=1), 0.5)
 
 
+def test_blocked_path_matches_broadcast_definition(monkeypatch):
+    # calibrate ranks in blocks of rows; force several (uneven) blocks and compare with the definition computed
+    # by broadcasting (independent of rankdata)
+    import offline_infalign.core.calibration as cal
+
+    monkeypatch.setattr(cal, "_BLOCK_VALUES", 7 * 6)
+    rng = np.random.default_rng(5)
+    r = rng.integers(0, 4, size=(3, 10, 6)).astype(float)
+    c = cal.calibrate(r)
+    less = (r[..., None, :] < r[..., :, None]).sum(-1)
+    equal = (r[..., None, :] == r[..., :, None]).sum(-1)
+    assert np.allclose(c, (less + 0.5 * equal) / 6, atol=1e-15)
+
+
 def test_invariant_to_increasing_maps():
     rng = np.random.default_rng(1)
     r = np.round(rng.normal(size=(20, 16)), 1)  # with ties

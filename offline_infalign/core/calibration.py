@@ -15,6 +15,8 @@ from .errors import InfalignError
 
 __all__ = ["calibrate", "calibrate_against"]
 
+_BLOCK_VALUES = 2**19  # rewards ranked per rankdata call
+
 
 def _check(rewards: np.ndarray, what: str) -> None:
     if rewards.ndim == 0:
@@ -52,9 +54,17 @@ def calibrate(rewards) -> np.ndarray:
     if k < 2:
         raise InfalignError(f"calibration needs num_samples K >= 2 per prompt, got K={k}")
     # With average (mid) ranks R in 1..K: #{r_j < r_i} + ½ #{r_j = r_i} = R − ½ (i counts itself once).
-    # rankdata is vectorized along the axis, so 100k prompts take one call, no Python loop.
-    ranks = rankdata(r, method="average", axis=-1)
-    return (ranks - 0.5) / k
+    # rankdata is vectorized along the axis; it runs on blocks of ~0.5M values so its several temporaries stay
+    # small and are reused (one call on 100k × 64 allocates ~50 MB per temporary; first calls were up to 2x slower).
+    flat = r.reshape(-1, k)
+    out = np.empty(flat.shape, dtype=np.float64)
+    block = max(1, _BLOCK_VALUES // k)
+    for lo in range(0, flat.shape[0], block):
+        ranks = rankdata(flat[lo : lo + block], method="average", axis=-1)
+        ranks -= 0.5
+        ranks /= k
+        out[lo : lo + block] = ranks
+    return out.reshape(r.shape)
 
 
 def calibrate_against(rewards, reference) -> np.ndarray:
