@@ -457,8 +457,17 @@ class EvalConfig:
         default=16, metadata={"help": "M: completions per prompt drawn from the policy and M from the base"}
     )
     max_new_tokens: int = dataclasses.field(default=128, metadata={"help": "generation length limit"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed for sampling and the bootstrap"})
-    batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts per generation / log-prob batch"})
+    on_long_prompt: str = dataclasses.field(
+        default="fail",
+        metadata={"help": "a prompt longer than the context minus max_new_tokens: truncate (from the left), "
+                  "skip, or fail", "choices": ["truncate", "skip", "fail"]},
+    )
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "seed: policy draws use it, base draws seed + 1, the bootstrap seed"}
+    )
+    batch_size: int = dataclasses.field(
+        default=8, metadata={"help": "prompts per generation batch (x samples rows); pairs per log-prob batch"}
+    )
     score_batch_size: int = dataclasses.field(default=16, metadata={"help": "pairs per reward-model batch"})
     num_bootstrap: int = dataclasses.field(default=1000, metadata={"help": "bootstrap resamples over prompts"})
     confidence: float = dataclasses.field(default=0.95, metadata={"help": "confidence level of the intervals"})
@@ -494,6 +503,8 @@ class EvalConfig:
             raise InfalignError(f"eval: confidence must be in (0, 1), got {self.confidence!r}")
         if self.beta is not None and not float(self.beta) > 0.0:
             raise InfalignError(f"eval: beta must be > 0, got {self.beta!r}")
+        if self.on_long_prompt not in ("truncate", "skip", "fail"):
+            raise InfalignError(f"eval: on_long_prompt {self.on_long_prompt!r} not allowed; allowed: truncate, skip, fail")
         if self.dtype not in _EVAL_DTYPES:
             raise InfalignError(f"eval: dtype {self.dtype!r} is not one of {', '.join(_EVAL_DTYPES)}")
         if self.procedure is not None:

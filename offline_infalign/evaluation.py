@@ -403,7 +403,7 @@ def evaluate(cfg) -> dict[str, Any]:
     from . import __version__
     from .config import config_to_dict
     from .modeling import load_adapted, resolve_dtype
-    from .sampling import sample_completions
+    from .sampling import context_length, fit_prompts, sample_completions
     from .scoring import load_scorer
 
     t0 = time.perf_counter()
@@ -412,8 +412,6 @@ def evaluate(cfg) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = load_eval_prompts(settings, cfg.split, cfg.limit)
-    prompts = [r["prompt"] for r in rows]
-    prompt_ids = [r["prompt_id"] for r in rows]
     m = cfg.samples
     timings: dict[str, float] = {}
 
@@ -421,6 +419,14 @@ def evaluate(cfg) -> dict[str, Any]:
     model, tokenizer = load_adapted(settings["model"], cfg.policy, dtype=resolve_dtype(cfg.dtype, device),
                                     trust_remote_code=cfg.trust_remote_code)
     model = model.to(device).eval()
+    context = context_length(model)
+    if context is not None:
+        rows, _, skipped = fit_prompts(tokenizer, rows, context - cfg.max_new_tokens, cfg.on_long_prompt)
+        if not rows:
+            raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
+                                "use --on-long-prompt truncate or lower --max-new-tokens")
+    prompts = [r["prompt"] for r in rows]
+    prompt_ids = [r["prompt_id"] for r in rows]
 
     t = time.perf_counter()
     gen = dict(num_samples=m, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,

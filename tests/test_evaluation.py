@@ -286,6 +286,21 @@ def test_eval_zero_adapter_has_zero_kl(tiny_setup, tmp_path):
     assert "plots" not in report and not list((tmp_path / "ev0").glob("*.png"))
 
 
+def test_eval_long_prompts_skip_or_fail(tiny_setup, tmp_path, capsys):
+    from offline_infalign.cli import main
+
+    # The tiny LM has 128 positions: a 130-word prompt cannot fit with 5 new tokens.
+    prompts = tmp_path / "long.jsonl"
+    rows = [*PROMPTS, " ".join(["good"] * 130)]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
+    base = ["eval", "--policy", str(tiny_setup.zero), "--prompts", str(prompts), "--samples", "2", "--n", "2",
+            "--max-new-tokens", "5", "--num-bootstrap", "20", "--device", "cpu", "--no-plots"]
+    assert main([*base, "--out", str(tmp_path / "f")]) == 2
+    assert "pass --on-long-prompt" in capsys.readouterr().err
+    assert main([*base, "--on-long-prompt", "skip", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "report.json").read_text())["num_prompts"] == len(PROMPTS)
+
+
 def test_completion_ids_drop_eos_only_when_cut_off():
     from tiny_models import tiny_tokenizer
 
