@@ -210,3 +210,12 @@ def test_resume_refused_when_the_prompt_source_changed(assets, tmp_path, monkeyp
     prompts.write_text(prompts.read_text() + json.dumps({"prompt": "new one"}) + "\n")
     with pytest.raises(InfalignError, match="config_diff.*input_hash"):
         pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
+
+
+def test_dataset_does_not_depend_on_chunk_or_batch_size(assets, tmp_path):
+    pipeline.run_sample(_sample_cfg(assets, tmp_path / "a", chunk_size=2, batch_size=1), progress=False)
+    pipeline.run_sample(_sample_cfg(assets, tmp_path / "b", chunk_size=5, batch_size=4), progress=False)
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["completions"] for r in a] == [r["completions"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["ref_logps"] == pytest.approx(rb["ref_logps"], abs=1e-4)

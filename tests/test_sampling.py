@@ -125,3 +125,91 @@ def test_long_prompts(tok_model, caplog):
     assert kept[0]["prompt"][0]["content"].endswith("very good")
     with pytest.raises(InfalignError, match="on_long_prompt must be one of truncate, skip, fail, got 'cut'"):
         fit_prompts(tok, rows, 10, "cut")
+
+
+class _FakeVLLM:
+    """A stand-in for `vllm.LLM` (vLLM is never imported in CI): the tiny HF model behind vLLM's interface —
+    per-request seeded sampling of `n` completions, and `prompt_logprobs` for a scoring pass."""
+
+    def __init__(self, model=None, tokenizer=None, **kwargs):
+        from types import SimpleNamespace
+
+        if isinstance(model, str):  # built by load_vllm(path, ...)
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer, model = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model)
+        self.model, self.tok, self.kwargs, self.calls = model.eval(), tokenizer, kwargs, []
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=128))
+
+    def generate(self, prompts, params, use_tqdm=False):
+        from types import SimpleNamespace
+
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        self.calls.append(params)
+        outs = []
+        for prompt, sp in zip(prompts, params):
+            ids = prompt["prompt_token_ids"]
+            if sp.prompt_logprobs is not None:
+                with torch.no_grad():
+                    lp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].double(), -1)
+                plp = [None] + [{ids[t]: SimpleNamespace(logprob=lp[t - 1, ids[t]].item())} for t in range(1, len(ids))]
+                outs.append(SimpleNamespace(prompt_token_ids=ids, prompt_logprobs=plp, outputs=[]))
+                continue
+            gen = torch.Generator().manual_seed(sp.seed)
+            completions = []
+            for _ in range(sp.n):
+                seq = list(ids)
+                for _ in range(sp.max_tokens):
+                    with torch.no_grad():
+                        logits = self.model(torch.tensor([seq])).logits[0, -1]
+                    seq.append(int(torch.multinomial(torch.softmax(logits / sp.temperature, -1), 1, generator=gen)))
+                    if seq[-1] == self.tok.eos_token_id:
+                        break  # vLLM keeps the EOS id in token_ids
+                completions.append(SimpleNamespace(token_ids=seq[len(ids):]))
+            outs.append(SimpleNamespace(outputs=completions))
+        return outs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    vllm, inputs = ModuleType("vllm"), ModuleType("vllm.inputs")
+    vllm.SamplingParams = lambda **kw: SimpleNamespace(**{"prompt_logprobs": None, "n": 1, **kw})
+    vllm.LLM = _FakeVLLM
+    inputs.TokensPrompt = lambda **kw: dict(kw)
+    vllm.inputs = inputs
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+
+
+def test_vllm_backend_glue_with_a_fake_engine(tok_model, fake_vllm):
+    from offline_infalign.sampling import compute_ref_logps, sample_completions_vllm
+
+    tok, model = tok_model
+    llm = _FakeVLLM(model, tok)
+    res = sample_completions_vllm(llm, tok, PROMPTS, IDS, 3, 5, seed=7, progress=False)
+    params = llm.calls[0]
+    assert [p.seed for p in params] == [prompt_seed(7, i) % 2**31 for i in IDS]  # seeded per prompt
+    assert all(p.n == 3 and p.top_k == -1 and p.max_tokens == 5 for p in params)
+    # Per prompt, independent of which other prompts are in the call.
+    alone = sample_completions_vllm(_FakeVLLM(model, tok), tok, PROMPTS[3:4], IDS[3:4], 3, 5, seed=7, progress=False)
+    assert alone[0] == res[3]
+    for prompt, r in zip(PROMPTS, res):
+        assert len(r["completions"]) == 3 and all("</s>" not in c for c in r["completions"])
+        expected = compute_ref_logps(model, tok, [prompt] * 3, r["completions"])
+        assert r["ref_logps"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_pipeline_vllm_backend(fake_vllm, tmp_path):
+    from offline_infalign.config import SampleConfig
+    from offline_infalign.pipeline import run_sample
+    from tests.tiny_models import save_tiny_lm
+
+    lm = save_tiny_lm(tmp_path / "lm")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "the cat"}\n{"prompt": "a dog"}\n')
+    m = run_sample(SampleConfig(prompts=str(tmp_path / "p.jsonl"), model=str(lm), out=str(tmp_path / "out"),
+                                num_samples=2, max_new_tokens=3, backend="vllm", tensor_parallel_size=1),
+                   progress=False)
+    assert m["backend"] == "vllm" and m["num_rows"] == 2
