@@ -113,11 +113,11 @@ def run(args) -> int:
 def _print_table(procedure, n, rows) -> None:
     name = {"bon": "best", "won": "worst"}[procedure]
     print(f"{name}-of-{n} ({procedure}) win rate against the base model served the same way (SPEC §4)")
-    print(f"{'transform':26s} {'beta':>10s} {'KL':>8s} {f'{procedure}-{n} win':>11s} {'std win':>8s}")
+    print(f"{'transform':26s} {'beta':>10s} {'KL':>8s} {f'{procedure}-{n} win':>11s} {'std win':>9s}")
     for r in rows:
         if r is None:
             continue
-        print(f"{r['label']:26s} {r['beta']:10.4g} {r['kl']:8.4f} {r['win_rate']:11.4f} {r['standard_win_rate']:8.4f}")
+        print(f"{r['label']:26s} {r['beta']:10.4g} {r['kl']:8.4f} {r['win_rate']:11.6f} {r['standard_win_rate']:9.6f}")
 
 
 def _plot(path, cfg, procedure, n, plotted, kl_star, result) -> None:

@@ -458,6 +458,10 @@ def choose(procedure: str, n: int, kl: float, tilts=None, with_optimum: bool = T
             when the optimum cannot be computed at this budget (it would need β < 1e-10, win rate ≈ 1).
     For N = 1 every procedure is the standard win rate, whose optimum is the identity transform; it is
     returned (tilt None) instead of an exp tilt that could only approach it as t → 0.
+    WoN at large budgets (e.g. N = 8, kl ≥ 1, win rates > 0.9998): the WoN optimum tends to cutting off the
+    lowest calibrated rewards, which an exp tilt approaches as β → 0, so the best tilt is then the largest |t|
+    that still reaches the budget and its β sits at BETA_MIN (1e-6). The numbers are right; such a β is a
+    sign that the budget is larger than the procedure needs.
     """
     procedure, n = _check_procedure(procedure, n)
     kl = _check_kl(kl)
