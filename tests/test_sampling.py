@@ -213,3 +213,13 @@ def test_pipeline_vllm_backend(fake_vllm, tmp_path):
                                 num_samples=2, max_new_tokens=3, backend="vllm", tensor_parallel_size=1),
                    progress=False)
     assert m["backend"] == "vllm" and m["num_rows"] == 2
+
+
+def test_models_own_generation_config_does_not_change_draws():
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    before = sample_completions(model, tok, PROMPTS[:2], IDS[:2], 4, 8, progress=False)
+    g = model.generation_config  # what a hub checkpoint may ship: sampling settings and penalties
+    g.do_sample, g.temperature, g.top_p, g.top_k = True, 0.6, 0.9, 5
+    g.repetition_penalty, g.no_repeat_ngram_size, g.min_new_tokens = 1.3, 2, 3
+    assert sample_completions(model, tok, PROMPTS[:2], IDS[:2], 4, 8, progress=False) == before
