@@ -393,6 +393,64 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _draw(model, tokenizer, rows: list[dict], cfg) -> dict[str, Any]:
+    """M policy and M base samples per prompt, and log π − log π_ref of the policy samples (SPEC §8).
+
+    Returns policy_samples / base_samples (P dicts from sample_completions), log_ratios (P, M) and the fraction of
+    policy samples cut off at max_new_tokens.
+    """
+    prompts = [r["prompt"] for r in rows]
+    prompt_ids = [r["prompt_id"] for r in rows]
+    from .sampling import sample_completions
+
+    gen = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+               batch_size=cfg.batch_size)
+    policy_samples = sample_completions(model, tokenizer, prompts, prompt_ids, seed=cfg.seed, **gen)
+    # The base draws use another seed: with the same random stream a policy close to the base would produce
+    # the same completions, coupling the two sides that the estimator treats as independent.
+    with model.disable_adapter():
+        base_samples = sample_completions(model, tokenizer, prompts, prompt_ids, seed=cfg.seed + 1, **gen)
+
+    flat_prompts = [p for p in prompts for _ in range(cfg.samples)]
+    encoded = [completion_ids(tokenizer, c, cfg.max_new_tokens) for s in policy_samples for c in s["completions"]]
+    ids = [e[0] for e in encoded]
+    policy_logps = _log_probs(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi (policy)")
+    with model.disable_adapter():
+        ref_logps = _log_probs(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi_ref")
+    return {
+        "policy_samples": policy_samples,
+        "base_samples": base_samples,
+        "log_ratios": (policy_logps - ref_logps).reshape(len(rows), cfg.samples),  # (P, M)
+        "truncated_fraction": float(np.mean([e[1] for e in encoded])),
+    }
+
+
+def _judge(spec: str, rows: list[dict], draws: dict[str, Any], device: str, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Judge rewards of the policy and base samples, each (P, M)."""
+    from .scoring import load_scorer
+
+    scorer = load_scorer(spec, device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
+                         trust_remote_code=cfg.trust_remote_code)
+    flat_prompts = [r["prompt"] for r in rows for _ in range(cfg.samples)]
+    chunk = 8 * cfg.score_batch_size
+    out = []
+    for side in ("policy", "base"):
+        completions = [c for s in draws[f"{side}_samples"] for c in s["completions"]]
+        out.append(_score(scorer, flat_prompts, completions, chunk, f"judge ({side})").reshape(len(rows), -1))
+    return out[0], out[1]
+
+
+def _write_samples(path: Path, rows, draws, policy_rewards, base_rewards) -> None:
+    with open(path, "w") as fh:
+        for i, r in enumerate(rows):
+            fh.write(json.dumps({
+                "prompt_id": r["prompt_id"], "prompt": r["prompt"],
+                "policy_completions": draws["policy_samples"][i]["completions"],
+                "policy_rewards": policy_rewards[i].tolist(), "log_ratios": draws["log_ratios"][i].tolist(),
+                "base_completions": draws["base_samples"][i]["completions"], "base_rewards": base_rewards[i].tolist(),
+            }) + "\n")
+
+
 def evaluate(cfg) -> dict[str, Any]:
     """Run the evaluation of `cfg` (config.EvalConfig); write `out/report.json`, `out/samples.jsonl`, plots.
 
@@ -403,8 +461,7 @@ def evaluate(cfg) -> dict[str, Any]:
     from . import __version__
     from .config import config_to_dict
     from .modeling import load_adapted, resolve_dtype
-    from .sampling import context_length, fit_prompts, sample_completions
-    from .scoring import load_scorer
+    from .sampling import context_length, fit_prompts
 
     t0 = time.perf_counter()
     info = read_training_info(cfg.policy)
@@ -412,7 +469,6 @@ def evaluate(cfg) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = load_eval_prompts(settings, cfg.split, cfg.limit)
-    m = cfg.samples
     timings: dict[str, float] = {}
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -425,52 +481,27 @@ def evaluate(cfg) -> dict[str, Any]:
         if not rows:
             raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
                                 "use --on-long-prompt truncate or lower --max-new-tokens")
-    prompts = [r["prompt"] for r in rows]
-    prompt_ids = [r["prompt_id"] for r in rows]
-
     t = time.perf_counter()
-    gen = dict(num_samples=m, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-               batch_size=cfg.batch_size)
-    policy_samples = sample_completions(model, tokenizer, prompts, prompt_ids, seed=cfg.seed, **gen)
-    # The base draws use another seed: with the same random stream a policy close to the base would produce
-    # the same completions, coupling the two sides that the estimator treats as independent.
-    with model.disable_adapter():
-        base_samples = sample_completions(model, tokenizer, prompts, prompt_ids, seed=cfg.seed + 1, **gen)
-    timings["sample_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    flat_prompts = [p for p in prompts for _ in range(m)]
-    policy_completions = [c for s in policy_samples for c in s["completions"]]
-    base_completions = [c for s in base_samples for c in s["completions"]]
-    encoded = [completion_ids(tokenizer, c, cfg.max_new_tokens) for c in policy_completions]
-    ids = [e[0] for e in encoded]
-    truncated_fraction = float(np.mean([e[1] for e in encoded]))
-    policy_logps = _log_probs(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi (policy)")
-    with model.disable_adapter():
-        ref_logps = _log_probs(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi_ref")
-    log_ratios = (policy_logps - ref_logps).reshape(len(rows), m)  # (P, M)
-    timings["kl_s"] = time.perf_counter() - t
+    draws = _draw(model, tokenizer, rows, cfg)
+    timings["sample_and_kl_s"] = time.perf_counter() - t
     del model
-    _free_memory()
+    _free_memory()  # the judge may need the memory the policy held
 
     t = time.perf_counter()
-    scorer = load_scorer(settings["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
-                         trust_remote_code=cfg.trust_remote_code)
-    chunk = 8 * cfg.score_batch_size
-    policy_rewards = _score(scorer, flat_prompts, policy_completions, chunk, "judge (policy)").reshape(len(rows), m)
-    base_rewards = _score(scorer, flat_prompts, base_completions, chunk, "judge (base)").reshape(len(rows), m)
+    policy_rewards, base_rewards = _judge(settings["reward_model"], rows, draws, device, cfg)
     timings["score_s"] = time.perf_counter() - t
-    del scorer
     _free_memory()
+    _write_samples(out / "samples.jsonl", rows, draws, policy_rewards, base_rewards)
 
     transform, beta = settings["transform"], settings["beta"]
     predict_fn = make_predict_fn(transform, beta, settings["loss"])
-    report = summarize(policy_rewards, base_rewards, log_ratios, settings["procedures"], settings["ns"],
+    report = summarize(policy_rewards, base_rewards, draws["log_ratios"], settings["procedures"], settings["ns"],
                        predict_fn=predict_fn, num_bootstrap=cfg.num_bootstrap, confidence=cfg.confidence,
                        seed=cfg.seed)
     notes = [PREDICTION_NOTE] if predict_fn is not None else [
         "no prediction: the adapter has no transform/beta (or was trained with a DPO/IPO baseline loss); "
         "pass --transform and --beta to compare with a tilt"]
+    truncated_fraction = draws["truncated_fraction"]
     if truncated_fraction > 0.05:
         notes.append(f"{truncated_fraction:.0%} of the policy samples hit max_new_tokens={cfg.max_new_tokens}: "
                      "win rates and KL refer to the length-truncated policy; raise --max-new-tokens to measure "
@@ -491,15 +522,10 @@ def evaluate(cfg) -> dict[str, Any]:
         "notes": notes,
         "package_version": __version__,
         "config": config_to_dict(cfg),
+        "timings": timings,
     })
-    with open(out / "samples.jsonl", "w") as fh:
-        for i, r in enumerate(rows):
-            fh.write(json.dumps({
-                "prompt_id": r["prompt_id"], "prompt": r["prompt"],
-                "policy_completions": policy_samples[i]["completions"],
-                "policy_rewards": policy_rewards[i].tolist(), "log_ratios": log_ratios[i].tolist(),
-                "base_completions": base_samples[i]["completions"], "base_rewards": base_rewards[i].tolist(),
-            }) + "\n")
+    # Written before plotting, so a plotting problem never costs the measurement; rewritten with the plot list.
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if cfg.plots:
         t = time.perf_counter()
         report["plots"] = [
@@ -508,6 +534,5 @@ def evaluate(cfg) -> dict[str, Any]:
         ]
         timings["plot_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    report["timings"] = timings
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
