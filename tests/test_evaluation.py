@@ -57,6 +57,19 @@ def test_summarize_win_rates_equal_brute_force(sample_set):
     assert report["results"]["won"]["1"]["win_rate"] == pytest.approx(std, abs=1e-12)
 
 
+def test_summarize_unequal_sample_counts():
+    # M policy samples against M' != M base samples: still the exact enumeration over both sides' tuples.
+    rng = np.random.default_rng(11)
+    policy = rng.integers(0, 4, size=(3, 3)).astype(float)
+    base = rng.integers(0, 4, size=(3, 2)).astype(float)
+    report = summarize(policy, base, np.zeros((3, 3)), ["bon", "won"], [2, 3], num_bootstrap=50)
+    for procedure in ("bon", "won"):
+        for n in (2, 3):
+            assert report["results"][procedure][str(n)]["win_rate"] == pytest.approx(
+                brute_force_win_rate(policy, base, n, procedure), abs=1e-12)
+    assert report["kl"] == 0.0
+
+
 def test_summarize_hand_computed_case():
     # One prompt. policy {1, 3}, base {2, 2}. N=1: y=1 loses, y=3 wins → ½.
     # BoN N=2: best of two policy draws is 3 with prob 3/4, 1 with prob 1/4; base best is 2 → 3/4.
