@@ -24,7 +24,7 @@ from .core.calibration import calibrate
 from .core.errors import InfalignError
 from .core.transforms import Transform
 
-__all__ = ["prepare_dataset", "is_test_prompt", "KINDS"]
+__all__ = ["prepare_dataset", "is_test_prompt", "to_trl_conversational", "KINDS"]
 
 KINDS = ("pairs", "listwise", "bon")
 
@@ -167,3 +167,19 @@ def _bon(ids, prompts, completions, rewards, u, targets, ref, beta, m, seed, pro
     feats = _features(prompt_feature, completion="str", reward="float", calibrated_reward="float",
                       target="float", ref_logp="float", weight="float")
     return columns, feats, owner
+
+
+def to_trl_conversational(pairs):
+    """Pairs whose prompt is a message list, with chosen/rejected as one assistant message each.
+
+    TRL's DPOTrainer reads a conversational prompt only together with conversational completions, while this
+    package stores completions as plain strings (one format for every consumer). Plain-text prompts are already
+    in TRL's format and come back unchanged.
+    """
+    if not len(pairs) or isinstance(pairs[0]["prompt"], str):
+        return pairs
+
+    def wrap(row):
+        return {k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected")}
+
+    return pairs.map(wrap)

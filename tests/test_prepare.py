@@ -7,7 +7,7 @@ import pytest
 
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.transforms import Transform
-from offline_infalign.prepare import is_test_prompt, prepare_dataset
+from offline_infalign.prepare import is_test_prompt, prepare_dataset, to_trl_conversational
 
 # Two prompts, K = 4. Prompt a has a tie (rewards 1, 3, 3, 0); prompt b is a message list.
 SCORED = {
@@ -121,7 +121,8 @@ def test_bad_inputs():
         prepare_dataset(_scored(), "bon", Transform("identity"), 0)
 
 
-def test_pairs_train_one_step_in_trl_dpo(tmp_path):
+@pytest.mark.parametrize("messages", [False, True], ids=["text", "chat"])
+def test_pairs_train_one_step_in_trl_dpo(tmp_path, messages):
     import torch
     from trl import DPOConfig, DPOTrainer
 
@@ -130,7 +131,12 @@ def test_pairs_train_one_step_in_trl_dpo(tmp_path):
     torch.manual_seed(0)
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok)
-    train = prepare_dataset(_scored(), "pairs", Transform("identity"), 1.0, test_fraction=0.0)["train"]
+    train = prepare_dataset(_scored(messages), "pairs", Transform("identity"), 1.0, test_fraction=0.0)["train"]
+    if messages:  # TRL wants chat completions next to a chat prompt; text prompts go in unchanged
+        train = to_trl_conversational(train)
+        assert train[0]["chosen"][0]["role"] == "assistant"
+    else:
+        assert to_trl_conversational(train) is train
     args = DPOConfig(output_dir=str(tmp_path / "dpo"), bf16=False, use_cpu=True, max_steps=1, report_to=[],
                      per_device_train_batch_size=4, logging_steps=1, save_strategy="no", beta=0.1)
     before = [p.detach().clone() for p in model.parameters()]
