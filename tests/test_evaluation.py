@@ -120,6 +120,18 @@ def test_summarize_report_keys_and_predictions(sample_set):
     json.dumps(report)  # the report must be plain JSON
 
 
+def test_plots_without_a_prediction(sample_set, tmp_path):
+    # A foreign adapter (no transform/beta): the win-rate plot has no predicted line and the tradeoff plot only
+    # the optimum's curve, but both are written.
+    from offline_infalign.evaluation import plot_tradeoff, plot_win_rate_vs_n
+
+    policy, base, log_ratios = sample_set
+    report = summarize(policy, base, np.abs(log_ratios), ["won"], [2], num_bootstrap=50)
+    assert plot_win_rate_vs_n(report, tmp_path / "w.png").stat().st_size > 0
+    paths = plot_tradeoff(report, tmp_path, transform=None)
+    assert [p.name for p in paths] == ["tradeoff_won_n2.png"] and paths[0].stat().st_size > 0
+
+
 def test_summarize_rejects_bad_input(sample_set):
     policy, base, log_ratios = sample_set
     with pytest.raises(InfalignError, match="prompts"):
