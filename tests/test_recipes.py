@@ -107,8 +107,9 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
 
     base, rm, run = save_tiny_lm(tmp_path / "base"), save_tiny_reward_model(tmp_path / "rm"), tmp_path / "run"
     r = RECIPES / "smoke"
+    # Every path is overridden (the YAMLs' paths are relative to the repository root, pytest may run elsewhere).
     assert main(["build", "--config", str(r / "build.yaml"), "--model", str(base), "--reward-model", str(rm),
-                 "--out", str(run)]) == 0
+                 "--prompts", str(r / "prompts.jsonl"), "--out", str(run)]) == 0
     assert main(["prepare", "--config", str(r / "prepare.yaml"), "--input", str(run / "scored"),
                  "--out", str(run / "prepared_identity")]) == 0
     assert main(["train", str(r / "train.yaml"), "--dataset", str(run / "prepared"), "--model", str(base),
