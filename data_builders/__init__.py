@@ -96,7 +96,7 @@ def load_rows(path_or_id: str, split: str = "train", data_files=None, **kwargs):
             builder = "parquet" if suffix == ".parquet" else "json"
             return datasets.load_dataset(builder, data_files=str(data_files), split="train")
         return datasets.load_dataset(path_or_id, split=split, **kwargs)
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:  # missing, offline, malformed
         raise InfalignError(f"cannot load prompts from {data_files or path_or_id!r} (split {split!r}): {exc}") from None
 
 

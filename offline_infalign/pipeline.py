@@ -132,15 +132,15 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     bar = _bar(len(rows), "sample", "prompt", progress)
     try:
         for index, sl in enumerate(chunks):
-            if not store.done(index):
-                part = rows[sl]
-                results = _sample_chunk(sampler, model, tokenizer, part, cfg)
-                store.write(index, datasets.Dataset.from_dict({
-                    "prompt_id": [r["prompt_id"] for r in part], "prompt": [r["prompt"] for r in part],
-                    "completions": [r["completions"] for r in results],
-                    "ref_logps": [r["ref_logps"] for r in results]}))
-            bar.update(sl.stop - sl.start)
-            bar.set_postfix(completions_per_s=f"{bar.n * cfg.num_samples / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+            if store.done(index):
+                bar.update(sl.stop - sl.start)
+                continue
+            part = rows[sl]
+            results = _sample_chunk(sampler, model, tokenizer, part, cfg, bar)  # advances the bar per batch
+            store.write(index, datasets.Dataset.from_dict({
+                "prompt_id": [r["prompt_id"] for r in part], "prompt": [r["prompt"] for r in part],
+                "completions": [r["completions"] for r in results],
+                "ref_logps": [r["ref_logps"] for r in results]}))
     finally:
         bar.close()
     final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
@@ -152,11 +152,16 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     return save_artifact(final, cfg.out, manifest)
 
 
-def _sample_chunk(sampler, model, tokenizer, part, cfg: SampleConfig) -> list[dict[str, list]]:
-    """One chunk's completions (a seam the resume test interrupts)."""
-    return sampler(model, tokenizer, [r["prompt"] for r in part], [r["prompt_id"] for r in part],
-                   num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, batch_size=cfg.batch_size, progress=False)
+def _sample_chunk(sampler, model, tokenizer, part, cfg: SampleConfig, bar=None) -> list[dict[str, list]]:
+    """One chunk's completions (a seam the resume test interrupts); advances `bar` as prompts finish."""
+    vllm = cfg.backend == "vllm"  # vLLM draws its own bar per call, so ours advances once per chunk
+    out = sampler(model, tokenizer, [r["prompt"] for r in part], [r["prompt_id"] for r in part],
+                  num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                  top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, batch_size=cfg.batch_size,
+                  progress=False if vllm or bar is None else bar)
+    if vllm and bar is not None:
+        bar.update(len(part))
+    return out
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:

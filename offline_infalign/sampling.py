@@ -197,6 +197,7 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
         prompts: P prompts (strings or chat message lists; see tokenization.encode_prompt).
         prompt_ids: P ids; with `seed` they alone determine each prompt's draws.
         batch_size: prompts per `generate` call (batch_size × K rows), left-padded.
+        progress: show a progress bar (prompts/s, completions/s), or an open tqdm bar to advance.
     Returns:
         P dicts in input order: {"completions": K strings, "ref_logps": K floats}.
     """
@@ -220,7 +221,10 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
         no_repeat_ngram_size=0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     results: list[dict[str, list] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress, dynamic_ncols=True)
+    # `progress` may be a caller's open bar (the pipeline's bar over all chunks): advance it, do not close it.
+    own_bar = not hasattr(progress, "update")
+    bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress,
+               dynamic_ncols=True) if own_bar else progress
     try:
         for lo in range(0, len(order), batch_size):
             idx = order[lo : lo + batch_size]
@@ -235,7 +239,8 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
             bar.update(len(idx))
             bar.set_postfix(completions_per_s=f"{bar.n * num_samples / max(bar.format_dict['elapsed'], 1e-9):.1f}")
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         model.train(was_training)
     return results  # type: ignore[return-value]
 
