@@ -64,11 +64,12 @@ def load_causal_lm(path: str, device: str | None = None, dtype: str = "auto", tr
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .scoring import _torch_dtype
+    from .modeling import resolve_dtype  # 'auto': bf16 on a bf16-capable GPU, float32 otherwise
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device),
+                                                 trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tokenizer
 
 

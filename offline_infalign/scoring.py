@@ -21,9 +21,6 @@ from .core.errors import InfalignError
 
 __all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "score_texts"]
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 class Scorer:
     """Base class: `__call__(prompts: list, completions: list[str]) -> np.ndarray` of shape (n,), float64."""
 
@@ -51,16 +48,6 @@ class CallableScorer(Scorer):
         return self.fn(prompts, completions)
 
 
-def _torch_dtype(dtype: str | None):
-    import torch
-
-    if dtype in (None, "auto"):
-        return None
-    if dtype not in DTYPES:
-        raise InfalignError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return getattr(torch, dtype)
-
-
 class HFRewardScorer(Scorer):
     """A sequence-classification reward model: one scalar logit per (prompt, completion)."""
 
@@ -80,8 +67,10 @@ class HFRewardScorer(Scorer):
                 "`tokenizer.pad_token = tokenizer.eos_token` and save it with the reward model)"
             )
         if model is None:
+            from .modeling import resolve_dtype  # 'auto': bf16 on a bf16-capable GPU, float32 otherwise
+
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+                path, dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code)
         if model.config.num_labels != 1:
             raise InfalignError(f"reward model {self.name!r} must have one output (num_labels=1), "
                                 f"got num_labels={model.config.num_labels}")
