@@ -96,22 +96,23 @@ class HFRewardScorer(Scorer):
         import torch
 
         texts = [self.text(p, c) for p, c in zip(prompts, completions)]
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
         tok = self.tokenizer
         side = tok.truncation_side
         tok.truncation_side = "left"  # keep the completion when a conversation exceeds the context
-        out = []
+        out = np.empty(len(texts), dtype=np.float64)
         try:
             for lo in range(0, len(texts), self.batch_size):
+                idx = order[lo : lo + self.batch_size]
                 # A chat template already writes special tokens itself.
-                enc = tok(texts[lo : lo + self.batch_size], padding=True, truncation=True,
-                          max_length=self.max_length, return_tensors="pt",
-                          add_special_tokens=not getattr(tok, "chat_template", None))
+                enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
+                          return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None))
                 enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
                 with torch.no_grad():
-                    out.append(self.model(**enc).logits[:, 0].float().cpu().numpy())
+                    out[idx] = self.model(**enc).logits[:, 0].float().cpu().numpy()
         finally:
             tok.truncation_side = side
-        return np.concatenate(out)
+        return out
 
 
 def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
