@@ -6,9 +6,10 @@ step t of sample k takes the token at which the (truncated, tempered) CDF first 
 sampling). No random state is shared between prompts, so which other prompts share a batch, how the run is
 chunked, sharded or resumed cannot change a prompt's draws. What CAN differ is the model's float rounding:
 another batch means other padding and matrix shapes, which moves logits in the last bits; a token changes only
-if its uniform falls within that rounding distance of a CDF boundary (probability ~1e-6 per token in float32).
-So we guarantee identical completions for identical batching (resume, rerun) and identical completions up to
-that rounding chance across batch sizes; tests check equality across batch sizes on CPU.
+if its uniform falls within that rounding distance of a CDF boundary (probability ~1e-6 per token in float32,
+far more in bf16, whose logits carry ~3 significant digits). So we guarantee identical completions for
+identical batching (resume, rerun of the same command) and identical completions up to that rounding chance
+across batch sizes and chunkings; tests check equality across batch sizes on CPU in float32.
 
 `ref_logps` are Σ log π_ref(y_t | x, y_<t) at temperature 1 with no top-p/top-k, teacher-forced on the ids
 `tokenization.encode_completion(text)` (the decoded text re-encoded, plus EOS). They are the base policy's

@@ -113,14 +113,16 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     for item in tmp.iterdir():
         os.replace(item, out / item.name)
-    shutil.rmtree(out / WORK)
     manifest = dict(manifest)
     manifest["content_hash"] = content_hash(out)
     if hasattr(dataset, "keys"):  # DatasetDict
         manifest["num_rows"] = {k: len(v) for k, v in dataset.items()}
     else:
         manifest["num_rows"] = len(dataset)
+    # Manifest first, then the work folder: a crash in between leaves a complete artifact (plus leftovers that
+    # nothing reads), and a crash before it leaves _work/config.json and the chunks, so a rerun redoes this step.
     write_json_atomic(out / MANIFEST, manifest)
+    shutil.rmtree(out / WORK, ignore_errors=True)
     return manifest
 
 

@@ -59,3 +59,27 @@ def test_refuses_foreign_folder(tmp_path):
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(InfalignError, match="exists and is not an artifact"):
         ChunkStore(tmp_path / "out").start({})
+
+
+def test_crash_while_finishing_leaves_a_resumable_folder(tmp_path, monkeypatch):
+    import offline_infalign.storage as storage
+
+    out = tmp_path / "out"
+    store = ChunkStore(out)
+    store.start({"seed": 0})
+    store.write(0, _ds(2))
+    real = storage.write_json_atomic
+
+    def crash_on_manifest(path, obj):
+        if str(path).endswith("manifest.json"):
+            raise RuntimeError("killed while finishing")
+        return real(path, obj)
+
+    monkeypatch.setattr(storage, "write_json_atomic", crash_on_manifest)
+    with pytest.raises(RuntimeError, match="killed while finishing"):
+        save_artifact(store.load(0), out, {"stage": "samples", "config": {"seed": 0}})
+    monkeypatch.undo()
+    again = ChunkStore(out)
+    assert again.start({"seed": 0}) is False and again.done(0)  # not complete, chunks kept
+    save_artifact(again.load(0), out, {"stage": "samples", "config": {"seed": 0}})
+    assert load_artifact(out)[0]["x"] == [0, 1] and not (out / "_work").exists()
