@@ -94,11 +94,32 @@ def _model_id(model) -> dict[str, Any]:
             "model_type": getattr(cfg, "model_type", None)}
 
 
+def _load_sampler(cfg: SampleConfig):
+    """(sampling function, model, tokenizer, context length or None, model ids for the manifest)."""
+    from .sampling import context_length, load_vllm, sample_completions, sample_completions_vllm
+    from .tokenization import check_tokenizer
+
+    if cfg.backend == "vllm":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code)
+        ctx = getattr(getattr(getattr(model, "llm_engine", None), "model_config", None), "max_model_len", None)
+        sampler, ids = sample_completions_vllm, {"model_revision": None, "model_type": None}
+    else:
+        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        ctx, sampler, ids = context_length(model), sample_completions, _model_id(model)
+    if cfg.pad_token_as_eos and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # left padding is masked, so reusing eos is safe
+    check_tokenizer(tokenizer)
+    return sampler, model, tokenizer, ctx, ids
+
+
 def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     """Sample K completions per prompt into the artifact folder `cfg.out`; returns its manifest."""
     import datasets
 
-    from .sampling import context_length, fit_prompts, sample_completions, sample_completions_vllm
+    from .sampling import fit_prompts
 
     shard = parse_shard(cfg.shard)
     rows = _prompt_rows(cfg)
@@ -110,23 +131,7 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     store = ChunkStore(cfg.out)
     if store.start(config, ignore=_SAMPLE_FREE):
         return read_manifest(cfg.out)
-    if cfg.backend == "vllm":
-        from transformers import AutoTokenizer
-
-        from .sampling import load_vllm
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code)
-        ctx = getattr(getattr(getattr(model, "llm_engine", None), "model_config", None), "max_model_len", None)
-        sampler, ids = sample_completions_vllm, {"model_revision": None, "model_type": None}
-    else:
-        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
-        ctx, sampler, ids = context_length(model), sample_completions, _model_id(model)
-    from .tokenization import check_tokenizer
-
-    if cfg.pad_token_as_eos and tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # left padding is masked, so reusing eos is safe
-    check_tokenizer(tokenizer)
+    sampler, model, tokenizer, ctx, ids = _load_sampler(cfg)
     truncated = skipped = 0
     if ctx is not None:
         rows, truncated, skipped = fit_prompts(tokenizer, rows, ctx - cfg.max_new_tokens, cfg.on_long_prompt)
