@@ -26,13 +26,13 @@ FAIL_AFTER = "INFALIGN_TEST_SCORE_FAIL_AFTER"
 
 
 def length_reward(prompts, completions):
-    """Reward = number of words, plus a tiny prompt-dependent offset (so ties are rare but deterministic)."""
+    """Reward = number of words plus small prompt- and character-length terms (few ties; depends on nothing else)."""
     if FAIL_AFTER in os.environ:
         left = int(os.environ[FAIL_AFTER]) - 1
         os.environ[FAIL_AFTER] = str(left)
         if left < 0:
             raise RuntimeError("simulated crash while scoring")
-    return [len(c.split()) + 0.01 * len(p) + 0.001 * i for i, (p, c) in enumerate(zip(prompts, completions))]
+    return [len(c.split()) + 0.01 * len(p) + 0.001 * len(c) for p, c in zip(prompts, completions)]
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +219,20 @@ def test_dataset_does_not_depend_on_chunk_or_batch_size(assets, tmp_path):
     assert [r["completions"] for r in a] == [r["completions"] for r in b]
     for ra, rb in zip(a, b):
         assert ra["ref_logps"] == pytest.approx(rb["ref_logps"], abs=1e-4)
+
+
+def test_sharded_scoring_merges_to_the_unsharded_scores(assets, tmp_path):
+    pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
+    score = {"input": str(tmp_path / "s"), "reward_model": "tests.test_pipeline:length_reward"}
+    pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "all")}), progress=False)
+    parts = []
+    for i in range(2):
+        m = pipeline.run_score(load_config(ScoreConfig, None, {**score, "shard": f"{i}/2",
+                                                               "out": str(tmp_path / f"sc{i}")}), progress=False)
+        assert m["shard"] == [i, 2] and m["num_rows"] == 3
+        parts.append(str(tmp_path / f"sc{i}"))
+    merged = pipeline.run_merge(MergeConfig(inputs=parts[::-1], out=str(tmp_path / "merged")))
+    assert merged["stage"] == "scored" and _rows(tmp_path / "merged") == _rows(tmp_path / "all")
+    with pytest.raises(InfalignError, match="is already shard"):
+        pipeline.run_score(load_config(ScoreConfig, None, {"input": parts[0], "reward_model": "demo", "shard": "0/2",
+                                                           "out": str(tmp_path / "x")}), progress=False)
