@@ -233,6 +233,7 @@ def test_sharded_scoring_merges_to_the_unsharded_scores(assets, tmp_path):
         parts.append(str(tmp_path / f"sc{i}"))
     merged = pipeline.run_merge(MergeConfig(inputs=parts[::-1], out=str(tmp_path / "merged")))
     assert merged["stage"] == "scored" and _rows(tmp_path / "merged") == _rows(tmp_path / "all")
-    with pytest.raises(InfalignError, match="is already shard"):
-        pipeline.run_score(load_config(ScoreConfig, None, {"input": parts[0], "reward_model": "demo", "shard": "0/2",
+    pipeline.run_sample(_sample_cfg(assets, tmp_path / "s0", shard="0/2"), progress=False)
+    with pytest.raises(InfalignError, match="is already shard \\[0, 2\\]; score it without --shard"):
+        pipeline.run_score(load_config(ScoreConfig, None, {**score, "input": str(tmp_path / "s0"), "shard": "0/2",
                                                            "out": str(tmp_path / "x")}), progress=False)
