@@ -317,10 +317,13 @@ def run_merge(cfg: MergeConfig) -> dict[str, Any]:
             if pid in seen:
                 raise InfalignError(f"prompt_id {pid} is in shard {seen[pid]} and shard {i}")
             seen[pid] = i
-    store = ChunkStore(cfg.out)
-    if store.start({"inputs": [str(Path(cfg.inputs[j]).resolve()) for j in order],
-                    "hashes": [manifests[j]["content_hash"] for j in order]}):
-        return read_manifest(cfg.out)
+    hashes = [manifests[j]["content_hash"] for j in order]
+    if (Path(cfg.out) / "manifest.json").is_file():  # a rerun: the same shards are a no-op, others are refused
+        done = read_manifest(cfg.out)
+        if [m.get("content_hash") for m in done.get("merged_from", [])] == hashes:
+            return done
+        raise InfalignError(f"output folder {cfg.out!r} already holds another artifact; choose a new --out")
+    ChunkStore(cfg.out).start({})  # refuses a folder holding anything else
     manifest = {k: v for k, v in first.items() if k not in ("content_hash", "num_rows")}
     manifest.update(shard=None, config={**first["config"], "shard": None, "out": cfg.out, "input_hash": None},
                     merged_from=[{"path": cfg.inputs[j], "content_hash": manifests[j]["content_hash"]} for j in order],

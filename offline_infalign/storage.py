@@ -133,6 +133,8 @@ class ChunkStore:
         self.out = Path(out)
         self.work = self.out / WORK
         self.chunks = self.work / "chunks"
+        self.config_path = self.work / "config.json"
+        self._config: dict[str, Any] | None = None
 
     def start(self, config: dict[str, Any], ignore=()) -> bool:
         """Record `config`, or check it against the one a previous run recorded.
@@ -144,16 +146,14 @@ class ChunkStore:
             old = read_manifest(self.out).get("config", {})
             self._check(old, config, ignore, "holds a finished artifact")
             return True
-        cfg_path = self.work / "config.json"
-        if cfg_path.is_file():
-            self._check(json.loads(cfg_path.read_text()), config, ignore, "holds an unfinished run")
-        else:
-            if self.out.is_dir() and any(p.name != WORK for p in self.out.iterdir()):
-                raise InfalignError(f"output folder {str(self.out)!r} exists and is not an artifact of this stage; "
-                                    "choose a new --out")
-            self.chunks.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cfg_path, config)
-        self.chunks.mkdir(parents=True, exist_ok=True)
+        if self.config_path.is_file():
+            self._check(json.loads(self.config_path.read_text()), config, ignore, "holds an unfinished run")
+        elif self.out.is_dir() and any(p.name != WORK for p in self.out.iterdir()):
+            raise InfalignError(f"output folder {str(self.out)!r} exists and is not an artifact of this stage; "
+                                "choose a new --out")
+        # Recorded with the first chunk, not here: a run that fails before any work (a bad flag, a model that
+        # will not load) must not pin its config on the folder and block the corrected command.
+        self._config = config
         return False
 
     def _check(self, old: dict, new: dict, ignore, what: str) -> None:
@@ -169,9 +169,12 @@ class ChunkStore:
         return self.chunks / f"chunk-{index:05d}"
 
     def done(self, index: int) -> bool:
-        return self._path(index).is_dir()
+        return self.config_path.is_file() and self._path(index).is_dir()
 
     def write(self, index: int, dataset) -> None:
+        if not self.config_path.is_file():
+            self.chunks.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.config_path, self._config)
         tmp = _save_tmp(dataset, self._path(index))
         os.rename(tmp, self._path(index))
 

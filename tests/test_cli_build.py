@@ -119,7 +119,8 @@ def test_bad_inputs_each_give_one_clear_line(assets, tmp_path, capsys):
     err = _error(capsys, ["sample", "--model", assets["nopad"], "--prompts", assets["prompts"], "--out",
                           str(tmp_path / "n"), "--device", "cpu"])
     assert "has no pad_token" in err
-    assert main(["sample", "--model", assets["nopad"], "--prompts", assets["prompts"], "--out", str(tmp_path / "n2"),
+    # The failed run recorded nothing: the corrected command may use the same folder.
+    assert main(["sample", "--model", assets["nopad"], "--prompts", assets["prompts"], "--out", str(tmp_path / "n"),
                  "--device", "cpu", "--num-samples", "2", "--max-new-tokens", "3", "--pad-token-as-eos"]) == 0
     capsys.readouterr()
     long = tmp_path / "long.jsonl"

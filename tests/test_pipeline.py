@@ -148,6 +148,9 @@ def test_shards_merge_to_the_unsharded_artifact(assets, tmp_path):
     merged = pipeline.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "merged")))
     assert merged["shard"] is None and merged["num_rows"] == 6
     assert _rows(tmp_path / "merged") == _rows(tmp_path / "all")
+    assert pipeline.run_merge(MergeConfig(inputs=shards[::-1], out=str(tmp_path / "merged"))) == merged  # rerun
+    with pytest.raises(InfalignError, match="already holds another artifact"):
+        pipeline.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "all")))
     with pytest.raises(InfalignError, match=r"missing shard\(s\) 2/3: merge needs all 3"):
         pipeline.run_merge(MergeConfig(inputs=shards[:2], out=str(tmp_path / "m2")))
     with pytest.raises(InfalignError, match="shard 1/3 given twice"):
@@ -200,10 +203,15 @@ def test_resume_refused_when_the_prompt_source_changed(assets, tmp_path, monkeyp
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": w}) + "\n" for w in ("the cat", "a dog", "very good")))
 
-    def crash(*a, **k):
-        raise RuntimeError("simulated crash")
+    real, calls = pipeline._sample_chunk, []
 
-    monkeypatch.setattr(pipeline, "_sample_chunk", crash)
+    def crash_on_second(*a, **k):  # chunk 0 is written, so the run has recorded its config
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "_sample_chunk", crash_on_second)
     with pytest.raises(RuntimeError):
         pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
     monkeypatch.undo()
