@@ -76,7 +76,7 @@ def bitsandbytes_problem() -> str | None:
     return None
 
 
-def lora_config(r: int = 16, alpha: int | None = None, dropout: float = 0.05,
+def lora_config(r: int = 16, alpha: int | None = None, dropout: float = 0.0,
                 target_modules: str | list[str] = "all-linear"):
     """peft LoraConfig for a causal LM; alpha defaults to 2r; target_modules 'all-linear' or module names."""
     from peft import LoraConfig
@@ -135,7 +135,7 @@ def load_base(model_path: str, *, qlora: bool = False, dtype=None, device_map=No
     return model.eval()
 
 
-def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
+def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.0,
                 target_modules: str | list[str] = "all-linear", qlora: bool = False, dtype=None,
                 device_map=None, gradient_checkpointing: bool = False, trust_remote_code: bool = False):
     """Base model + a fresh LoRA adapter (B = 0, so the policy equals the base at step 0) and its tokenizer.
