@@ -274,6 +274,9 @@ class PrepareConfig:
             _positive_int(owner, "n", self.n)
         if self.pairs_per_prompt is not None:
             _positive_int(owner, "pairs_per_prompt", self.pairs_per_prompt)
+            if self.kind != "pairs":
+                raise InfalignError(f"{owner}: pairs_per_prompt applies to kind 'pairs' only, got kind "
+                                    f"{self.kind!r} (listwise and bon rows use all K completions)")
         if not 0 <= float(self.test_fraction) < 1:
             raise InfalignError(f"{owner}: test_fraction must be in [0, 1), got {self.test_fraction!r}")
         if self.transform is None:

@@ -195,6 +195,8 @@ def test_build_config_checks():
                                           "n": 4, "kl": 0.3, "beta": 1.0})
     with pytest.raises(InfalignError, match="--transform auto needs --n, --kl"):
         load_config(PrepareConfig, None, {"input": "i", "out": "o", "transform": "auto", "procedure": "bon"})
+    with pytest.raises(InfalignError, match="pairs_per_prompt applies to kind 'pairs' only, got kind 'bon'"):
+        load_config(BuildConfig, None, {**base, "kind": "bon", "pairs_per_prompt": 4})
     cfg = load_config(BuildConfig, None, {**base, "shard": "1/2"})
     assert cfg.paths()["scored"].endswith("shard-1-of-2/scored") and cfg.score_config().shard is None
 
