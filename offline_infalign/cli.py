@@ -14,7 +14,7 @@ import sys
 from .core.errors import InfalignError
 
 # Order is the order shown in `infalign --help`.
-COMMANDS = ["tradeoff", "sample", "score", "prepare", "build", "merge", "train", "eval"]
+COMMANDS = ["demo", "tradeoff", "sample", "score", "prepare", "build", "merge", "train", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -634,3 +634,51 @@ class TrainConfig:
             self.target_modules = [self.target_modules]
         if not self.target_modules:
             raise InfalignError("train: target_modules must name at least one module (or 'all-linear')")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """`infalign demo`: the whole pipeline on a tiny built-in base model and reward, no download."""
+
+    out: str = dataclasses.field(default="demo_out", metadata={"help": "output folder (data, adapters, reports)"})
+    procedure: str = dataclasses.field(default="bon", metadata={"help": "served procedure: bon or won",
+                                                                "choices": ["bon", "won"]})
+    n: int = dataclasses.field(default=4, metadata={"help": "N of best-of-N / worst-of-N served"})
+    kl: float = dataclasses.field(default=0.3, metadata={"help": "KL budget; each transform's beta is matched to it"})
+    num_prompts: int = dataclasses.field(default=160, metadata={"help": "training prompts"})
+    num_samples: int = dataclasses.field(default=12, metadata={"help": "K: base completions per training prompt"})
+    max_new_tokens: int = dataclasses.field(default=40, metadata={"help": "completion length limit"})
+    loss: str = dataclasses.field(default="listwise", metadata={"help": "tilted loss the two policies train with"})
+    max_steps: int = dataclasses.field(default=150, metadata={"help": "optimizer steps per policy"})
+    learning_rate: float = dataclasses.field(default=3e-3, metadata={"help": "LoRA learning rate"})
+    per_device_train_batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts (or rows) per step"})
+    eval_prompts: int = dataclasses.field(default=64, metadata={"help": "held-out prompts evaluated"})
+    eval_samples: int = dataclasses.field(default=16, metadata={"help": "M: samples per prompt and side at eval"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of every stage"})
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "where the demo base model is cached (default $INFALIGN_CACHE or "
+                                        "~/.cache/offline_infalign)"})
+    model_train_steps: int | None = dataclasses.field(
+        default=None, metadata={"help": "training steps of the demo base model (default: the shipped recipe)"})
+
+    def __post_init__(self):
+        if self.procedure not in ("bon", "won"):
+            raise InfalignError(f"demo: procedure must be bon or won, got {self.procedure!r}")
+        for name in ("n", "num_prompts", "max_new_tokens", "max_steps", "per_device_train_batch_size",
+                     "eval_prompts", "eval_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InfalignError(f"demo: {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.num_samples, int) or self.num_samples < 2:
+            raise InfalignError(f"demo: num_samples (K) must be an integer >= 2, got {self.num_samples!r}")
+        if self.n > self.eval_samples:
+            raise InfalignError(f"demo: n={self.n} must be <= eval_samples={self.eval_samples} (SPEC §8)")
+        if not float(self.kl) > 0:
+            raise InfalignError(f"demo: kl must be > 0, got {self.kl!r}")
+        if not float(self.learning_rate) > 0:
+            raise InfalignError(f"demo: learning_rate must be > 0, got {self.learning_rate!r}")

@@ -1,0 +1,145 @@
+"""The embedded demo: sample → score → prepare → train → eval on a tiny base model and reward, no download.
+
+The base model is a small review-writing LM trained at first use (demo_assets); the reward is a sentiment
+classifier, so "better" is something a reader sees in the samples. Two policies are trained from ONE sampling
+run, at the same KL budget (each transform's β is matched to it by the tradeoff tool, SPEC §7):
+  identity — calibrated RLHF, the paper's strong baseline;
+  exp      — the exp tilt that `infalign tradeoff --choose` picks for the served procedure and N.
+Both are evaluated against the base with the served procedure (best-of-N by default) on held-out prompts.
+
+Every stage writes under `out/` and is skipped when its output is complete, so a killed demo rerun with the
+same command resumes; a rerun with other settings into the same folder is refused by the stages themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    DemoConfig,
+    EvalConfig,
+    PrepareConfig,
+    SampleConfig,
+    ScoreConfig,
+    TrainConfig,
+    load_config,
+)
+
+__all__ = ["run_demo", "arms", "showcase"]
+
+
+def arms(cfg: DemoConfig) -> list[dict[str, Any]]:
+    """The two transforms and their β at the KL budget: identity and the chosen exp tilt (SPEC §7)."""
+    from .core import tradeoff
+    from .core.transforms import Transform
+
+    identity = Transform("identity")
+    choice = tradeoff.choose(cfg.procedure, cfg.n, cfg.kl)
+    return [
+        {"name": "identity", "transform": identity, "beta": tradeoff.beta_for_kl(identity, cfg.kl)},
+        {"name": "exp", "transform": choice.transform, "beta": choice.beta},
+    ]
+
+
+def _done(path: Path) -> bool:
+    return path.is_file()
+
+
+def showcase(samples_path: Path, k: int = 3) -> list[dict[str, Any]]:
+    """A few held-out prompts with one base and one policy completion each (the median-reward one of each side,
+    so the examples are typical, not cherry-picked), from an evaluation's samples.jsonl."""
+    import numpy as np
+
+    out = []
+    with open(samples_path) as fh:
+        for line in fh:
+            row = json.loads(line)
+            pick = {}
+            for side in ("base", "policy"):
+                r = np.asarray(row[f"{side}_rewards"])
+                i = int(np.argsort(r)[len(r) // 2])
+                pick[side] = {"completion": row[f"{side}_completions"][i], "reward": float(r[i])}
+            out.append({"prompt": row["prompt"], **pick})
+            if len(out) == k:
+                break
+    return out
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the demo; write `out/demo_report.json` and `out/demo_tradeoff.png`; return the report."""
+    from . import evaluation, pipeline, trainer
+    from .core.losses import get_loss
+    from .demo_assets import demo_model_dir
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = get_loss(cfg.loss)[1]
+
+    log("[1/5] base model (trained and cached at first use, about a minute)")
+    model = str(demo_model_dir(cache_dir=cfg.cache_dir, train_steps=cfg.model_train_steps))
+
+    log(f"[2/5] sample K={cfg.num_samples} completions for {cfg.num_prompts} prompts and score them")
+    data = out / "data"
+    pipeline.run_sample(load_config(SampleConfig, None, dict(
+        prompts="demo", model=model, out=str(data / "samples"), num_samples=cfg.num_samples,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, limit=cfg.num_prompts, batch_size=16)))
+    pipeline.run_score(load_config(ScoreConfig, None, dict(
+        input=str(data / "samples"), reward_model="demo", out=str(data / "scored"))))
+
+    results = []
+    for i, arm in enumerate(arms(cfg)):
+        name, transform, beta = arm["name"], arm["transform"], arm["beta"]
+        log(f"[{3 + i}/5] {name}: {transform}, beta={beta:.4f} (KL {cfg.kl}) → prepare, train "
+            f"{cfg.max_steps} steps ({cfg.loss}), evaluate")
+        prepared, adapter, ev = data / f"prepared_{name}", out / f"adapter_{name}", out / f"eval_{name}"
+        pipeline.run_prepare(load_config(PrepareConfig, None, dict(
+            input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
+            tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
+        if not _done(adapter / "infalign_train.json"):
+            trainer.train(load_config(TrainConfig, None, dict(
+                dataset=str(prepared), model=model, loss=cfg.loss, out=str(adapter), max_steps=cfg.max_steps,
+                learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
+                num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed)))
+        if _done(ev / "report.json"):
+            report = json.loads((ev / "report.json").read_text())
+        else:
+            report = evaluation.evaluate(load_config(EvalConfig, None, dict(
+                policy=str(adapter), model=model, reward_model="demo", prompts="demo", split="test",
+                limit=cfg.eval_prompts, procedure=[cfg.procedure], n=sorted({1, cfg.n}),
+                samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(ev))))
+        served = report["results"][cfg.procedure][str(cfg.n)]
+        results.append({
+            "name": name, "transform": str(transform), "tilt": transform.tilt, "beta": beta,
+            "kl": report["kl"], "kl_stderr": report["kl_stderr"], "predicted_kl": report["predicted_kl"],
+            "win_rate": served["win_rate"], "ci_low": served["ci_low"], "ci_high": served["ci_high"],
+            "predicted_win_rate": served["predicted"],
+            "standard_win_rate": report["standard_win_rate"]["win_rate"],
+            "mean_reward": report["mean_reward"]["policy"], "base_mean_reward": report["mean_reward"]["base"],
+            "examples": showcase(ev / "samples.jsonl"),
+        })
+
+    log("[5/5] report and plot")
+    summary = {"procedure": cfg.procedure, "n": cfg.n, "kl_budget": cfg.kl, "loss": cfg.loss, "model": model,
+               "arms": results, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    summary["plot"] = str(_plot(cfg, results, out / "demo_tradeoff.png"))
+    (out / "demo_report.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _plot(cfg: DemoConfig, results: list[dict[str, Any]], path: Path) -> Path:
+    """Predicted win-rate-vs-KL curves (identity, the chosen exp, the optimum) with the measured policies on them."""
+    from .core.tradeoff import tradeoff_curves
+    from .core.transforms import parse_transform
+    from .plots import plot_tradeoff_curves
+
+    kl_max = max([1.5 * cfg.kl] + [1.2 * r["kl"] for r in results])
+    curves = tradeoff_curves(cfg.procedure, cfg.n, [(r["transform"], parse_transform(r["transform"])) for r in results],
+                             kl_max=kl_max, num_points=16)
+    points = [(max(r["kl"], 0.0), r["win_rate"], f"measured {r['name']}", (r["ci_low"], r["ci_high"]))
+              for r in results]
+    label = "best" if cfg.procedure == "bon" else "worst"
+    return plot_tradeoff_curves(curves, path, points=points, title=f"demo: {label}-of-{cfg.n} win rate vs base",
+                                ylabel=f"{label}-of-{cfg.n} win rate vs base")
