@@ -89,9 +89,21 @@ def check_columns(columns, loss: str, kind: str) -> None:
         )
 
 
-def choose_reference(requested: str, loss: str, kind: str, columns, manifest: dict, weights_dtype: str
-                     ) -> tuple[str, str]:
-    """('stored' | 'live' | 'none', reason). 'none': weighted SFT without stored columns skips the reference."""
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def choose_reference(requested: str, loss: str, kind: str, columns, manifest: dict, weights_dtype: str,
+                     model: str | None = None) -> tuple[str, str]:
+    """('stored' | 'live' | 'none', reason). 'none': weighted SFT without stored columns skips the reference.
+
+    'auto' takes the stored columns only when they exist, the base weights are in the dtype they were computed
+    in, and the model is the one the manifest names (when it names one): otherwise they would be another
+    policy's log-probs.
+    """
     has_stored = all(c in columns for c in REFERENCE_COLUMNS[kind])
     stored_dtype = str(manifest.get("ref_dtype") or manifest.get("dtype") or "float32")
     if stored_dtype == "auto":  # 'auto' says nothing about what was used; the conservative reading is float32
@@ -109,6 +121,9 @@ def choose_reference(requested: str, loss: str, kind: str, columns, manifest: di
         if loss in _NO_REFERENCE_LOSSES:
             return "none", f"{loss} needs no reference and the dataset has no stored reference columns"
         return "live", "the dataset has no stored reference log-prob columns"
+    if model is not None and manifest.get("model") and not _same_model(str(manifest["model"]), str(model)):
+        return "live", (f"the stored reference log-probs are of model {manifest['model']!r}, not {model!r} "
+                        "(pass reference='stored' if they are the same weights)")
     if weights_dtype != stored_dtype:
         return "live", (f"base weights are {weights_dtype} but the stored reference log-probs were computed in "
                         f"{stored_dtype}")
@@ -458,7 +473,8 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
         if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
             module.p = 0.0
     weights_dtype = modeling.base_weights_dtype(model)
-    reference, why = choose_reference(cfg.reference, cfg.loss, kind, dataset.column_names, manifest, weights_dtype)
+    reference, why = choose_reference(cfg.reference, cfg.loss, kind, dataset.column_names, manifest, weights_dtype,
+                                      cfg.model)
     logger.info("reference log-probs: %s (%s)", reference, why)
 
     dataset, dropped = tokenize_dataset(dataset, tokenizer, kind, cfg.max_length)

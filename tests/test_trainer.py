@@ -181,6 +181,9 @@ def test_choose_reference():
     assert T.choose_reference("auto", "dpo", "pairs", ["prompt"], {}, "float32")[0] == "live"
     assert T.choose_reference("auto", "weighted_sft", "bon", ["prompt"], {}, "float32")[0] == "none"
     assert T.choose_reference("live", "dpo", "pairs", cols, {}, "float32")[0] == "live"
+    # stored columns of another model are another policy's log-probs
+    assert T.choose_reference("auto", "dpo", "pairs", cols, {"model": "org/a"}, "float32", "org/b")[0] == "live"
+    assert T.choose_reference("auto", "dpo", "pairs", cols, {"model": "org/a"}, "float32", "org/a")[0] == "stored"
     with pytest.raises(InfalignError, match="ref_logps"):
         T.choose_reference("stored", "listwise", "listwise", ["prompt"], {}, "float32")
 
