@@ -316,8 +316,12 @@ class InfalignTrainer(Trainer):
 
     # -- logging: average the per-step metrics over each logging window, TRL style --------------------------
     def _store_metrics(self, metrics: dict[str, torch.Tensor], split: str) -> None:
-        for key, value in metrics.items():
-            self._metrics[split][key].append(float(value))
+        keys = sorted(metrics)
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys])  # (M,)
+        if self.accelerator.num_processes > 1:  # every rank has the same keys (they depend on the loss only)
+            values = self.accelerator.gather(values.to(self.accelerator.device)[None]).mean(0)
+        for key, value in zip(keys, values.tolist()):
+            self._metrics[split][key].append(value)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"

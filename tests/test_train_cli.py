@@ -75,5 +75,6 @@ def test_accelerate_two_process_cpu_run(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "infalign_train.json").read_text())
     assert record["world_size"] == 2 and record["total_train_batch_size"] == 4 and record["global_step"] == 2
+    assert "rewards/margins" in record["final_metrics"]  # gathered over both ranks
     assert proc.stdout.count("wrote adapter") == 1  # only rank 0 reports
     assert time.time() - t0 < 120

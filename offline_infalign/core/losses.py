@@ -174,7 +174,7 @@ def pointwise(logratios, targets, mask, beta, log_z):
     residual = beta * logratios - targets.to(logratios.dtype) + beta * float(log_z)  # (B, K)
     sq = residual.pow(2).masked_fill(~mask, 0.0)
     losses = sq.sum(-1) / mask.sum(-1)
-    metrics = _group_metrics(logratios, targets, mask, beta) if bool((mask.sum(-1) >= 2).all()) else {}
+    metrics = _group_metrics(logratios, targets, mask, beta)  # a 1-completion row is its own chosen and rejected
     metrics["loss/residual_abs"] = (residual.detach().abs().masked_fill(~mask, 0.0).sum() / mask.sum())
     return losses, metrics
 
