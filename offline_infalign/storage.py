@@ -97,8 +97,16 @@ def _save_tmp(dataset, target: Path) -> Path:
     if tmp.exists():  # left by a crash: never trusted, always rewritten
         shutil.rmtree(tmp)
     with _quiet_datasets():
-        dataset.save_to_disk(str(tmp))
+        dataset.save_to_disk(str(tmp), num_shards=_num_shards(dataset))
     return tmp
+
+
+def _num_shards(dataset):
+    """One shard for an empty dataset or split: `datasets` otherwise writes zero shard files for it, and
+    `load_from_disk` then fails on the empty split (seen with --test-fraction 0). None keeps the default."""
+    if hasattr(dataset, "keys"):  # DatasetDict: per split
+        return {k: 1 for k, v in dataset.items() if len(v) == 0} or None
+    return 1 if len(dataset) == 0 else None
 
 
 def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -83,3 +83,14 @@ def test_crash_while_finishing_leaves_a_resumable_folder(tmp_path, monkeypatch):
     assert again.start({"seed": 0}) is False and again.done(0)  # not complete, chunks kept
     save_artifact(again.load(0), out, {"stage": "samples", "config": {"seed": 0}})
     assert load_artifact(out)[0]["x"] == [0, 1] and not (out / "_work").exists()
+
+
+def test_empty_split_round_trips(tmp_path):
+    # --test-fraction 0 gives an empty test split; `datasets` alone writes no shard for it and cannot load it back.
+    train = datasets.Dataset.from_dict({"prompt_id": ["a", "b"], "x": [1.0, 2.0]})
+    data = datasets.DatasetDict(train=train, test=train.select([]))
+    save_artifact(data, tmp_path / "art", {"stage": "prepared"})
+    loaded, manifest = load_artifact(tmp_path / "art", stage="prepared")
+    assert len(loaded["train"]) == 2 and len(loaded["test"]) == 0
+    assert loaded["test"].column_names == ["prompt_id", "x"]
+    assert manifest["num_rows"] == {"train": 2, "test": 0}
