@@ -245,3 +245,36 @@ def test_qlora_trains_on_cpu_with_live_reference(data, tmp_path):
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
+
+
+@pytest.mark.parametrize("kind,loss", [("pairs", "tilted_sigmoid"), ("listwise", "listwise"), ("bon", "weighted_sft")])
+def test_trains_on_prepare_dataset_output(data, tmp_path, kind, loss):
+    """The data builder's `prepare_dataset` output (issue 3) is what the trainer consumes: stored reference picked,
+    log-ratios 0 at step 0 (the stored ref_logps are this model's), one step runs."""
+    from datasets import Dataset
+    from train_fixtures import TRANSFORM, groups, ref_logps
+
+    from offline_infalign.prepare import prepare_dataset
+    from offline_infalign.storage import save_artifact
+
+    gs = groups(num_prompts=10, k=4)
+    for g in gs:
+        g["ref_logps"] = ref_logps(data["model"], [g["prompt"]] * 4, g["completions"])
+    scored = Dataset.from_list([{k: g[k] for k in ("prompt_id", "prompt", "completions", "rewards", "ref_logps")}
+                                for g in gs])
+    prepared = prepare_dataset(scored, kind, TRANSFORM, BETA, seed=0, test_fraction=0.2)
+    out = tmp_path / kind
+    save_artifact(prepared, out, {"stage": "prepared", "kind": kind, "transform": "exp", "tilt": 3.0, "beta": BETA,
+                                  "procedure": "bon", "n": 4, "model": str(data["model"])})
+    trainer, info = T.make_trainer(cfg_for({**data, kind: out}, loss, tmp_path, max_steps=1))
+    assert info["reference"] == "stored"
+    batch, rows = first_batch(trainer)
+    value = loss_of(trainer, batch)
+    if loss == "tilted_sigmoid":
+        assert value == pytest.approx(math.log(2), abs=1e-5)
+    elif loss == "listwise":
+        assert value == pytest.approx(math.log(4), abs=1e-5)
+    else:
+        assert value == pytest.approx(np.mean([-r["weight"] * r["ref_logp"] for r in rows]), rel=1e-5)
+    trainer.train()
+    assert trainer.state.global_step == 1
