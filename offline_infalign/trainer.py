@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -133,10 +134,13 @@ def choose_reference(requested: str, loss: str, kind: str, columns, manifest: di
 # ---- tokenization and collators ------------------------------------------------------------------------------
 
 
-def tokenize_dataset(dataset, tokenizer, kind: str, max_length: int | None = None):
+def tokenize_dataset(dataset, tokenizer, kind: str, max_length: int | None = None, cache_dir: str | Path | None = None):
     """Add id columns (`prompt_ids` and `chosen_ids`/`rejected_ids`, `completions_ids` or `completion_ids`)
     with the package's one tokenization; drop rows longer than `max_length` (never truncate: stored reference
-    log-probs are of whole completions). Returns (dataset, number of rows dropped)."""
+    log-probs are of whole completions). Returns (dataset, number of rows dropped).
+
+    The tokenized table goes to `cache_dir` (or stays in memory), never next to the input artifact's files:
+    `datasets` would otherwise write cache-*.arrow into the prepared folder and change its content hash."""
     check_tokenizer(tokenizer)
     text_cols = {"pairs": ("chosen", "rejected"), "listwise": ("completions",), "bon": ("completion",)}[kind]
 
@@ -148,7 +152,13 @@ def tokenize_dataset(dataset, tokenizer, kind: str, max_length: int | None = Non
                                  else encode_completion(tokenizer, value))
         return out
 
-    dataset = dataset.map(encode, desc="tokenize")
+    def where(name):
+        if cache_dir is None:
+            return {"keep_in_memory": True}
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return {"cache_file_name": str(Path(cache_dir) / f"{name}-{dataset._fingerprint}-{kind}.arrow")}
+
+    dataset = dataset.map(encode, desc="tokenize", **where("tokenized"))
     if kind == "listwise":
         short = [i for i, c in enumerate(dataset["completions"]) if len(c) < 2]
         if short:
@@ -166,7 +176,7 @@ def tokenize_dataset(dataset, tokenizer, kind: str, max_length: int | None = Non
         return len(row["prompt_ids"]) + max(lengths) <= max_length
 
     before = len(dataset)
-    dataset = dataset.filter(fits, desc="max_length")
+    dataset = dataset.filter(fits, desc="max_length", **where(f"max_length{max_length}"))
     return dataset, before - len(dataset)
 
 
@@ -447,7 +457,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
 
     from . import modeling
 
-    fn, kind = get_loss(cfg.loss)
+    _, kind = get_loss(cfg.loss)
     dataset, manifest = _load_dataset(cfg.dataset, cfg.split)
     if manifest.get("kind") != kind:
         raise InfalignError(f"loss {cfg.loss!r} trains on a {kind!r} dataset, but {cfg.dataset!r} is "
@@ -470,6 +480,8 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
     model, tokenizer = modeling.load_policy(
         cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, qlora=cfg.qlora, dtype="bfloat16" if bf16 else "float32",
+        # 4-bit weights cannot be moved after loading, so each process loads them onto its own GPU
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cfg.qlora and use_gpu else None,
         gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code,
     )
     # Dropout in the base model would make the policy (and a live reference) noisy; only LoRA dropout stays.
@@ -480,12 +492,6 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
     reference, why = choose_reference(cfg.reference, cfg.loss, kind, dataset.column_names, manifest, weights_dtype,
                                       cfg.model)
     logger.info("reference log-probs: %s (%s)", reference, why)
-
-    dataset, dropped = tokenize_dataset(dataset, tokenizer, kind, cfg.max_length)
-    if dropped:
-        logger.warning("dropped %d row(s) longer than max_length=%d", dropped, cfg.max_length)
-    if len(dataset) == 0:
-        raise InfalignError(f"no training rows left in {cfg.dataset!r} (split {cfg.split!r})")
 
     out = Path(cfg.out)
     checkpoints = out / "checkpoints"
@@ -510,6 +516,12 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
         dataloader_pin_memory=use_gpu,
         ddp_find_unused_parameters=False,
     )
+    with args.main_process_first(desc="tokenize"):  # rank 0 writes the cache, the others read it
+        dataset, dropped = tokenize_dataset(dataset, tokenizer, kind, cfg.max_length, cache_dir=out / "tokenized")
+    if dropped:
+        logger.warning("dropped %d row(s) longer than max_length=%d", dropped, cfg.max_length)
+    if len(dataset) == 0:
+        raise InfalignError(f"no training rows left in {cfg.dataset!r} (split {cfg.split!r})")
     trainer = InfalignTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=COLLATORS[kind](tokenizer.pad_token_id),
         processing_class=tokenizer, loss=cfg.loss, beta=beta, reference=reference, log_z=log_z,

@@ -102,6 +102,11 @@ def test_training_changes_lora_only_and_writes_outputs(data, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "infalign_train.json",
             "tokenizer_config.json"} <= files
     record = json.loads((out / "infalign_train.json").read_text())
+    from offline_infalign.storage import content_hash, read_manifest
+
+    # the input artifact is left as it was: no datasets cache files written into it
+    assert not list(data["pairs"].rglob("cache-*"))
+    assert content_hash(data["pairs"]) == read_manifest(data["pairs"])["content_hash"]
     assert record["loss"] == "tilted_sigmoid" and record["beta"] == BETA
     assert record["transform"] == "exp" and record["tilt"] == 3.0 and record["global_step"] == 3
     assert record["reference"] == "stored"  # columns present, float32 weights, manifest without dtype
