@@ -23,6 +23,7 @@ Logged metrics use TRL's names (`rewards/chosen` = β·h of the chosen completio
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -152,11 +153,17 @@ def tokenize_dataset(dataset, tokenizer, kind: str, max_length: int | None = Non
                                  else encode_completion(tokenizer, value))
         return out
 
+    # The cache name pins the input rows and the tokenizer, so a rerun into the same folder never reuses ids
+    # made by another tokenizer.
+    tok_id = json.dumps([tokenizer.name_or_path, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                         getattr(tokenizer, "chat_template", None)], default=str)
+    key = hashlib.sha256(f"{dataset._fingerprint}|{kind}|{tok_id}".encode()).hexdigest()[:16]
+
     def where(name):
         if cache_dir is None:
             return {"keep_in_memory": True}
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return {"cache_file_name": str(Path(cache_dir) / f"{name}-{dataset._fingerprint}-{kind}.arrow")}
+        return {"cache_file_name": str(Path(cache_dir) / f"{name}-{key}.arrow")}
 
     dataset = dataset.map(encode, desc="tokenize", **where("tokenized"))
     if kind == "listwise":
