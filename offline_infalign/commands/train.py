@@ -12,8 +12,6 @@ effective batch is it × processes × gradient_accumulation_steps (infalign_trai
 
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(subparsers) -> None:
     from ..config import TrainConfig, add_config_arguments
@@ -26,7 +24,6 @@ def add_parser(subparsers) -> None:
         "tokenizer, a model card (README.md) and infalign_train.json into --out; checkpoints go to OUT/checkpoints. "
         "Reference log-probs are the dataset's stored columns when valid (no reference forward), else the policy "
         "with its adapter disabled.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("config", nargs="?", default=None, metavar="CONFIG.yaml",
                    help="YAML file with TrainConfig keys; flags given on the command line override it")
