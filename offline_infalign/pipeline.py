@@ -157,8 +157,19 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     manifest.update(model=cfg.model, tokenizer=getattr(tokenizer, "name_or_path", cfg.model), **ids,
                     prompts=cfg.prompts, split=cfg.split, seed=cfg.seed, num_samples=cfg.num_samples,
                     shard=list(shard) if shard else None, num_prompts=len(rows), num_truncated=truncated,
-                    num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash)
+                    num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash,
+                    ref_dtype=_ref_dtype(model, cfg))
     return save_artifact(final, cfg.out, manifest)
+
+
+def _ref_dtype(model, cfg: SampleConfig) -> str:
+    """The dtype `ref_logps` were computed in: the trainer reuses the stored columns only for base weights in the
+    same dtype (bf16 and float32 log-probs of one sequence differ by far more than the losses can tolerate)."""
+    if cfg.backend == "vllm":
+        return str(cfg.dtype)
+    from .modeling import base_weights_dtype
+
+    return base_weights_dtype(model)
 
 
 def _sample_chunk(sampler, model, tokenizer, part, cfg: SampleConfig, bar=None) -> list[dict[str, list]]:
@@ -208,7 +219,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
         bar.close()
     final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
     manifest = base_manifest("scored", config)
-    for key in ("model", "tokenizer", "model_revision", "prompts", "split", "seed", "num_samples", "backend"):
+    for key in ("model", "tokenizer", "model_revision", "prompts", "split", "seed", "num_samples", "backend",
+                "ref_dtype"):
         manifest[key] = upstream.get(key)
     manifest.update(reward_model=scorer.name, input_hash=upstream["content_hash"], sample_config=upstream["config"],
                     shard=list(shard) if shard else upstream.get("shard"), num_prompts=len(final))
@@ -260,6 +272,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
                     num_samples=upstream.get("num_samples"), model=upstream.get("model"),
                     tokenizer=upstream.get("tokenizer"), model_revision=upstream.get("model_revision"),
                     reward_model=upstream.get("reward_model"), seed=upstream.get("seed"), prepare_seed=cfg.seed,
+                    ref_dtype=upstream.get("ref_dtype"),
                     prompts=upstream.get("prompts"), input_hash=upstream["content_hash"],
                     num_prompts={s: len(set(d["prompt_id"])) for s, d in data.items()})
     return save_artifact(data, cfg.out, manifest)

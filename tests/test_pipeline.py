@@ -122,6 +122,8 @@ def test_score_resume_prepare_auto_and_manifests(assets, tmp_path, monkeypatch):
                 "reward_model", "seed", "input_hash", "package_version", "config"):
         assert key in prep, key
     assert prep["input_hash"] == full["content_hash"] and prep["num_samples"] == 4
+    # The trainer reuses stored ref_logps only for base weights in the dtype they were computed in.
+    assert samples["ref_dtype"] == full["ref_dtype"] == prep["ref_dtype"] == "float32"
     dd = datasets.load_from_disk(str(tmp_path / "p"))
     assert set(dd) == {"train", "test"} and len(dd["train"]) + len(dd["test"]) == 24
 
