@@ -57,6 +57,11 @@ def test_bad_input_is_one_line_exit_2(data, tmp_path, capsys):
                    "--beta", "-1", "--out", str(tmp_path)])
     assert rc == 2
     assert "beta must be a finite number > 0, got beta=-1.0" in capsys.readouterr().err
+    # `--config FILE` is read like the positional file (the unknown key is found), and two files are refused.
+    assert cli.main(["train", "--config", str(cfg)]) == 2
+    assert "betaa" in capsys.readouterr().err
+    assert cli.main(["train", str(cfg), "--config", str(tmp_path / "other.yaml")]) == 2
+    assert "two config files given" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,

@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("config", nargs="?", default=None, metavar="CONFIG.yaml",
                    help="YAML file with TrainConfig keys; flags given on the command line override it")
+    # The other commands spell the file `--config`; accept that here too so one habit works everywhere.
+    p.add_argument("--config", dest="config_flag", default=None, metavar="CONFIG.yaml",
+                   help="the same YAML file, as a flag (like the other commands)")
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=run)
 
@@ -36,10 +39,13 @@ def run(args) -> int:
     import os
 
     from ..config import TrainConfig, load_config, overrides_from_args
+    from ..core.errors import InfalignError
     from ..trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(TrainConfig, args.config, overrides_from_args(args, TrainConfig))
+    if args.config and args.config_flag and args.config != args.config_flag:
+        raise InfalignError(f"two config files given: {args.config!r} and --config {args.config_flag!r}; pass one")
+    cfg = load_config(TrainConfig, args.config or args.config_flag, overrides_from_args(args, TrainConfig))
     out = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate/torchrun only the main process reports
         return 0
