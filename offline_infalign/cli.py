@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from .core.errors import InfalignError
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # peft imports bitsandbytes whenever it is installed, and on an AVX512-bf16 CPU bitsandbytes then warns that an
+    # optional kernels package is missing — on every command, QLoRA or not. The fallback it uses is correct.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -15,6 +15,7 @@ stored `ref_*logps` columns, see trainer.py), so training holds one copy of the 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -180,14 +181,13 @@ def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map
 
 def base_weights_dtype(model) -> str:
     """'nf4'/'fp4' for 4-bit base weights, else the dtype name of the (frozen) base parameters, e.g. 'float32'."""
-    try:
-        import bitsandbytes as bnb
-
+    # A model with 4-bit layers was built by bitsandbytes, so it is already imported; importing it otherwise would
+    # only print its CPU-kernel warnings into every sampling and training run.
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
         for module in model.modules():
             if isinstance(module, bnb.nn.Linear4bit):
                 return str(getattr(module.weight, "quant_type", "nf4"))
-    except ImportError:
-        pass
     for name, p in model.named_parameters():
         if "lora_" not in name:
             return str(p.dtype).replace("torch.", "")
