@@ -654,9 +654,12 @@ class DemoConfig:
     num_samples: int = dataclasses.field(default=12, metadata={"help": "K: base completions per training prompt"})
     max_new_tokens: int = dataclasses.field(default=40, metadata={"help": "completion length limit"})
     loss: str = dataclasses.field(default="listwise", metadata={"help": "tilted loss the two policies train with"})
-    max_steps: int = dataclasses.field(default=150, metadata={"help": "optimizer steps per policy"})
-    learning_rate: float = dataclasses.field(default=3e-3, metadata={"help": "LoRA learning rate"})
+    max_steps: int = dataclasses.field(default=250, metadata={"help": "optimizer steps per policy"})
+    learning_rate: float = dataclasses.field(default=5e-3, metadata={"help": "LoRA learning rate"})
     per_device_train_batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts (or rows) per step"})
+    kl_match_rounds: int = dataclasses.field(
+        default=1, metadata={"help": "retrainings per policy with beta corrected toward the KL budget from the "
+                                     "measured KL (0: keep the tradeoff tool's beta)"})
     eval_prompts: int = dataclasses.field(default=64, metadata={"help": "held-out prompts evaluated"})
     eval_samples: int = dataclasses.field(default=16, metadata={"help": "M: samples per prompt and side at eval"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of every stage"})
@@ -674,6 +677,9 @@ class DemoConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InfalignError(f"demo: {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.kl_match_rounds, int) or isinstance(self.kl_match_rounds, bool) \
+                or self.kl_match_rounds < 0:
+            raise InfalignError(f"demo: kl_match_rounds must be an integer >= 0, got {self.kl_match_rounds!r}")
         if not isinstance(self.num_samples, int) or self.num_samples < 2:
             raise InfalignError(f"demo: num_samples (K) must be an integer >= 2, got {self.num_samples!r}")
         if self.n > self.eval_samples:

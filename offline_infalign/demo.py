@@ -2,10 +2,13 @@
 
 The base model is a small review-writing LM trained at first use (demo_assets); the reward is a sentiment
 classifier, so "better" is something a reader sees in the samples. Two policies are trained from ONE sampling
-run, at the same KL budget (each transform's β is matched to it by the tradeoff tool, SPEC §7):
+run, at the same KL budget:
   identity — calibrated RLHF, the paper's strong baseline;
   exp      — the exp tilt that `infalign tradeoff --choose` picks for the served procedure and N.
 Both are evaluated against the base with the served procedure (best-of-N by default) on held-out prompts.
+β starts at the tradeoff tool's value for the budget (exact for the exact tilted policy, SPEC §7); a trained
+policy lands elsewhere (finite K, finite optimization), so each policy is retrained `kl_match_rounds` times with
+β scaled by sqrt(measured KL / budget), and the try whose measured KL is nearest the budget is reported.
 
 Every stage writes under `out/` and is skipped when its output is complete, so a killed demo rerun with the
 same command resumes; a rerun with other settings into the same folder is refused by the stages themselves.
@@ -14,6 +17,7 @@ same command resumes; a rerun with other settings into the same folder is refuse
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from .config import (
     TrainConfig,
     load_config,
 )
+from .core.errors import InfalignError
 
 __all__ = ["run_demo", "arms", "showcase"]
 
@@ -68,9 +73,49 @@ def showcase(samples_path: Path, k: int = 3) -> list[dict[str, Any]]:
     return out
 
 
+def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int):
+    """Prepare, train and evaluate one policy (each step skipped when its output is already complete)."""
+    from . import evaluation, pipeline, trainer
+    from .core import tradeoff
+
+    data, suffix = Path(cfg.out) / "data", f"_r{round_}" if round_ else ""
+    prepared, adapter, ev = data / f"prepared_{name}{suffix}", Path(cfg.out) / f"adapter_{name}{suffix}", \
+        Path(cfg.out) / f"eval_{name}{suffix}"
+    pipeline.run_prepare(load_config(PrepareConfig, None, dict(
+        input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
+        tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
+    if not _done(adapter / "infalign_train.json"):
+        trainer.train(load_config(TrainConfig, None, dict(
+            dataset=str(prepared), model=model, loss=cfg.loss, out=str(adapter), max_steps=cfg.max_steps,
+            learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
+            num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed)))
+    if _done(ev / "report.json"):
+        report = json.loads((ev / "report.json").read_text())
+    else:
+        report = evaluation.evaluate(load_config(EvalConfig, None, dict(
+            policy=str(adapter), model=model, reward_model="demo", prompts="demo", split="test",
+            limit=cfg.eval_prompts, procedure=[cfg.procedure], n=sorted({1, cfg.n}),
+            samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(ev))))
+    served = report["results"][cfg.procedure][str(cfg.n)]
+    try:  # where the measured point would sit on its transform's predicted curve (SPEC §4)
+        at_kl = tradeoff.predict(transform, tradeoff.beta_for_kl(transform, max(report["kl"], 1e-4)),
+                                 cfg.procedure, cfg.n).win_rate
+    except InfalignError:
+        at_kl = None
+    return {
+        "name": name, "transform": str(transform), "tilt": transform.tilt, "beta": beta,
+        "kl": report["kl"], "kl_stderr": report["kl_stderr"], "predicted_kl": report["predicted_kl"],
+        "win_rate": served["win_rate"], "ci_low": served["ci_low"], "ci_high": served["ci_high"],
+        "predicted_win_rate": served["predicted"], "predicted_at_measured_kl": at_kl,
+        "standard_win_rate": report["standard_win_rate"]["win_rate"],
+        "mean_reward": report["mean_reward"]["policy"], "base_mean_reward": report["mean_reward"]["base"],
+        "examples": showcase(ev / "samples.jsonl"), "adapter": str(adapter),
+    }
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the demo; write `out/demo_report.json` and `out/demo_tradeoff.png`; return the report."""
-    from . import evaluation, pipeline, trainer
+    from . import pipeline
     from .core.losses import get_loss
     from .demo_assets import demo_model_dir
 
@@ -92,34 +137,18 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
     results = []
     for i, arm in enumerate(arms(cfg)):
         name, transform, beta = arm["name"], arm["transform"], arm["beta"]
-        log(f"[{3 + i}/5] {name}: {transform}, beta={beta:.4f} (KL {cfg.kl}) → prepare, train "
-            f"{cfg.max_steps} steps ({cfg.loss}), evaluate")
-        prepared, adapter, ev = data / f"prepared_{name}", out / f"adapter_{name}", out / f"eval_{name}"
-        pipeline.run_prepare(load_config(PrepareConfig, None, dict(
-            input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
-            tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
-        if not _done(adapter / "infalign_train.json"):
-            trainer.train(load_config(TrainConfig, None, dict(
-                dataset=str(prepared), model=model, loss=cfg.loss, out=str(adapter), max_steps=cfg.max_steps,
-                learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-                num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed)))
-        if _done(ev / "report.json"):
-            report = json.loads((ev / "report.json").read_text())
-        else:
-            report = evaluation.evaluate(load_config(EvalConfig, None, dict(
-                policy=str(adapter), model=model, reward_model="demo", prompts="demo", split="test",
-                limit=cfg.eval_prompts, procedure=[cfg.procedure], n=sorted({1, cfg.n}),
-                samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(ev))))
-        served = report["results"][cfg.procedure][str(cfg.n)]
-        results.append({
-            "name": name, "transform": str(transform), "tilt": transform.tilt, "beta": beta,
-            "kl": report["kl"], "kl_stderr": report["kl_stderr"], "predicted_kl": report["predicted_kl"],
-            "win_rate": served["win_rate"], "ci_low": served["ci_low"], "ci_high": served["ci_high"],
-            "predicted_win_rate": served["predicted"],
-            "standard_win_rate": report["standard_win_rate"]["win_rate"],
-            "mean_reward": report["mean_reward"]["policy"], "base_mean_reward": report["mean_reward"]["base"],
-            "examples": showcase(ev / "samples.jsonl"),
-        })
+        tries = []
+        for round_ in range(1 + cfg.kl_match_rounds):
+            if round_:  # KL ∝ β⁻² for small tilts: one multiplicative step toward the measured budget
+                beta = beta * math.sqrt(max(tries[-1]["kl"], 1e-3) / cfg.kl)
+            log(f"[{3 + i}/5] {name}: {transform}, beta={beta:.4f} "
+                + ("(the tradeoff tool's beta for KL " + f"{cfg.kl})" if not round_ else
+                   f"(corrected: measured KL was {tries[-1]['kl']:.3f})")
+                + f" → prepare, train {cfg.max_steps} steps ({cfg.loss}), evaluate")
+            tries.append(_train_and_eval(cfg, model, kind, name, transform, beta, round_))
+        best = min(tries, key=lambda r: abs(math.log(max(r["kl"], 1e-3) / cfg.kl)))
+        best["tries"] = [{"beta": t["beta"], "kl": t["kl"], "win_rate": t["win_rate"]} for t in tries]
+        results.append(best)
 
     log("[5/5] report and plot")
     summary = {"procedure": cfg.procedure, "n": cfg.n, "kl_budget": cfg.kl, "loss": cfg.loss, "model": model,

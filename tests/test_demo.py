@@ -30,6 +30,9 @@ def test_demo_runs_end_to_end_and_resumes(demo_run, capsys):
         assert 0.0 <= arm["ci_low"] <= arm["win_rate"] <= arm["ci_high"] <= 1.0
         assert arm["predicted_win_rate"] is not None and arm["predicted_kl"] == pytest.approx(0.3, abs=1e-6)
         assert len(arm["examples"]) == 3 and all(ex["policy"]["completion"] for ex in arm["examples"])
+        # One β correction: the second try's β is the first's scaled by sqrt(measured KL / budget).
+        first, second = arm["tries"]
+        assert second["beta"] == pytest.approx(first["beta"] * (max(first["kl"], 1e-3) / 0.3) ** 0.5)
     assert (out / "run" / "demo_tradeoff.png").stat().st_size > 10_000
     assert "best-of-4 win rate" in text and "identity" in text and "samples before" in text
 
