@@ -651,12 +651,13 @@ class DemoConfig:
     n: int = dataclasses.field(default=4, metadata={"help": "N of best-of-N / worst-of-N served"})
     kl: float = dataclasses.field(default=0.3, metadata={"help": "KL budget; each transform's beta is matched to it"})
     num_prompts: int = dataclasses.field(default=160, metadata={"help": "training prompts"})
-    num_samples: int = dataclasses.field(default=12, metadata={"help": "K: base completions per training prompt"})
+    num_samples: int = dataclasses.field(default=32, metadata={"help": "K: base completions per training prompt "
+                                                               "(>= 32: README, \"Choosing K\")"})
     max_new_tokens: int = dataclasses.field(default=40, metadata={"help": "completion length limit"})
     loss: str = dataclasses.field(default="listwise", metadata={"help": "tilted loss the two policies train with"})
     max_steps: int = dataclasses.field(default=250, metadata={"help": "optimizer steps per policy"})
     learning_rate: float = dataclasses.field(default=5e-3, metadata={"help": "LoRA learning rate"})
-    per_device_train_batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts (or rows) per step"})
+    per_device_train_batch_size: int = dataclasses.field(default=4, metadata={"help": "prompts (or rows) per step"})
     kl_match_rounds: int = dataclasses.field(
         default=1, metadata={"help": "retrainings per policy with beta corrected toward the KL budget from the "
                                      "measured KL (0: keep the tradeoff tool's beta)"})
