@@ -167,8 +167,9 @@ def _plot(cfg: DemoConfig, results: list[dict[str, Any]], path: Path) -> Path:
     kl_max = max([1.5 * cfg.kl] + [1.2 * r["kl"] for r in results])
     curves = tradeoff_curves(cfg.procedure, cfg.n, [(r["transform"], parse_transform(r["transform"])) for r in results],
                              kl_max=kl_max, num_points=16)
-    points = [(max(r["kl"], 0.0), r["win_rate"], f"measured {r['name']}", (r["ci_low"], r["ci_high"]))
-              for r in results]
+    # Each measured point in its curve's color (curves take the color cycle C0, C1, ... in order).
+    points = [(max(r["kl"], 0.0), r["win_rate"], f"measured {r['name']}", (r["ci_low"], r["ci_high"]),
+               {"color": f"C{i}", "marker": "s"}) for i, r in enumerate(results)]
     label = "best" if cfg.procedure == "bon" else "worst"
     return plot_tradeoff_curves(curves, path, points=points, title=f"demo: {label}-of-{cfg.n} win rate vs base",
                                 ylabel=f"{label}-of-{cfg.n} win rate vs base")

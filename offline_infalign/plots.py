@@ -15,8 +15,9 @@ def plot_tradeoff_curves(curves: Sequence, path, points: Iterable | None = None,
     Args:
         curves: objects with `label`, `kl` (C,) and `win_rate` (C,), e.g. core.tradeoff.Curve from
             `tradeoff_curves`; a curve labelled "optimal" is drawn black and dashed (the yardstick).
-        points: (kl, win_rate, label, ci) tuples; ci is None or (low, high) of the win rate, drawn as an
-            error bar (e.g. a measured policy from `estimate_win_rate`).
+        points: (kl, win_rate, label, ci) tuples, optionally with a fifth element, a dict of matplotlib style
+            (e.g. {"color": "C0", "marker": "s"}: the color of the curve the point belongs to); ci is None or
+            (low, high) of the win rate, drawn as an error bar (e.g. a measured policy from `estimate_win_rate`).
     Returns the path written.
     """
     import matplotlib
@@ -28,9 +29,12 @@ def plot_tradeoff_curves(curves: Sequence, path, points: Iterable | None = None,
     for curve in curves:
         style = {"color": "k", "ls": "--"} if curve.label == "optimal" else {}
         ax.plot(curve.kl, curve.win_rate, lw=1.6, label=curve.label, **style)
-    for kl, win, label, ci in points or ():
+    for kl, win, label, ci, *style in points or ():
         yerr = None if ci is None else [[win - ci[0]], [ci[1] - win]]
-        ax.errorbar([kl], [win], yerr=yerr, fmt="o", ms=6, capsize=3, label=label)
+        kw = {"fmt": "o", "ms": 6, "capsize": 3, **(style[0] if style else {})}
+        if "marker" in kw:  # errorbar takes the marker through fmt
+            kw["fmt"] = kw.pop("marker")
+        ax.errorbar([kl], [win], yerr=yerr, label=label, **kw)
     ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
     ax.set_xlim(left=0)
     ax.set_xlabel("KL(policy || base), nats")
