@@ -36,56 +36,6 @@ from pathlib import Path
 import numpy as np
 
 
-def finite_k_ceiling(transform, beta: float, k: int, procedure: str, n: int, draws: int = 4000, seed: int = 0):
-    """(win rate, KL) of π ∝ π_ref · exp(Φ(c)/β) restricted to K base samples, in the calibrated space.
-
-    True quantiles of the K samples are sorted uniforms U_(1..K); their estimated calibrated rewards are
-    c_i = (i − ½)/K (SPEC §2), so the in-sample tilt puts weight w_i ∝ exp(Φ(c_i)/β) on U_(i). Its CDF is a step
-    function F; BoN_N win = 1 − ∫ F(u)^N N u^(N−1) du, WoN_N = 1 − ∫ [1 − (1 − F(u))^N] N (1 − u)^(N−1) du
-    (SPEC §4, exactly for a step F). KL against the K-sample empirical base is Σ w log(K w).
-    """
-    rng = np.random.default_rng(seed)
-    c = (np.arange(1, k + 1) - 0.5) / k
-    logits = transform(c) / beta
-    w = np.exp(logits - logits.max())
-    w /= w.sum()
-    kl = float(np.sum(w * np.log(k * w + 1e-300)))
-    cdf = np.cumsum(w)[:-1]  # F on [U_(i), U_(i+1)) for i = 1..K−1; 0 before U_(1), 1 after U_(K)
-    wins = np.empty(draws)
-    for d in range(draws):
-        u = np.sort(rng.random(k))
-        lo, hi = u[:-1], u[1:]
-        if procedure == "bon":
-            # ∫ F^N d(u^N) over the steps, plus F = 1 on [U_(K), 1].
-            wins[d] = 1.0 - (np.sum(cdf**n * (hi**n - lo**n)) + (1.0 - u[-1] ** n))
-        else:
-            # ∫ [1 − (1−F)^N] d(−(1−u)^N): F = 0 before U_(1) contributes 0; the last step has F = 1.
-            g = 1.0 - (1.0 - cdf) ** n
-            wins[d] = 1.0 - (np.sum(g * ((1 - lo) ** n - (1 - hi) ** n)) + (1 - u[-1]) ** n)
-    return float(wins.mean()), kl
-
-
-def finite_k_ceiling_at_kl(transform, kl: float, k: int, procedure: str, n: int, draws: int = 4000):
-    """finite_k_ceiling at the β whose in-sample KL equals `kl` (so it compares with a policy that paid `kl`);
-    None when no β reaches it (the in-sample KL is at most log K)."""
-    from scipy.optimize import brentq
-
-    c = (np.arange(1, k + 1) - 0.5) / k
-    phi = transform(c)
-
-    def in_sample_kl(log_beta):
-        logits = phi / np.exp(log_beta)
-        w = np.exp(logits - logits.max())
-        w /= w.sum()
-        return float(np.sum(w * np.log(k * w + 1e-300))) - kl
-
-    try:
-        log_beta = brentq(in_sample_kl, -12.0, 12.0, xtol=1e-10)
-    except ValueError:
-        return None
-    return finite_k_ceiling(transform, float(np.exp(log_beta)), k, procedure, n, draws=draws)[0]
-
-
 def _args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/reproduce")
@@ -125,6 +75,7 @@ def main() -> int:
     from offline_infalign.core import tradeoff
     from offline_infalign.core.errors import InfalignError
     from offline_infalign.core.estimators import per_prompt_win_rates
+    from offline_infalign.core.finite_k import finite_k_at_kl
     from offline_infalign.core.losses import get_loss
     from offline_infalign.core.transforms import Transform
     from offline_infalign.demo_assets import demo_model_dir
@@ -226,8 +177,8 @@ def main() -> int:
                     # The theory's value for this transform at the KL the trained policy actually paid: the
                     # point on its predicted curve straight above/below the measured one (SPEC §4).
                     best.setdefault("predicted", {})[proc] = _theory_at_kl(transform, best["kl"], proc, a.n)
-                    best.setdefault("finite_k", {})[proc] = finite_k_ceiling_at_kl(transform, best["kl"],
-                                                                                   a.num_samples, proc, a.n)
+                    fk = finite_k_at_kl(transform, best["kl"], a.num_samples, proc, a.n)
+                    best.setdefault("finite_k", {})[proc] = None if fk is None else fk.win_rate
                 try:  # the optimum at the measured KL (None where no β reaches it, e.g. an overfit DPO policy)
                     opt = tradeoff.optimal(proc, a.n, max(best["kl"], 1e-3)).win_rate
                 except InfalignError:
