@@ -73,6 +73,25 @@ def showcase(samples_path: Path, k: int = 3) -> list[dict[str, Any]]:
     return out
 
 
+def _claim(out: Path, cfg: DemoConfig) -> None:
+    """Record the settings in `out/demo_config.json`; refuse a folder holding a demo run with other settings.
+
+    The stages skip finished outputs, so without this a rerun with, say, more steps would silently reuse the
+    old adapters; the sampling stages refuse on their own, training and evaluation would not.
+    """
+    from .config import config_diff, config_to_dict
+    from .storage import write_json_atomic
+
+    path, now = out / "demo_config.json", config_to_dict(cfg)
+    if path.is_file():
+        diff = config_diff(json.loads(path.read_text()), now, ignore=("out",))
+        if diff:
+            raise InfalignError(f"{str(out)!r} holds a demo run with other settings ({'; '.join(diff)}); rerun "
+                                "with those settings to resume it, or pass a new --out")
+    else:
+        write_json_atomic(path, now)
+
+
 def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int):
     """Prepare, train and evaluate one policy (each step skipped when its output is already complete)."""
     from . import evaluation, pipeline, trainer
@@ -85,10 +104,13 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
         input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
         tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
     if not _done(adapter / "infalign_train.json"):
+        # A training killed after a checkpoint resumes from it instead of starting over.
+        resume = "latest" if any((adapter / "checkpoints").glob("checkpoint-*")) else None
         trainer.train(load_config(TrainConfig, None, dict(
             dataset=str(prepared), model=model, loss=cfg.loss, out=str(adapter), max_steps=cfg.max_steps,
             learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-            num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed)))
+            num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed,
+            resume_from_checkpoint=resume)))
     if _done(ev / "report.json"):
         report = json.loads((ev / "report.json").read_text())
     else:
@@ -122,6 +144,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     kind = get_loss(cfg.loss)[1]
+    _claim(out, cfg)
 
     log("[1/5] base model (trained and cached at first use, about a minute)")
     model = str(demo_model_dir(cache_dir=cfg.cache_dir, train_steps=cfg.model_train_steps))

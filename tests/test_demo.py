@@ -51,7 +51,11 @@ def test_demo_refuses_other_settings_in_the_same_folder(demo_run, capsys):
     changed = [a if a != "12" else "10" for a in argv]  # another max_new_tokens
     assert main(changed) == 2
     err = capsys.readouterr().err
-    assert "max_new_tokens" in err and "Traceback" not in err
+    assert "max_new_tokens: 12 -> 10" in err and "Traceback" not in err
+    # Training settings too, though sampling would accept them: the old adapters must not be reused silently.
+    more_steps = [a if a != "3" else "5" for a in argv]  # --max-steps 3 -> 5
+    assert main(more_steps) == 2
+    assert "max_steps: 3 -> 5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad, needle", [({"num_samples": 1}, "num_samples"), ({"n": 32, "eval_samples": 16}, "n=32"),
