@@ -49,10 +49,6 @@ def arms(cfg: DemoConfig) -> list[dict[str, Any]]:
     ]
 
 
-def _done(path: Path) -> bool:
-    return path.is_file()
-
-
 def showcase(samples_path: Path, k: int = 3) -> list[dict[str, Any]]:
     """A few held-out prompts with one base and one policy completion each (the median-reward one of each side,
     so the examples are typical, not cherry-picked), from an evaluation's samples.jsonl."""
@@ -103,7 +99,7 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
     pipeline.run_prepare(load_config(PrepareConfig, None, dict(
         input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
         tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
-    if not _done(adapter / "infalign_train.json"):
+    if not (adapter / "infalign_train.json").is_file():
         # A training killed after a checkpoint resumes from it instead of starting over.
         resume = "latest" if any((adapter / "checkpoints").glob("checkpoint-*")) else None
         trainer.train(load_config(TrainConfig, None, dict(
@@ -111,7 +107,7 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
             learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
             num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed,
             resume_from_checkpoint=resume)))
-    if _done(ev / "report.json"):
+    if (ev / "report.json").is_file():
         report = json.loads((ev / "report.json").read_text())
     else:
         report = evaluation.evaluate(load_config(EvalConfig, None, dict(

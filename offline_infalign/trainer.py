@@ -39,6 +39,7 @@ from transformers import Trainer
 from . import __version__
 from .core.errors import InfalignError
 from .core.losses import check_beta, get_loss, kl_estimates
+from .core.tradeoff import log_partition
 from .logprobs import completion_logps, pad_pairs
 from .tokenization import check_tokenizer, encode_completion, encode_prompt
 
@@ -53,7 +54,6 @@ __all__ = [
     "ListwiseCollator",
     "BonCollator",
     "COLLATORS",
-    "log_partition",
     "make_trainer",
     "train",
 ]
@@ -350,16 +350,6 @@ class InfalignTrainer(Trainer):
         super().log(logs, start_time)
 
 
-# ---- log Z for the pointwise loss --------------------------------------------------------------------------
-
-
-def log_partition(transform, beta: float) -> float:
-    """log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (SPEC §4/§6), from core.tradeoff."""
-    from .core.tradeoff import log_partition as exact
-
-    return float(exact(transform, beta))
-
-
 # ---- train(cfg) ------------------------------------------------------------------------------------------------
 
 
@@ -477,7 +467,8 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
     if kind == "bon" and manifest.get("beta") is not None and not math.isclose(beta, float(manifest["beta"])):
         logger.info("beta %g differs from the dataset's %g: recomputing the bon weights", beta, manifest["beta"])
         dataset = _bon_weights(dataset, beta)
-    log_z = log_partition(_transform_from_manifest(manifest), beta) if cfg.loss == "pointwise" else None
+    # log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (SPEC §4/§6).
+    log_z = float(log_partition(_transform_from_manifest(manifest), beta)) if cfg.loss == "pointwise" else None
 
     use_gpu = torch.cuda.is_available()
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(use_gpu and torch.cuda.is_bf16_supported())
