@@ -63,7 +63,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from offline_infalign import evaluation, pipeline, storage, trainer
+    from offline_infalign import storage, trainer
+    from offline_infalign.stages.evaluate import evaluate
+    from offline_infalign.stages.prepare import run_prepare
+    from offline_infalign.stages.sample import run_sample
+    from offline_infalign.stages.score import run_score
     from offline_infalign.config import (
         EvalConfig,
         PrepareConfig,
@@ -78,7 +82,7 @@ def main() -> int:
     from offline_infalign.core.finite_k import finite_k_at_kl
     from offline_infalign.core.losses import get_loss
     from offline_infalign.core.transforms import Transform
-    from offline_infalign.demo_assets import demo_model_dir
+    from offline_infalign.demo.assets import demo_model_dir
 
     a = _args()
     out = Path(a.out)
@@ -86,16 +90,16 @@ def main() -> int:
     t_start = time.perf_counter()
     model = str(demo_model_dir())
     data = out / "data"
-    pipeline.run_sample(load_config(SampleConfig, None, dict(
+    run_sample(load_config(SampleConfig, None, dict(
         prompts="demo", model=model, out=str(data / "samples"), num_samples=a.num_samples,
         max_new_tokens=a.max_new_tokens, seed=0, limit=a.num_prompts, batch_size=16)))
-    pipeline.run_score(load_config(ScoreConfig, None, dict(input=str(data / "samples"), reward_model="demo",
+    run_score(load_config(ScoreConfig, None, dict(input=str(data / "samples"), reward_model="demo",
                                                            out=str(data / "scored"))))
     t_data = time.perf_counter() - t_start
 
     def prepared(name: str, kind: str, transform: Transform, beta: float, best_worst: bool = False) -> Path:
         path = data / f"prepared_{name}_{kind}_{beta:.5f}"
-        pipeline.run_prepare(load_config(PrepareConfig, None, dict(
+        run_prepare(load_config(PrepareConfig, None, dict(
             input=str(data / "scored"), out=str(path), kind=kind, transform=transform.name, tilt=transform.tilt,
             beta=beta, test_fraction=0.0)))
         if not best_worst:
@@ -131,7 +135,7 @@ def main() -> int:
                 num_train_epochs=1000.0, logging_steps=50, save_steps=None)))
         train_s = json.loads((adapter / "infalign_train.json").read_text())["final_metrics"].get("train_runtime")
         if not (ev / "report.json").is_file():
-            evaluation.evaluate(load_config(EvalConfig, None, dict(
+            evaluate(load_config(EvalConfig, None, dict(
                 policy=str(adapter), model=model, reward_model="demo", prompts="demo", split="test",
                 limit=a.eval_prompts, procedure=["bon", "won"], n=[1, a.n], samples=a.eval_samples,
                 max_new_tokens=a.max_new_tokens, seed=0, out=str(ev), plots=False,

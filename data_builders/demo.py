@@ -1,11 +1,11 @@
 """The embedded demo's prompts ("review of the cozy cafe near the station:"), generated, no download.
 
-Splits "train" (200 prompts) and "test" (64), disjoint; see `offline_infalign.demo_assets.demo_prompts`.
+Splits "train" (200 prompts) and "test" (64), disjoint; see `offline_infalign.demo.assets.demo_prompts`.
 """
 
 from __future__ import annotations
 
-from offline_infalign.demo_assets import demo_prompts
+from offline_infalign.demo.assets import demo_prompts
 
 from . import register_source
 

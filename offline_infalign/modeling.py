@@ -192,3 +192,15 @@ def base_weights_dtype(model) -> str:
         if "lora_" not in name:
             return str(p.dtype).replace("torch.", "")
     return "float32"
+
+
+def load_causal_lm(path: str, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
+    """(model in eval mode on `device`, tokenizer) from a local folder or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # dtype 'auto': bf16 on a bf16-capable GPU, float32 otherwise
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device),
+                                                 trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), tokenizer

@@ -5,7 +5,7 @@
   dtype/device options. Sequences longer than the reward model's context are cut from the left, keeping the
   completion, which is what is being judged.
 - `CallableScorer`: any Python callable `(prompts, completions) -> floats`, named "module:function".
-- "demo": the built-in demo reward (`offline_infalign.demo_assets.demo_reward`).
+- "demo": the built-in demo reward (`offline_infalign.demo.assets.demo_reward`).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch
         return CallableScorer(spec, getattr(spec, "__name__", "callable"))
     spec = str(spec)
     if spec == "demo":
-        from .demo_assets import demo_reward
+        from .demo.assets import demo_reward
 
         return CallableScorer(demo_reward, "demo")
     if ":" in spec and not Path(spec).exists():

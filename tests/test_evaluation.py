@@ -11,7 +11,7 @@ import pytest
 
 from offline_infalign.config import EvalConfig, load_config
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.evaluation import default_ns, resolve_settings, summarize
+from offline_infalign.stages.evaluate import default_ns, resolve_settings, summarize
 
 
 def brute_force_win_rate(policy_rewards, base_rewards, n, procedure):
@@ -123,7 +123,7 @@ def test_summarize_report_keys_and_predictions(sample_set):
 def test_plots_without_a_prediction(sample_set, tmp_path):
     # A foreign adapter (no transform/beta): the win-rate plot has no predicted line and the tradeoff plot only
     # the optimum's curve, but both are written.
-    from offline_infalign.evaluation import plot_tradeoff, plot_win_rate_vs_n
+    from offline_infalign.stages.evaluate import plot_tradeoff, plot_win_rate_vs_n
 
     policy, base, log_ratios = sample_set
     report = summarize(policy, base, np.abs(log_ratios), ["won"], [2], num_bootstrap=50)
@@ -329,7 +329,7 @@ def test_eval_long_prompts_skip_or_fail(tiny_setup, tmp_path, capsys):
 def test_completion_ids_drop_eos_only_when_cut_off():
     from tiny_models import tiny_tokenizer
 
-    from offline_infalign.evaluation import completion_ids
+    from offline_infalign.stages.evaluate import completion_ids
 
     tok = tiny_tokenizer()
     words = tok("good movie", add_special_tokens=False)["input_ids"]

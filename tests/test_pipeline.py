@@ -7,7 +7,10 @@ import os
 import datasets
 import pytest
 
-from offline_infalign import pipeline
+from offline_infalign.stages import merge as merge_stage
+from offline_infalign.stages import prepare as prepare_stage
+from offline_infalign.stages import sample as sample_stage
+from offline_infalign.stages import score as score_stage
 from offline_infalign.config import (
     BuildConfig,
     MergeConfig,
@@ -55,12 +58,12 @@ def _rows(path):
 
 
 def test_sample_resume_after_crash_equals_uninterrupted(assets, tmp_path, monkeypatch):
-    full = pipeline.run_sample(_sample_cfg(assets, tmp_path / "full"), progress=False)
+    full = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "full"), progress=False)
     assert full["stage"] == "samples" and full["num_rows"] == 6 and full["num_samples"] == 4
     for key in ("model", "tokenizer", "seed", "config", "package_version", "content_hash", "input_hash"):
         assert key in full
 
-    real = pipeline._sample_chunk
+    real = sample_stage._sample_chunk
     calls = []
 
     def crash_on_second(*args, **kw):
@@ -69,18 +72,18 @@ def test_sample_resume_after_crash_equals_uninterrupted(assets, tmp_path, monkey
             raise RuntimeError("simulated crash")
         return real(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "_sample_chunk", crash_on_second)
+    monkeypatch.setattr(sample_stage, "_sample_chunk", crash_on_second)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        pipeline.run_sample(_sample_cfg(assets, tmp_path / "resumed"), progress=False)
+        sample_stage.run_sample(_sample_cfg(assets, tmp_path / "resumed"), progress=False)
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     assert sorted(p.name for p in (tmp_path / "resumed" / "_work" / "chunks").iterdir()) == ["chunk-00000"]
 
     # A different config is refused, showing the difference; batch_size may change (it cannot change results).
     with pytest.raises(InfalignError, match=r"config_diff \(recorded -> now\): seed: 0 -> 1"):
-        pipeline.run_sample(_sample_cfg(assets, tmp_path / "resumed", seed=1), progress=False)
+        sample_stage.run_sample(_sample_cfg(assets, tmp_path / "resumed", seed=1), progress=False)
     counted = []
-    monkeypatch.setattr(pipeline, "_sample_chunk", lambda *a, **k: counted.append(1) or real(*a, **k))
-    resumed = pipeline.run_sample(_sample_cfg(assets, tmp_path / "resumed", batch_size=3), progress=False)
+    monkeypatch.setattr(sample_stage, "_sample_chunk", lambda *a, **k: counted.append(1) or real(*a, **k))
+    resumed = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "resumed", batch_size=3), progress=False)
     assert len(counted) == 2  # chunk 0 was kept, chunks 1 and 2 sampled
     assert _rows(tmp_path / "resumed") == _rows(tmp_path / "full")
     assert resumed["content_hash"] == full["content_hash"]
@@ -88,21 +91,21 @@ def test_sample_resume_after_crash_equals_uninterrupted(assets, tmp_path, monkey
 
 
 def test_rerun_of_finished_stage_is_a_no_op_or_refused(assets, tmp_path):
-    first = pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
-    assert pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False) == first
+    first = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
+    assert sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False) == first
     with pytest.raises(InfalignError, match="finished artifact with a different config.*num_samples: 4 -> 3"):
-        pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", num_samples=3), progress=False)
+        sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s", num_samples=3), progress=False)
 
 
 def test_score_resume_prepare_auto_and_manifests(assets, tmp_path, monkeypatch):
-    pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
+    sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
     score = {"input": str(tmp_path / "s"), "reward_model": "tests.test_pipeline:length_reward", "chunk_size": 2}
-    full = pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "full")}), progress=False)
+    full = score_stage.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "full")}), progress=False)
     monkeypatch.setenv(FAIL_AFTER, "1")  # the second chunk's scoring call fails
     with pytest.raises(RuntimeError, match="simulated crash while scoring"):
-        pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}), progress=False)
+        score_stage.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}), progress=False)
     monkeypatch.delenv(FAIL_AFTER)
-    resumed = pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}),
+    resumed = score_stage.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}),
                                  progress=False)
     assert _rows(tmp_path / "sc") == _rows(tmp_path / "full") and resumed["content_hash"] == full["content_hash"]
     samples = read_manifest(tmp_path / "s")
@@ -110,7 +113,7 @@ def test_score_resume_prepare_auto_and_manifests(assets, tmp_path, monkeypatch):
     rows = _rows(tmp_path / "sc")
     assert rows[0]["rewards"] == pytest.approx(length_reward([rows[0]["prompt"]] * 4, rows[0]["completions"]))
 
-    prep = pipeline.run_prepare(load_config(PrepareConfig, None, {
+    prep = prepare_stage.run_prepare(load_config(PrepareConfig, None, {
         "input": str(tmp_path / "sc"), "out": str(tmp_path / "p"), "kind": "bon", "transform": "auto",
         "procedure": "bon", "n": 4, "kl": 0.3, "test_fraction": 0.5}))
     from offline_infalign.core.tradeoff import choose
@@ -128,41 +131,41 @@ def test_score_resume_prepare_auto_and_manifests(assets, tmp_path, monkeypatch):
     assert set(dd) == {"train", "test"} and len(dd["train"]) + len(dd["test"]) == 24
 
     # The scored input changed (another reward) → preparing into the same folder is refused.
-    pipeline.run_score(load_config(ScoreConfig, None, {**score, "reward_model": "demo", "out": str(tmp_path / "d")}),
+    score_stage.run_score(load_config(ScoreConfig, None, {**score, "reward_model": "demo", "out": str(tmp_path / "d")}),
                        progress=False)
     with pytest.raises(InfalignError, match="input_hash"):
-        pipeline.run_prepare(load_config(PrepareConfig, None, {
+        prepare_stage.run_prepare(load_config(PrepareConfig, None, {
             "input": str(tmp_path / "d"), "out": str(tmp_path / "p"), "kind": "bon", "transform": "auto",
             "procedure": "bon", "n": 4, "kl": 0.3, "test_fraction": 0.5}))
     with pytest.raises(InfalignError, match="holds a 'samples' artifact; expected 'scored'"):
-        pipeline.run_prepare(load_config(PrepareConfig, None, {
+        prepare_stage.run_prepare(load_config(PrepareConfig, None, {
             "input": str(tmp_path / "s"), "out": str(tmp_path / "p2"), "transform": "identity", "beta": 1.0}))
 
 
 def test_shards_merge_to_the_unsharded_artifact(assets, tmp_path):
-    pipeline.run_sample(_sample_cfg(assets, tmp_path / "all"), progress=False)
+    sample_stage.run_sample(_sample_cfg(assets, tmp_path / "all"), progress=False)
     shards = []
     for i in (1, 0, 2):  # any order
         out = tmp_path / f"shard{i}"
-        m = pipeline.run_sample(_sample_cfg(assets, out, shard=f"{i}/3", batch_size=1), progress=False)
+        m = sample_stage.run_sample(_sample_cfg(assets, out, shard=f"{i}/3", batch_size=1), progress=False)
         assert m["shard"] == [i, 3] and m["num_rows"] == 2
         shards.append(str(out))
-    merged = pipeline.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "merged")))
+    merged = merge_stage.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "merged")))
     assert merged["shard"] is None and merged["num_rows"] == 6
     assert _rows(tmp_path / "merged") == _rows(tmp_path / "all")
-    assert pipeline.run_merge(MergeConfig(inputs=shards[::-1], out=str(tmp_path / "merged"))) == merged  # rerun
+    assert merge_stage.run_merge(MergeConfig(inputs=shards[::-1], out=str(tmp_path / "merged"))) == merged  # rerun
     with pytest.raises(InfalignError, match="already holds another artifact"):
-        pipeline.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "all")))
+        merge_stage.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "all")))
     with pytest.raises(InfalignError, match=r"missing shard\(s\) 2/3: merge needs all 3"):
-        pipeline.run_merge(MergeConfig(inputs=shards[:2], out=str(tmp_path / "m2")))
+        merge_stage.run_merge(MergeConfig(inputs=shards[:2], out=str(tmp_path / "m2")))
     with pytest.raises(InfalignError, match="shard 1/3 given twice"):
-        pipeline.run_merge(MergeConfig(inputs=shards + shards[:1], out=str(tmp_path / "m3")))
+        merge_stage.run_merge(MergeConfig(inputs=shards + shards[:1], out=str(tmp_path / "m3")))
     with pytest.raises(InfalignError, match="is not a shard"):
-        pipeline.run_merge(MergeConfig(inputs=[str(tmp_path / "all")], out=str(tmp_path / "m4")))
+        merge_stage.run_merge(MergeConfig(inputs=[str(tmp_path / "all")], out=str(tmp_path / "m4")))
     odd = tmp_path / "odd"
-    pipeline.run_sample(_sample_cfg(assets, odd, shard="2/3", seed=5), progress=False)
+    sample_stage.run_sample(_sample_cfg(assets, odd, shard="2/3", seed=5), progress=False)
     with pytest.raises(InfalignError, match="different config .*seed: 0 -> 5"):
-        pipeline.run_merge(MergeConfig(inputs=shards[:2] + [str(odd)], out=str(tmp_path / "m5")))
+        merge_stage.run_merge(MergeConfig(inputs=shards[:2] + [str(odd)], out=str(tmp_path / "m5")))
 
 
 def test_long_prompts_in_the_pipeline(assets, tmp_path):
@@ -170,11 +173,11 @@ def test_long_prompts_in_the_pipeline(assets, tmp_path):
     long_file.write_text(json.dumps({"prompt": "the cat"}) + "\n" + json.dumps({"prompt": "very good " * 70}) + "\n")
     # The tiny LM has 128 positions; 140 prompt words + 6 new tokens do not fit.
     with pytest.raises(InfalignError, match="has 140 tokens but the model context leaves 122"):
-        pipeline.run_sample(_sample_cfg(assets, tmp_path / "f", prompts=str(long_file)), progress=False)
-    m = pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(long_file), on_long_prompt="skip"),
+        sample_stage.run_sample(_sample_cfg(assets, tmp_path / "f", prompts=str(long_file)), progress=False)
+    m = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(long_file), on_long_prompt="skip"),
                             progress=False)
     assert m["num_rows"] == 1 and m["num_skipped_long"] == 1
-    m = pipeline.run_sample(_sample_cfg(assets, tmp_path / "t", prompts=str(long_file), on_long_prompt="truncate"),
+    m = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "t", prompts=str(long_file), on_long_prompt="truncate"),
                             progress=False)
     assert m["num_rows"] == 2 and m["num_truncated"] == 1
     assert len(_rows(tmp_path / "t")[1]["prompt"].split()) == 122
@@ -207,7 +210,7 @@ def test_resume_refused_when_the_prompt_source_changed(assets, tmp_path, monkeyp
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": w}) + "\n" for w in ("the cat", "a dog", "very good")))
 
-    real, calls = pipeline._sample_chunk, []
+    real, calls = sample_stage._sample_chunk, []
 
     def crash_on_second(*a, **k):  # chunk 0 is written, so the run has recorded its config
         calls.append(1)
@@ -215,18 +218,18 @@ def test_resume_refused_when_the_prompt_source_changed(assets, tmp_path, monkeyp
             raise RuntimeError("simulated crash")
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline, "_sample_chunk", crash_on_second)
+    monkeypatch.setattr(sample_stage, "_sample_chunk", crash_on_second)
     with pytest.raises(RuntimeError):
-        pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
+        sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
     monkeypatch.undo()
     prompts.write_text(prompts.read_text() + json.dumps({"prompt": "new one"}) + "\n")
     with pytest.raises(InfalignError, match="config_diff.*input_hash"):
-        pipeline.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
+        sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s", prompts=str(prompts)), progress=False)
 
 
 def test_dataset_does_not_depend_on_chunk_or_batch_size(assets, tmp_path):
-    pipeline.run_sample(_sample_cfg(assets, tmp_path / "a", chunk_size=2, batch_size=1), progress=False)
-    pipeline.run_sample(_sample_cfg(assets, tmp_path / "b", chunk_size=5, batch_size=4), progress=False)
+    sample_stage.run_sample(_sample_cfg(assets, tmp_path / "a", chunk_size=2, batch_size=1), progress=False)
+    sample_stage.run_sample(_sample_cfg(assets, tmp_path / "b", chunk_size=5, batch_size=4), progress=False)
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [r["completions"] for r in a] == [r["completions"] for r in b]
     for ra, rb in zip(a, b):
@@ -234,18 +237,18 @@ def test_dataset_does_not_depend_on_chunk_or_batch_size(assets, tmp_path):
 
 
 def test_sharded_scoring_merges_to_the_unsharded_scores(assets, tmp_path):
-    pipeline.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
+    sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s"), progress=False)
     score = {"input": str(tmp_path / "s"), "reward_model": "tests.test_pipeline:length_reward"}
-    pipeline.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "all")}), progress=False)
+    score_stage.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "all")}), progress=False)
     parts = []
     for i in range(2):
-        m = pipeline.run_score(load_config(ScoreConfig, None, {**score, "shard": f"{i}/2",
+        m = score_stage.run_score(load_config(ScoreConfig, None, {**score, "shard": f"{i}/2",
                                                                "out": str(tmp_path / f"sc{i}")}), progress=False)
         assert m["shard"] == [i, 2] and m["num_rows"] == 3
         parts.append(str(tmp_path / f"sc{i}"))
-    merged = pipeline.run_merge(MergeConfig(inputs=parts[::-1], out=str(tmp_path / "merged")))
+    merged = merge_stage.run_merge(MergeConfig(inputs=parts[::-1], out=str(tmp_path / "merged")))
     assert merged["stage"] == "scored" and _rows(tmp_path / "merged") == _rows(tmp_path / "all")
-    pipeline.run_sample(_sample_cfg(assets, tmp_path / "s0", shard="0/2"), progress=False)
+    sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s0", shard="0/2"), progress=False)
     with pytest.raises(InfalignError, match="is already shard \\[0, 2\\]; score it without --shard"):
-        pipeline.run_score(load_config(ScoreConfig, None, {**score, "input": str(tmp_path / "s0"), "shard": "0/2",
+        score_stage.run_score(load_config(ScoreConfig, None, {**score, "input": str(tmp_path / "s0"), "shard": "0/2",
                                                            "out": str(tmp_path / "x")}), progress=False)

@@ -204,7 +204,7 @@ def test_vllm_backend_glue_with_a_fake_engine(tok_model, fake_vllm):
 
 def test_pipeline_vllm_backend(fake_vllm, tmp_path):
     from offline_infalign.config import SampleConfig
-    from offline_infalign.pipeline import run_sample
+    from offline_infalign.stages.sample import run_sample
     from tests.tiny_models import save_tiny_lm
 
     lm = save_tiny_lm(tmp_path / "lm")

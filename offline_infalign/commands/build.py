@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..config import BuildConfig, load_config, overrides_from_args
-    from ..pipeline import run_build
+    from ..stages.build import run_build
     from .prepare import describe
 
     cfg = load_config(BuildConfig, args.config, overrides_from_args(args, BuildConfig))

@@ -28,7 +28,7 @@ def run(args) -> int:
     import time
 
     from ..config import DemoConfig, load_config, overrides_from_args
-    from ..demo import run_demo
+    from ..demo.run import run_demo
 
     cfg = load_config(DemoConfig, args.config, overrides_from_args(args, DemoConfig))
     t0 = time.perf_counter()

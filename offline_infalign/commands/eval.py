@@ -47,7 +47,7 @@ def _flatten(values):
 
 def run(args) -> int:
     from ..config import EvalConfig, load_config, overrides_from_args
-    from ..evaluation import evaluate
+    from ..stages.evaluate import evaluate
 
     args.n = _flatten(args.n)
     args.procedure = _flatten(args.procedure)

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..config import MergeConfig, load_config, overrides_from_args
-    from ..pipeline import run_merge
+    from ..stages.merge import run_merge
 
     cfg = load_config(MergeConfig, args.config, overrides_from_args(args, MergeConfig))
     m = run_merge(cfg)

@@ -24,7 +24,7 @@ def describe(m) -> str:
 
 def run(args) -> int:
     from ..config import PrepareConfig, load_config, overrides_from_args
-    from ..pipeline import run_prepare
+    from ..stages.prepare import run_prepare
 
     cfg = load_config(PrepareConfig, args.config, overrides_from_args(args, PrepareConfig))
     m = run_prepare(cfg)

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..config import SampleConfig, load_config, overrides_from_args
-    from ..pipeline import run_sample
+    from ..stages.sample import run_sample
 
     cfg = load_config(SampleConfig, args.config, overrides_from_args(args, SampleConfig))
     m = run_sample(cfg)

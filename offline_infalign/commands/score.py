@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..config import ScoreConfig, load_config, overrides_from_args
-    from ..pipeline import run_score
+    from ..stages.score import run_score
 
     cfg = load_config(ScoreConfig, args.config, overrides_from_args(args, ScoreConfig))
     m = run_score(cfg)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """The embedded demo: sample → score → prepare → train → eval on a tiny base model and reward, no download.
 
-The base model is a small review-writing LM trained at first use (demo_assets); the reward is a sentiment
+The base model is a small review-writing LM trained at first use (demo.assets); the reward is a sentiment
 classifier, so "better" is something a reader sees in the samples. Two policies are trained from ONE sampling
 run, at the same KL budget:
   identity — calibrated RLHF, the paper's strong baseline;
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from ..config import (
     DemoConfig,
     EvalConfig,
     PrepareConfig,
@@ -31,15 +31,15 @@ from .config import (
     TrainConfig,
     load_config,
 )
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 __all__ = ["run_demo", "arms", "showcase"]
 
 
 def arms(cfg: DemoConfig) -> list[dict[str, Any]]:
     """The two transforms and their β at the KL budget: identity and the chosen exp tilt (SPEC §7)."""
-    from .core import tradeoff
-    from .core.transforms import Transform
+    from ..core import tradeoff
+    from ..core.transforms import Transform
 
     identity = Transform("identity")
     choice = tradeoff.choose(cfg.procedure, cfg.n, cfg.kl)
@@ -75,8 +75,8 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
     The stages skip finished outputs, so without this a rerun with, say, more steps would silently reuse the
     old adapters; the sampling stages refuse on their own, training and evaluation would not.
     """
-    from .config import config_diff, config_to_dict
-    from .storage import write_json_atomic
+    from ..config import config_diff, config_to_dict
+    from ..storage import write_json_atomic
 
     path, now = out / "demo_config.json", config_to_dict(cfg)
     if path.is_file():
@@ -90,13 +90,15 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
 
 def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int):
     """Prepare, train and evaluate one policy (each step skipped when its output is already complete)."""
-    from . import evaluation, pipeline, trainer
-    from .core import tradeoff
+    from .. import trainer
+    from ..stages.evaluate import evaluate
+    from ..stages.prepare import run_prepare
+    from ..core import tradeoff
 
     data, suffix = Path(cfg.out) / "data", f"_r{round_}" if round_ else ""
     prepared, adapter, ev = data / f"prepared_{name}{suffix}", Path(cfg.out) / f"adapter_{name}{suffix}", \
         Path(cfg.out) / f"eval_{name}{suffix}"
-    pipeline.run_prepare(load_config(PrepareConfig, None, dict(
+    run_prepare(load_config(PrepareConfig, None, dict(
         input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
         tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
     if not (adapter / "infalign_train.json").is_file():
@@ -110,7 +112,7 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
     if (ev / "report.json").is_file():
         report = json.loads((ev / "report.json").read_text())
     else:
-        report = evaluation.evaluate(load_config(EvalConfig, None, dict(
+        report = evaluate(load_config(EvalConfig, None, dict(
             policy=str(adapter), model=model, reward_model="demo", prompts="demo", split="test",
             limit=cfg.eval_prompts, procedure=[cfg.procedure], n=sorted({1, cfg.n}),
             samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(ev))))
@@ -133,9 +135,10 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the demo; write `out/demo_report.json` and `out/demo_tradeoff.png`; return the report."""
-    from . import pipeline
-    from .core.losses import get_loss
-    from .demo_assets import demo_model_dir
+    from ..stages.sample import run_sample
+    from ..stages.score import run_score
+    from ..core.losses import get_loss
+    from .assets import demo_model_dir
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,10 +150,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
 
     log(f"[2/5] sample K={cfg.num_samples} completions for {cfg.num_prompts} prompts and score them")
     data = out / "data"
-    pipeline.run_sample(load_config(SampleConfig, None, dict(
+    run_sample(load_config(SampleConfig, None, dict(
         prompts="demo", model=model, out=str(data / "samples"), num_samples=cfg.num_samples,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, limit=cfg.num_prompts, batch_size=16)))
-    pipeline.run_score(load_config(ScoreConfig, None, dict(
+    run_score(load_config(ScoreConfig, None, dict(
         input=str(data / "samples"), reward_model="demo", out=str(data / "scored"))))
 
     results = []
@@ -179,9 +182,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
 
 def _plot(cfg: DemoConfig, results: list[dict[str, Any]], path: Path) -> Path:
     """Predicted win-rate-vs-KL curves (identity, the chosen exp, the optimum) with the measured policies on them."""
-    from .core.tradeoff import tradeoff_curves
-    from .core.transforms import parse_transform
-    from .plots import plot_tradeoff_curves
+    from ..core.tradeoff import tradeoff_curves
+    from ..core.transforms import parse_transform
+    from ..plots import plot_tradeoff_curves
 
     kl_max = max([1.5 * cfg.kl] + [1.2 * r["kl"] for r in results])
     curves = tradeoff_curves(cfg.procedure, cfg.n, [(r["transform"], parse_transform(r["transform"])) for r in results],

@@ -14,7 +14,7 @@ import random
 
 __all__ = ["PLACES", "all_prompts", "review_corpus", "sentiment_lines", "template_texts", "SENTIMENT_SEED"]
 
-SENTIMENT_SEED = 1234  # the seed `sentiment_lines` used to write the shipped demo_data/sentiment.tsv
+SENTIMENT_SEED = 1234  # the seed `sentiment_lines` used to write the shipped demo/data/sentiment.tsv
 
 # Adjectives and words for each aspect category, by sentiment. "pos"/"neu"/"neg" are what a reader would say.
 _ASPECT_WORDS: dict[str, dict[str, list[str]]] = {

@@ -8,7 +8,7 @@
 - `demo_prompts(split)` gives plain-text prompts like "review of the cozy cafe near the station:"; the train and
   test splits are disjoint.
 - `demo_reward(prompts, completions)` is the logit of a TF-IDF + logistic-regression sentiment classifier
-  trained on `demo_data/sentiment.tsv`: a reader can check that high-reward samples are the glowing reviews.
+  trained on `demo/data/sentiment.tsv`: a reader can check that high-reward samples are the glowing reviews.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .core.errors import InfalignError
-from .demo_corpus import all_prompts, review_corpus, template_texts
+from .. import __version__
+from ..core.errors import InfalignError
+from .corpus import all_prompts, review_corpus, template_texts
 
 __all__ = ["DEMO_RECIPE", "demo_model_dir", "demo_prompts", "demo_reward", "sentiment_data"]
 
@@ -80,7 +80,7 @@ def demo_prompts(split: str = "train", limit: int | None = None) -> list[str]:
 # ------------------------------------------------------------------------------------------------ reward
 def sentiment_data() -> list[tuple[int, str]]:
     """The shipped labelled sentences, (label, text) with label 1 = positive, 0 = negative."""
-    text = resources.files("offline_infalign").joinpath("demo_data/sentiment.tsv").read_text(encoding="utf-8")
+    text = resources.files("offline_infalign").joinpath("demo/data/sentiment.tsv").read_text(encoding="utf-8")
     rows = []
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
@@ -219,7 +219,7 @@ def _build(out: Path, recipe: dict, corpus: list[tuple[str, str]], progress: boo
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from .tokenization import encode_completion, encode_prompt
+    from ..tokenization import encode_completion, encode_prompt
 
     start = time.perf_counter()
     tokenizer = _build_tokenizer(template_texts() + [text for pair in corpus for text in pair])

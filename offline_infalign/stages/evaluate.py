@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import InfalignError
-from .tokenization import encode_completion, encode_prompt
+from ..core.errors import InfalignError
+from ..tokenization import encode_completion, encode_prompt
 
 __all__ = [
     "summarize",
@@ -80,7 +80,7 @@ def summarize(
     "mean_reward": {"policy", "base"}, "num_prompts", "samples"}; each win-rate entry has win_rate, ci_low,
     ci_high and predicted (None without a prediction).
     """
-    from .core.estimators import estimate_kl, estimate_win_rate
+    from ..core.estimators import estimate_kl, estimate_win_rate
 
     pol = _as_2d("policy_rewards", policy_rewards)  # (P, M)
     base = _as_2d("base_rewards", base_rewards)  # (P, M')
@@ -173,7 +173,7 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     Returns model, reward_model, prompts (None → the prepared dataset's test split), dataset (path or None),
     procedures, ns, transform (Transform or None), beta, loss.
     """
-    from .core.transforms import Transform, parse_transform
+    from ..core.transforms import Transform, parse_transform
 
     train_cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     manifest = _dataset_manifest(info)
@@ -228,7 +228,7 @@ def make_predict_fn(transform, beta: float | None, loss: str | None) -> PredictF
     """predict(procedure, n) from core.tradeoff for the adapter's tilt, or None when no tilt applies."""
     if transform is None or beta is None or (loss in _UNTILTED_LOSSES):
         return None
-    from .core.tradeoff import predict
+    from ..core.tradeoff import predict
 
     cache: dict[tuple[str, int], Any] = {}
 
@@ -286,8 +286,8 @@ def plot_tradeoff(report: dict[str, Any], out_dir, transform=None) -> list[Path]
     Curves: the adapter's transform swept over β (when it has one) and the optimum, the yardstick. Points: the
     measurement with its interval, and the prediction for the adapter's exact β. Files `tradeoff_<proc>_n<N>.png`.
     """
-    from .core.tradeoff import tradeoff_curves
-    from .plots import plot_tradeoff_curves
+    from ..core.tradeoff import tradeoff_curves
+    from ..plots import plot_tradeoff_curves
 
     kl, pred_kl = report["kl"], report.get("predicted_kl")
     reach = max(kl + 2 * (report["kl_stderr"] if np.isfinite(report["kl_stderr"]) else 0.0), pred_kl or 0.0)
@@ -322,7 +322,7 @@ def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None) -
         # Hub datasets repeat some prompts (HH does); evaluate each once.
         rows = list(get_prompt_source(settings["prompts"], split=split, limit=limit, on_duplicate="skip"))
     else:
-        from .storage import load_artifact
+        from ..storage import load_artifact
 
         dataset, _ = load_artifact(settings["dataset"])
         if not hasattr(dataset, "keys") or split not in dataset:
@@ -360,7 +360,7 @@ def _log_probs(model, tokenizer, prompts: list, completion_ids: list[list[int]],
     import torch
     from tqdm.auto import tqdm
 
-    from .logprobs import completion_logps, pad_pairs
+    from ..logprobs import completion_logps, pad_pairs
 
     device = next(model.parameters()).device
     out = np.empty(len(prompts), dtype=np.float64)
@@ -401,7 +401,7 @@ def _draw(model, tokenizer, rows: list[dict], cfg) -> dict[str, Any]:
     """
     prompts = [r["prompt"] for r in rows]
     prompt_ids = [r["prompt_id"] for r in rows]
-    from .sampling import sample_completions
+    from ..sampling import sample_completions
 
     gen = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
                batch_size=cfg.batch_size)
@@ -427,7 +427,7 @@ def _draw(model, tokenizer, rows: list[dict], cfg) -> dict[str, Any]:
 
 def _judge(spec: str, rows: list[dict], draws: dict[str, Any], device: str, cfg) -> tuple[np.ndarray, np.ndarray]:
     """Judge rewards of the policy and base samples, each (P, M)."""
-    from .scoring import load_scorer
+    from ..scoring import load_scorer
 
     scorer = load_scorer(spec, device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
                          trust_remote_code=cfg.trust_remote_code)
@@ -458,10 +458,10 @@ def evaluate(cfg) -> dict[str, Any]:
     """
     import torch
 
-    from . import __version__
-    from .config import config_to_dict
-    from .modeling import load_adapted, resolve_dtype
-    from .sampling import context_length, fit_prompts
+    from .. import __version__
+    from ..config import config_to_dict
+    from ..modeling import load_adapted, resolve_dtype
+    from ..sampling import context_length, fit_prompts
 
     t0 = time.perf_counter()
     info = read_training_info(cfg.policy)

@@ -1,0 +1,123 @@
+"""`sample` stage: K completions per prompt from the base model, with ref_logps, into a samples/ artifact."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..config import SampleConfig, config_to_dict, parse_shard
+from ..core.errors import InfalignError
+from ..storage import ChunkStore, base_manifest, read_manifest, save_artifact
+from .common import chunk_slices, progress_bar, shard_slice
+
+# Config fields that cannot change the result, so a resume may change them.
+_SAMPLE_FREE = ("batch_size", "device")
+
+
+def _prompt_rows(cfg: SampleConfig) -> list[dict[str, Any]]:
+    from data_builders import get_prompt_source
+
+    rows = list(get_prompt_source(cfg.prompts, split=cfg.split, limit=cfg.limit, data_files=cfg.prompts_data_files,
+                                  on_duplicate=cfg.on_duplicate_prompt))
+    kinds = {isinstance(r["prompt"], str) for r in rows}
+    if len(kinds) > 1:
+        raise InfalignError(f"prompt source {cfg.prompts!r} mixes plain-text and chat-message prompts; "
+                            "one artifact holds one kind")
+    return rows
+
+
+def _model_id(model) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    return {"model_revision": getattr(cfg, "_commit_hash", None),
+            "model_type": getattr(cfg, "model_type", None)}
+
+
+def _load_sampler(cfg: SampleConfig):
+    """(sampling function, model, tokenizer, context length or None, model ids for the manifest)."""
+    from ..modeling import load_causal_lm
+    from ..sampling import context_length, load_vllm, sample_completions, sample_completions_vllm
+    from ..tokenization import check_tokenizer
+
+    if cfg.backend == "vllm":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code)
+        ctx = getattr(getattr(getattr(model, "llm_engine", None), "model_config", None), "max_model_len", None)
+        sampler, ids = sample_completions_vllm, {"model_revision": None, "model_type": None}
+    else:
+        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        ctx, sampler, ids = context_length(model), sample_completions, _model_id(model)
+    if cfg.pad_token_as_eos and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # left padding is masked, so reusing eos is safe
+    check_tokenizer(tokenizer)
+    return sampler, model, tokenizer, ctx, ids
+
+
+def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
+    """Sample K completions per prompt into the artifact folder `cfg.out`; returns its manifest."""
+    import datasets
+
+    from ..sampling import fit_prompts
+
+    shard = parse_shard(cfg.shard)
+    rows = _prompt_rows(cfg)
+    rows = rows[shard_slice(len(rows), shard)]
+    # The prompts' hash is part of the recorded config: if the source changed between a crash and the resume,
+    # finished chunks would no longer line up with the prompt list, so that resume is refused.
+    prompts_hash = hashlib.sha256("\n".join(r["prompt_id"] for r in rows).encode()).hexdigest()
+    config = {**config_to_dict(cfg), "input_hash": prompts_hash}
+    store = ChunkStore(cfg.out)
+    if store.start(config, ignore=_SAMPLE_FREE):
+        return read_manifest(cfg.out)
+    sampler, model, tokenizer, ctx, ids = _load_sampler(cfg)
+    truncated = skipped = 0
+    if ctx is not None:
+        rows, truncated, skipped = fit_prompts(tokenizer, rows, ctx - cfg.max_new_tokens, cfg.on_long_prompt)
+    if not rows:
+        raise InfalignError(f"no prompts left to sample (shard {cfg.shard}, {skipped} skipped as too long)")
+    chunks = chunk_slices(len(rows), cfg.chunk_size)
+    bar = progress_bar(len(rows), "sample", "prompt", progress)
+    try:
+        for index, sl in enumerate(chunks):
+            if store.done(index):
+                bar.update(sl.stop - sl.start)
+                continue
+            part = rows[sl]
+            results = _sample_chunk(sampler, model, tokenizer, part, cfg, bar)  # advances the bar per batch
+            store.write(index, datasets.Dataset.from_dict({
+                "prompt_id": [r["prompt_id"] for r in part], "prompt": [r["prompt"] for r in part],
+                "completions": [r["completions"] for r in results],
+                "ref_logps": [r["ref_logps"] for r in results]}))
+    finally:
+        bar.close()
+    final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
+    manifest = base_manifest("samples", config)
+    manifest.update(model=cfg.model, tokenizer=getattr(tokenizer, "name_or_path", cfg.model), **ids,
+                    prompts=cfg.prompts, split=cfg.split, seed=cfg.seed, num_samples=cfg.num_samples,
+                    shard=list(shard) if shard else None, num_prompts=len(rows), num_truncated=truncated,
+                    num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash,
+                    ref_dtype=_ref_dtype(model, cfg))
+    return save_artifact(final, cfg.out, manifest)
+
+
+def _ref_dtype(model, cfg: SampleConfig) -> str:
+    """The dtype `ref_logps` were computed in: the trainer reuses the stored columns only for base weights in the
+    same dtype (bf16 and float32 log-probs of one sequence differ by far more than the losses can tolerate)."""
+    if cfg.backend == "vllm":
+        return str(cfg.dtype)
+    from ..modeling import base_weights_dtype
+
+    return base_weights_dtype(model)
+
+
+def _sample_chunk(sampler, model, tokenizer, part, cfg: SampleConfig, bar=None) -> list[dict[str, list]]:
+    """One chunk's completions (a seam the resume test interrupts); advances `bar` as prompts finish."""
+    vllm = cfg.backend == "vllm"  # vLLM draws its own bar per call, so ours advances once per chunk
+    out = sampler(model, tokenizer, [r["prompt"] for r in part], [r["prompt_id"] for r in part],
+                  num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                  top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, batch_size=cfg.batch_size,
+                  progress=False if vllm or bar is None else bar)
+    if vllm and bar is not None:
+        bar.update(len(part))
+    return out

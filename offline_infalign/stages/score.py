@@ -1,0 +1,55 @@
+"""`score` stage: add `rewards` (K per prompt) to a samples artifact, chunked and resumable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ScoreConfig, config_to_dict, parse_shard
+from ..core.errors import InfalignError
+from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, save_artifact
+from .common import chunk_slices, progress_bar, shard_slice
+
+_SCORE_FREE = ("batch_size", "device")
+
+
+def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
+    """Add `rewards` to a samples artifact; returns the scored manifest."""
+    import datasets
+
+    from ..scoring import load_scorer, score_texts
+
+    samples, upstream = load_artifact(cfg.input, stage="samples")
+    shard = parse_shard(cfg.shard)
+    if shard and upstream.get("shard"):
+        raise InfalignError(f"{cfg.input!r} is already shard {upstream['shard']}; score it without --shard")
+    # The input's content hash is part of the config: scoring a changed samples artifact into the same folder
+    # is refused like any other config change.
+    config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"]}
+    store = ChunkStore(cfg.out)
+    if store.start(config, ignore=_SCORE_FREE):
+        return read_manifest(cfg.out)
+    samples = samples.select(range(*shard_slice(len(samples), shard).indices(len(samples))))
+    scorer = load_scorer(cfg.reward_model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                         trust_remote_code=cfg.trust_remote_code)
+    chunks = chunk_slices(len(samples), cfg.chunk_size)
+    k = upstream["num_samples"]
+    bar = progress_bar(len(samples), "score", "prompt", progress)
+    try:
+        for index, sl in enumerate(chunks):
+            if not store.done(index):
+                part = samples.select(range(sl.start, sl.stop))
+                rewards = score_texts(scorer, list(part["prompt"]), list(part["completions"]),
+                                      list(part["prompt_id"]))
+                store.write(index, part.add_column("rewards", rewards.tolist()))
+            bar.update(sl.stop - sl.start)
+            bar.set_postfix(completions_per_s=f"{bar.n * k / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+    finally:
+        bar.close()
+    final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
+    manifest = base_manifest("scored", config)
+    for key in ("model", "tokenizer", "model_revision", "prompts", "split", "seed", "num_samples", "backend",
+                "ref_dtype"):
+        manifest[key] = upstream.get(key)
+    manifest.update(reward_model=scorer.name, input_hash=upstream["content_hash"], sample_config=upstream["config"],
+                    shard=list(shard) if shard else upstream.get("shard"), num_prompts=len(final))
+    return save_artifact(final, cfg.out, manifest)
