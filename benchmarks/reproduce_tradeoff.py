@@ -119,7 +119,7 @@ def main() -> int:
 
     def run(name: str, loss: str, transform: Transform, beta: float, best_worst=False, steps: int | None = None
             ) -> dict:
-        kind = get_loss(loss)[1]
+        kind = get_loss(loss).kind
         steps = steps or a.steps
         tag = f"{name}_{loss}_{beta:.5f}" + ("" if steps == a.steps else f"_s{steps}")
         adapter, ev = out / "adapters" / tag, out / "evals" / tag

@@ -270,7 +270,8 @@ class InfalignTrainer(Trainer):
     def __init__(self, *args, loss: str, beta: float, reference: str = "stored", log_z: float | None = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        fn, self.kind = get_loss(loss)
+        spec = get_loss(loss)
+        fn, self.kind = spec.fn, spec.kind
         if loss == "pointwise":
             if log_z is None:
                 raise InfalignError("the pointwise loss needs log_z = log Z(transform, beta)")
@@ -454,7 +455,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
 
     from . import modeling
 
-    _, kind = get_loss(cfg.loss)
+    kind = get_loss(cfg.loss).kind
     dataset, manifest = _load_dataset(cfg.dataset, cfg.split)
     if manifest.get("kind") != kind:
         raise InfalignError(f"loss {cfg.loss!r} trains on a {kind!r} dataset, but {cfg.dataset!r} is "

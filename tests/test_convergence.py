@@ -130,7 +130,7 @@ def train_and_measure(loss, model_dir, dirs, out):
     from offline_infalign.trainer import train
 
     lr, steps, batch = SETTINGS[loss]
-    cfg = TrainConfig(dataset=str(dirs[LOSSES[loss][1]]), model=str(model_dir), loss=loss, out=str(out),
+    cfg = TrainConfig(dataset=str(dirs[LOSSES[loss].kind]), model=str(model_dir), loss=loss, out=str(out),
                       beta=BETA, max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine", lora_r=8,
                       target_modules=LORA_TARGETS,
                       lora_dropout=0.0, per_device_train_batch_size=batch, logging_steps=50, save_steps=None,

@@ -87,11 +87,11 @@ def test_minimizer_is_the_tilt(name):
     log_z = math.log(sum(math.exp(u / beta) for u in [(i + 0.5) / 1000 for i in range(1000)]) / 1000)
 
     def total(h):
-        if L.LOSSES[name][1] == "pairs":
+        if L.LOSSES[name].kind == "pairs":
             i, j = torch.triu_indices(4, 4, 1)
-            out, _ = L.LOSSES[name][0](h[i], h[j], phi[i] - phi[j], beta)
+            out, _ = L.LOSSES[name].fn(h[i], h[j], phi[i] - phi[j], beta)
         else:
-            fn = L.LOSSES[name][0]
+            fn = L.LOSSES[name].fn
             kw = {"log_z": log_z} if name == "pointwise" else {}
             out, _ = fn(h[None], phi[None], torch.ones(1, 4, dtype=torch.bool), beta, **kw)
         return out.sum()
@@ -118,7 +118,7 @@ def test_bad_input():
 
 
 def test_registry_kinds():
-    assert {k: v[1] for k, v in L.LOSSES.items()} == {
+    assert {k: v.kind for k, v in L.LOSSES.items()} == {
         "tilted_pairwise": "pairs", "tilted_sigmoid": "pairs", "dpo": "pairs", "ipo": "pairs",
         "listwise": "listwise", "pointwise": "listwise", "weighted_sft": "bon",
     }

@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 
 
 def cfg_for(data, loss, tmp_path, **kw):
-    kind = LOSSES[loss][1]
+    kind = LOSSES[loss].kind
     base = dict(dataset=str(data[kind]), model=str(data["model"]), loss=loss, out=str(tmp_path / "out"),
                 lora_r=4, lora_dropout=0.0, per_device_train_batch_size=4, logging_steps=1, save_steps=None,
                 max_steps=2, learning_rate=1e-2, seed=0)

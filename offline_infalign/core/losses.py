@@ -15,13 +15,14 @@ One calling convention per dataset kind, so the trainer needs one code path per 
            (groups have variable K and are padded). `pointwise` takes `log_z` too (bind it with partial).
 - bon      `fn(policy_logps (B,), weight (B,))`; weight = softmax(Φ/β) within the row's prompt.
 
-`LOSSES` maps a loss name to `(fn, dataset kind)`; add a loss by writing its function and one registry line.
+`LOSSES` maps a loss name to its `LossSpec`; add a loss by writing its function and one registry line.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ __all__ = [
     "weighted_sft",
     "kl_estimates",
     "LOSSES",
+    "LossSpec",
     "LOSS_NAMES",
     "get_loss",
     "check_beta",
@@ -219,22 +221,48 @@ def kl_estimates(logratios: torch.Tensor, mask: torch.Tensor | None = None) -> M
 
 # ---- registry ------------------------------------------------------------------------------------------------
 
-LOSSES: dict[str, tuple[Callable, str]] = {
-    "tilted_pairwise": (tilted_pairwise, "pairs"),
-    "tilted_sigmoid": (tilted_sigmoid, "pairs"),
-    "dpo": (dpo, "pairs"),
-    "ipo": (ipo, "pairs"),
-    "listwise": (listwise, "listwise"),
-    "pointwise": (pointwise, "listwise"),
-    "weighted_sft": (weighted_sft, "bon"),
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Everything the rest of the package needs to know about a loss; config, trainer and evaluation read it.
+
+    fn: the function above, called with its dataset kind's convention (module docstring).
+    kind: the dataset kind it trains on (`offline_infalign.kinds`).
+    tilted: its minimizer is the tilted policy π* (the tradeoff tool's predictions apply); False for baselines.
+    needs_reference: it reads log π_ref (through h); weighted SFT does not.
+    needs_margin: it reads the targets (pairs: `target_margin`); DPO/IPO only need which completion is preferred.
+    needs_log_z: it takes `log_z` = log Z(Φ, β) (bind it with functools.partial).
+    """
+
+    name: str
+    fn: Callable
+    kind: str
+    tilted: bool
+    needs_reference: bool = True
+    needs_margin: bool = True
+    needs_log_z: bool = False
+    help: str = ""
+
+
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec("tilted_pairwise", tilted_pairwise, "pairs", tilted=True, help="(h_c - h_r - margin/beta)^2"),
+        LossSpec("tilted_sigmoid", tilted_sigmoid, "pairs", tilted=True, help="soft-label DPO, p = sigmoid(margin)"),
+        LossSpec("dpo", dpo, "pairs", tilted=False, needs_margin=False, help="DPO baseline"),
+        LossSpec("ipo", ipo, "pairs", tilted=False, needs_margin=False, help="IPO baseline"),
+        LossSpec("listwise", listwise, "listwise", tilted=True, help="softmax(targets) vs softmax(beta h)"),
+        LossSpec("pointwise", pointwise, "listwise", tilted=True, needs_log_z=True,
+                 help="(beta h - target + beta log Z)^2"),
+        LossSpec("weighted_sft", weighted_sft, "bon", tilted=True, needs_reference=False,
+                 help="BoN distillation, weights softmax(target/beta)"),
+    )
 }
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
-# Losses whose minimizer is the tilted policy π* (the others are baselines).
-TILTED_LOSSES: tuple[str, ...] = ("tilted_pairwise", "tilted_sigmoid", "listwise", "pointwise", "weighted_sft")
 
 
-def get_loss(name: str) -> tuple[Callable, str]:
-    """`(fn, dataset kind)` for a loss name; InfalignError naming the allowed names otherwise."""
+def get_loss(name: str) -> LossSpec:
+    """The spec of a loss name; InfalignError naming the allowed names otherwise."""
     if name not in LOSSES:
         raise InfalignError(f"unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}")
     return LOSSES[name]

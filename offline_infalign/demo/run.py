@@ -142,7 +142,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    kind = get_loss(cfg.loss)[1]
+    kind = get_loss(cfg.loss).kind
     _claim(out, cfg)
 
     log("[1/5] base model (trained and cached at first use, about a minute)")
