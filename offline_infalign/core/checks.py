@@ -1,0 +1,39 @@
+"""Input checks shared by the whole package: each raises InfalignError naming the bad value and where it is."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import InfalignError
+
+__all__ = ["check_finite", "check_positive"]
+
+
+def check_finite(values, what: str, ids: Sequence | None = None, hint: str = "") -> np.ndarray:
+    """`values` as a float64 array; InfalignError naming the first non-finite value and where it sits.
+
+    With `ids` (one per row of a (prompts, samples) array) the position is named as "prompt_id X (completion j)",
+    so a caller can map it back to its data; otherwise as the array index. `hint` says how to fix it.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = (f"for prompt_id {ids[idx[0]]}" + (f" (completion {idx[1]})" if len(idx) > 1 else "")
+                 if ids is not None and idx else f"at index {idx}")
+        raise InfalignError(f"{what}: non-finite value {arr[idx]!r} {where}" + (f"; {hint}" if hint else ""))
+    return arr
+
+
+def check_positive(value, what: str) -> float:
+    """`value` as a finite float > 0 (beta, a KL budget, ...); InfalignError naming it otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InfalignError(f"{what} must be a finite number > 0, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InfalignError(f"{what} must be a finite number > 0, got {value!r}")
+    return v
