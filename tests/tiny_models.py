@@ -1,7 +1,14 @@
-"""Tiny models and a word-level tokenizer built from configs, for tests: no download, milliseconds to build.
+"""Tiny models and tokenizers built from configs, for tests: no download, milliseconds to build.
 
-The tokenizer is a real `PreTrainedTokenizerFast` (word level, with bos/eos/pad/unk and a chat template), so the
-package's tokenization, padding and chat-template code paths run exactly as with a hub model.
+Two tokenizers, both real `PreTrainedTokenizerFast`s with bos/eos/pad and a chat template, so the package's
+tokenization, padding and chat-template code paths run exactly as with a hub model:
+- `tiny_tokenizer`: word level. Easy to read, but it hides what real tokenizers do.
+- `tiny_bpe_tokenizer`: byte-level BPE trained in the fixture on text with multi-byte characters, plus an
+  end-of-turn special token `<eot>`. A random model over it emits byte pieces of a character (which decode to
+  '\ufffd' and re-encode to other ids) and special tokens (which `skip_special_tokens` drops): the two ways
+  stored text stops being the sampled sequence on real models.
+`save_tiny_lm(..., tokenizer="bpe")` also gives the model a generation config with two stop ids (eos, eot), as
+chat models have.
 """
 
 from __future__ import annotations
@@ -9,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
@@ -50,6 +58,36 @@ def tiny_tokenizer(pad: bool = True) -> PreTrainedTokenizerFast:
     return fast
 
 
+BPE_SPECIAL = ["<pad>", "<s>", "</s>", "<eot>", "<user>", "<assistant>"]
+# Multi-byte characters (2-, 3- and 4-byte UTF-8) so that BPE pieces split characters.
+BPE_CORPUS = [
+    "the café was très bon, the crème brûlée even better",
+    "naïve reviewers say the smørrebrød is großartig",
+    "日本語のレビュー: とても良い店です",
+    "great food 🍜🍣 and friendly staff 😀 would return 👍",
+    "the service was slow — but the view, ah, magnifique",
+    "un día perfecto en la playa, señor",
+] * 4
+
+
+def tiny_bpe_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BPE_SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(BPE_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<eot>", "<user>", "<assistant>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
 def _config(tokenizer, **overrides) -> LlamaConfig:
     kw = dict(
         vocab_size=len(tokenizer),
@@ -82,10 +120,17 @@ def tiny_reward_model(tokenizer=None, seed: int = 1, **overrides) -> LlamaForSeq
     return model.eval()
 
 
-def save_tiny_lm(path, seed: int = 0, **overrides) -> Path:
+def save_tiny_lm(path, seed: int = 0, tokenizer: str = "word", **overrides) -> Path:
+    """A tiny causal LM and its tokenizer in `path`. tokenizer="bpe": the byte-level BPE tokenizer, and a
+    generation config whose stop ids are (eos, <eot>)."""
     path = Path(path)
-    tok = tiny_tokenizer()
-    tiny_causal_lm(tok, seed=seed, **overrides).save_pretrained(path)
+    tok = tiny_bpe_tokenizer() if tokenizer == "bpe" else tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=seed, **overrides)
+    if tokenizer == "bpe":
+        model.generation_config = GenerationConfig(
+            bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
+            eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<eot>")])
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
