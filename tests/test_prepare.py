@@ -7,7 +7,8 @@ import pytest
 
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.transforms import Transform
-from offline_infalign.prepare import is_test_prompt, prepare_dataset, to_trl_conversational
+from offline_infalign.kinds.pairs import to_trl_conversational
+from offline_infalign.preparation import is_test_prompt, prepare_dataset
 
 # Two prompts, K = 4. Prompt a has a tie (rewards 1, 3, 3, 0); prompt b is a message list.
 SCORED = {

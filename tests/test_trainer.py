@@ -259,7 +259,7 @@ def test_trains_on_prepare_dataset_output(data, tmp_path, kind, loss):
     from datasets import Dataset
     from train_fixtures import TRANSFORM, groups, ref_logps
 
-    from offline_infalign.prepare import prepare_dataset
+    from offline_infalign.preparation import prepare_dataset
     from offline_infalign.storage import save_artifact
 
     gs = groups(num_prompts=10, k=4)

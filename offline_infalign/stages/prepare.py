@@ -6,7 +6,7 @@ from typing import Any
 
 from ..config import PrepareConfig, config_to_dict
 from ..core.errors import InfalignError
-from ..prepare import prepare_dataset
+from ..preparation import prepare_dataset
 from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, save_artifact
 
 

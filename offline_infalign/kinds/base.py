@@ -1,0 +1,129 @@
+"""What a dataset kind is: the base class every kinds/<name>.py subclasses, and the input its rows are built from.
+
+A kind decides, for one shape of prepared rows (docs/design.md, the prepared artifact):
+- prepare: which rows and columns a scored artifact's (prompts, K completions) matrices become (`build_rows`);
+- train: which columns a loss needs (`required_columns`, `reference_columns`), which columns hold completion
+  text to tokenize (`text_columns`), how rows become a batch (`collator`), and how a batch plus the policy's and
+  the reference's log-probs become a `core.losses` call and the logged metrics (`loss`, `row_weight`,
+  `stored_reference`).
+The trainer, tokenization and the prepare stage ask the kind; none of them branches on a kind's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..logprobs import pad_pairs
+
+__all__ = ["DatasetKind", "ScoredMatrices", "Collator", "floats"]
+
+Metrics = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScoredMatrices:
+    """A scored artifact as P prompts × K completions, ready for a kind to lay out as rows (docs/math.md §2, §5).
+
+    rewards, calibrated, targets, ref_logps: (P, K) float64; targets = Φ(calibrated).
+    beta, pairs_per_prompt, seed: the prepare options; each kind reads the ones it needs.
+    """
+
+    ids: list[str]
+    prompts: list[Any]
+    completions: list[list[str]]
+    rewards: np.ndarray
+    calibrated: np.ndarray
+    targets: np.ndarray
+    ref_logps: np.ndarray
+    beta: float
+    pairs_per_prompt: int | None = None
+    seed: int = 0
+
+
+class DatasetKind:
+    """One dataset kind. Subclass it in its own file and add one line to `kinds/__init__.py`.
+
+    Class attributes:
+        name: the manifest's `kind` and the `--kind` choice.
+        required_columns: training columns a loss of this kind reads (reference columns apart).
+        margin_columns: of those, the ones only a loss with `needs_margin` reads (DPO/IPO only need which
+            completion is preferred).
+        reference_columns: stored log π_ref columns; without them the reference is computed live.
+        text_columns: completion-text columns, tokenized into `<column>_ids`.
+        grouped: the text columns hold a list of completions per row (one id list each).
+        beta_in_rows: the rows hold values computed at the manifest's β (recomputed when training at another).
+    """
+
+    name: str = ""
+    required_columns: tuple[str, ...] = ()
+    margin_columns: tuple[str, ...] = ()
+    reference_columns: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] = ()
+    grouped: bool = False
+    beta_in_rows: bool = False
+
+    # ---- prepare ---------------------------------------------------------------------------------------------
+    def build_rows(self, m: ScoredMatrices) -> tuple[dict[str, Any], dict[str, str], np.ndarray]:
+        """(columns, column types, owner): this kind's columns (besides prompt_id and prompt), each a list or
+        an array with one entry per row; their types ("str", "float", "strs", "floats"), in column order; and
+        the prompt index each row comes from (which puts the row in its prompt's train/test split)."""
+        raise NotImplementedError
+
+    # ---- train -----------------------------------------------------------------------------------------------
+    def training_columns(self, needs_margin: bool = True) -> tuple[str, ...]:
+        if needs_margin:
+            return self.required_columns
+        return tuple(c for c in self.required_columns if c not in self.margin_columns)
+
+    def check_rows(self, dataset) -> None:
+        """Refuse tokenized rows this kind cannot train on (InfalignError naming the row)."""
+
+    def at_beta(self, dataset, beta: float):
+        """The rows for training at `beta` when they were prepared at another β (only if `beta_in_rows`)."""
+        return dataset
+
+    def collator(self, pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def stored_reference(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The stored log π_ref of the batch's sequences, flat and in the collator's sequence order."""
+        raise NotImplementedError
+
+    def loss(self, fn: Callable, logps: torch.Tensor, ref: torch.Tensor | None, batch: dict[str, torch.Tensor],
+             beta: float) -> tuple[torch.Tensor, Metrics]:
+        """Per-row losses (B,) and metrics from the policy log-probs `logps` and the reference's `ref` (both
+        flat, one per sequence; `ref` is None when the trainer runs without a reference)."""
+        raise NotImplementedError
+
+    def row_weight(self, batch: dict[str, torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
+        """Weights (B,) the trainer multiplies the per-row losses by before averaging."""
+        return batch["weight"].to(losses.dtype)
+
+    def __repr__(self) -> str:
+        return f"<dataset kind {self.name!r}>"
+
+
+# ---- collator helpers ---------------------------------------------------------------------------------------
+
+
+def floats(rows: list[dict[str, Any]], col: str, default: float | None = None) -> torch.Tensor | None:
+    """Column `col` of the rows as a float32 tensor (B,); `default` everywhere (or None) when it is absent."""
+    if col not in rows[0]:
+        return None if default is None else torch.full((len(rows),), float(default))
+    return torch.tensor([float(r[col]) for r in rows], dtype=torch.float32)
+
+
+class Collator:
+    """Rows with `prompt_ids` and completion ids → right-padded sequences (`logprobs.pad_pairs`) + row tensors."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def _pad(self, prompts, completions):
+        return pad_pairs(prompts, completions, self.pad_token_id)
+

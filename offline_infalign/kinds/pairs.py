@@ -1,0 +1,110 @@
+"""Pairs: one row per (chosen, rejected) pair of a prompt's completions (docs/math.md §6, pairwise losses).
+
+Rows: `chosen` is the completion of larger target, `target_margin` = Φ_chosen − Φ_rejected (not divided by β,
+≥ 0), `soft_label` = σ(target_margin), `weight` = 1 (pairs are drawn uniformly, so every pair stands for the
+same share of the all-pairs loss; the column lets a trainer weight), `ref_chosen_logps` / `ref_rejected_logps`.
+Batch: 2B sequences, the B chosen then the B rejected. Loss call: `fn(h_chosen, h_rejected, target_margin, β)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.losses import kl_estimates
+from .base import Collator, DatasetKind, ScoredMatrices, floats
+
+__all__ = ["PairsKind", "PairsCollator", "to_trl_conversational"]
+
+
+def _pair_rng(seed: int, prompt_id: str) -> np.random.Generator:
+    # Per prompt, so the pairs of a prompt do not depend on which other prompts are in the artifact.
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"pairs:{seed}:{prompt_id}".encode()).digest()[:8],
+                                                "little"))
+
+
+class PairsCollator(Collator):
+    """Rows → 2B sequences (chosen rows then rejected rows) + target_margin, weight, stored ref log-probs (B,)."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = [r["prompt_ids"] for r in rows]
+        batch = self._pad(prompts + prompts, [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows])
+        batch["target_margin"] = floats(rows, "target_margin", default=0.0)
+        batch["weight"] = floats(rows, "weight", default=1.0)
+        for col in PairsKind.reference_columns:
+            if col in rows[0]:
+                batch[col] = floats(rows, col)
+        return batch
+
+
+class PairsKind(DatasetKind):
+    name = "pairs"
+    required_columns = ("prompt", "chosen", "rejected", "target_margin")
+    margin_columns = ("target_margin",)
+    reference_columns = ("ref_chosen_logps", "ref_rejected_logps")
+    text_columns = ("chosen", "rejected")
+
+    def build_rows(self, m: ScoredMatrices):
+        """All K(K−1)/2 pairs of each prompt, or `pairs_per_prompt` of them drawn without replacement."""
+        targets, ref = m.targets, m.ref_logps
+        k = targets.shape[1]
+        ii, jj = np.triu_indices(k, 1)  # all K(K−1)/2 pairs i < j
+        rows_i, rows_j, owner = [], [], []
+        for a, pid in enumerate(m.ids):
+            if m.pairs_per_prompt is not None and m.pairs_per_prompt < len(ii):
+                pick = np.sort(_pair_rng(m.seed, pid).choice(len(ii), size=m.pairs_per_prompt, replace=False))
+            else:
+                pick = np.arange(len(ii))
+            rows_i.append(ii[pick])
+            rows_j.append(jj[pick])
+            owner.append(np.full(len(pick), a))
+        i, j, owner = np.concatenate(rows_i), np.concatenate(rows_j), np.concatenate(owner)
+        first = targets[owner, i] >= targets[owner, j]  # chosen = the completion with the larger target
+        c_idx, r_idx = np.where(first, i, j), np.where(first, j, i)
+        margin = targets[owner, c_idx] - targets[owner, r_idx]  # ≥ 0
+        columns = {
+            "chosen": [m.completions[o][c] for o, c in zip(owner, c_idx)],
+            "rejected": [m.completions[o][r] for o, r in zip(owner, r_idx)],
+            "target_margin": margin,
+            "soft_label": 1.0 / (1.0 + np.exp(-margin)),
+            "weight": np.ones(len(owner)),
+            "ref_chosen_logps": ref[owner, c_idx],
+            "ref_rejected_logps": ref[owner, r_idx],
+        }
+        types = {"chosen": "str", "rejected": "str", "target_margin": "float", "soft_label": "float",
+                 "weight": "float", "ref_chosen_logps": "float", "ref_rejected_logps": "float"}
+        return columns, types, owner
+
+    def collator(self, pad_token_id: int) -> PairsCollator:
+        return PairsCollator(pad_token_id)
+
+    def stored_reference(self, batch):
+        return torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])  # (2B,)
+
+    def loss(self, fn, logps, ref, batch, beta):
+        b = logps.shape[0] // 2
+        h = logps - ref.to(logps.dtype)  # (2B,)
+        losses, metrics = fn(h[:b], h[b:], batch["target_margin"].to(logps.dtype), beta)
+        metrics["logps/chosen"] = logps[:b].detach().mean()
+        metrics["logps/rejected"] = logps[b:].detach().mean()
+        metrics.update(kl_estimates(h))
+        return losses, metrics
+
+
+def to_trl_conversational(pairs):
+    """Pairs whose prompt is a message list, with chosen/rejected as one assistant message each.
+
+    TRL's DPOTrainer reads a conversational prompt only together with conversational completions, while this
+    package stores completions as plain strings (one format for every consumer). Plain-text prompts are already
+    in TRL's format and come back unchanged.
+    """
+    if not len(pairs) or isinstance(pairs[0]["prompt"], str):
+        return pairs
+
+    def wrap(row):
+        return {k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected")}
+
+    return pairs.map(wrap)
