@@ -1,4 +1,5 @@
-"""Load the policy (base model + LoRA, or QLoRA on 4-bit weights) and a trained adapter for evaluation.
+"""Every model and tokenizer load: the sampler's causal LM, the policy (base model + LoRA, or QLoRA on 4-bit
+weights), a trained adapter for evaluation; the default device and the one pad-token rule (`load_tokenizer`).
 
 The reference policy is never a second model: it is the same PeftModel with its adapter disabled (or the
 stored `ref_*logps` columns, see trainer.py), so training holds one copy of the base weights.
@@ -23,7 +24,10 @@ import torch
 from .core.errors import InfalignError
 
 __all__ = [
+    "default_device",
+    "free_memory",
     "load_tokenizer",
+    "load_causal_lm",
     "load_policy",
     "load_adapted",
     "lora_config",
@@ -49,12 +53,31 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | None = None) ->
     return _DTYPES[dtype]
 
 
-def load_tokenizer(model_path: str, trust_remote_code: bool = False):
-    """The model's tokenizer; a missing pad token becomes EOS (padding is always masked, so this is safe)."""
+def default_device(device: str | None = None) -> str:
+    """`device` when given, else the GPU when there is one, else the CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_memory() -> None:
+    """Return freed model memory to the device before the next model loads (callers drop their reference)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False, pad_token_as_eos: bool = True):
+    """The model's tokenizer; the one place that decides what a tokenizer without a pad token pads with.
+
+    pad_token_as_eos: a missing pad token becomes EOS (padding is always masked, so this is safe). Train and
+    eval pass True; `sample` passes its --pad-token-as-eos flag (off by default), so a tokenizer without a pad
+    token is refused there by tokenization.check_tokenizer unless the user asks for EOS.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    if tok.pad_token_id is None and tok.eos_token_id is not None:
+    if pad_token_as_eos and tok.pad_token_id is None and tok.eos_token_id is not None:
         logger.info("tokenizer %s has no pad token; using EOS for padding (always masked)", model_path)
         tok.pad_token = tok.eos_token
     return tok
@@ -68,7 +91,7 @@ def bitsandbytes_problem() -> str | None:
         return f"bitsandbytes cannot be imported ({type(exc).__name__}: {exc}); install it with "\
                "`pip install 'offline-infalign[quant]'`"
     try:  # a real 4-bit matmul: import success alone says nothing about the native backend
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
         layer = bnb.nn.Linear4bit(8, 8, bias=True, quant_type="nf4", compute_dtype=torch.float32).to(device)
         layer.support_avx512bf16_for_cpu = False
         layer(torch.randn(2, 8, device=device))
@@ -145,7 +168,7 @@ def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = N
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    tok = load_tokenizer(model_path, trust_remote_code)
+    tok = load_tokenizer(model_path, trust_remote_code, pad_token_as_eos=True)
     model = load_base(model_path, qlora=qlora, dtype=dtype, device_map=device_map,
                       trust_remote_code=trust_remote_code)
     if qlora:
@@ -173,7 +196,7 @@ def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map
     if not (adapter_dir / "adapter_config.json").is_file():
         raise InfalignError(f"{str(adapter_dir)!r} is not a PEFT adapter folder (no adapter_config.json)")
     tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
-    tok = load_tokenizer(str(tok_dir), trust_remote_code)
+    tok = load_tokenizer(str(tok_dir), trust_remote_code, pad_token_as_eos=True)
     base = load_base(base_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     return model.eval(), tok
@@ -194,13 +217,14 @@ def base_weights_dtype(model) -> str:
     return "float32"
 
 
-def load_causal_lm(path: str, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
-    """(model in eval mode on `device`, tokenizer) from a local folder or hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_causal_lm(path: str, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                   pad_token_as_eos: bool = False):
+    """(model in eval mode on `device`, tokenizer) from a local folder or hub id; pad rule: `load_tokenizer`."""
+    from transformers import AutoModelForCausalLM
 
     # dtype 'auto': bf16 on a bf16-capable GPU, float32 otherwise
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    device = default_device(device)
+    tokenizer = load_tokenizer(path, trust_remote_code, pad_token_as_eos=pad_token_as_eos)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device),
                                                  trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tokenizer

@@ -34,22 +34,20 @@ def _model_id(model) -> dict[str, Any]:
 
 def _load_sampler(cfg: SampleConfig):
     """(sampling function, model, tokenizer, context length or None, model ids for the manifest)."""
-    from ..modeling import load_causal_lm
+    from ..modeling import load_causal_lm, load_tokenizer
     from ..sampling import context_length, load_vllm, sample_completions, sample_completions_vllm
     from ..tokenization import check_tokenizer
 
+    # Without --pad-token-as-eos a tokenizer lacking a pad token is refused below (check_tokenizer).
     if cfg.backend == "vllm":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, pad_token_as_eos=cfg.pad_token_as_eos)
         model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code)
         ctx = getattr(getattr(getattr(model, "llm_engine", None), "model_config", None), "max_model_len", None)
         sampler, ids = sample_completions_vllm, {"model_revision": None, "model_type": None}
     else:
-        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code,
+                                          pad_token_as_eos=cfg.pad_token_as_eos)
         ctx, sampler, ids = context_length(model), sample_completions, _model_id(model)
-    if cfg.pad_token_as_eos and tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # left padding is masked, so reusing eos is safe
     check_tokenizer(tokenizer)
     return sampler, model, tokenizer, ctx, ids
 
