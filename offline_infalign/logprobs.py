@@ -2,15 +2,19 @@
 
 Used by sampling (`ref_logps`), the trainer (policy and live-reference log-probs) and evaluation (KL), so all
 three compute log π(y|x) identically. Right padding keeps default position ids correct without extra logic.
+`sequence_logps` is the no-grad loop over many pairs that sampling and evaluation share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-__all__ = ["pad_pairs", "completion_logps"]
+from .tokenization import encode_prompt
+
+__all__ = ["pad_pairs", "completion_logps", "sequence_logps"]
 
 
 def pad_pairs(
@@ -47,3 +51,22 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L-1)
     mask = completion_mask[:, 1:].to(logp.dtype)
     return (logp * mask).sum(-1)
+
+
+def sequence_logps(model, tokenizer, prompts: Sequence, completion_ids: Sequence[Sequence[int]],
+                   batch_size: int = 32, desc: str | None = None) -> np.ndarray:
+    """Teacher-forced Σ log π(y|x) at temperature 1 for each (prompt, completion ids) pair, float32, shape (n,).
+
+    `batch_size` pairs per forward pass, in the given order; a progress bar over batches when `desc` is given.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    out = np.empty(len(prompts), dtype=np.float32)
+    with torch.no_grad():
+        for lo in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=desc is None):
+            p_ids = [encode_prompt(tokenizer, p) for p in prompts[lo : lo + batch_size]]
+            c_ids = completion_ids[lo : lo + batch_size]
+            batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, tokenizer.pad_token_id).items()}
+            out[lo : lo + len(p_ids)] = completion_logps(model, **batch).cpu().numpy()
+    return out

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .core.errors import InfalignError
-from .logprobs import completion_logps, pad_pairs
+from .logprobs import sequence_logps
 from .tokenization import check_tokenizer, encode_completion, encode_prompt
 
 __all__ = ["sample_completions", "sample_completions_vllm", "prompt_seed", "sample_tokens", "fit_prompts",
@@ -177,16 +177,9 @@ def _cut_text(tokenizer, text: str, limit: int, length) -> str:
 
 def compute_ref_logps(model, tokenizer, prompts: Sequence[Any], completions: Sequence[str],
                       batch_size: int = 32) -> list[float]:
-    """Teacher-forced Σ log π(y|x) at temperature 1 for each (prompt, completion) pair, float32."""
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for lo in range(0, len(prompts), batch_size):
-        p_ids = [encode_prompt(tokenizer, p) for p in prompts[lo : lo + batch_size]]
-        c_ids = [encode_completion(tokenizer, c) for c in completions[lo : lo + batch_size]]
-        batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, tokenizer.pad_token_id).items()}
-        with torch.no_grad():
-            out.extend(completion_logps(model, **batch).tolist())
-    return out
+    """Teacher-forced Σ log π(y|x) at temperature 1 for each (prompt, completion text) pair, float32."""
+    c_ids = [encode_completion(tokenizer, c) for c in completions]
+    return sequence_logps(model, tokenizer, prompts, c_ids, batch_size).tolist()
 
 
 def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], num_samples: int,
