@@ -1,11 +1,38 @@
-"""Plots shared by the tradeoff tool, the evaluation and the demo. matplotlib (Agg) is imported lazily."""
+"""Every plot of the package: the tradeoff tool's, the evaluation's and the demo's. matplotlib (Agg) is imported
+lazily, so importing this module costs nothing for a run with --no-plots.
+
+- `plot_tradeoff_curves`: win rate against KL, curves plus measured points (the primitive the others use).
+- `plot_win_rate_vs_n`, `plot_tradeoff`: an evaluation report's measurements against its predictions.
+- `plot_demo`: the demo's two policies on their predicted curves.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["plot_tradeoff_curves"]
+import numpy as np
+
+__all__ = ["plot_tradeoff_curves", "plot_win_rate_vs_n", "plot_tradeoff", "plot_demo"]
+
+_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(procedure: str, n: int) -> str:
+    """'best-of-4' for ("bon", 4): the procedure registry's label with N filled in."""
+    from .core.procedures import get_procedure
+
+    return get_procedure(procedure).label.replace("N", str(n))
 
 
 def plot_tradeoff_curves(curves: Sequence, path, points: Iterable | None = None, title: str | None = None,
@@ -20,11 +47,7 @@ def plot_tradeoff_curves(curves: Sequence, path, points: Iterable | None = None,
             (low, high) of the win rate, drawn as an error bar (e.g. a measured policy from `estimate_win_rate`).
     Returns the path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for curve in curves:
         style = {"color": "k", "ls": "--"} if curve.label == "optimal" else {}
@@ -49,3 +72,81 @@ def plot_tradeoff_curves(curves: Sequence, path, points: Iterable | None = None,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_win_rate_vs_n(report: dict[str, Any], path, predict_fn: Callable[[str, int], Any] | None = None) -> Path:
+    """Measured win rate vs N with its interval as error bars, the predicted curve as a line."""
+    from .core.procedures import PROCEDURES
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (procedure, by_n) in enumerate(report["results"].items()):
+        color = _COLORS[k % len(_COLORS)]
+        ns = sorted(int(n) for n in by_n)
+        wr = np.array([by_n[str(n)]["win_rate"] for n in ns])
+        lo = np.array([by_n[str(n)]["ci_low"] for n in ns])
+        hi = np.array([by_n[str(n)]["ci_high"] for n in ns])
+        ax.errorbar(ns, wr, yerr=[wr - lo, hi - wr], fmt="o", color=color, capsize=3,
+                    label=f"{procedure}: measured ({report.get('confidence', 0.95):.0%} CI)")
+        if predict_fn is not None:
+            grid = np.arange(1, max(ns) + 1)
+            ax.plot(grid, [predict_fn(procedure, int(n)).win_rate for n in grid], "-", color=color,
+                    label=f"{procedure}: predicted")
+    ax.axhline(0.5, color="k", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"N ({' / '.join(p.label for p in PROCEDURES.values())})")
+    ax.set_ylabel("win rate vs base")
+    ax.set_title(f"{report.get('transform') or 'policy'}, beta={report.get('beta')}, KL={report['kl']:.3f}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(report: dict[str, Any], out_dir, transform=None) -> list[Path]:
+    """Measured (KL, win rate) on the predicted win-rate-vs-KL curves (SPEC §4/§8), one PNG per procedure and N.
+
+    Curves: the adapter's transform swept over β (when it has one) and the optimum, the yardstick. Points: the
+    measurement with its interval, and the prediction for the adapter's exact β. Files `tradeoff_<proc>_n<N>.png`.
+    """
+    from .core.tradeoff import tradeoff_curves
+
+    kl, pred_kl = report["kl"], report.get("predicted_kl")
+    reach = max(kl + 2 * (report["kl_stderr"] if np.isfinite(report["kl_stderr"]) else 0.0), pred_kl or 0.0)
+    kl_max = max(1.5 * reach, 0.05)  # the curves extend past both points
+    paths = []
+    for procedure, by_n in report["results"].items():
+        for n_text, e in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+            n = int(n_text)
+            curves = tradeoff_curves(procedure, n, [] if transform is None else [(str(transform), transform)],
+                                     kl_max=kl_max, num_points=25)
+            points = [(kl, e["win_rate"], f"measured ({report.get('confidence', 0.95):.0%} CI)",
+                       (e["ci_low"], e["ci_high"]))]
+            if e.get("predicted") is not None and pred_kl is not None:
+                points.append((pred_kl, e["predicted"], f"predicted, beta={report.get('beta'):g}", None))
+            paths.append(plot_tradeoff_curves(
+                curves, Path(out_dir) / f"tradeoff_{procedure}_n{n}.png", points=points,
+                title=f"{_label(procedure, n)}: {report.get('transform') or 'policy'}",
+                ylabel=f"{procedure} win rate vs base (N={n})"))
+    return paths
+
+
+def plot_demo(arms: Sequence[dict[str, Any]], procedure: str, n: int, kl_budget: float, path) -> Path:
+    """The demo's predicted win-rate-vs-KL curves (each arm's transform and the optimum) with each measured arm.
+
+    arms: the demo report's arms (name, transform text, kl, win_rate, ci_low, ci_high).
+    """
+    from .core.tradeoff import tradeoff_curves
+    from .core.transforms import parse_transform
+
+    kl_max = max([1.5 * kl_budget] + [1.2 * r["kl"] for r in arms])
+    curves = tradeoff_curves(procedure, n, [(r["transform"], parse_transform(r["transform"])) for r in arms],
+                             kl_max=kl_max, num_points=16)
+    # Each measured point in its curve's color (curves take the color cycle C0, C1, ... in order).
+    points = [(max(r["kl"], 0.0), r["win_rate"], f"measured {r['name']}", (r["ci_low"], r["ci_high"]),
+               {"color": f"C{i}", "marker": "s"}) for i, r in enumerate(arms)]
+    label = _label(procedure, n)
+    return plot_tradeoff_curves(curves, path, points=points, title=f"demo: {label} win rate vs base",
+                                ylabel=f"{label} win rate vs base")

@@ -19,7 +19,8 @@ import numpy as np
 
 from .core.errors import InfalignError
 
-__all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "score_texts"]
+__all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "score_texts", "score_in_chunks"]
+
 
 class Scorer:
     """Base class: `__call__(prompts: list, completions: list[str]) -> np.ndarray` of shape (n,), float64."""
@@ -53,14 +54,17 @@ class HFRewardScorer(Scorer):
 
     def __init__(self, path: str, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
                  trust_remote_code: bool = False, model=None, tokenizer=None):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
+
+        from .modeling import default_device, load_tokenizer
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InfalignError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.name, self.batch_size = str(path), batch_size
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.device = default_device(device)
+        # No EOS fallback: the model finds each row's last real token by the pad id, which must not be a token
+        # (like EOS) that the texts it judges end with; the reward model's author chooses it.
+        self.tokenizer = tokenizer or load_tokenizer(path, trust_remote_code, pad_token_as_eos=False)
         if self.tokenizer.pad_token_id is None:
             raise InfalignError(
                 f"reward model tokenizer {self.name!r} has no pad_token; batching needs one (set "
@@ -146,10 +150,24 @@ def score_texts(scorer: Scorer, prompts: Sequence[Any], completions: Sequence[Se
     k = len(completions[0]) if len(completions) else 0
     flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
     flat_c = [c for cs in completions for c in cs]
-    rewards = scorer(flat_p, flat_c).reshape(len(prompts), k)
+    rewards = score_in_chunks(scorer, flat_p, flat_c).reshape(len(prompts), k)
     bad = np.argwhere(~np.isfinite(rewards))
     if len(bad):
         i, j = (int(v) for v in bad[0])
         raise InfalignError(f"reward model {scorer.name!r} gave a non-finite reward {float(rewards[i, j])!r} for prompt_id "
                             f"{prompt_ids[i]} (completion {j}); rewards must be finite")
     return rewards
+
+
+def score_in_chunks(scorer: Scorer, prompts: Sequence[Any], completions: Sequence[str], chunk: int | None = None,
+                    desc: str | None = None) -> np.ndarray:
+    """Flat rewards (n,) of (prompt, completion) pairs, `chunk` pairs per scorer call (all at once by default).
+
+    Chunks exist for the progress bar, shown when `desc` is given: the scorer batches internally either way.
+    """
+    from tqdm.auto import tqdm
+
+    chunk = chunk or max(len(prompts), 1)
+    parts = [np.asarray(scorer(prompts[i : i + chunk], completions[i : i + chunk]), dtype=np.float64)
+             for i in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk", disable=desc is None)]
+    return np.concatenate(parts) if parts else np.zeros(0)

@@ -11,7 +11,8 @@ import pytest
 
 from offline_infalign.config import EvalConfig, load_config
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.stages.evaluate import default_ns, resolve_settings, summarize
+from offline_infalign.report import default_ns, summarize
+from offline_infalign.training_record import resolve_settings
 
 
 def brute_force_win_rate(policy_rewards, base_rewards, n, procedure):
@@ -123,7 +124,7 @@ def test_summarize_report_keys_and_predictions(sample_set):
 def test_plots_without_a_prediction(sample_set, tmp_path):
     # A foreign adapter (no transform/beta): the win-rate plot has no predicted line and the tradeoff plot only
     # the optimum's curve, but both are written.
-    from offline_infalign.stages.evaluate import plot_tradeoff, plot_win_rate_vs_n
+    from offline_infalign.plots import plot_tradeoff, plot_win_rate_vs_n
 
     policy, base, log_ratios = sample_set
     report = summarize(policy, base, np.abs(log_ratios), ["won"], [2], num_bootstrap=50)

@@ -90,10 +90,11 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
 
 def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int):
     """Prepare, train and evaluate one policy (each step skipped when its output is already complete)."""
-    from .. import trainer
+    from ..core import tradeoff
+    from ..stages import train as trainer
     from ..stages.evaluate import evaluate
     from ..stages.prepare import run_prepare
-    from ..core import tradeoff
+    from ..training_record import TRAIN_INFO
 
     data, suffix = Path(cfg.out) / "data", f"_r{round_}" if round_ else ""
     prepared, adapter, ev = data / f"prepared_{name}{suffix}", Path(cfg.out) / f"adapter_{name}{suffix}", \
@@ -101,7 +102,7 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
     run_prepare(load_config(PrepareConfig, None, dict(
         input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
         tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
-    if not (adapter / "infalign_train.json").is_file():
+    if not (adapter / TRAIN_INFO).is_file():
         # A training killed after a checkpoint resumes from it instead of starting over.
         resume = "latest" if any((adapter / "checkpoints").glob("checkpoint-*")) else None
         trainer.train(load_config(TrainConfig, None, dict(
@@ -135,9 +136,10 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the demo; write `out/demo_report.json` and `out/demo_tradeoff.png`; return the report."""
+    from ..core.losses import get_loss
+    from ..plots import plot_demo
     from ..stages.sample import run_sample
     from ..stages.score import run_score
-    from ..core.losses import get_loss
     from .assets import demo_model_dir
 
     out = Path(cfg.out)
@@ -175,23 +177,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
     log("[5/5] report and plot")
     summary = {"procedure": cfg.procedure, "n": cfg.n, "kl_budget": cfg.kl, "loss": cfg.loss, "model": model,
                "arms": results, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
-    summary["plot"] = str(_plot(cfg, results, out / "demo_tradeoff.png"))
+    summary["plot"] = str(plot_demo(results, cfg.procedure, cfg.n, cfg.kl, out / "demo_tradeoff.png"))
     (out / "demo_report.json").write_text(json.dumps(summary, indent=2))
     return summary
 
-
-def _plot(cfg: DemoConfig, results: list[dict[str, Any]], path: Path) -> Path:
-    """Predicted win-rate-vs-KL curves (identity, the chosen exp, the optimum) with the measured policies on them."""
-    from ..core.tradeoff import tradeoff_curves
-    from ..core.transforms import parse_transform
-    from ..plots import plot_tradeoff_curves
-
-    kl_max = max([1.5 * cfg.kl] + [1.2 * r["kl"] for r in results])
-    curves = tradeoff_curves(cfg.procedure, cfg.n, [(r["transform"], parse_transform(r["transform"])) for r in results],
-                             kl_max=kl_max, num_points=16)
-    # Each measured point in its curve's color (curves take the color cycle C0, C1, ... in order).
-    points = [(max(r["kl"], 0.0), r["win_rate"], f"measured {r['name']}", (r["ci_low"], r["ci_high"]),
-               {"color": f"C{i}", "marker": "s"}) for i, r in enumerate(results)]
-    label = "best" if cfg.procedure == "bon" else "worst"
-    return plot_tradeoff_curves(curves, path, points=points, title=f"demo: {label}-of-{cfg.n} win rate vs base",
-                                ylabel=f"{label}-of-{cfg.n} win rate vs base")

@@ -1,0 +1,140 @@
+"""The numbers of an evaluation report from scored samples (SPEC §8), next to the tradeoff tool's prediction.
+
+Pure: arrays in, a JSON-ready dict out, so the arithmetic is testable without models (stages/evaluate.py
+draws and scores the samples). The win rates are exact over each side's empirical distribution
+(core.estimators) with a bootstrap interval over prompts; the KL is the mean log π(y|x) − log π_ref(y|x)
+over the policy's own samples; predictions come from core.tradeoff for the adapter's transform, tilt and β.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .core.checks import check_finite
+from .core.errors import InfalignError
+
+__all__ = ["summarize", "make_predict_fn", "default_ns", "PREDICTION_NOTE", "PredictFn"]
+
+PREDICTION_NOTE = (
+    "'predicted' values come from the calibrated-space analysis (SPEC section 4) and assume the policy is exactly "
+    "the tilted policy pi_ref * exp(Phi(C)/beta) / Z for the adapter's transform, tilt and beta; a finite-data, "
+    "LoRA-trained adapter only approximates it, so read the gap as how well training reached the target."
+)
+
+PredictFn = Callable[[str, int], Any]  # (procedure, n) -> object with .win_rate, .kl, .standard_win_rate, or None
+
+
+def _as_2d(name: str, a) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InfalignError(f"{name} must have shape (prompts, samples) with both >= 1, got shape {arr.shape}")
+    return check_finite(arr, name, hint="the judge or the log-probs produced NaN/inf")
+
+
+def _float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def summarize(
+    policy_rewards,
+    base_rewards,
+    log_ratios,
+    procedures: Sequence[str],
+    ns: Sequence[int],
+    predict_fn: PredictFn | None = None,
+    num_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The numbers of a report from scored samples (SPEC §8).
+
+    policy_rewards (P, M): judge rewards of M policy samples per prompt; base_rewards (P, M'): of M' base samples;
+    log_ratios (P, M) or flat: log π(y|x) − log π_ref(y|x) for the policy samples.
+    predict_fn(procedure, n) returns a core.tradeoff.Prediction (or None when no prediction applies).
+    Returns {"kl", "kl_stderr", "predicted_kl", "standard_win_rate": {...}, "results": {proc: {str(n): {...}}},
+    "mean_reward": {"policy", "base"}, "num_prompts", "samples"}; each win-rate entry has win_rate, ci_low,
+    ci_high and predicted (None without a prediction).
+    """
+    from .core.estimators import estimate_kl, estimate_win_rate
+    from .core.procedures import PROCEDURE_NAMES
+
+    pol = _as_2d("policy_rewards", policy_rewards)  # (P, M)
+    base = _as_2d("base_rewards", base_rewards)  # (P, M')
+    if pol.shape[0] != base.shape[0]:
+        raise InfalignError(f"policy_rewards has {pol.shape[0]} prompts but base_rewards has {base.shape[0]}")
+    ratios = np.asarray(log_ratios, dtype=np.float64)
+    if ratios.size != pol.size:
+        raise InfalignError(f"log_ratios has {ratios.size} values but there are {pol.size} policy samples")
+    for procedure in procedures:
+        if procedure not in PROCEDURE_NAMES:
+            raise InfalignError(f"procedure {procedure!r} not allowed; allowed: {', '.join(PROCEDURE_NAMES)}")
+
+    def entry(procedure: str, n: int, predicted: float | None) -> dict[str, Any]:
+        est = estimate_win_rate(pol, base, n, procedure, num_bootstrap=num_bootstrap, confidence=confidence,
+                                seed=seed)
+        return {"win_rate": float(est.win_rate), "ci_low": float(est.ci_low), "ci_high": float(est.ci_high),
+                "predicted": _float(predicted)}
+
+    def prediction(procedure: str, n: int):
+        return predict_fn(procedure, n) if predict_fn is not None else None
+
+    kl = estimate_kl(ratios)
+    # KL and N = 1 (one draw from each side) do not depend on the procedure: any registered one computes them.
+    first = prediction(procedures[0] if procedures else PROCEDURE_NAMES[0], 1)
+    results: dict[str, dict[str, Any]] = {}
+    for procedure in procedures:
+        results[procedure] = {}
+        for n in ns:
+            pred = prediction(procedure, int(n))
+            results[procedure][str(int(n))] = entry(procedure, int(n), None if pred is None else pred.win_rate)
+    return {
+        "kl": float(kl.kl),
+        "kl_stderr": float(kl.stderr),
+        "predicted_kl": None if first is None else _float(first.kl),
+        "standard_win_rate": entry(PROCEDURE_NAMES[0], 1, None if first is None else first.standard_win_rate),
+        "results": results,
+        "mean_reward": {"policy": float(pol.mean()), "base": float(base.mean())},
+        "num_prompts": int(pol.shape[0]),
+        "samples": int(pol.shape[1]),
+    }
+
+
+def default_ns(samples: int, trained_n: int | None = None) -> list[int]:
+    """1, 2, 4, ... up to `samples`, plus the N the adapter was trained for (if it fits)."""
+    ns = {1}
+    n = 2
+    while n <= samples:
+        ns.add(n)
+        n *= 2
+    if trained_n is not None and 1 <= int(trained_n) <= samples:
+        ns.add(int(trained_n))
+    return sorted(ns)
+
+
+def _untilted(loss) -> bool:
+    """A baseline loss (DPO, IPO) does not target a tilt of the calibrated reward: no prediction applies.
+
+    An unknown loss name (a foreign record) is not known to be a baseline, so it keeps its prediction.
+    """
+    from .core.losses import LOSSES
+
+    return isinstance(loss, str) and loss in LOSSES and not LOSSES[loss].tilted
+
+
+def make_predict_fn(transform, beta: float | None, loss: str | None) -> PredictFn | None:
+    """predict(procedure, n) from core.tradeoff for the adapter's tilt, or None when no tilt applies."""
+    if transform is None or beta is None or _untilted(loss):
+        return None
+    from .core.tradeoff import predict
+
+    cache: dict[tuple[str, int], Any] = {}
+
+    def fn(procedure: str, n: int):
+        if (procedure, n) not in cache:
+            cache[(procedure, n)] = predict(transform, beta, procedure=procedure, n=n)
+        return cache[(procedure, n)]
+
+    return fn

@@ -1,0 +1,107 @@
+"""The training record `infalign_train.json` that `infalign train` writes into the adapter folder, read back.
+
+The writer (stages/train.py) imports `TRAIN_INFO` from here, so the file name lives in one place. Evaluation
+reads the record to fill what its command line left out: base model, judge, prompts, procedure and N, the
+transform, tilt and β (for the prediction) and the loss. A foreign PEFT adapter has no record; then every
+missing setting must come from the command line, and the error says which flag.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .core.errors import InfalignError
+
+__all__ = ["TRAIN_INFO", "read_training_info", "resolve_settings"]
+
+TRAIN_INFO = "infalign_train.json"
+
+
+def read_training_info(policy_dir) -> dict[str, Any]:
+    """The adapter's `infalign_train.json` (written by `infalign train`), or {} for a foreign PEFT adapter."""
+    path = Path(policy_dir)
+    if not path.is_dir():
+        raise InfalignError(f"policy {str(path)!r} is not a folder; pass the adapter folder written by `infalign train`")
+    info_path = path / TRAIN_INFO
+    if not info_path.is_file():
+        return {}
+    try:
+        return json.loads(info_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InfalignError(f"{str(info_path)!r} is not valid JSON: {exc}") from None
+
+
+def _dataset_manifest(info: dict[str, Any]) -> dict[str, Any]:
+    for key in ("dataset_manifest", "manifest"):
+        if isinstance(info.get(key), dict):
+            return info[key]
+    return {}
+
+
+def _first(*values):
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
+    """Fill what the command line left out from the adapter's training info; say what is still missing.
+
+    Returns model, reward_model, prompts (None → the prepared dataset's test split), dataset (path or None),
+    procedures, ns, transform (Transform or None), beta, loss.
+    """
+    from .core.procedures import PROCEDURE_NAMES
+    from .core.transforms import Transform, parse_transform
+    from .report import default_ns
+
+    train_cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    manifest = _dataset_manifest(info)
+    model = _first(cfg.model, info.get("model"), train_cfg.get("model"), manifest.get("model"))
+    if model is None:
+        adapter_cfg = Path(cfg.policy) / "adapter_config.json"
+        if adapter_cfg.is_file():
+            model = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    if not model:
+        raise InfalignError(f"no base model for policy {cfg.policy!r}: pass --model (the adapter has no {TRAIN_INFO})")
+    reward_model = _first(cfg.reward_model, info.get("reward_model"), manifest.get("reward_model"))
+    if not reward_model:
+        raise InfalignError(f"no judge reward for policy {cfg.policy!r}: pass --reward-model (path, module:function "
+                            "or demo)")
+    # The absolute manifest path survives a change of working directory; config.dataset may be relative.
+    dataset = (str(Path(info["dataset_manifest_path"]).parent) if info.get("dataset_manifest_path")
+               else train_cfg.get("dataset"))
+    if cfg.prompts is None and not dataset:
+        raise InfalignError(f"no prompts for policy {cfg.policy!r}: pass --prompts (builder name or .jsonl path)")
+
+    trained_procedure = _first(info.get("procedure"), manifest.get("procedure"))
+    trained_n = _first(info.get("n"), manifest.get("n"))
+    # Without a (known) trained procedure, evaluate under the first registered one: best-of-N.
+    procedures = cfg.procedure or [trained_procedure if trained_procedure in PROCEDURE_NAMES else PROCEDURE_NAMES[0]]
+    ns = cfg.n or default_ns(cfg.samples, trained_n)
+
+    loss = info.get("loss", train_cfg.get("loss"))
+    if cfg.transform is not None:
+        transform = parse_transform(cfg.transform)
+    else:
+        name = _first(info.get("transform"), manifest.get("transform"))
+        tilt = _first(info.get("tilt"), manifest.get("tilt"))
+        if isinstance(name, dict):  # a serialized Transform
+            name, tilt = name.get("name"), name.get("tilt", tilt)
+        transform = None
+        if name is not None:
+            transform = parse_transform(name) if ":" in str(name) else Transform(str(name), tilt)
+    beta = _first(cfg.beta, info.get("beta"), train_cfg.get("beta"), manifest.get("beta"))
+    return {
+        "model": str(model),
+        "reward_model": str(reward_model),
+        "prompts": cfg.prompts,
+        "dataset": dataset,
+        "procedures": list(procedures),
+        "ns": sorted({int(n) for n in ns}),
+        "transform": transform,
+        "beta": None if beta is None else float(beta),
+        "loss": loss,
+    }
