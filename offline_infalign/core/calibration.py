@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from .checks import check_finite
 from .errors import InfalignError
 
 __all__ = ["calibrate", "calibrate_against"]
@@ -21,14 +22,8 @@ _BLOCK_VALUES = 2**19  # rewards ranked per rankdata call
 def _check(rewards: np.ndarray, what: str) -> None:
     if rewards.ndim == 0:
         raise InfalignError(f"{what} must have a last axis of samples, got a scalar")
-    bad = ~np.isfinite(rewards)
-    if bad.any():
-        # Name where the first bad value sits so a caller can map it back to a prompt_id.
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InfalignError(
-            f"{what} contain a non-finite value {rewards[idx]!r} at index {idx}; "
-            "rewards must be finite (fix or drop that completion before calibrating)"
-        )
+    # check_finite names where the first bad value sits, so a caller can map it back to a prompt_id.
+    check_finite(rewards, what, hint="rewards must be finite (fix or drop that completion before calibrating)")
 
 
 def _as_float(x, what: str) -> np.ndarray:

@@ -28,12 +28,17 @@ def check_finite(values, what: str, ids: Sequence | None = None, hint: str = "")
     return arr
 
 
-def check_positive(value, what: str) -> float:
-    """`value` as a finite float > 0 (beta, a KL budget, ...); InfalignError naming it otherwise."""
+def check_positive(value, what: str, name: str | None = None) -> float:
+    """`value` as a finite float > 0 (beta, a KL budget, ...); InfalignError naming it otherwise.
+
+    With `name` the bad value is shown as `name=value` ("KL budget ... got kl=0"), so a message can name the
+    argument as the caller spells it beside what it means.
+    """
+    got = f"{name}={value!r}" if name else repr(value)
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InfalignError(f"{what} must be a finite number > 0, got {value!r}") from None
+        raise InfalignError(f"{what} must be a finite number > 0, got {got}") from None
     if not (math.isfinite(v) and v > 0):
-        raise InfalignError(f"{what} must be a finite number > 0, got {value!r}")
+        raise InfalignError(f"{what} must be a finite number > 0, got {got}")
     return v

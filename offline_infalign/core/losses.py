@@ -20,13 +20,13 @@ One calling convention per dataset kind, so the trainer needs one code path per 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .checks import check_positive
 from .errors import InfalignError
 
 __all__ = [
@@ -49,10 +49,7 @@ Metrics = dict[str, torch.Tensor]
 
 
 def check_beta(beta: float) -> float:
-    b = float(beta)
-    if not math.isfinite(b) or b <= 0.0:
-        raise InfalignError(f"beta must be a finite number > 0, got beta={beta!r}")
-    return b
+    return check_positive(beta, "beta", name="beta")
 
 
 def _pair_metrics(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> Metrics:
