@@ -2,8 +2,9 @@
 
 Best-of-N / worst-of-N win rates are computed exactly from the two empirical reward distributions of a prompt
 (N draws with replacement from each side, ties count ½), with no resampling noise: the max of N draws from an
-empirical CDF F has P(max ≤ r) = F(r)^N, and the min has P(min ≥ r) = S(r)^N with S(r) = P(draw ≥ r). Prompts
-are averaged, with a seeded percentile bootstrap over prompts for the interval.
+empirical CDF F has P(max ≤ r) = F(r)^N, and the min has P(min ≥ r) = S(r)^N with S(r) = P(draw ≥ r); each
+procedure's terms are its `empirical_win` in core/procedures.py. Prompts are averaged, with a seeded
+percentile bootstrap over prompts for the interval.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import check_finite
 from .errors import InfalignError
+from .procedures import check_n, get_procedure
 
 __all__ = ["WinRateEstimate", "KLEstimate", "inference_win_rate", "per_prompt_win_rates", "estimate_win_rate",
            "estimate_kl"]
-
-_PROCEDURES = ("bon", "won")
-
 
 @dataclass(frozen=True)
 class WinRateEstimate:
@@ -35,14 +35,6 @@ class KLEstimate:
     stderr: float  # its standard error (see estimate_kl)
 
 
-def _check_n(n, procedure) -> int:
-    if procedure not in _PROCEDURES:
-        raise InfalignError(f"procedure must be one of {', '.join(_PROCEDURES)}, got {procedure!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InfalignError(f"N (best_of_n / worst_of_n) must be an integer >= 1, got {n!r}")
-    return int(n)
-
-
 def _as_rows(x, what: str) -> np.ndarray:
     try:
         a = np.asarray(x, dtype=np.float64)
@@ -52,22 +44,21 @@ def _as_rows(x, what: str) -> np.ndarray:
         a = a[None, :]
     if a.ndim != 2 or a.shape[1] == 0 or a.shape[0] == 0:
         raise InfalignError(f"{what} must have shape (prompts, samples) with at least one of each, got {a.shape}")
-    if not np.isfinite(a).all():
-        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise InfalignError(f"{what} contain a non-finite value {a[idx]!r} at index {idx}; rewards must be finite")
-    return a
+    return check_finite(a, what, hint="rewards must be finite")
 
 
 def per_prompt_win_rates(policy_rewards, base_rewards, n: int, procedure: str = "bon") -> np.ndarray:
     """Exact BoN/WoN win rate of each prompt, shape (P,), from policy (P, M) and base (P, M') rewards.
 
-    For every policy value r (each sample, duplicates sharing their value's mass):
+    For every policy value r (each sample, duplicates sharing their value's mass) the procedure's
+    `empirical_win` gives P[X = r] for the policy's pick X and its chance to beat the base's pick, ties ½:
       BoN: P[X = r] = Fp(r)^N − Fp⁻(r)^N,   win given X = r: Fb⁻(r)^N + ½ (Fb(r)^N − Fb⁻(r)^N)
       WoN: P[X = r] = Sp(r)^N − Sp⁺(r)^N,   win given X = r: 1 − Sb(r)^N + ½ (Sb(r)^N − Sb⁺(r)^N)
     with F(r) = P(draw ≤ r), F⁻(r) = P(draw < r), S(r) = P(draw ≥ r) = 1 − F⁻(r), S⁺(r) = 1 − F(r).
     Counting is by broadcast comparison, in blocks of prompts so memory stays bounded.
     """
-    n = _check_n(n, procedure)
+    proc = get_procedure(procedure)
+    n = check_n(n)
     pol = _as_rows(policy_rewards, "policy rewards")  # (P, M)
     base = _as_rows(base_rewards, "base rewards")  # (P, M')
     if pol.shape[0] != base.shape[0]:
@@ -85,14 +76,7 @@ def per_prompt_win_rates(policy_rewards, base_rewards, n: int, procedure: str = 
         fb = (bb[:, None, :] <= r).mean(-1)  # (B, M) P(base draw ≤ r)
         fb_lt = (bb[:, None, :] < r).mean(-1)
         mult = (fp - fp_lt) * m  # (B, M) copies of r among the policy samples (≥ 1)
-        if procedure == "bon":
-            mass = fp**n - fp_lt**n  # P[max of N policy draws = r]
-            win = fb_lt**n + 0.5 * (fb**n - fb_lt**n)
-        else:
-            sp, sp_gt = 1.0 - fp_lt, 1.0 - fp
-            sb, sb_gt = 1.0 - fb_lt, 1.0 - fb
-            mass = sp**n - sp_gt**n  # P[min of N policy draws = r]
-            win = 1.0 - sb**n + 0.5 * (sb**n - sb_gt**n)
+        mass, win = proc.empirical_win(fp, fp_lt, fb, fb_lt, n)  # P[pick = r], P[pick beats base's | = r]
         out[lo : lo + block] = (mass * win / mult).sum(-1)
     return out
 
@@ -146,8 +130,7 @@ def estimate_kl(log_ratios) -> KLEstimate:
         raise InfalignError(f"log_ratios must be numeric, got {exc}") from None
     if a.size == 0 or a.ndim > 2:
         raise InfalignError(f"log_ratios must be a non-empty flat or (prompts, samples) array, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise InfalignError("log_ratios contain a non-finite value; check the policy and reference log-probs")
+    check_finite(a, "log_ratios", hint="check the policy and reference log-probs")
     units = a.mean(axis=1) if a.ndim == 2 and a.shape[0] >= 2 else a.reshape(-1)
     kl = float(units.mean())
     stderr = float(units.std(ddof=1) / math.sqrt(units.size)) if units.size >= 2 else float("nan")

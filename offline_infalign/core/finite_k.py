@@ -13,7 +13,8 @@ integrals are exact sums over the steps:
     BoN_N = 1 − Σ_{i<K} F_i^N (U_(i+1)^N − U_(i)^N) − (1 − U_(K)^N)
     WoN_N = 1 − Σ_{i<K} [1 − (1 − F_i)^N] ((1 − U_(i))^N − (1 − U_(i+1))^N) − (1 − U_(K))^N
 
-with F_i = w_1 + … + w_i, averaged over draws of the U's (seeded Monte Carlo). Its KL against the K-sample
+with F_i = w_1 + … + w_i (each procedure's `finite_k_win_rate` in core/procedures.py), averaged over draws
+of the U's (seeded Monte Carlo). Its KL against the K-sample
 empirical base is Σ w_i log(K w_i). As K → ∞ both tend to the SPEC §4 values of the tilt; for small K the
 exp tilts that win best-of-N lose most, because they weight the top few percent that K samples barely resolve.
 This is what `benchmarks/README.md` (issue 6) uses to explain measured shortfalls, and what "Choosing K" in the
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
+from .checks import check_positive
 from .errors import InfalignError
+from .procedures import Procedure, check_n, get_procedure
 from .transforms import Transform
 
 __all__ = ["FiniteK", "sample_weights", "finite_k_tilt", "finite_k_at_kl"]
@@ -41,13 +44,10 @@ class FiniteK:
     beta: float
 
 
-def _check(k, procedure, n) -> None:
+def _check(k, procedure, n) -> tuple[Procedure, int]:
     if not isinstance(k, (int, np.integer)) or k < 2:
         raise InfalignError(f"num_samples K must be an integer >= 2, got {k!r}")
-    if procedure not in ("bon", "won"):
-        raise InfalignError(f"procedure must be 'bon' or 'won', got {procedure!r}")
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise InfalignError(f"N must be an integer >= 1, got {n!r}")
+    return get_procedure(procedure), check_n(n)
 
 
 def sample_weights(transform: Transform, beta: float, k: int) -> np.ndarray:
@@ -68,16 +68,11 @@ def _kl(w: np.ndarray) -> float:
 def finite_k_tilt(transform: Transform, beta: float, k: int, procedure: str = "bon", n: int = 4,
                   draws: int = 4000, seed: int = 0) -> FiniteK:
     """Win rate and KL of the tilt restricted to K samples (module docstring), `draws` Monte Carlo draws."""
-    _check(k, procedure, n)
+    proc, n = _check(k, procedure, n)
     w = sample_weights(transform, beta, k)
     cdf = np.cumsum(w)[:-1]  # (K−1,) F on [U_(i), U_(i+1))
     u = np.sort(np.random.default_rng(seed).random((draws, k)), axis=1)  # (D, K)
-    lo, hi = u[:, :-1], u[:, 1:]
-    if procedure == "bon":
-        wins = 1.0 - (np.sum(cdf**n * (hi**n - lo**n), axis=1) + (1.0 - u[:, -1] ** n))
-    else:
-        g = 1.0 - (1.0 - cdf) ** n
-        wins = 1.0 - (np.sum(g * ((1.0 - lo) ** n - (1.0 - hi) ** n), axis=1) + (1.0 - u[:, -1]) ** n)
+    wins = proc.finite_k_win_rate(cdf, u, n)  # (D,)
     return FiniteK(float(wins.mean()), float(wins.std(ddof=1) / np.sqrt(draws)), _kl(w), float(beta))
 
 
@@ -86,8 +81,7 @@ def finite_k_at_kl(transform: Transform, kl: float, k: int, procedure: str = "bo
     """finite_k_tilt at the β whose restricted KL Σ w log(K w) equals `kl`; None when no β reaches it (the
     restricted KL is below log K, and a transform flat at the top, like log, may stay further below)."""
     _check(k, procedure, n)
-    if not kl > 0:
-        raise InfalignError(f"kl must be > 0, got {kl!r}")
+    kl = check_positive(kl, "kl")
 
     def gap(log_beta: float) -> float:
         return _kl(sample_weights(transform, float(np.exp(log_beta)), k)) - kl
