@@ -146,7 +146,7 @@ def optimal(procedure: str, n: int, kl: float) -> Optimum:
     kl = _check_kl(kl)
     # For N = 1 choose returns the identity tilt: W is linear (∫ u f) with gradient Φ_f(u) = u, so that is
     # already the exact optimum and the ascent stops at once.
-    c = choose(proc.name, n, kl, with_optimum=False)
+    c = choose(procedure, n, kl, with_optimum=False)
     return optimal_from(proc, n, kl, c.transform, c.beta)
 
 
@@ -175,10 +175,11 @@ def _at_budget(transform: Transform, kl: float, procedure: str, n: int) -> Predi
 
 
 def choose(procedure: str, n: int, kl: float, tilts=None, with_optimum: bool = True) -> Choice:
-    """Best exp tilt t (t > 0 for bon, t < 0 for won) with β matched to KL = kl, reported beside the optimum.
+    """Best exp tilt t (sign: the procedure's tilt_sign, t > 0 for bon) with β matched to KL = kl, reported
+    beside the optimum.
 
     Args:
-        tilts: candidate |t| values (signs are set by the procedure); default DEFAULT_TILTS (0.25 … 256).
+        tilts: candidate |t| values (signs are set by the procedure); default DEFAULT_TILTS (0.25 … 1024).
             The best grid point is refined by a bounded search on log |t| between its neighbours.
         with_optimum: also compute `optimal(procedure, n, kl).win_rate` (the yardstick, SPEC §7); it is None
             when the optimum cannot be computed at this budget (it would need β < 1e-10, win rate ≈ 1).
@@ -190,7 +191,6 @@ def choose(procedure: str, n: int, kl: float, tilts=None, with_optimum: bool = T
     sign that the budget is larger than the procedure needs.
     """
     proc, n = _check_procedure(procedure, n)
-    procedure = proc.name
     kl = _check_kl(kl)
     if n == 1:
         ident = Transform("identity")
@@ -258,7 +258,6 @@ def tradeoff_curves(procedure: str, n: int, transforms, kl_max: float = 1.0, num
     one mirror-ascent solve per point; its KL values are those the solves land on.
     """
     proc, n = _check_procedure(procedure, n)
-    procedure = proc.name
     kl_max = _check_kl(kl_max)
     kls = np.geomspace(kl_max / 100.0, kl_max, int(num_points))
     curves = []
