@@ -113,7 +113,7 @@ def worker(args) -> dict:
 
     if args.which in ("ours", "ours_live"):
         from offline_infalign.config import TrainConfig
-        from offline_infalign.trainer import make_trainer
+        from offline_infalign.stages.train import make_trainer
 
         cfg = TrainConfig(dataset=str(data_dir), model=str(model_dir), loss="dpo", out=str(out), beta=BETA,
                           max_steps=args.steps, learning_rate=1e-4, lora_r=LORA["r"], lora_alpha=LORA["alpha"],

@@ -63,7 +63,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from offline_infalign import storage, trainer
+    from offline_infalign import storage
+    from offline_infalign.stages import train as trainer
     from offline_infalign.stages.evaluate import evaluate
     from offline_infalign.stages.prepare import run_prepare
     from offline_infalign.stages.sample import run_sample

@@ -127,7 +127,7 @@ def build_datasets(root: Path):
 def train_and_measure(loss, model_dir, dirs, out):
     from offline_infalign.core.losses import LOSSES
     from offline_infalign.modeling import load_adapted
-    from offline_infalign.trainer import train
+    from offline_infalign.stages.train import train
 
     lr, steps, batch = SETTINGS[loss]
     cfg = TrainConfig(dataset=str(dirs[LOSSES[loss].kind]), model=str(model_dir), loss=loss, out=str(out),

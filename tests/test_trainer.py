@@ -8,10 +8,12 @@ import pytest
 import torch
 from train_fixtures import make_prepared
 
-from offline_infalign import trainer as T
 from offline_infalign.config import TrainConfig, load_config
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.losses import LOSSES
+from offline_infalign.kinds.listwise import ListwiseCollator
+from offline_infalign.reference import choose_reference
+from offline_infalign.stages import train as T
 
 BETA = 0.5
 
@@ -166,7 +168,7 @@ def test_resume_from_checkpoint_continues(data, tmp_path):
 
 
 def test_listwise_collator_variable_k():
-    coll = T.ListwiseCollator(pad_token_id=0)
+    coll = ListwiseCollator(pad_token_id=0)
     rows = [{"prompt_ids": [5, 6], "completions_ids": [[7, 3], [8, 9, 3]], "targets": [0.1, 0.9],
              "ref_logps": [-1.0, -2.0]},
             {"prompt_ids": [5], "completions_ids": [[7, 3], [8, 3], [9, 3]], "targets": [0.2, 0.5, 0.3],
@@ -180,17 +182,17 @@ def test_listwise_collator_variable_k():
 
 def test_choose_reference():
     cols = ["ref_chosen_logps", "ref_rejected_logps", "prompt"]
-    assert T.choose_reference("auto", "dpo", "pairs", cols, {}, "float32")[0] == "stored"
-    assert T.choose_reference("auto", "dpo", "pairs", cols, {"ref_dtype": "float32"}, "nf4")[0] == "live"
-    assert T.choose_reference("auto", "dpo", "pairs", cols, {"ref_dtype": "bfloat16"}, "float32")[0] == "live"
-    assert T.choose_reference("auto", "dpo", "pairs", ["prompt"], {}, "float32")[0] == "live"
-    assert T.choose_reference("auto", "weighted_sft", "bon", ["prompt"], {}, "float32")[0] == "none"
-    assert T.choose_reference("live", "dpo", "pairs", cols, {}, "float32")[0] == "live"
+    assert choose_reference("auto", "dpo", "pairs", cols, {}, "float32")[0] == "stored"
+    assert choose_reference("auto", "dpo", "pairs", cols, {"ref_dtype": "float32"}, "nf4")[0] == "live"
+    assert choose_reference("auto", "dpo", "pairs", cols, {"ref_dtype": "bfloat16"}, "float32")[0] == "live"
+    assert choose_reference("auto", "dpo", "pairs", ["prompt"], {}, "float32")[0] == "live"
+    assert choose_reference("auto", "weighted_sft", "bon", ["prompt"], {}, "float32")[0] == "none"
+    assert choose_reference("live", "dpo", "pairs", cols, {}, "float32")[0] == "live"
     # stored columns of another model are another policy's log-probs
-    assert T.choose_reference("auto", "dpo", "pairs", cols, {"model": "org/a"}, "float32", "org/b")[0] == "live"
-    assert T.choose_reference("auto", "dpo", "pairs", cols, {"model": "org/a"}, "float32", "org/a")[0] == "stored"
+    assert choose_reference("auto", "dpo", "pairs", cols, {"model": "org/a"}, "float32", "org/b")[0] == "live"
+    assert choose_reference("auto", "dpo", "pairs", cols, {"model": "org/a"}, "float32", "org/a")[0] == "stored"
     with pytest.raises(InfalignError, match="ref_logps"):
-        T.choose_reference("stored", "listwise", "listwise", ["prompt"], {}, "float32")
+        choose_reference("stored", "listwise", "listwise", ["prompt"], {}, "float32")
 
 
 def test_missing_column_names_column_and_kind(data, tmp_path):

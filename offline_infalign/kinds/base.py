@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.errors import InfalignError
+from ..core.losses import LossSpec
 from ..logprobs import pad_pairs
 
 __all__ = ["DatasetKind", "ScoredMatrices", "Collator", "floats"]
@@ -75,10 +77,19 @@ class DatasetKind:
         raise NotImplementedError
 
     # ---- train -----------------------------------------------------------------------------------------------
-    def training_columns(self, needs_margin: bool = True) -> tuple[str, ...]:
-        if needs_margin:
+    def training_columns(self, loss: LossSpec) -> tuple[str, ...]:
+        """The columns `loss` needs in a dataset of this kind (reference columns apart)."""
+        if loss.needs_margin:
             return self.required_columns
         return tuple(c for c in self.required_columns if c not in self.margin_columns)
+
+    def check_columns(self, columns, loss: LossSpec) -> None:
+        missing = [c for c in self.training_columns(loss) if c not in columns]
+        if missing:
+            raise InfalignError(
+                f"loss {loss.name!r} needs column(s) {', '.join(map(repr, missing))} of a {self.name!r} dataset; "
+                f"the dataset has {', '.join(sorted(columns))}"
+            )
 
     def check_rows(self, dataset) -> None:
         """Refuse tokenized rows this kind cannot train on (InfalignError naming the row)."""

@@ -1,0 +1,249 @@
+"""`train` stage: a prepared dataset → a LoRA/QLoRA adapter, its tokenizer, model card and training record.
+
+    infalign train --dataset prepared/ --model BASE --loss tilted_sigmoid --beta 0.1 --out adapter/
+    accelerate launch --multi_gpu --num_processes 2 -m offline_infalign.cli train ...   # DDP (GPUs or CPU)
+
+The loss (`core.losses.LossSpec`) names the dataset kind it trains on (`kinds/`); the kind says which columns
+the dataset needs and how rows become batches. The reference log-probs log π_ref(y|x) come either from the
+dataset's stored columns (no reference forward at all) or from the policy itself with its LoRA adapter disabled
+("live"). `reference="auto"` picks stored columns when they exist and the base weights are in the dtype the
+columns were computed in (manifest key `ref_dtype`, else `dtype`, else assumed float32); 4-bit (QLoRA) or bf16
+weights against float32 columns give live. The choice (`reference.choose_reference`) is logged.
+
+Rows are tokenized once with `tokenization.tokenize_dataset` (the same ids the sampler used for `ref_logps`),
+and log-probs are `logprobs.completion_logps`, so stored and live references agree.
+Writes into OUT: the adapter, the tokenizer, README.md (model card), `infalign_train.json` (the training
+record, read back by `training_record`), and checkpoints under OUT/checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..core.errors import InfalignError
+from ..core.losses import check_beta, get_loss
+from ..core.tradeoff import log_partition
+from ..kinds import get_kind
+from ..reference import choose_reference
+from ..tokenization import tokenize_dataset
+from ..trainer import InfalignTrainer
+from ..training_record import TRAIN_INFO
+
+__all__ = ["make_trainer", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def _load_dataset(path: str, split: str):
+    from datasets import DatasetDict
+
+    from ..storage import load_artifact
+
+    data, manifest = load_artifact(path, stage="prepared")
+    if isinstance(data, DatasetDict):
+        if split not in data:
+            raise InfalignError(f"dataset {path!r} has no split {split!r}; it has {', '.join(data)}")
+        data = data[split]
+    return data, manifest
+
+
+def _transform_from_manifest(manifest: dict, loss: str):
+    from ..core.transforms import Transform
+
+    name = manifest.get("transform")
+    if not name:
+        raise InfalignError(f"the dataset manifest names no transform; the {loss} loss needs it for log Z")
+    return Transform(name, manifest.get("tilt"))
+
+
+def _model_card(cfg, manifest: dict, beta: float, reference: str, metrics: dict) -> str:
+    transform = manifest.get("transform")
+    tilt = manifest.get("tilt")
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {cfg.model}",
+        "tags: [offline-infalign, lora, infalign]",
+        "---",
+        "",
+        f"# InfAlign adapter for `{cfg.model}`",
+        "",
+        "LoRA adapter trained offline with [offline-infalign](https://arxiv.org/abs/2412.19792) to approximate the "
+        "tilted policy π* ∝ π_ref · exp(Φ(C)/β) (C: calibrated reward, Φ: transform).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| dataset | `{Path(cfg.dataset).resolve()}` (manifest: `{Path(cfg.dataset).resolve() / 'manifest.json'}`) |",
+        f"| dataset kind | {manifest.get('kind')} |",
+        f"| transform | {transform} |",
+        f"| tilt | {tilt} |",
+        f"| beta | {beta} |",
+        f"| loss | {cfg.loss} |",
+        f"| procedure / n | {manifest.get('procedure')} / {manifest.get('n')} |",
+        f"| reward model | {manifest.get('reward_model')} |",
+        f"| reference log-probs | {reference} |",
+        f"| LoRA | r={cfg.lora_r}, alpha={cfg.lora_alpha or 2 * cfg.lora_r}, dropout={cfg.lora_dropout}, "
+        f"targets={', '.join(cfg.target_modules)}{', QLoRA nf4' if cfg.qlora else ''} |",
+        f"| offline-infalign | {__version__} |",
+        "",
+        "Load it with `offline_infalign.modeling.load_adapted(base_model, adapter_dir)`; evaluate it with "
+        "`infalign eval --policy <this folder>`.",
+        "",
+        "Final training metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
+                                              if isinstance(v, (int, float))),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _resume_path(cfg, checkpoints: Path):
+    value = cfg.resume_from_checkpoint
+    if value is None:
+        return None
+    if str(value).lower() in ("latest", "true"):
+        found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not found:
+            raise InfalignError(f"resume_from_checkpoint='latest' but {str(checkpoints)!r} holds no checkpoint")
+        return str(found[-1])
+    if not Path(value).is_dir():
+        raise InfalignError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
+    return str(value)
+
+
+def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
+    """Load dataset, policy and reference choice for `cfg` and build the trainer (not yet trained).
+
+    Returns (trainer, info) with info keys manifest, beta, kind, reference, reference_reason, log_z.
+    """
+    from transformers import TrainingArguments, set_seed
+
+    from .. import modeling
+
+    spec = get_loss(cfg.loss)
+    kind = get_kind(spec.kind)
+    dataset, manifest = _load_dataset(cfg.dataset, cfg.split)
+    if manifest.get("kind") != kind.name:
+        raise InfalignError(f"loss {cfg.loss!r} trains on a {kind.name!r} dataset, but {cfg.dataset!r} is "
+                            f"kind={manifest.get('kind')!r}")
+    kind.check_columns(dataset.column_names, spec)
+    beta = cfg.beta if cfg.beta is not None else manifest.get("beta")
+    if beta is None:
+        raise InfalignError("beta is not given and the dataset manifest has none; pass --beta")
+    beta = check_beta(beta)
+    if kind.beta_in_rows and manifest.get("beta") is not None and not math.isclose(beta, float(manifest["beta"])):
+        logger.info("beta %g differs from the dataset's %g: recomputing the %s weights", beta, manifest["beta"],
+                    kind.name)
+        dataset = kind.at_beta(dataset, beta)
+    # log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (SPEC §4/§6).
+    log_z = float(log_partition(_transform_from_manifest(manifest, cfg.loss), beta)) if spec.needs_log_z else None
+
+    use_gpu = torch.cuda.is_available()
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(use_gpu and torch.cuda.is_bf16_supported())
+    if bf16 and not use_gpu:
+        logger.warning("bf16 on CPU is slow and imprecise; consider --no-bf16")
+    set_seed(cfg.seed)  # peft draws the LoRA A init from the global RNG, before Trainer seeds anything
+    model, tokenizer = modeling.load_policy(
+        cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules, qlora=cfg.qlora, dtype="bfloat16" if bf16 else "float32",
+        # 4-bit weights cannot be moved after loading, so each process loads them onto its own GPU
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cfg.qlora and use_gpu else None,
+        gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code,
+    )
+    # Dropout in the base model would make the policy (and a live reference) noisy; only LoRA dropout stays.
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
+            module.p = 0.0
+    weights_dtype = modeling.base_weights_dtype(model)
+    reference, why = choose_reference(cfg.reference, cfg.loss, kind.name, dataset.column_names, manifest,
+                                      weights_dtype, cfg.model)
+    logger.info("reference log-probs: %s (%s)", reference, why)
+
+    out = Path(cfg.out)
+    checkpoints = out / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        num_train_epochs=cfg.num_train_epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        bf16=bf16,
+        use_cpu=not use_gpu,
+        report_to=cfg.report_to,
+        remove_unused_columns=False,  # the collator needs the raw columns
+        dataloader_pin_memory=use_gpu,
+        ddp_find_unused_parameters=False,
+    )
+    with args.main_process_first(desc="tokenize"):  # rank 0 writes the cache, the others read it
+        dataset, dropped = tokenize_dataset(dataset, tokenizer, kind, cfg.max_length, cache_dir=out / "tokenized")
+    if dropped:
+        logger.warning("dropped %d row(s) longer than max_length=%d", dropped, cfg.max_length)
+    if len(dataset) == 0:
+        raise InfalignError(f"no training rows left in {cfg.dataset!r} (split {cfg.split!r})")
+    trainer = InfalignTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=kind.collator(tokenizer.pad_token_id),
+        processing_class=tokenizer, loss=cfg.loss, beta=beta, reference=reference, log_z=log_z,
+    )
+    info = {"manifest": manifest, "beta": beta, "kind": kind.name, "reference": reference,
+            "reference_reason": why, "log_z": log_z}
+    return trainer, info
+
+
+def train(cfg) -> Path:
+    """Train a LoRA/QLoRA adapter on a prepared dataset; returns the output folder (see module docstring)."""
+    from ..config import config_to_dict
+
+    trainer, info = make_trainer(cfg)
+    manifest, beta, reference, why = info["manifest"], info["beta"], info["reference"], info["reference_reason"]
+    out = Path(cfg.out)
+    tokenizer = trainer.processing_class
+    result = trainer.train(resume_from_checkpoint=_resume_path(cfg, out / "checkpoints"))
+    metrics = dict(result.metrics)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    if history:
+        metrics.update({k: v for k, v in history[-1].items() if "/" in k or k == "loss"})
+
+    trainer.save_model(str(out))  # adapter_config.json + adapter_model.safetensors (main process only)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
+        (out / "README.md").write_text(_model_card(cfg, manifest, beta, reference, metrics))
+        record = {
+            "config": config_to_dict(cfg),
+            "dataset_manifest": manifest,
+            "dataset_manifest_path": str(Path(cfg.dataset).resolve() / "manifest.json"),
+            "model": cfg.model,
+            "transform": manifest.get("transform"),
+            "tilt": manifest.get("tilt"),
+            "beta": beta,
+            "loss": cfg.loss,
+            "kind": info["kind"],
+            "procedure": manifest.get("procedure"),
+            "n": manifest.get("n"),
+            "reward_model": manifest.get("reward_model"),
+            "reference": reference,
+            "reference_reason": why,
+            "log_z": info["log_z"],
+            "global_step": trainer.state.global_step,
+            "world_size": trainer.args.world_size,
+            "total_train_batch_size": trainer.args.world_size * trainer.args.per_device_train_batch_size
+            * trainer.args.gradient_accumulation_steps,
+            "final_metrics": metrics,
+            "package_version": __version__,
+        }
+        (out / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return out
