@@ -1,0 +1,195 @@
+"""What every command config shares: the one field style, strict YAML loading, flags, small checks.
+
+Follows TRL's convention: every field carries `metadata={"help": ...}` (written with `field` below) and checks
+live in `__post_init__`, naming the bad value and what is allowed. The same field names are YAML keys and
+`--kebab-case` flags, so a config file and a command line are interchangeable. Unknown keys are an error,
+never ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import functools
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ..core.errors import InfalignError
+
+T = TypeVar("T")
+
+__all__ = [
+    "load_config", "add_config_arguments", "overrides_from_args", "config_to_dict", "config_diff",
+    "field", "same_as", "positive_int", "one_of", "spell", "parse_shard",
+    "DTYPES", "LONG_PROMPT_POLICIES", "BACKENDS", "DUPLICATE_POLICIES",
+]
+
+# Choice lists that several commands offer; each is written here once.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LONG_PROMPT_POLICIES = ("truncate", "skip", "fail")
+BACKENDS = ("hf", "vllm")
+DUPLICATE_POLICIES = ("fail", "skip")
+
+
+# ---- the one field style ------------------------------------------------------------------------------------
+
+
+def field(default: Any = dataclasses.MISSING, help: str = "", choices: Iterable[Any] | None = None):
+    """A config field: its default (none = required), its `--help` text and, when the flag takes only some
+    values, `choices` (argparse then offers and checks exactly those). A list default is copied per instance."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=functools.partial(list, default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_KEEP = object()
+
+
+def same_as(cls, name: str, default: Any = _KEEP):
+    """The field `name` of config `cls` again (same help and choices) for a combined config such as `build`:
+    the help text is written once, in the stage's own config. `default`, when given, replaces the stage's."""
+    original = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return dataclasses.field(default=original.default if default is _KEEP else default, metadata=original.metadata)
+
+
+# ---- small checks (the messages are part of the CLI: tests pin them) -----------------------------------------
+
+
+def positive_int(owner: str, name: str, value, minimum: int = 1, optional: bool = False) -> None:
+    """An integer >= minimum (a bool is not one); with `optional`, None (YAML null) passes too."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InfalignError(f"{owner}: {name} must be an integer >= {minimum}{' or null' if optional else ''}, "
+                            f"got {value!r}")
+
+
+def one_of(owner: str, name: str, value, allowed) -> None:
+    """`allowed` may be a registry dict (its names are allowed); a YAML list as `value` is just not allowed."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise InfalignError(f"{owner}: {name} {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def spell(names: Iterable[str], last: str = "or") -> str:
+    """('a', 'b', 'c') → 'a, b or c': a registry's names inside help text and messages."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """'I/N' → (I, N) with 0 <= I < N (shards are numbered from 0, like Slurm array task ids)."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(v) for v in str(shard).split("/"))
+    except ValueError:
+        raise InfalignError(f"shard must look like 'I/N' (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise InfalignError(f"shard {shard!r} needs 0 <= I < N (shards are numbered 0..N-1)")
+    return i, n
+
+
+# ---- YAML file + command-line overrides → config -----------------------------------------------------------
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_keys(cls, keys, where: str) -> None:
+    allowed = _field_names(cls)
+    unknown = [k for k in keys if k not in allowed]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise InfalignError(
+            f"unknown config key(s) in {where}: {', '.join(hints)}; allowed keys for {cls.__name__}: "
+            + ", ".join(allowed)
+        )
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Build `cls` from a YAML file (optional) updated by `overrides` (keys with value None are skipped)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InfalignError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InfalignError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise InfalignError(f"config file {str(p)!r} must hold a mapping of keys, got {type(loaded).__name__}")
+        _check_keys(cls, loaded, f"config file {str(p)!r}")
+        values.update(loaded)
+    if overrides:
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        _check_keys(cls, overrides, "command-line overrides")
+        values.update(overrides)
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        raise InfalignError(f"{cls.__name__}: {exc}") from None
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """Lines 'key: old -> new' for every key whose value differs (used to refuse a mismatched resume)."""
+    skip = set(ignore)
+    keys = sorted((set(old) | set(new)) - skip)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _scalar_type(tp):
+    """The argparse `type` for a field annotation like `int`, `float | None`, `str`, `list[str]`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _scalar_type(args[0]) if len(args) == 1 else str
+    if origin in (list, tuple):
+        inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        return ("list", _scalar_type(inner))
+    return tp if tp in (int, float, str, bool) else str
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: Iterable[str] = ()) -> None:
+    """Add one `--kebab-name` flag per dataclass field, help from its metadata, default None (= not given)."""
+    hints = typing.get_type_hints(cls)
+    skipped = set(skip)
+    for f in dataclasses.fields(cls):
+        if f.name in skipped:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f.metadata.get("help", "")
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            helptext += f" (default: {f.default})"
+        kind = _scalar_type(hints[f.name])
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": helptext}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif isinstance(kind, tuple):
+            parser.add_argument(flag, type=kind[1], nargs="+", **kw)
+        else:
+            parser.add_argument(flag, type=kind, **kw)
+
+
+def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in _field_names(cls) if getattr(args, name, None) is not None}

@@ -1,0 +1,97 @@
+"""Config of `infalign train` (stages/train.py): LoRA/QLoRA training toward the tilted policy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..core.errors import InfalignError
+from ..core.losses import LOSSES
+from .base import field, positive_int
+
+__all__ = ["TrainConfig"]
+
+_REFERENCES = ("auto", "stored", "live")
+
+
+def _loss_names() -> list[str]:
+    """The registered losses, the tilted ones first, then the baselines (dpo, ipo): the order `--help` shows."""
+    return [n for n, s in LOSSES.items() if s.tilted] + [n for n, s in LOSSES.items() if not s.tilted]
+
+
+def _loss_help() -> str:
+    """'... tilted_pairwise, tilted_sigmoid, dpo, ipo <- pairs; listwise, pointwise <- listwise; ...' from the
+    registry: a loss trains only on datasets of its kind."""
+    by_kind: dict[str, list[str]] = {}
+    for spec in LOSSES.values():
+        by_kind.setdefault(spec.kind, []).append(spec.name)
+    kinds = "; ".join(f"{', '.join(names)} <- {kind}" for kind, names in by_kind.items())
+    return f"loss (SPEC §6); its dataset kind must match the dataset's: {kinds}"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """`infalign train`: fit the tilted policy (SPEC §6) on a prepared dataset with LoRA or QLoRA."""
+
+    dataset: str = field(help="prepared dataset folder (`infalign prepare` output)")
+    model: str = field(help="base model: local path or hub id (the reference policy)")
+    loss: str = field(help=_loss_help(), choices=_loss_names())
+    out: str = field(help="output folder: adapter, tokenizer, model card, infalign_train.json")
+    beta: float | None = field(None, help="KL coefficient beta (default: the dataset manifest's beta)")
+    split: str = field("train", help="dataset split to train on")
+    max_steps: int | None = field(None, help="optimizer steps (overrides num_train_epochs when set)")
+    num_train_epochs: float = field(1.0, help="passes over the dataset")
+    learning_rate: float = field(5e-5, help="peak learning rate (AdamW)")
+    lr_scheduler_type: str = field("linear", help="transformers scheduler name: linear, cosine, constant, ...")
+    warmup_steps: int = field(0, help="linear warmup steps")
+    lora_r: int = field(16, help="LoRA rank")
+    lora_alpha: int | None = field(None, help="LoRA alpha (default: 2 * lora_r)")
+    lora_dropout: float = field(0.0, help="LoRA dropout (default 0: dropout makes the log-ratios h noisy, and TRL "
+                                "disables it too)")
+    target_modules: list[str] = field(["all-linear"], help="modules that get LoRA: 'all-linear' or module names "
+                                      "such as q_proj v_proj")
+    qlora: bool = field(False, help="4-bit nf4 base weights (bitsandbytes), double quantization")
+    per_device_train_batch_size: int = field(8, help="rows per device per step (a pairs row is 2 sequences, a "
+                                             "listwise row K)")
+    gradient_accumulation_steps: int = field(1, help="micro-batches per step")
+    reference: str = field("auto", help="reference log-probs: stored (dataset columns, no reference forward), live "
+                           "(policy with the adapter disabled), auto (stored when present and the base weights are "
+                           "in the dtype they were computed in)", choices=_REFERENCES)
+    seed: int = field(0, help="seed for LoRA init and data order")
+    logging_steps: int = field(10, help="log metrics every this many steps")
+    save_steps: int | None = field(500, help="checkpoint every this many steps into OUT/checkpoints (null: never)")
+    save_total_limit: int | None = field(2, help="checkpoints kept")
+    resume_from_checkpoint: str | None = field(None, help="checkpoint folder to resume from, or 'latest' (newest "
+                                               "in OUT/checkpoints)")
+    gradient_checkpointing: bool = field(False, help="recompute activations in backward (less memory, ~30% "
+                                         "slower)")
+    bf16: bool | None = field(None, help="bf16 weights and autocast (default: on for a bf16-capable GPU, off on "
+                              "CPU)")
+    max_length: int | None = field(None, help="drop rows whose prompt + completion is longer (never truncated: the "
+                                   "stored reference log-probs are of the whole completion)")
+    report_to: str = field("none", help="none, tensorboard, wandb, ...")
+    trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
+
+    def __post_init__(self):
+        for name in ("dataset", "model", "out"):
+            if not getattr(self, name):
+                raise InfalignError(f"train: {name} is required, got {getattr(self, name)!r}")
+        if self.loss not in _loss_names():
+            raise InfalignError(f"train: unknown loss {self.loss!r}; allowed: {', '.join(_loss_names())}")
+        if self.reference not in _REFERENCES:
+            raise InfalignError(f"train: reference {self.reference!r} not allowed; allowed: {', '.join(_REFERENCES)}")
+        if self.beta is not None and not (float(self.beta) > 0.0 and float(self.beta) < float("inf")):
+            raise InfalignError(f"train: beta must be a finite number > 0, got beta={self.beta!r}")
+        for name in ("lora_r", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            positive_int("train", name, getattr(self, name))
+        for name in ("max_steps", "save_steps", "max_length", "lora_alpha", "save_total_limit"):
+            positive_int("train", name, getattr(self, name), optional=True)
+        if not float(self.learning_rate) > 0.0:
+            raise InfalignError(f"train: learning_rate must be > 0, got {self.learning_rate!r}")
+        if not float(self.num_train_epochs) > 0.0:
+            raise InfalignError(f"train: num_train_epochs must be > 0, got {self.num_train_epochs!r}")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise InfalignError(f"train: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if not self.target_modules:
+            raise InfalignError("train: target_modules must name at least one module (or 'all-linear')")
