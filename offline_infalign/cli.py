@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from .commands._common import CommandParser
 from .core.errors import InfalignError
 
 # Order is the order shown in `infalign --help`.
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"offline-infalign {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
     return parser

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+from ._common import add_command, load
+from .prepare import describe
+
 
 def add_parser(subparsers) -> None:
-    from ..config import BuildConfig, add_config_arguments
-
-    p = subparsers.add_parser(
-        "build", help="sample, score and prepare in one go: OUT/samples, OUT/scored, OUT/prepared",
+    add_command(
+        subparsers, "build", "BuildConfig", run,
+        help="sample, score and prepare in one go: OUT/samples, OUT/scored, OUT/prepared",
         description="Runs `sample`, `score` and `prepare` below --out. With --shard I/N only sample and score run, "
         "into OUT/shard-I-of-N/; join the shards with `infalign merge`, then run `infalign prepare`. Rerun the "
         "same command to resume.")
-    p.add_argument("--config", help="YAML file with BuildConfig keys; command-line flags override it")
-    add_config_arguments(p, BuildConfig)
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..config import BuildConfig, load_config, overrides_from_args
+    from ..config import BuildConfig
     from ..stages.build import run_build
-    from .prepare import describe
 
-    cfg = load_config(BuildConfig, args.config, overrides_from_args(args, BuildConfig))
+    cfg = load(args, BuildConfig)
     ms = run_build(cfg)
     paths = cfg.paths()
     print(f"samples: {ms['samples']['num_rows']} prompts x {ms['samples']['num_samples']} -> {paths['samples']}")

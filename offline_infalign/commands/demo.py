@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from ._common import add_command, load, served
+
 
 def add_parser(subparsers) -> None:
-    from ..config import DemoConfig, add_config_arguments
-
-    p = subparsers.add_parser(
-        "demo",
+    add_command(
+        subparsers, "demo", "DemoConfig", run,
         help="run sample → score → prepare → train → eval on a tiny built-in model (no download, CPU minutes)",
         description="The embedded demo. A tiny review-writing base model (trained and cached at first use) and a "
         "sentiment reward; two LoRA policies from one sampling run — the identity transform (calibrated RLHF) and "
         "the exp tilt chosen for the served procedure — at the same KL budget, each evaluated against the base. "
         "Writes DIR/demo_report.json, DIR/demo_tradeoff.png and every stage's artifacts; a rerun resumes.",
-    )
-    p.add_argument("--config", help="YAML file with DemoConfig keys; flags given on the command line override it")
-    add_config_arguments(p, DemoConfig)
-    p.set_defaults(func=run)
+        config_help="YAML file with {config} keys; flags given on the command line override it")
 
 
 def _one_line(text: str, width: int = 96) -> str:
@@ -27,13 +24,13 @@ def _one_line(text: str, width: int = 96) -> str:
 def run(args) -> int:
     import time
 
-    from ..config import DemoConfig, load_config, overrides_from_args
+    from ..config import DemoConfig
     from ..demo.run import run_demo
 
-    cfg = load_config(DemoConfig, args.config, overrides_from_args(args, DemoConfig))
+    cfg = load(args, DemoConfig)
     t0 = time.perf_counter()
     report = run_demo(cfg, log=lambda s: print(s, flush=True))
-    label = f"{'best' if cfg.procedure == 'bon' else 'worst'}-of-{cfg.n}"
+    label = served(cfg.procedure, cfg.n)
 
     print(f"\n{label} win rate against the base model on {cfg.eval_prompts} held-out prompts "
           f"(95% bootstrap interval), KL budget {cfg.kl} per policy:")

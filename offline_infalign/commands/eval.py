@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_command, load
+
 
 def _int_list(text: str) -> list[int]:
     """'4,8' or '4' → [4, 8] / [4]; the contract spells several N as one comma-separated value."""
@@ -13,32 +15,41 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"N must be integers like 4 or 4,8,16, got {text!r}") from None
 
 
+def _procedures_spelled() -> str:
+    """'bon, won or bon,won': one procedure or several, comma-separated, as the registry names them."""
+    from ..core.procedures import PROCEDURES
+
+    return f"{', '.join(PROCEDURES)} or {','.join(PROCEDURES)}"
+
+
 def _procedure_list(text: str) -> list[str]:
+    from ..core.procedures import PROCEDURES
+
     values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in ("bon", "won")]
+    bad = [v for v in values if v not in PROCEDURES]
     if bad or not values:
-        raise argparse.ArgumentTypeError(f"procedure must be bon, won or bon,won, got {text!r}")
+        raise argparse.ArgumentTypeError(f"procedure must be {_procedures_spelled()}, got {text!r}")
     return values
 
 
-def add_parser(subparsers) -> None:
-    from ..config import EvalConfig, add_config_arguments
+def _list_flags(p) -> None:
+    # Several values per flag, comma- or space-separated (`--n 1,2,4` or `--n 1 2 4`); flattened in `run`.
+    p.add_argument("--n", dest="n", type=_int_list, action="extend", default=None, nargs="+",
+                   help="values of N, e.g. 4 or 1,2,4,8 (default: 1, 2, 4, ... up to --samples and the trained N)")
+    p.add_argument("--procedure", dest="procedure", type=_procedure_list, action="extend", default=None, nargs="+",
+                   help=f"{_procedures_spelled()} (default: the procedure the adapter was trained for)")
 
-    p = subparsers.add_parser(
-        "eval",
+
+def add_parser(subparsers) -> None:
+    add_command(
+        subparsers, "eval", "EvalConfig", run,
         help="measure an adapter: BoN/WoN win rate vs base with intervals, KL, and the predicted values",
         description="Sample M completions per held-out prompt from the adapter and from its base model (temperature "
         "1), score them with the judge, and write DIR/report.json (per procedure and N: win_rate, ci_low, ci_high, "
         "predicted; overall kl, kl_stderr, standard win rate) plus plots. Defaults (base model, judge, prompts, "
         "transform, beta) come from the adapter's infalign_train.json.",
-    )
-    p.add_argument("--config", help="YAML file with EvalConfig keys; flags given on the command line override it")
-    add_config_arguments(p, EvalConfig, skip=("n", "procedure"))
-    p.add_argument("--n", dest="n", type=_int_list, action="extend", default=None, nargs="+",
-                   help="values of N, e.g. 4 or 1,2,4,8 (default: 1, 2, 4, ... up to --samples and the trained N)")
-    p.add_argument("--procedure", dest="procedure", type=_procedure_list, action="extend", default=None, nargs="+",
-                   help="bon, won or bon,won (default: the procedure the adapter was trained for)")
-    p.set_defaults(func=run)
+        config_help="YAML file with {config} keys; flags given on the command line override it",
+        skip=("n", "procedure"), more_flags=_list_flags)
 
 
 def _flatten(values):
@@ -46,12 +57,12 @@ def _flatten(values):
 
 
 def run(args) -> int:
-    from ..config import EvalConfig, load_config, overrides_from_args
+    from ..config import EvalConfig
     from ..stages.evaluate import evaluate
 
     args.n = _flatten(args.n)
     args.procedure = _flatten(args.procedure)
-    cfg = load_config(EvalConfig, args.config, overrides_from_args(args, EvalConfig))
+    cfg = load(args, EvalConfig)
     report = evaluate(cfg)
 
     print(f"policy {report['policy']}  ({report['transform'] or 'no transform'}, beta={report['beta']})")

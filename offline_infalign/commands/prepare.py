@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from ._common import add_command, load
+
 
 def add_parser(subparsers) -> None:
-    from ..config import PrepareConfig, add_config_arguments
-
-    p = subparsers.add_parser(
-        "prepare", help="calibrate, transform and write a training dataset (pairs, listwise or bon)",
+    add_command(
+        subparsers, "prepare", "PrepareConfig", run,
+        # Written out, not read from kinds.KIND_NAMES: `infalign --help` shows it, and the kinds import torch.
+        help="calibrate, transform and write a training dataset (pairs, listwise or bon)",
         description="Per prompt: calibrated_rewards (SPEC §2), targets = transform(u), then the dataset kind, "
         "split into train/test by prompt_id. --transform auto --procedure bon --n 4 --kl 0.3 takes the transform "
         "and beta from the tradeoff tool.")
-    p.add_argument("--config", help="YAML file with PrepareConfig keys; command-line flags override it")
-    add_config_arguments(p, PrepareConfig)
-    p.set_defaults(func=run)
 
 
 def describe(m) -> str:
@@ -23,10 +22,10 @@ def describe(m) -> str:
 
 
 def run(args) -> int:
-    from ..config import PrepareConfig, load_config, overrides_from_args
+    from ..config import PrepareConfig
     from ..stages.prepare import run_prepare
 
-    cfg = load_config(PrepareConfig, args.config, overrides_from_args(args, PrepareConfig))
+    cfg = load(args, PrepareConfig)
     m = run_prepare(cfg)
     print(describe(m) + f" -> {cfg.out}")
     if m.get("predicted"):

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import json
 
+from ._common import add_command, load, served
+
+
+def _output_flags(p) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--plot", metavar="FILE.png", help="write win rate vs KL for identity, log, the chosen exp "
+                   "and the optimum")
+
 
 def add_parser(subparsers) -> None:
-    from ..config import TradeoffConfig, add_config_arguments
-
-    p = subparsers.add_parser(
-        "tradeoff",
+    add_command(
+        subparsers, "tradeoff", "TradeoffConfig", run,
         help="predicted KL and best-/worst-of-N win rates of a transform and beta; choose them for a KL budget",
         description="Calibrated-space predictions (no model needed). Give a transform with --beta B or --kl K, or "
         "--optimal --kl K for the best achievable win rate, or --choose --kl K for the best exp tilt and its beta. "
         "Example: infalign tradeoff --procedure bon --n 4 --choose --kl 0.25 --plot tradeoff.png",
-    )
-    p.add_argument("--config", help="YAML file with TradeoffConfig keys; command-line flags override it")
-    add_config_arguments(p, TradeoffConfig)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--plot", metavar="FILE.png", help="write win rate vs KL for identity, log, the chosen exp "
-                   "and the optimum")
-    p.set_defaults(func=run)
+        more_flags=_output_flags)
 
 
 def _transform(cfg):
@@ -56,12 +56,12 @@ def _at_kl(transform, kl, procedure, n):
 
 
 def run(args) -> int:
-    from ..config import TradeoffConfig, load_config, overrides_from_args
+    from ..config import TradeoffConfig
     from ..core import tradeoff as T
     from ..core.errors import InfalignError
     from ..core.transforms import Transform
 
-    cfg = load_config(TradeoffConfig, args.config, overrides_from_args(args, TradeoffConfig))
+    cfg = load(args, TradeoffConfig)
     procedure, n = cfg.procedure, cfg.n
     rows = []
     if cfg.choose:
@@ -111,8 +111,7 @@ def run(args) -> int:
 
 
 def _print_table(procedure, n, rows) -> None:
-    name = {"bon": "best", "won": "worst"}[procedure]
-    print(f"{name}-of-{n} ({procedure}) win rate against the base model served the same way (SPEC §4)")
+    print(f"{served(procedure, n)} ({procedure}) win rate against the base model served the same way (SPEC §4)")
     print(f"{'transform':26s} {'beta':>10s} {'KL':>8s} {f'{procedure}-{n} win':>11s} {'std win':>9s}")
     for r in rows:
         if r is None:

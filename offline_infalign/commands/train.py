@@ -12,40 +12,37 @@ effective batch is it × processes × gradient_accumulation_steps (infalign_trai
 
 from __future__ import annotations
 
+from ._common import add_command, load
+
+
+def _description() -> str:
+    from ..core.losses import LOSSES
+
+    tilted = ", ".join(name for name, spec in LOSSES.items() if spec.tilted)
+    baselines = ", ".join(name for name, spec in LOSSES.items() if not spec.tilted)
+    return (f"Fit pi* ∝ pi_ref · exp(Phi(C)/beta) offline with one of the SPEC §6 losses ({tilted}) or a baseline "
+            f"({baselines}). Writes the adapter, the tokenizer, a model card (README.md) and infalign_train.json into "
+            "--out; checkpoints go to OUT/checkpoints. Reference log-probs are the dataset's stored columns when valid "
+            "(no reference forward), else the policy with its adapter disabled.")
+
 
 def add_parser(subparsers) -> None:
-    from ..config import TrainConfig, add_config_arguments
-
-    p = subparsers.add_parser(
-        "train",
+    add_command(
+        subparsers, "train", "TrainConfig", run,
         help="train a LoRA/QLoRA adapter toward the tilted policy on a prepared dataset",
-        description="Fit pi* ∝ pi_ref · exp(Phi(C)/beta) offline with one of the SPEC §6 losses (tilted_pairwise, "
-        "tilted_sigmoid, listwise, pointwise, weighted_sft) or a baseline (dpo, ipo). Writes the adapter, the "
-        "tokenizer, a model card (README.md) and infalign_train.json into --out; checkpoints go to OUT/checkpoints. "
-        "Reference log-probs are the dataset's stored columns when valid (no reference forward), else the policy "
-        "with its adapter disabled.",
-    )
-    p.add_argument("config", nargs="?", default=None, metavar="CONFIG.yaml",
-                   help="YAML file with TrainConfig keys; flags given on the command line override it")
-    # The other commands spell the file `--config`; accept that here too so one habit works everywhere.
-    p.add_argument("--config", dest="config_flag", default=None, metavar="CONFIG.yaml",
-                   help="the same YAML file, as a flag (like the other commands)")
-    add_config_arguments(p, TrainConfig)
-    p.set_defaults(func=run)
+        description=_description,
+        config_help="YAML file with {config} keys; flags given on the command line override it", positional_config=True)
 
 
 def run(args) -> int:
     import logging
     import os
 
-    from ..config import TrainConfig, load_config, overrides_from_args
-    from ..core.errors import InfalignError
-    from ..trainer import train
+    from ..config import TrainConfig
+    from ..stages.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.config and args.config_flag and args.config != args.config_flag:
-        raise InfalignError(f"two config files given: {args.config!r} and --config {args.config_flag!r}; pass one")
-    cfg = load_config(TrainConfig, args.config or args.config_flag, overrides_from_args(args, TrainConfig))
+    cfg = load(args, TrainConfig)
     out = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate/torchrun only the main process reports
         return 0
