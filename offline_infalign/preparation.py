@@ -38,6 +38,8 @@ def _matrix(scored, column: str, ids: list[str]) -> np.ndarray:
 
 
 def _check_finite(rewards: np.ndarray, ids: list[str]) -> None:
+    # Not core.checks.check_finite: its wording ("rewards: non-finite value ...") differs from this message,
+    # which `infalign prepare` users and tests match ("non-finite reward inf for prompt_id b (completion 1)").
     bad = np.argwhere(~np.isfinite(rewards))
     if len(bad):
         i, j = (int(v) for v in bad[0])

@@ -285,3 +285,48 @@ def test_trains_on_prepare_dataset_output(data, tmp_path, kind, loss):
         assert value == pytest.approx(np.mean([-r["weight"] * r["ref_logp"] for r in rows]), rel=1e-5)
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_a_new_dataset_kind_is_one_registry_entry(data, tmp_path):
+    """A kind registered in `kinds.KINDS` alone (here bon's rows under another name) is prepared and trained by
+    the generic paths, for a loss that names it as its kind."""
+    import dataclasses
+
+    from datasets import Dataset
+    from train_fixtures import TRANSFORM, groups, ref_logps
+
+    from offline_infalign import kinds
+    from offline_infalign.core import losses as L
+    from offline_infalign.kinds.bon import BonKind
+    from offline_infalign.preparation import prepare_dataset
+    from offline_infalign.storage import save_artifact
+
+    class WeightedRows(BonKind):
+        name = "weighted_rows"
+
+    kinds.KINDS["weighted_rows"] = WeightedRows()
+    L.LOSSES["weighted_rows_sft"] = dataclasses.replace(L.LOSSES["weighted_sft"], name="weighted_rows_sft",
+                                                        kind="weighted_rows")
+    try:
+        gs = groups(num_prompts=4, k=3)
+        for g in gs:
+            g["ref_logps"] = ref_logps(data["model"], [g["prompt"]] * 3, g["completions"])
+        scored = Dataset.from_list([{k: g[k] for k in ("prompt_id", "prompt", "completions", "rewards", "ref_logps")}
+                                    for g in gs])
+        prepared = prepare_dataset(scored, "weighted_rows", TRANSFORM, BETA, test_fraction=0.0)
+        assert prepared["train"].to_dict() == prepare_dataset(scored, "bon", TRANSFORM, BETA,
+                                                              test_fraction=0.0)["train"].to_dict()
+        out = tmp_path / "weighted_rows"
+        save_artifact(prepared, out, {"stage": "prepared", "kind": "weighted_rows", "transform": "exp", "tilt": 3.0,
+                                      "beta": BETA, "procedure": "bon", "n": 4, "model": str(data["model"])})
+        cfg = cfg_for(data, "weighted_sft", tmp_path, max_steps=1)
+        cfg.dataset, cfg.loss = str(out), "weighted_rows_sft"
+        trainer, info = T.make_trainer(cfg)
+        assert info["kind"] == "weighted_rows" and info["reference"] == "stored"
+        batch, rows = first_batch(trainer)
+        assert loss_of(trainer, batch) == pytest.approx(np.mean([-r["weight"] * r["ref_logp"] for r in rows]),
+                                                        rel=1e-5)
+        trainer.train()
+        assert trainer.state.global_step == 1
+    finally:
+        del kinds.KINDS["weighted_rows"], L.LOSSES["weighted_rows_sft"]
