@@ -79,7 +79,7 @@ def _first_of_n() -> Procedure:
         win_integrand=lambda F, S, u, v, n: F,  # 1 − ∫ F du = ∫ u f du
         gradient_integrand=lambda F, S, u, v, n: np.ones_like(u),  # Φ_f(x) = x
         gradient_from_top=False,
-        empirical_win=lambda fp, fp_lt, fb, fb_lt, n: (fp - fp_lt, fb_lt + 0.5 * (fb - fb_lt)),
+        pick_weights=lambda m, n: np.full(m, 1.0 / m),  # the first draw is any sample, equally likely
         finite_k_win_rate=lambda cdf, u, n: 1.0 - (np.sum(cdf * (u[:, 1:] - u[:, :-1]), axis=1) + 1.0 - u[:, -1]),
     )
 
@@ -92,7 +92,7 @@ def test_a_new_procedure_needs_only_its_entry(registered):
     # log at β = ½ is f(u) = 3u², whose standard win rate is ∫ 3u³ du = 3/4
     assert p.win_rate == pytest.approx(0.75, abs=1e-10) and p.standard_win_rate == pytest.approx(0.75, abs=1e-12)
     pol, base = _rewards(1)
-    np.testing.assert_allclose(E.per_prompt_win_rates(pol, base, 7, "first"),
+    np.testing.assert_allclose(E.per_prompt_win_rates(pol, base, 3, "first"),
                                E.per_prompt_win_rates(pol, base, 1, "bon"), rtol=0, atol=1e-15)
     fk, ref = FK.finite_k_tilt(t, beta, 8, "first", 6, draws=300), FK.finite_k_tilt(t, beta, 8, "bon", 1, draws=300)
     assert fk.win_rate == pytest.approx(ref.win_rate, abs=1e-14) and fk.kl == ref.kl

@@ -1,10 +1,12 @@
 """Win-rate and KL estimates of a trained policy from samples (SPEC §8).
 
-Best-of-N / worst-of-N win rates are computed exactly from the two empirical reward distributions of a prompt
-(N draws with replacement from each side, ties count ½), with no resampling noise: the max of N draws from an
-empirical CDF F has P(max ≤ r) = F(r)^N, and the min has P(min ≥ r) = S(r)^N with S(r) = P(draw ≥ r); each
-procedure's terms are its `empirical_win` in core/procedures.py. Prompts are averaged, with a seeded
-percentile bootstrap over prompts for the interval.
+Best-of-N / worst-of-N win rates are the U-statistic of docs/math.md §8: the average, over every N-subset of a
+prompt's M policy samples and every N-subset of its M' base samples, of 1{pick beats pick} + ½·1{tie}. It is
+unbiased for every N ≤ min(M, M'); drawing the N with replacement instead is not (it counts one sample drawn
+twice as two draws, and reads 1–2.5 points low for N near M). Computed in closed form by order statistics:
+sorted, each side's pick is its j-th value with the procedure's `pick_weights` (core/procedures.py), so a
+prompt costs O(M log M). Prompts are averaged, with a seeded percentile bootstrap over prompts for the
+interval.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class WinRateEstimate:
     win_rate: float  # mean over prompts
     ci_low: float  # percentile bootstrap interval over prompts
     ci_high: float
-    per_prompt: np.ndarray  # (P,) exact win rate of each prompt
+    per_prompt: np.ndarray  # (P,) unbiased win rate of each prompt
 
 
 @dataclass(frozen=True)
@@ -48,41 +50,35 @@ def _as_rows(x, what: str) -> np.ndarray:
 
 
 def per_prompt_win_rates(policy_rewards, base_rewards, n: int, procedure: str = "bon") -> np.ndarray:
-    """Exact BoN/WoN win rate of each prompt, shape (P,), from policy (P, M) and base (P, M') rewards.
+    """Unbiased BoN/WoN win rate of each prompt, shape (P,), from policy (P, M) and base (P, M') rewards.
 
-    For every policy value r (each sample, duplicates sharing their value's mass) the procedure's
-    `empirical_win` gives P[X = r] for the policy's pick X and its chance to beat the base's pick, ties ½:
-      BoN: P[X = r] = Fp(r)^N − Fp⁻(r)^N,   win given X = r: Fb⁻(r)^N + ½ (Fb(r)^N − Fb⁻(r)^N)
-      WoN: P[X = r] = Sp(r)^N − Sp⁺(r)^N,   win given X = r: 1 − Sb(r)^N + ½ (Sb(r)^N − Sb⁺(r)^N)
-    with F(r) = P(draw ≤ r), F⁻(r) = P(draw < r), S(r) = P(draw ≥ r) = 1 − F⁻(r), S⁺(r) = 1 − F(r).
-    Counting is by broadcast comparison, in blocks of prompts so memory stays bounded.
+    With a (M,) and b (M',) sorted and p = pick_weights(M, N), q = pick_weights(M', N) (docs/math.md §8):
+      W = Σ_j p_j [ Q(b < a_j) + ½ Q(b = a_j) ],   Q(b < x) = Σ_{l: b_l < x} q_l,
+    which equals the average over all N-subset pairs of 1{pick(S) > pick(T)} + ½·1{=}. Ties within a side are
+    handled by the sort: tied positions carry the mass of their common value.
     """
     proc = get_procedure(procedure)
     n = check_n(n)
-    pol = _as_rows(policy_rewards, "policy rewards")  # (P, M)
-    base = _as_rows(base_rewards, "base rewards")  # (P, M')
+    pol = np.sort(_as_rows(policy_rewards, "policy rewards"), axis=1)  # (P, M)
+    base = np.sort(_as_rows(base_rewards, "base rewards"), axis=1)  # (P, M')
     if pol.shape[0] != base.shape[0]:
         raise InfalignError(f"policy rewards have {pol.shape[0]} prompts but base rewards have {base.shape[0]}")
-    num_p, m = pol.shape
-    mb = base.shape[1]
-    out = np.empty(num_p)
-    block = max(1, 2**22 // (m * max(m, mb)))
-    for lo in range(0, num_p, block):
-        pp = pol[lo : lo + block]  # (B, M)
-        bb = base[lo : lo + block]  # (B, M')
-        r = pp[:, :, None]  # (B, M, 1) evaluation points: the policy's own values
-        fp = (pp[:, None, :] <= r).mean(-1)  # (B, M) P(policy draw ≤ r)
-        fp_lt = (pp[:, None, :] < r).mean(-1)
-        fb = (bb[:, None, :] <= r).mean(-1)  # (B, M) P(base draw ≤ r)
-        fb_lt = (bb[:, None, :] < r).mean(-1)
-        mult = (fp - fp_lt) * m  # (B, M) copies of r among the policy samples (≥ 1)
-        mass, win = proc.empirical_win(fp, fp_lt, fb, fb_lt, n)  # P[pick = r], P[pick beats base's | = r]
-        out[lo : lo + block] = (mass * win / mult).sum(-1)
+    m, mb = pol.shape[1], base.shape[1]
+    if n > min(m, mb):
+        raise InfalignError(f"N={n} exceeds the samples per prompt (policy {m}, base {mb}): the win rate of "
+                            "N-subsets needs N <= both (docs/math.md §8); sample more or lower N")
+    p = proc.pick_weights(m, n)  # (M,)
+    q_cum = np.concatenate([[0.0], np.cumsum(proc.pick_weights(mb, n))])  # (M'+1,) Q of the first l values
+    out = np.empty(pol.shape[0])
+    for i, (a, b) in enumerate(zip(pol, base)):
+        below = q_cum[np.searchsorted(b, a, side="left")]  # Q(b < a_j)
+        at_or_below = q_cum[np.searchsorted(b, a, side="right")]  # Q(b ≤ a_j)
+        out[i] = float(p @ (0.5 * (below + at_or_below)))
     return out
 
 
 def inference_win_rate(policy_rewards, base_rewards, n: int, procedure: str = "bon") -> float:
-    """Exact BoN/WoN win rate of one prompt's policy samples (M,) against its base samples (M',), ties ½."""
+    """Unbiased BoN/WoN win rate of one prompt's policy samples (M,) against its base samples (M',), ties ½."""
     pol = np.asarray(policy_rewards, dtype=np.float64)
     base = np.asarray(base_rewards, dtype=np.float64)
     if pol.ndim != 1 or base.ndim != 1:
@@ -92,7 +88,7 @@ def inference_win_rate(policy_rewards, base_rewards, n: int, procedure: str = "b
 
 def estimate_win_rate(policy_rewards, base_rewards, n: int, procedure: str = "bon", num_bootstrap: int = 1000,
                       confidence: float = 0.95, seed: int = 0) -> WinRateEstimate:
-    """Mean over prompts of the exact per-prompt win rate, with a percentile bootstrap interval over prompts.
+    """Mean over prompts of the unbiased per-prompt win rate, with a percentile bootstrap interval over prompts.
 
     Args: policy_rewards (P, M), base_rewards (P, M'); n the inference-time N; the bootstrap draws P prompts
     with replacement `num_bootstrap` times from a numpy Generator seeded with `seed` (reproducible).

@@ -9,8 +9,8 @@ Each entry writes that one formula in the forms the package evaluates, with the 
     win_integrand(F, S, u, v, n)      g on the calibrated grid with W = 1 − ∫₀¹ g du (core/density.py)
     gradient_integrand(F, S, u, v, n) g with Φ_f(x) = ∫₀ˣ g du + const, the functional derivative of W
     gradient_from_top                 evaluate Φ_f as −∫ₓ¹ g du instead (accurate where the mass sits near 1)
-    empirical_win(fp, fp_lt, fb, fb_lt, n) -> (mass, win)
-                                      exact per-prompt terms from the empirical CDFs (docs/math.md §8)
+    pick_weights(m, n)                (m,) probabilities that the pick of a uniformly random N-subset of m
+                                      samples is the j-th smallest: the unbiased estimate (docs/math.md §8)
     finite_k_win_rate(cdf, u, n)      W of a step CDF on K sorted uniforms (core/finite_k.py)
 
 F, S = 1 − F are (G,) arrays on the grid, u its calibrated rewards and v = 1 − u (each accurate in its own
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaln
 
 from .errors import InfalignError
 
@@ -39,7 +40,7 @@ class Procedure:
     win_integrand: Callable[..., np.ndarray]  # (F, S, u, v, n) -> (G,)
     gradient_integrand: Callable[..., np.ndarray]  # (F, S, u, v, n) -> (G,)
     gradient_from_top: bool
-    empirical_win: Callable[..., tuple[np.ndarray, np.ndarray]]  # (fp, fp_lt, fb, fb_lt, n) -> (mass, win)
+    pick_weights: Callable[[int, int], np.ndarray]  # (m, n) -> (m,) over sorted positions, sums to 1
     finite_k_win_rate: Callable[..., np.ndarray]  # (cdf (K−1,), u (D, K), n) -> (D,)
 
 
@@ -54,12 +55,18 @@ def _bon_gradient(F, S, u, v, n):
     return n * n * F ** (n - 1) * u ** (n - 1)
 
 
-def _bon_empirical(fp, fp_lt, fb, fb_lt, n):
-    """At each policy value r: P[max of N policy draws = r] = Fp(r)^N − Fp⁻(r)^N, and the chance it beats the
-    max of N base draws, ties ½: Fb⁻(r)^N + ½ (Fb(r)^N − Fb⁻(r)^N). F(r) = P(draw ≤ r), F⁻(r) = P(draw < r)."""
-    mass = fp**n - fp_lt**n
-    win = fb_lt**n + 0.5 * (fb**n - fb_lt**n)
-    return mass, win
+def _log_comb(a, b):
+    return gammaln(a + 1.0) - gammaln(b + 1.0) - gammaln(a - b + 1.0)
+
+
+def _bon_pick(m, n):
+    """The max of a random N-subset of m sorted samples is the j-th (1-based) w.p. C(j−1, N−1) / C(m, N)
+    (docs/math.md §8): the other N − 1 members come from the j − 1 below it. Log-gamma keeps large m finite."""
+    j = np.arange(1, m + 1, dtype=np.float64)
+    w = np.zeros(m)
+    ok = j >= n
+    w[ok] = np.exp(_log_comb(j[ok] - 1.0, n - 1.0) - _log_comb(float(m), float(n)))
+    return w / w.sum()  # exact up to rounding; the sum is 1 by Vandermonde's identity
 
 
 def _bon_finite_k(cdf, u, n):
@@ -87,14 +94,9 @@ def _won_gradient(F, S, u, v, n):
     return n * n * S ** (n - 1) * v ** (n - 1)
 
 
-def _won_empirical(fp, fp_lt, fb, fb_lt, n):
-    """P[min of N policy draws = r] = Sp(r)^N − Sp⁺(r)^N, and the chance it beats the min of N base draws,
-    ties ½: 1 − Sb(r)^N + ½ (Sb(r)^N − Sb⁺(r)^N), with S(r) = P(draw ≥ r) = 1 − F⁻(r), S⁺(r) = 1 − F(r)."""
-    sp, sp_gt = 1.0 - fp_lt, 1.0 - fp
-    sb, sb_gt = 1.0 - fb_lt, 1.0 - fb
-    mass = sp**n - sp_gt**n
-    win = 1.0 - sb**n + 0.5 * (sb**n - sb_gt**n)
-    return mass, win
+def _won_pick(m, n):
+    """The min of a random N-subset is the j-th smallest w.p. C(m − j, N − 1) / C(m, N): best-of-N reversed."""
+    return _bon_pick(m, n)[::-1].copy()
 
 
 def _won_finite_k(cdf, u, n):
@@ -113,9 +115,9 @@ def register_procedure(procedure: Procedure) -> Procedure:
     return procedure
 
 
-register_procedure(Procedure("bon", "best-of-N", +1.0, True, _bon_win, _bon_gradient, True, _bon_empirical,
+register_procedure(Procedure("bon", "best-of-N", +1.0, True, _bon_win, _bon_gradient, True, _bon_pick,
                              _bon_finite_k))
-register_procedure(Procedure("won", "worst-of-N", -1.0, False, _won_win, _won_gradient, False, _won_empirical,
+register_procedure(Procedure("won", "worst-of-N", -1.0, False, _won_win, _won_gradient, False, _won_pick,
                              _won_finite_k))
 PROCEDURE_NAMES: tuple[str, ...] = tuple(PROCEDURES)
 
