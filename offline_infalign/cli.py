@@ -1,8 +1,9 @@
 """`infalign` command line: `infalign {tradeoff,sample,score,prepare,build,train,eval,demo} ...`.
 
 Each subcommand lives in `offline_infalign/commands/<name>.py` with two functions: `add_parser(subparsers)`
-(argparse only, no heavy imports, so `--help` is instant) and `run(args) -> int`. Bad input raises
-InfalignError, which is reported here as one line on stderr with exit code 2 and no traceback.
+(one `commands._common.add_command` call; the command's flags are added only when it is used, so `--help` is
+instant) and `run(args) -> int`. Bad input raises InfalignError, which is reported here as one line on stderr
+with exit code 2 and no traceback.
 """
 
 from __future__ import annotations

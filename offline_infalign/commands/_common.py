@@ -16,7 +16,11 @@ from collections.abc import Callable, Iterable
 from ..config.base import add_config_arguments, load_config, overrides_from_args
 from ..core.errors import InfalignError
 
-__all__ = ["CommandParser", "add_command", "load", "served"]
+__all__ = ["CommandParser", "add_command", "load", "served", "CONFIG_HELP", "CONFIG_HELP_LONG"]
+
+# `--config`'s help; {config} is the config class's name. Some commands have always said it the long way.
+CONFIG_HELP = "YAML file with {config} keys; command-line flags override it"
+CONFIG_HELP_LONG = "YAML file with {config} keys; flags given on the command line override it"
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -46,7 +50,7 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def add_command(subparsers, name: str, config: str, run: Callable[[argparse.Namespace], int], *, help: str,
-                description: str | Callable[[], str], config_help: str = "YAML file with {config} keys; command-line flags override it",
+                description: str | Callable[[], str], config_help: str = CONFIG_HELP,
                 positional_config: bool = False, skip: Iterable[str] = (),
                 more_flags: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Add subcommand `name` whose options are `config` (a class exported by `offline_infalign.config`, named

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_command, load, served
+from ._common import CONFIG_HELP_LONG, add_command, load, served
 
 
 def add_parser(subparsers) -> None:
@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
         "sentiment reward; two LoRA policies from one sampling run — the identity transform (calibrated RLHF) and "
         "the exp tilt chosen for the served procedure — at the same KL budget, each evaluated against the base. "
         "Writes DIR/demo_report.json, DIR/demo_tradeoff.png and every stage's artifacts; a rerun resumes.",
-        config_help="YAML file with {config} keys; flags given on the command line override it")
+        config_help=CONFIG_HELP_LONG)
 
 
 def _one_line(text: str, width: int = 96) -> str:

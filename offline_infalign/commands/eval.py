@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_command, load
+from ._common import CONFIG_HELP_LONG, add_command, load
 
 
 def _int_list(text: str) -> list[int]:
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
         "1), score them with the judge, and write DIR/report.json (per procedure and N: win_rate, ci_low, ci_high, "
         "predicted; overall kl, kl_stderr, standard win rate) plus plots. Defaults (base model, judge, prompts, "
         "transform, beta) come from the adapter's infalign_train.json.",
-        config_help="YAML file with {config} keys; flags given on the command line override it",
+        config_help=CONFIG_HELP_LONG,
         skip=("n", "procedure"), more_flags=_list_flags)
 
 

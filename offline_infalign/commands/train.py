@@ -12,7 +12,7 @@ effective batch is it × processes × gradient_accumulation_steps (infalign_trai
 
 from __future__ import annotations
 
-from ._common import add_command, load
+from ._common import CONFIG_HELP_LONG, add_command, load
 
 
 def _description() -> str:
@@ -20,10 +20,10 @@ def _description() -> str:
 
     tilted = ", ".join(name for name, spec in LOSSES.items() if spec.tilted)
     baselines = ", ".join(name for name, spec in LOSSES.items() if not spec.tilted)
-    return (f"Fit pi* ∝ pi_ref · exp(Phi(C)/beta) offline with one of the SPEC §6 losses ({tilted}) or a baseline "
-            f"({baselines}). Writes the adapter, the tokenizer, a model card (README.md) and infalign_train.json into "
-            "--out; checkpoints go to OUT/checkpoints. Reference log-probs are the dataset's stored columns when valid "
-            "(no reference forward), else the policy with its adapter disabled.")
+    return (f"Fit pi* ∝ pi_ref · exp(Phi(C)/beta) offline with one of the SPEC §6 losses ({tilted}) or a "
+            f"baseline ({baselines}). Writes the adapter, the tokenizer, a model card (README.md) and "
+            "infalign_train.json into --out; checkpoints go to OUT/checkpoints. Reference log-probs are the "
+            "dataset's stored columns when valid (no reference forward), else the policy with its adapter disabled.")
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
         subparsers, "train", "TrainConfig", run,
         help="train a LoRA/QLoRA adapter toward the tilted policy on a prepared dataset",
         description=_description,
-        config_help="YAML file with {config} keys; flags given on the command line override it", positional_config=True)
+        config_help=CONFIG_HELP_LONG, positional_config=True)
 
 
 def run(args) -> int:
