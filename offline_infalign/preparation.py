@@ -14,6 +14,7 @@ import hashlib
 import numpy as np
 
 from .core.calibration import calibrate
+from .core.checks import check_finite
 from .core.errors import InfalignError
 from .core.transforms import Transform
 from .kinds import ScoredMatrices, get_kind
@@ -35,16 +36,6 @@ def _matrix(scored, column: str, ids: list[str]) -> np.ndarray:
             raise InfalignError(f"prompt_id {pid} has {len(row)} {column} but the first prompt has {k}; "
                                 "every prompt needs the same num_samples K")
     return np.asarray(values, dtype=np.float64).reshape(len(values), k)
-
-
-def _check_finite(rewards: np.ndarray, ids: list[str]) -> None:
-    # Not core.checks.check_finite: its wording ("rewards: non-finite value ...") differs from this message,
-    # which `infalign prepare` users and tests match ("non-finite reward inf for prompt_id b (completion 1)").
-    bad = np.argwhere(~np.isfinite(rewards))
-    if len(bad):
-        i, j = (int(v) for v in bad[0])
-        raise InfalignError(f"non-finite reward {float(rewards[i, j])!r} for prompt_id {ids[i]} (completion {j}); "
-                            "rewards must be finite: fix the reward model or drop that prompt")
 
 
 def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_per_prompt: int | None = None,
@@ -70,7 +61,7 @@ def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_
     if not ids:
         raise InfalignError("scored dataset has no prompts")
     rewards = _matrix(scored, "rewards", ids)  # (P, K)
-    _check_finite(rewards, ids)
+    check_finite(rewards, "reward", ids=ids, hint="rewards must be finite: fix the reward model or drop that prompt")
     k = rewards.shape[1]
     if k < 2:
         raise InfalignError(f"calibration needs num_samples K >= 2 completions per prompt, got K={k}")

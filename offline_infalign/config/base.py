@@ -180,7 +180,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: Iterable[st
         if f.default is not dataclasses.MISSING and f.default is not None:
             helptext += f" (default: {f.default})"
         kind = _scalar_type(hints[f.name])
-        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": helptext}
+        # argparse %-formats help strings: a literal '%' (as in "~30% slower") must be doubled.
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": helptext.replace("%", "%%")}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if kind is bool:

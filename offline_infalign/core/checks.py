@@ -24,7 +24,7 @@ def check_finite(values, what: str, ids: Sequence | None = None, hint: str = "")
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         where = (f"for prompt_id {ids[idx[0]]}" + (f" (completion {idx[1]})" if len(idx) > 1 else "")
                  if ids is not None and idx else f"at index {idx}")
-        raise InfalignError(f"{what}: non-finite value {arr[idx]!r} {where}" + (f"; {hint}" if hint else ""))
+        raise InfalignError(f"non-finite {what} {float(arr[idx])!r} {where}" + (f"; {hint}" if hint else ""))
     return arr
 
 
