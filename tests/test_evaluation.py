@@ -16,17 +16,17 @@ from offline_infalign.training_record import resolve_settings
 
 
 def brute_force_win_rate(policy_rewards, base_rewards, n, procedure):
-    """Enumerate every ordered N-tuple of draws (with replacement) from each side's empirical distribution.
+    """Enumerate every N-subset (without replacement) of each side's samples (docs/math.md §8).
 
-    For one prompt: W = mean over all (i_1..i_N) ∈ [M]^N and (j_1..j_N) ∈ [M']^N of 1[r(y*) > r(z*)] + ½ 1[=],
-    y* / z* the best (bon) or worst (won) of the tuple; then the mean over prompts. Independent of
-    core.estimators, which uses the closed form over order statistics.
+    For one prompt: W = mean over all N-subsets S of the M policy samples and T of the M' base samples of
+    1[r(y*) > r(z*)] + ½ 1[=], y* / z* the best (bon) or worst (won) of the subset; then the mean over prompts.
+    Independent of core.estimators, which uses the closed form over order statistics.
     """
     pick = max if procedure == "bon" else min
     per_prompt = []
     for pol, base in zip(policy_rewards, base_rewards):
-        ys = [pick(t) for t in itertools.product(pol, repeat=n)]
-        zs = [pick(t) for t in itertools.product(base, repeat=n)]
+        ys = [pick(t) for t in itertools.combinations(pol, n)]
+        zs = [pick(t) for t in itertools.combinations(base, n)]
         wins = sum((y > z) + 0.5 * (y == z) for y in ys for z in zs)
         per_prompt.append(wins / (len(ys) * len(zs)))
     return float(np.mean(per_prompt))
@@ -59,11 +59,11 @@ def test_summarize_win_rates_equal_brute_force(sample_set):
 
 
 def test_summarize_unequal_sample_counts():
-    # M policy samples against M' != M base samples: still the exact enumeration over both sides' tuples.
+    # M policy samples against M' != M base samples: still the exact enumeration over both sides' subsets.
     rng = np.random.default_rng(11)
-    policy = rng.integers(0, 4, size=(3, 3)).astype(float)
-    base = rng.integers(0, 4, size=(3, 2)).astype(float)
-    report = summarize(policy, base, np.zeros((3, 3)), ["bon", "won"], [2, 3], num_bootstrap=50)
+    policy = rng.integers(0, 4, size=(3, 5)).astype(float)
+    base = rng.integers(0, 4, size=(3, 3)).astype(float)
+    report = summarize(policy, base, np.zeros((3, 5)), ["bon", "won"], [2, 3], num_bootstrap=50)
     for procedure in ("bon", "won"):
         for n in (2, 3):
             assert report["results"][procedure][str(n)]["win_rate"] == pytest.approx(
@@ -72,16 +72,16 @@ def test_summarize_unequal_sample_counts():
 
 
 def test_summarize_hand_computed_case():
-    # One prompt. policy {1, 3}, base {2, 2}. N=1: y=1 loses, y=3 wins → ½.
-    # BoN N=2: best of two policy draws is 3 with prob 3/4, 1 with prob 1/4; base best is 2 → 3/4.
-    # WoN N=2: worst policy draw is 1 with prob 3/4 → wins only when both are 3 → 1/4.
-    report = summarize([[1.0, 3.0]], [[2.0, 2.0]], [[0.0, 0.0]], ["bon", "won"], [2], num_bootstrap=50)
-    assert report["standard_win_rate"]["win_rate"] == pytest.approx(0.5)
-    assert report["results"]["bon"]["2"]["win_rate"] == pytest.approx(0.75)
-    assert report["results"]["won"]["2"]["win_rate"] == pytest.approx(0.25)
+    # One prompt. policy {1, 2, 3}, base {2, 2, 0}. N=1: y=1 beats 0 (1/3), y=2 ties 2, 2 and beats 0 (2/3),
+    # y=3 wins (1) → mean 2/3. BoN N=2: policy subsets {1,2} {1,3} {2,3} pick 2, 3, 3; base subsets pick 2, 2, 2
+    # → (½ + 1 + 1)/3 = 5/6. WoN N=2: policy picks 1, 1, 2; base picks 2, 0, 0 → (2/3 + 2/3 + (½ + 1 + 1)/3)/3.
+    report = summarize([[1.0, 2.0, 3.0]], [[2.0, 2.0, 0.0]], [[0.0] * 3], ["bon", "won"], [2], num_bootstrap=50)
+    assert report["standard_win_rate"]["win_rate"] == pytest.approx(2 / 3)
+    assert report["results"]["bon"]["2"]["win_rate"] == pytest.approx(5 / 6)
+    assert report["results"]["won"]["2"]["win_rate"] == pytest.approx((2 / 3 + 2 / 3 + 2.5 / 3) / 3)
     # A single prompt: every bootstrap resample is that prompt, so the interval collapses onto the estimate.
-    assert report["results"]["bon"]["2"]["ci_low"] == pytest.approx(0.75)
-    assert report["results"]["bon"]["2"]["ci_high"] == pytest.approx(0.75)
+    assert report["results"]["bon"]["2"]["ci_low"] == pytest.approx(5 / 6)
+    assert report["results"]["bon"]["2"]["ci_high"] == pytest.approx(5 / 6)
 
 
 def test_summarize_kl_is_mean_log_ratio(sample_set):
