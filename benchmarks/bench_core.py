@@ -1,4 +1,4 @@
-"""Core math benchmarks (issue 2): calibration throughput, one `choose` call, the optimum at one KL.
+"""Core math benchmarks: calibration throughput, one `choose` call, the optimum at one KL.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_core.py      (or `make bench`)
 Goals on a 2-core CPU: calibration of 100,000 prompts × 64 samples < 1 s; `choose` < 10 s.

@@ -1,4 +1,4 @@
-"""hf sampling backend: batched prompts vs one prompt at a time, in one run (issue 3 benchmark).
+"""hf sampling backend: batched prompts vs one prompt at a time, in one run.
 
 Both modes call `sampling.sample_completions` (generation + teacher-forced ref_logps) on the same prompts with
 the same seed; only `batch_size` (prompts per `generate` call) differs. Because draws are seeded per prompt,

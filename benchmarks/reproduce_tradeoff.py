@@ -64,11 +64,6 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from offline_infalign import storage
-    from offline_infalign.stages import train as trainer
-    from offline_infalign.stages.evaluate import evaluate
-    from offline_infalign.stages.prepare import run_prepare
-    from offline_infalign.stages.sample import run_sample
-    from offline_infalign.stages.score import run_score
     from offline_infalign.config import (
         EvalConfig,
         PrepareConfig,
@@ -84,6 +79,11 @@ def main() -> int:
     from offline_infalign.core.losses import get_loss
     from offline_infalign.core.transforms import Transform
     from offline_infalign.demo.assets import demo_model_dir
+    from offline_infalign.stages import train as trainer
+    from offline_infalign.stages.evaluate import evaluate
+    from offline_infalign.stages.prepare import run_prepare
+    from offline_infalign.stages.sample import run_sample
+    from offline_infalign.stages.score import run_score
 
     a = _args()
     out = Path(a.out)
@@ -180,7 +180,7 @@ def main() -> int:
             for proc in ("bon", "won"):
                 if name != "dpo":
                     # The theory's value for this transform at the KL the trained policy actually paid: the
-                    # point on its predicted curve straight above/below the measured one (SPEC §4).
+                    # point on its predicted curve straight above/below the measured one (docs/math.md §4).
                     best.setdefault("predicted", {})[proc] = _theory_at_kl(transform, best["kl"], proc, a.n)
                     fk = finite_k_at_kl(transform, best["kl"], a.num_samples, proc, a.n)
                     best.setdefault("finite_k", {})[proc] = None if fk is None else fk.win_rate

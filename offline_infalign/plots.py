@@ -106,7 +106,7 @@ def plot_win_rate_vs_n(report: dict[str, Any], path, predict_fn: Callable[[str, 
 
 
 def plot_tradeoff(report: dict[str, Any], out_dir, transform=None) -> list[Path]:
-    """Measured (KL, win rate) on the predicted win-rate-vs-KL curves (SPEC §4/§8), one PNG per procedure and N.
+    """Measured (KL, win rate) on the predicted win-rate-vs-KL curves (docs/math.md §4/§8), one PNG per procedure and N.
 
     Curves: the adapter's transform swept over β (when it has one) and the optimum, the yardstick. Points: the
     measurement with its interval, and the prediction for the adapter's exact β. Files `tradeoff_<proc>_n<N>.png`.

@@ -1,4 +1,4 @@
-"""Scored samples → calibrated rewards, targets Φ(u) and a training dataset (SPEC §2, §5, §6).
+"""Scored samples → calibrated rewards, targets Φ(u) and a training dataset (docs/math.md §2, §5, §6).
 
 `prepare_dataset` is pure apart from building `datasets` objects: no files, so one scored artifact can be
 turned into many datasets (transforms, tilts, β) in a notebook as well as by `infalign prepare`
@@ -66,10 +66,10 @@ def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_
     if k < 2:
         raise InfalignError(f"calibration needs num_samples K >= 2 completions per prompt, got K={k}")
     ref = _matrix(scored, "ref_logps", ids)  # (P, K)
-    u = calibrate(rewards)  # (P, K) SPEC §2
+    u = calibrate(rewards)  # (P, K) docs/math.md §2
     matrices = ScoredMatrices(
         ids=ids, prompts=list(scored["prompt"]), completions=list(scored["completions"]), rewards=rewards,
-        calibrated=u, targets=np.asarray(transform(u), dtype=np.float64),  # (P, K) SPEC §5
+        calibrated=u, targets=np.asarray(transform(u), dtype=np.float64),  # (P, K) docs/math.md §5
         ref_logps=ref, beta=beta, pairs_per_prompt=pairs_per_prompt, seed=seed)
     own, types, owner = dataset_kind.build_rows(matrices)
     owner = np.asarray(owner)  # prompt index of each row

@@ -1,4 +1,4 @@
-"""The numbers of an evaluation report from scored samples (SPEC §8), next to the tradeoff tool's prediction.
+"""The numbers of an evaluation report from scored samples (docs/math.md §8), next to the tradeoff tool's prediction.
 
 Pure: arrays in, a JSON-ready dict out, so the arithmetic is testable without models (stages/evaluate.py
 draws and scores the samples). The win rates are exact over each side's empirical distribution
@@ -19,7 +19,7 @@ from .core.errors import InfalignError
 __all__ = ["summarize", "make_predict_fn", "default_ns", "PREDICTION_NOTE", "PredictFn"]
 
 PREDICTION_NOTE = (
-    "'predicted' values come from the calibrated-space analysis (SPEC section 4) and assume the policy is exactly "
+    "'predicted' values come from the calibrated-space analysis (docs/math.md §4) and assume the policy is exactly "
     "the tilted policy pi_ref * exp(Phi(C)/beta) / Z for the adapter's transform, tilt and beta; a finite-data, "
     "LoRA-trained adapter only approximates it, so read the gap as how well training reached the target."
 )
@@ -49,7 +49,7 @@ def summarize(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The numbers of a report from scored samples (SPEC §8).
+    """The numbers of a report from scored samples (docs/math.md §8).
 
     policy_rewards (P, M): judge rewards of M policy samples per prompt; base_rewards (P, M'): of M' base samples;
     log_ratios (P, M) or flat: log π(y|x) − log π_ref(y|x) for the policy samples.

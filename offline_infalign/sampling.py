@@ -13,7 +13,7 @@ across batch sizes and chunkings; tests check equality across batch sizes on CPU
 
 `ref_logps` are Σ log π_ref(y_t | x, y_<t) at temperature 1 with no top-p/top-k, teacher-forced on the ids
 `tokenization.encode_completion(text)` (the decoded text re-encoded, plus EOS). They are the base policy's
-likelihood — what KL and every SPEC §6 loss need — not the log-density of the sampling proposal: with
+likelihood — what KL and every docs/math.md §6 loss need — not the log-density of the sampling proposal: with
 temperature ≠ 1 or top-p/top-k the completions are drawn from a sharpened/truncated π_ref, while `ref_logps`
 still score them under π_ref itself. A completion cut at max_new_tokens without EOS is scored with EOS
 appended, like every completion (the stored text is the unit, not the sampled ids).

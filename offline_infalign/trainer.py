@@ -1,4 +1,4 @@
-"""Offline trainer for the tilted objective (SPEC §6): a `transformers.Trainer` whose loss is `core.losses`.
+"""Offline trainer for the tilted objective (docs/math.md §6): a `transformers.Trainer` whose loss is `core.losses`.
 
 The trainer is the same for every loss and dataset kind: it computes the policy's log-probs of the batch's
 sequences (`logprobs.completion_logps`), gets the reference's (stored columns, a live forward with the LoRA

@@ -1,4 +1,4 @@
-"""core/calibration.py (SPEC §2) against hand values and its defining properties."""
+"""core/calibration.py (docs/math.md §2) against hand values and its defining properties."""
 
 import numpy as np
 import pytest

@@ -26,7 +26,7 @@ def test_choose_json(capsys):
 
 
 def test_transform_modes_json(capsys):
-    # log at beta = 1/(N-1) is the base best-of-N: KL = log N − (N−1)/N, win rate N/(N+1) (SPEC §4)
+    # log at beta = 1/(N-1) is the base best-of-N: KL = log N − (N−1)/N, win rate N/(N+1) (docs/math.md §4)
     r = _json(capsys, ["tradeoff", "--n", "4", "--transform", "log", "--beta", str(1 / 3), "--json"])
     assert r["kl"] == pytest.approx(1.3862943611198906 - 0.75, abs=1e-8)
     assert r["win_rate"] == pytest.approx(0.8, abs=1e-8)

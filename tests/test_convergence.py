@@ -1,10 +1,10 @@
-"""Convergence to the exact tilted policy (SPEC §1/§2/§6) through the real trainer, for each tilted loss.
+"""Convergence to the exact tilted policy (docs/math.md §1/§2/§6) through the real trainer, for each tilted loss.
 
 The toy: one prompt x, and completions that are one word w from WORDS8 followed by EOS (the package always
 appends EOS). The base policy of the toy is the tiny model restricted to these 8 completions,
     q_ref(w) = π_ref(w EOS | x) / Σ_w' π_ref(w' EOS | x),
 which is what the dataset is sampled from, so everything is exact and cheap:
-    C(w)  = Σ_{z: r(z) < r(w)} q_ref(z) + ½ q_ref(w)        (SPEC §2; rewards are distinct, so no other ties)
+    C(w)  = Σ_{z: r(z) < r(w)} q_ref(z) + ½ q_ref(w)        (docs/math.md §2; rewards are distinct, so no other ties)
     π*(w) ∝ q_ref(w) · exp(Φ(C(w)) / β).
 The dataset holds P groups of K completions sampled from q_ref (seeded), calibrated within each group
 (`core.calibration`, mid-rank) exactly as `prepare` does, and is written as a prepared artifact of each kind.
@@ -100,7 +100,7 @@ def build_datasets(root: Path):
                  "rewards": REWARDS[idx].tolist(), "calibrated_rewards": u.tolist(), "targets": phi.tolist(),
                  "ref_logps": ref_lp[idx].tolist()} for gid, idx, u, phi in groups[:NUM_GROUPS]]
     pairs = []
-    for gid, idx, _, phi in groups[:NUM_GROUPS]:  # a sample of 48 distinct-reward pairs per group (SPEC §6: any subset)
+    for gid, idx, _, phi in groups[:NUM_GROUPS]:  # a sample of 48 distinct-reward pairs per group (docs/math.md §6: any subset)
         a, b = rng.integers(0, K, size=(2, 4 * 48))
         keep = [(i, j) for i, j in zip(a, b) if idx[i] != idx[j]][:48]
         for i, j in keep:

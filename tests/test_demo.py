@@ -25,7 +25,7 @@ def test_demo_runs_end_to_end_and_resumes(demo_run, capsys):
     report = json.loads((out / "run" / "demo_report.json").read_text())
     assert [a["name"] for a in report["arms"]] == ["identity", "exp"]
     exp_arm = report["arms"][1]
-    assert exp_arm["tilt"] > 0  # best-of-N wants a positive tilt (SPEC §5)
+    assert exp_arm["tilt"] > 0  # best-of-N wants a positive tilt (docs/math.md §5)
     for arm in report["arms"]:
         assert 0.0 <= arm["ci_low"] <= arm["win_rate"] <= arm["ci_high"] <= 1.0
         assert arm["predicted_win_rate"] is not None and arm["predicted_kl"] == pytest.approx(0.3, abs=1e-6)

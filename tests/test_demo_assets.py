@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from offline_infalign.demo import assets as demo_assets
 from offline_infalign.core.errors import InfalignError
+from offline_infalign.demo import assets as demo_assets
 from offline_infalign.demo.assets import demo_model_dir, demo_prompts, demo_reward, sentiment_data
 from offline_infalign.demo.corpus import review_corpus, sentiment_lines
 from offline_infalign.tokenization import encode_completion, encode_prompt

@@ -1,4 +1,4 @@
-"""core/estimators.py against brute-force enumeration, hand values and the stderr formula (SPEC §8)."""
+"""core/estimators.py against brute-force enumeration, hand values and the stderr formula (docs/math.md §8)."""
 
 import itertools
 import math

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §8): the report's numbers against brute force, its keys, the CLI end to end on tiny models."""
+"""Evaluation (docs/math.md §8): the report's numbers against brute force, its keys, the CLI end to end on tiny models."""
 
 from __future__ import annotations
 

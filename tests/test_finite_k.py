@@ -1,4 +1,4 @@
-"""core.finite_k against hand values, order-statistic closed forms, a brute-force simulation and SPEC §4."""
+"""core.finite_k against hand values, order-statistic closed forms, a brute-force simulation and docs/math.md §4."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""core.losses against hand-computed values (the arithmetic is in each loss's docstring) and SPEC §6 properties."""
+"""core.losses against hand-computed values (the arithmetic is in each loss's docstring) and docs/math.md §6 properties."""
 
 import math
 
@@ -82,7 +82,7 @@ def test_kl_estimates_hand_value():
 
 @pytest.mark.parametrize("name", ["tilted_pairwise", "tilted_sigmoid", "listwise", "pointwise"])
 def test_minimizer_is_the_tilt(name):
-    """SPEC §6: h = Φ/β + const(x) is a stationary point (zero gradient) and beats perturbations."""
+    """docs/math.md §6: h = Φ/β + const(x) is a stationary point (zero gradient) and beats perturbations."""
     beta, phi = 0.4, t(0.05, 0.3, 0.55, 0.95)
     log_z = math.log(sum(math.exp(u / beta) for u in [(i + 0.5) / 1000 for i in range(1000)]) / 1000)
 

@@ -7,10 +7,6 @@ import os
 import datasets
 import pytest
 
-from offline_infalign.stages import merge as merge_stage
-from offline_infalign.stages import prepare as prepare_stage
-from offline_infalign.stages import sample as sample_stage
-from offline_infalign.stages import score as score_stage
 from offline_infalign.config import (
     BuildConfig,
     MergeConfig,
@@ -20,6 +16,10 @@ from offline_infalign.config import (
     load_config,
 )
 from offline_infalign.core.errors import InfalignError
+from offline_infalign.stages import merge as merge_stage
+from offline_infalign.stages import prepare as prepare_stage
+from offline_infalign.stages import sample as sample_stage
+from offline_infalign.stages import score as score_stage
 from offline_infalign.storage import read_manifest
 from tests.tiny_models import save_tiny_lm
 

@@ -1,4 +1,4 @@
-"""prepare_dataset: calibrated columns equal SPEC §2 by hand, pair/bon/listwise construction, split, errors,
+"""prepare_dataset: calibrated columns equal docs/math.md §2 by hand, pair/bon/listwise construction, split, errors,
 auto transform, and the pairs dataset training one step in TRL's DPOTrainer."""
 
 import datasets
@@ -18,7 +18,7 @@ SCORED = {
     "rewards": [[1.0, 3.0, 3.0, 0.0], [0.5, -2.0, 4.0, 1.5]],
     "ref_logps": [[-1.0, -2.0, -3.0, -4.0], [-5.0, -6.0, -7.0, -8.0]],
 }
-# SPEC §2 by hand: c_i = (#{r_j < r_i} + ½ #{r_j = r_i}) / K, i itself counted in the ties.
+# docs/math.md §2 by hand: c_i = (#{r_j < r_i} + ½ #{r_j = r_i}) / K, i itself counted in the ties.
 # a: r=1 → (1 + ½)/4 = .375; r=3 → (2 + ½·2)/4 = .75 (twice); r=0 → (0 + ½)/4 = .125
 # b: ranks of 0.5, -2, 4, 1.5 are 2, 1, 4, 3 → (rank − ½)/4 = .375, .125, .875, .625
 U = {"a": [0.375, 0.75, 0.75, 0.125], "b": [0.375, 0.125, 0.875, 0.625]}

@@ -1,4 +1,4 @@
-"""core/tradeoff.py against closed forms, hand-derived values and seeded Monte Carlo (SPEC §4, §7)."""
+"""core/tradeoff.py against closed forms, hand-derived values and seeded Monte Carlo (docs/math.md §4, §7)."""
 
 import math
 from fractions import Fraction
@@ -17,7 +17,7 @@ IDENTITY, LOG = Transform("identity"), Transform("log")
 # ------------------------------------------------------------------------------------------ closed forms
 @pytest.mark.parametrize("n", [2, 3, 4, 8])
 def test_log_tilt_is_base_best_of_n(n):
-    """Φ = log u, β = 1/(N−1) gives f = N u^{N−1}: the base model's own best-of-N (SPEC §4).
+    """Φ = log u, β = 1/(N−1) gives f = N u^{N−1}: the base model's own best-of-N (docs/math.md §4).
 
     KL = ∫ f log f = log N + (N−1) ∫ N u^{N−1} log u du = log N + (N−1)·N·(−1/N²) = log N − (N−1)/N.
     Standard win rate = ∫ u N u^{N−1} du = N/(N+1).

@@ -256,7 +256,7 @@ def test_qlora_trains_on_cpu_with_live_reference(data, tmp_path):
 
 @pytest.mark.parametrize("kind,loss", [("pairs", "tilted_sigmoid"), ("listwise", "listwise"), ("bon", "weighted_sft")])
 def test_trains_on_prepare_dataset_output(data, tmp_path, kind, loss):
-    """The data builder's `prepare_dataset` output (issue 3) is what the trainer consumes: stored reference picked,
+    """The data builder's `prepare_dataset` output is what the trainer consumes: stored reference picked,
     log-ratios 0 at step 0 (the stored ref_logps are this model's), one step runs."""
     from datasets import Dataset
     from train_fixtures import TRANSFORM, groups, ref_logps

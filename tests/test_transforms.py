@@ -1,4 +1,4 @@
-"""core/transforms.py (SPEC §5): monotonicity, the normalized exp family, the parser and its errors."""
+"""core/transforms.py (docs/math.md §5): monotonicity, the normalized exp family, the parser and its errors."""
 
 import math
 import warnings

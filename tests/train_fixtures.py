@@ -1,4 +1,4 @@
-"""Small prepared datasets (pairs / listwise / bon) with the columns and manifest of CONTRACTS.md, for trainer tests.
+"""Small prepared datasets (pairs / listwise / bon) with the columns and manifest of docs/design.md, for trainer tests.
 
 Stored reference log-probs are computed with the package's own tokenization and `completion_logps` on the saved
 tiny model, so a live reference forward must reproduce them.

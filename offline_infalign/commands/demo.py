@@ -45,8 +45,8 @@ def run(args) -> int:
         pred = "" if r["predicted_at_measured_kl"] is None else f"{r['predicted_at_measured_kl']:.3f}"
         print(f"{r['name']:10s} {r['transform']:18s} {r['beta']:7.4f} {kl:>12s} {win:>28s} {pred:>9s} "
               f"{r['standard_win_rate']:8.3f} {r['mean_reward']:7.2f}")
-    print("theory@KL = the win rate the exact tilted policy of that transform has at the measured KL (SPEC §4); "
-          "the trained\npolicy falls short of it with finite K and optimization (benchmarks/README.md, issue 6). "
+    print("theory@KL = the win rate the exact tilted policy of that transform has at the measured KL (docs/math.md §4); "
+          "the trained\npolicy falls short of it with finite K and optimization (benchmarks/README.md). "
           "beta was matched to the\nbudget by retraining; every try is in demo_report.json.")
 
     exp_arm = report["arms"][-1]

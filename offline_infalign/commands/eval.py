@@ -1,4 +1,4 @@
-"""`infalign eval`: best-/worst-of-N win rates of an adapter against its base model, and its KL (SPEC §8)."""
+"""`infalign eval`: best-/worst-of-N win rates of an adapter against its base model, and its KL (docs/math.md §8)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ def add_parser(subparsers) -> None:
         subparsers, "prepare", "PrepareConfig", run,
         # Written out, not read from kinds.KIND_NAMES: `infalign --help` shows it, and the kinds import torch.
         help="calibrate, transform and write a training dataset (pairs, listwise or bon)",
-        description="Per prompt: calibrated_rewards (SPEC §2), targets = transform(u), then the dataset kind, "
+        description="Per prompt: calibrated_rewards (docs/math.md §2), targets = transform(u), then the dataset kind, "
         "split into train/test by prompt_id. --transform auto --procedure bon --n 4 --kl 0.3 takes the transform "
         "and beta from the tradeoff tool.")
 

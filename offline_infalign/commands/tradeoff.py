@@ -1,4 +1,4 @@
-"""`infalign tradeoff`: what a transform and β buy at inference time, before any training (SPEC §4, §7).
+"""`infalign tradeoff`: what a transform and β buy at inference time, before any training (docs/math.md §4, §7).
 
 Three modes: a transform with --beta or --kl (its KL and win rates), --optimal --kl (the best achievable),
 --choose --kl (the best exp tilt and its β, beside identity, log and the optimum).
@@ -111,7 +111,7 @@ def run(args) -> int:
 
 
 def _print_table(procedure, n, rows) -> None:
-    print(f"{served(procedure, n)} ({procedure}) win rate against the base model served the same way (SPEC §4)")
+    print(f"{served(procedure, n)} ({procedure}) win rate against the base model served the same way (docs/math.md §4)")
     print(f"{'transform':26s} {'beta':>10s} {'KL':>8s} {f'{procedure}-{n} win':>11s} {'std win':>9s}")
     for r in rows:
         if r is None:

@@ -1,6 +1,6 @@
 """`infalign train [CONFIG.yaml] --dataset DIR --model PATH --loss NAME --beta B --out DIR [...]`.
 
-Trains a LoRA (or QLoRA) adapter on a prepared dataset (SPEC §6). YAML keys are the flag names with
+Trains a LoRA (or QLoRA) adapter on a prepared dataset (docs/math.md §6). YAML keys are the flag names with
 underscores; flags override the file. Multi-GPU / multi-process runs go through accelerate:
 
     accelerate launch --multi_gpu --num_processes 2 -m offline_infalign.cli train CONFIG.yaml   # 2 GPUs, DDP
@@ -20,7 +20,7 @@ def _description() -> str:
 
     tilted = ", ".join(name for name, spec in LOSSES.items() if spec.tilted)
     baselines = ", ".join(name for name, spec in LOSSES.items() if not spec.tilted)
-    return (f"Fit pi* ∝ pi_ref · exp(Phi(C)/beta) offline with one of the SPEC §6 losses ({tilted}) or a "
+    return (f"Fit pi* ∝ pi_ref · exp(Phi(C)/beta) offline with one of the docs/math.md §6 losses ({tilted}) or a "
             f"baseline ({baselines}). Writes the adapter, the tokenizer, a model card (README.md) and "
             "infalign_train.json into --out; checkpoints go to OUT/checkpoints. Reference log-probs are the "
             "dataset's stored columns when valid (no reference forward), else the policy with its adapter disabled.")

@@ -112,7 +112,7 @@ class ScoreConfig:
 
 @dataclasses.dataclass
 class PrepareConfig:
-    """`infalign prepare`: calibrated rewards, targets Φ(u) and a training dataset (SPEC §2, §5-§7)."""
+    """`infalign prepare`: calibrated rewards, targets Φ(u) and a training dataset (docs/math.md §2, §5-§7)."""
 
     input: str = field(help="scored artifact folder (from `infalign score` or `infalign merge`)")
     out: str = field(help="output artifact folder (a DatasetDict with train and test splits)")

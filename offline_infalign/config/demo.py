@@ -46,7 +46,7 @@ class DemoConfig:
         if not isinstance(self.num_samples, int) or self.num_samples < 2:
             raise InfalignError(f"demo: num_samples (K) must be an integer >= 2, got {self.num_samples!r}")
         if self.n > self.eval_samples:
-            raise InfalignError(f"demo: n={self.n} must be <= eval_samples={self.eval_samples} (SPEC §8)")
+            raise InfalignError(f"demo: n={self.n} must be <= eval_samples={self.eval_samples} (docs/math.md §8)")
         if not float(self.kl) > 0:
             raise InfalignError(f"demo: kl must be > 0, got {self.kl!r}")
         if not float(self.learning_rate) > 0:

@@ -13,7 +13,7 @@ __all__ = ["EvalConfig"]
 
 @dataclasses.dataclass
 class EvalConfig:
-    """`infalign eval`: measure an adapter's best-/worst-of-N win rate against its base model and its KL (SPEC §8).
+    """`infalign eval`: measure an adapter's best-/worst-of-N win rate against its base model and its KL (docs/math.md §8).
 
     Sampling is always at temperature 1 with no top-p/top-k: the win rates and the KL refer to the policy itself,
     which is what the tradeoff tool predicts.
@@ -75,7 +75,7 @@ class EvalConfig:
             self.n = [self.n] if isinstance(self.n, int) else list(self.n)
             bad = [v for v in self.n if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= self.samples]
             if bad or not self.n:
-                # SPEC §8: the win rate for N is computed from M samples per side, meaningful only for N <= M.
+                # docs/math.md §8: the win rate for N is computed from M samples per side, meaningful only for N <= M.
                 raise InfalignError(
                     f"eval: n {bad or self.n!r} not allowed; each N must be an integer in [1, samples={self.samples}]"
                 )

@@ -17,7 +17,7 @@ def _procedure_help() -> str:
 
 @dataclasses.dataclass
 class TradeoffConfig:
-    """`infalign tradeoff`: predicted KL and win rates of a tilt (SPEC §4), the optimum, or the best exp tilt (§7).
+    """`infalign tradeoff`: predicted KL and win rates of a tilt (docs/math.md §4), the optimum, or the best exp tilt (§7).
 
     Modes: a transform with --beta or --kl; --optimal --kl; --choose --kl.
     """

@@ -25,12 +25,12 @@ def _loss_help() -> str:
     for spec in LOSSES.values():
         by_kind.setdefault(spec.kind, []).append(spec.name)
     kinds = "; ".join(f"{', '.join(names)} <- {kind}" for kind, names in by_kind.items())
-    return f"loss (SPEC §6); its dataset kind must match the dataset's: {kinds}"
+    return f"loss (docs/math.md §6); its dataset kind must match the dataset's: {kinds}"
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """`infalign train`: fit the tilted policy (SPEC §6) on a prepared dataset with LoRA or QLoRA."""
+    """`infalign train`: fit the tilted policy (docs/math.md §6) on a prepared dataset with LoRA or QLoRA."""
 
     dataset: str = field(help="prepared dataset folder (`infalign prepare` output)")
     model: str = field(help="base model: local path or hub id (the reference policy)")

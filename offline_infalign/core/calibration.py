@@ -1,4 +1,4 @@
-"""Calibrated rewards: a completion's quantile among the base model's own completions (SPEC §2).
+"""Calibrated rewards: a completion's quantile among the base model's own completions (docs/math.md §2).
 
     c_i = ( #{j : r_j < r_i} + ½ #{j : r_j = r_i} ) / K        j over all K samples, i included
 
@@ -69,7 +69,7 @@ def calibrate_against(rewards, reference) -> np.ndarray:
         rewards: rewards of new completions, shape (..., M).
         reference: the same prompts' base-sample rewards, shape (..., K), K ≥ 2; leading shapes must match.
     Returns:
-        shape (..., M): (#{ref < r} + ½ #{ref = r}) / K, clipped to [1/(2K), 1 − 1/(2K)] (SPEC §2).
+        shape (..., M): (#{ref < r} + ½ #{ref = r}) / K, clipped to [1/(2K), 1 − 1/(2K)] (docs/math.md §2).
     """
     r = _as_float(rewards, "rewards")
     ref = _as_float(reference, "reference rewards")

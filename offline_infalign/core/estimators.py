@@ -1,4 +1,4 @@
-"""Win-rate and KL estimates of a trained policy from samples (SPEC §8).
+"""Win-rate and KL estimates of a trained policy from samples (docs/math.md §8).
 
 Best-of-N / worst-of-N win rates are the U-statistic of docs/math.md §8: the average, over every N-subset of a
 prompt's M policy samples and every N-subset of its M' base samples, of 1{pick beats pick} + ½·1{tie}. It is

@@ -1,13 +1,13 @@
 """The finite-K ceiling: how much of a tilt an offline learner can get from K base samples per prompt.
 
-The offline losses (SPEC §6) see each prompt through its K base samples y_1..y_K, whose calibrated rewards are
-estimated by rank (SPEC §2): the sample of rank i gets c_i = (i − ½)/K. A learner that fits its data perfectly
+The offline losses (docs/math.md §6) see each prompt through its K base samples y_1..y_K, whose calibrated rewards are
+estimated by rank (docs/math.md §2): the sample of rank i gets c_i = (i − ½)/K. A learner that fits its data perfectly
 but does not generalize past it ends up with the exact tilt *restricted to those samples*:
 
     π_K(y_(i)) = w_i ∝ exp(Φ(c_i)/β),   i = 1..K,
 
-placed on the true quantiles U_(1) < … < U_(K), the order statistics of K uniforms (SPEC §2: C ~ U(0, 1) under
-π_ref). Its CDF on the calibrated scale is the step function F(u) = Σ_{i: U_(i) ≤ u} w_i, so the SPEC §4
+placed on the true quantiles U_(1) < … < U_(K), the order statistics of K uniforms (docs/math.md §2: C ~ U(0, 1) under
+π_ref). Its CDF on the calibrated scale is the step function F(u) = Σ_{i: U_(i) ≤ u} w_i, so the docs/math.md §4
 integrals are exact sums over the steps:
 
     BoN_N = 1 − Σ_{i<K} F_i^N (U_(i+1)^N − U_(i)^N) − (1 − U_(K)^N)
@@ -15,9 +15,9 @@ integrals are exact sums over the steps:
 
 with F_i = w_1 + … + w_i (each procedure's `finite_k_win_rate` in core/procedures.py), averaged over draws
 of the U's (seeded Monte Carlo). Its KL against the K-sample
-empirical base is Σ w_i log(K w_i). As K → ∞ both tend to the SPEC §4 values of the tilt; for small K the
+empirical base is Σ w_i log(K w_i). As K → ∞ both tend to the docs/math.md §4 values of the tilt; for small K the
 exp tilts that win best-of-N lose most, because they weight the top few percent that K samples barely resolve.
-This is what `benchmarks/README.md` (issue 6) uses to explain measured shortfalls, and what "Choosing K" in the
+This is what `benchmarks/README.md` uses to explain measured shortfalls, and what "Choosing K" in the
 README is computed from.
 """
 

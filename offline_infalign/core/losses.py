@@ -1,6 +1,6 @@
-"""Offline losses for the tilted objective (SPEC §6), each a small function on log-prob tensors.
+"""Offline losses for the tilted objective (docs/math.md §6), each a small function on log-prob tensors.
 
-Notation (SPEC §6): h(y) = log π_θ(y|x) − log π_ref(y|x) is a completion's log-ratio ("logratio" below),
+Notation (docs/math.md §6): h(y) = log π_θ(y|x) − log π_ref(y|x) is a completion's log-ratio ("logratio" below),
 summed over its tokens; Φ is the transformed calibrated reward ("target"); β > 0 is the KL coefficient.
 Every tilted loss here is minimized exactly when h = Φ/β + const(x), i.e. π_θ = π* ∝ π_ref · exp(Φ/β).
 
@@ -67,7 +67,7 @@ def _pair_metrics(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tens
 
 
 def tilted_pairwise(chosen_logratios, rejected_logratios, target_margin, beta):
-    """Squared reward distillation (SPEC §6, the IPO form): ℓ = (h_c − h_r − (Φ_c − Φ_r)/β)².
+    """Squared reward distillation (docs/math.md §6, the IPO form): ℓ = (h_c − h_r − (Φ_c − Φ_r)/β)².
 
     Example: h_c = 0.5, h_r = −0.5, margin 0.3, β = 0.1 → (1.0 − 3.0)² = 4.0. At h = 0 the loss is (margin/β)².
     Shapes: all (B,) → losses (B,).
@@ -80,7 +80,7 @@ def tilted_pairwise(chosen_logratios, rejected_logratios, target_margin, beta):
 
 
 def tilted_sigmoid(chosen_logratios, rejected_logratios, target_margin, beta):
-    """Soft-label sigmoid (SPEC §6, the DPO form): ℓ = −p log σ(z) − (1 − p) log σ(−z), z = β(h_c − h_r),
+    """Soft-label sigmoid (docs/math.md §6, the DPO form): ℓ = −p log σ(z) − (1 − p) log σ(−z), z = β(h_c − h_r),
     p = σ(Φ_c − Φ_r). Minimized at z = Φ_c − Φ_r; with p = 1 (an infinite margin) it is `dpo`.
 
     Example: h_c − h_r = 2, β = 0.5 → z = 1; margin 0 → p = ½ → ℓ = ½(softplus(−1) + softplus(1))
@@ -139,7 +139,7 @@ def _group_metrics(logratios, targets, mask, beta) -> Metrics:
 
 
 def listwise(logratios, targets, mask, beta):
-    """Listwise cross-entropy (SPEC §6): ℓ = −Σ_i q_i log softmax(β h)_i with q = softmax(Φ), both over the
+    """Listwise cross-entropy (docs/math.md §6): ℓ = −Σ_i q_i log softmax(β h)_i with q = softmax(Φ), both over the
     row's real completions. Minimized at β h = Φ + const, for every group (Gibbs' inequality).
 
     Example: K = 2, Φ = (1, 0), h = (0, 0) → q = (0.73106, 0.26894), softmax(βh) = (½, ½) → ℓ = log 2.
@@ -158,7 +158,7 @@ def listwise(logratios, targets, mask, beta):
 
 
 def pointwise(logratios, targets, mask, beta, log_z):
-    """Quantile-reward regression (SPEC §6, QRPO-style): ℓ = mean_i (β h_i − Φ_i + β log Z)² over the row's
+    """Quantile-reward regression (docs/math.md §6, QRPO-style): ℓ = mean_i (β h_i − Φ_i + β log Z)² over the row's
     real completions, Z = ∫₀¹ exp(Φ(u)/β) du (`core.tradeoff.log_partition`). Needs no pairs: the calibrated
     reward is Uniform(0, 1) under π_ref, so log Z is the same for every prompt.
 
@@ -182,11 +182,11 @@ def pointwise(logratios, targets, mask, beta, log_z):
 
 
 def weighted_sft(policy_logps, weight):
-    """Weighted SFT / BoN distillation (SPEC §6): ℓ_i = −w_i log π_θ(y_i|x), w = softmax(Φ/β) within the prompt
+    """Weighted SFT / BoN distillation (docs/math.md §6): ℓ_i = −w_i log π_θ(y_i|x), w = softmax(Φ/β) within the prompt
     (self-normalized importance weights of π* against π_ref). Needs no reference log-probs.
 
     Example: log π = (−2, −1), w = (0.25, 0.75) → (0.5, 0.75).
-    Shapes: (B,) → losses (B,). Summing over a prompt's rows gives the SPEC's ℓ; the trainer averages over rows,
+    Shapes: (B,) → losses (B,). Summing over a prompt's rows gives docs/math.md §6's ℓ; the trainer averages over rows,
     which only rescales it.
     """
     losses = -weight.to(policy_logps.dtype) * policy_logps
@@ -201,7 +201,7 @@ def kl_estimates(logratios: torch.Tensor, mask: torch.Tensor | None = None) -> M
 
     - `kl/estimate`: self-normalized importance-weighted Σ e^h h / Σ e^h ≈ E_{π_θ}[h] = KL(π_θ ‖ π_ref), the KL
       the tradeoff tool predicts. Biased for small batches and when π_θ drifts far from π_ref; a trend, not a
-      measurement (evaluation measures KL on samples from π_θ, SPEC §8).
+      measurement (evaluation measures KL on samples from π_θ, docs/math.md §8).
     - `kl/reverse`: mean of −h ≈ E_{π_ref}[−h] = KL(π_ref ‖ π_θ) (unbiased when the rows are base samples).
     Pair datasets hold selected samples (e.g. best/worst), so both are approximate there.
 

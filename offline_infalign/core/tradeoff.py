@@ -1,5 +1,5 @@
-"""The calibrated-space tradeoff: KL, standard and best-/worst-of-N win rates of a tilted policy (SPEC §4), the
-optimal transform at a KL budget, and the choice of transform and β for a budget (SPEC §7).
+"""The calibrated-space tradeoff: KL, standard and best-/worst-of-N win rates of a tilted policy (docs/math.md §4), the
+optimal transform at a KL budget, and the choice of transform and β for a budget (docs/math.md §7).
 
 The integrals live in core/density.py (the grid and a density's KL and win rates), the mirror ascent to the
 optimum in core/optimum.py, and each procedure's functionals in core/procedures.py; this module checks the
@@ -68,7 +68,7 @@ def _check_transform(transform) -> Transform:
     return transform
 
 
-# --------------------------------------------------------------------------------------- one tilt (SPEC §4)
+# --------------------------------------------------------------------------------------- one tilt (docs/math.md §4)
 @dataclass(frozen=True)
 class Prediction:
     """What the calibrated space predicts for one tilt (transform, β) served with procedure/N."""
@@ -83,7 +83,7 @@ class Prediction:
 
 
 def predict(transform: Transform, beta: float, procedure: str = "bon", n: int = 4) -> Prediction:
-    """KL, standard win rate and BoN/WoN win rate of the tilt exp(Φ/β) (SPEC §4)."""
+    """KL, standard win rate and BoN/WoN win rate of the tilt exp(Φ/β) (docs/math.md §4)."""
     transform = _check_transform(transform)
     proc, n = _check_procedure(procedure, n)
     beta = _check_beta(beta)
@@ -92,23 +92,23 @@ def predict(transform: Transform, beta: float, procedure: str = "bon", n: int = 
 
 
 def kl_divergence(transform: Transform, beta: float) -> float:
-    """KL(π ‖ π_ref) = ∫ f log f of the tilt (SPEC §4), in nats."""
+    """KL(π ‖ π_ref) = ∫ f log f of the tilt (docs/math.md §4), in nats."""
     return D.kl(D.tilted(_check_transform(transform), _check_beta(beta)))
 
 
 def standard_win_rate(transform: Transform, beta: float) -> float:
-    """∫ u f(u) du: the N = 1 win rate against the base model (SPEC §4)."""
+    """∫ u f(u) du: the N = 1 win rate against the base model (docs/math.md §4)."""
     return D.standard_win_rate(D.tilted(_check_transform(transform), _check_beta(beta)))
 
 
 def win_rate(transform: Transform, beta: float, procedure: str = "bon", n: int = 4) -> float:
-    """Best-of-N or worst-of-N win rate of the tilt against the base model under the same procedure (SPEC §4)."""
+    """Best-of-N or worst-of-N win rate of the tilt against the base model under the same procedure (docs/math.md §4)."""
     proc, n = _check_procedure(procedure, n)
     return D.win_rate(D.tilted(_check_transform(transform), _check_beta(beta)), proc, n)
 
 
 def log_partition(transform: Transform, beta: float) -> float:
-    """log Z, Z = ∫₀¹ exp(Φ(u)/β) du (the constant of the pointwise loss, SPEC §6)."""
+    """log Z, Z = ∫₀¹ exp(Φ(u)/β) du (the constant of the pointwise loss, docs/math.md §6)."""
     return D.tilted(_check_transform(transform), _check_beta(beta)).log_z
 
 
@@ -133,9 +133,9 @@ def beta_for_kl(transform: Transform, kl: float) -> float:
     return math.exp(brentq(excess, lo, hi, xtol=1e-12, rtol=1e-13, maxiter=200))
 
 
-# --------------------------------------------------------------------------------- the optimum (SPEC §4)
+# --------------------------------------------------------------------------------- the optimum (docs/math.md §4)
 def optimal(procedure: str, n: int, kl: float) -> Optimum:
-    """The optimal transform at KL budget `kl` (SPEC §4): the f maximizing W_T among densities with ∫ f log f = kl.
+    """The optimal transform at KL budget `kl` (docs/math.md §4): the f maximizing W_T among densities with ∫ f log f = kl.
 
     For each β the inner problem max W − β KL is solved by mirror ascent (`optimum.ascend`) from the best exp
     tilt at the budget (`choose`); an outer brentq on log β matches the budget. A concave W (BoN): this is the
@@ -150,7 +150,7 @@ def optimal(procedure: str, n: int, kl: float) -> Optimum:
     return optimal_from(proc, n, kl, c.transform, c.beta)
 
 
-# ------------------------------------------------------------------------------------------- choose (SPEC §7)
+# ------------------------------------------------------------------------------------------- choose (docs/math.md §7)
 @dataclass(frozen=True)
 class Choice:
     """The best exp tilt and its β for a procedure, N and KL budget, beside the optimal win rate there."""
@@ -181,7 +181,7 @@ def choose(procedure: str, n: int, kl: float, tilts=None, with_optimum: bool = T
     Args:
         tilts: candidate |t| values (signs are set by the procedure); default DEFAULT_TILTS (0.25 … 1024).
             The best grid point is refined by a bounded search on log |t| between its neighbours.
-        with_optimum: also compute `optimal(procedure, n, kl).win_rate` (the yardstick, SPEC §7); it is None
+        with_optimum: also compute `optimal(procedure, n, kl).win_rate` (the yardstick, docs/math.md §7); it is None
             when the optimum cannot be computed at this budget (it would need β < 1e-10, win rate ≈ 1).
     For N = 1 every procedure is the standard win rate, whose optimum is the identity transform; it is
     returned (tilt None) instead of an exp tilt that could only approach it as t → 0.
@@ -238,7 +238,7 @@ def choose(procedure: str, n: int, kl: float, tilts=None, with_optimum: bool = T
 # ------------------------------------------------------------------------------------------ curves (plots)
 @dataclass(frozen=True)
 class Curve:
-    """Win rate against KL for one transform (or the optimum), for plotting (SPEC §8: predicted curves)."""
+    """Win rate against KL for one transform (or the optimum), for plotting (docs/math.md §8: predicted curves)."""
 
     label: str
     kl: np.ndarray  # (C,)

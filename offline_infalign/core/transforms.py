@@ -1,7 +1,7 @@
-"""Transforms Φ of the calibrated reward (SPEC §5), in one registry.
+"""Transforms Φ of the calibrated reward (docs/math.md §5), in one registry.
 
 Every transform maps u ∈ (0, 1) to Φ(u) and is strictly increasing. β always refers to the transform exactly
-as written here (SPEC §5), so a (transform, tilt, β) triple names one tilted policy everywhere in the package.
+as written here (docs/math.md §5), so a (transform, tilt, β) triple names one tilted policy everywhere in the package.
 
 Adding a transform: write a function `(u, tilt) -> Φ(u)`, then one `register(...)` line below; the parser, the
 CLI choices and the error messages all read the registry, so nothing else changes.

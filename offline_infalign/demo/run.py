@@ -6,7 +6,7 @@ run, at the same KL budget:
   identity — calibrated RLHF, the paper's strong baseline;
   exp      — the exp tilt that `infalign tradeoff --choose` picks for the served procedure and N.
 Both are evaluated against the base with the served procedure (best-of-N by default) on held-out prompts.
-β starts at the tradeoff tool's value for the budget (exact for the exact tilted policy, SPEC §7); a trained
+β starts at the tradeoff tool's value for the budget (exact for the exact tilted policy, docs/math.md §7); a trained
 policy lands elsewhere (finite K, finite optimization), so each policy is retrained `kl_match_rounds` times with
 β scaled by sqrt(measured KL / budget), and the try whose measured KL is nearest the budget is reported.
 
@@ -37,7 +37,7 @@ __all__ = ["run_demo", "arms", "showcase"]
 
 
 def arms(cfg: DemoConfig) -> list[dict[str, Any]]:
-    """The two transforms and their β at the KL budget: identity and the chosen exp tilt (SPEC §7)."""
+    """The two transforms and their β at the KL budget: identity and the chosen exp tilt (docs/math.md §7)."""
     from ..core import tradeoff
     from ..core.transforms import Transform
 
@@ -118,7 +118,7 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
             limit=cfg.eval_prompts, procedure=[cfg.procedure], n=sorted({1, cfg.n}),
             samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(ev))))
     served = report["results"][cfg.procedure][str(cfg.n)]
-    try:  # where the measured point would sit on its transform's predicted curve (SPEC §4)
+    try:  # where the measured point would sit on its transform's predicted curve (docs/math.md §4)
         at_kl = tradeoff.predict(transform, tradeoff.beta_for_kl(transform, max(report["kl"], 1e-4)),
                                  cfg.procedure, cfg.n).win_rate
     except InfalignError:

@@ -2,8 +2,8 @@
 
 For each held-out prompt, M completions are drawn from the aligned policy (base + adapter) and M from the base,
 at temperature 1, and every completion is scored by the judge reward. From these two empirical distributions
-`report.summarize` computes the best-of-N / worst-of-N win rates and the KL (SPEC §8), next to what the tradeoff
-tool predicts for the adapter's transform, tilt and β (SPEC §4). Settings the command line leaves out come from
+`report.summarize` computes the best-of-N / worst-of-N win rates and the KL (docs/math.md §8), next to what the tradeoff
+tool predicts for the adapter's transform, tilt and β (docs/math.md §4). Settings the command line leaves out come from
 the adapter's training record (training_record.py). Writes `report.json`, `samples.jsonl` and the plots.
 """
 
@@ -63,7 +63,7 @@ def completion_ids(tokenizer, completion: str, max_new_tokens: int) -> tuple[lis
 
 
 def _draw(model, tokenizer, rows: list[dict], cfg) -> dict[str, Any]:
-    """M policy and M base samples per prompt, and log π − log π_ref of the policy samples (SPEC §8).
+    """M policy and M base samples per prompt, and log π − log π_ref of the policy samples (docs/math.md §8).
 
     Returns policy_samples / base_samples (P dicts from sample_completions), log_ratios (P, M) and the fraction of
     policy samples cut off at max_new_tokens.

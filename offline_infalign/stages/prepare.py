@@ -11,7 +11,7 @@ from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, s
 
 
 def resolve_transform(cfg: PrepareConfig) -> dict[str, Any]:
-    """{transform: Transform, beta, and for auto the tradeoff tool's predictions} (SPEC §7)."""
+    """{transform: Transform, beta, and for auto the tradeoff tool's predictions} (docs/math.md §7)."""
     from ..core.transforms import get_transform, parse_transform
 
     if cfg.transform == "auto":

@@ -142,7 +142,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
         logger.info("beta %g differs from the dataset's %g: recomputing the %s weights", beta, manifest["beta"],
                     kind.name)
         dataset = kind.at_beta(dataset, beta)
-    # log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (SPEC §4/§6).
+    # log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (docs/math.md §4/§6).
     log_z = float(log_partition(_transform_from_manifest(manifest, cfg.loss), beta)) if spec.needs_log_z else None
 
     use_gpu = torch.cuda.is_available()
