@@ -3,7 +3,9 @@
 - `HFRewardScorer`: a Hugging Face sequence-classification reward model with ITS OWN tokenizer and chat
   template (a reward model is often trained on another template than the policy's), batched, with
   dtype/device options. Sequences longer than the reward model's context are cut from the left, keeping the
-  completion, which is what is being judged.
+  completion, which is what is being judged. A model with several outputs (the usual two-label
+  sentiment/safety classifier) is scored by the raw logit of one label, `reward_label` (an index or a name from
+  its `id2label`); not a softmax probability, which saturates at 0/1 and so ties the best completions.
 - `CallableScorer`: any Python callable `(prompts, completions) -> floats`, named "module:function".
 - "demo": the built-in demo reward (`offline_infalign.demo.assets.demo_reward`).
 """
@@ -19,7 +21,8 @@ import numpy as np
 
 from .core.errors import InfalignError
 
-__all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "score_texts", "score_in_chunks"]
+__all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "score_texts", "score_in_chunks",
+           "label_column"]
 
 
 class Scorer:
@@ -49,11 +52,40 @@ class CallableScorer(Scorer):
         return self.fn(prompts, completions)
 
 
+def _labels(config) -> dict[int, str]:
+    id2label = getattr(config, "id2label", None) or {}
+    return {i: str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)}
+
+
+def label_column(name: str, config, reward_label: int | str | None) -> int:
+    """The logit column that is the reward: 0 for a one-output model; for several outputs, `reward_label`
+    as an index ('1' or 1) or a label name from the model's `id2label`, else an error listing the labels."""
+    labels = _labels(config)
+    allowed = "{" + ", ".join(f"{i}: {v!r}" for i, v in labels.items()) + "}"
+    if reward_label is None:
+        if len(labels) == 1:
+            return 0
+        raise InfalignError(f"reward model {name!r} has {len(labels)} outputs {allowed}; choose the reward with "
+                            "--reward-label (an index or a label name)")
+    text = str(reward_label).strip()
+    if text.isdigit():
+        if int(text) < len(labels):
+            return int(text)
+        raise InfalignError(f"reward_label {reward_label!r} is out of range for reward model {name!r}; allowed: "
+                            f"an index 0..{len(labels) - 1} or a label name of {allowed}")
+    matches = [i for i, v in labels.items() if v == text]
+    if len(matches) != 1:
+        why = "is not a label" if not matches else "names several labels"
+        raise InfalignError(f"reward_label {reward_label!r} {why} of reward model {name!r}; allowed: an index "
+                            f"0..{len(labels) - 1} or a label name of {allowed}")
+    return matches[0]
+
+
 class HFRewardScorer(Scorer):
-    """A sequence-classification reward model: one scalar logit per (prompt, completion)."""
+    """A sequence-classification reward model: one logit per (prompt, completion), column `reward_label`."""
 
     def __init__(self, path: str, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
-                 trust_remote_code: bool = False, model=None, tokenizer=None):
+                 trust_remote_code: bool = False, model=None, tokenizer=None, reward_label: int | str | None = None):
         from transformers import AutoModelForSequenceClassification
 
         from .modeling import default_device, load_tokenizer
@@ -75,9 +107,8 @@ class HFRewardScorer(Scorer):
 
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code)
-        if model.config.num_labels != 1:
-            raise InfalignError(f"reward model {self.name!r} must have one output (num_labels=1), "
-                                f"got num_labels={model.config.num_labels}")
+        self.column = label_column(self.name, model.config, reward_label)
+        self.label = _labels(model.config)[self.column] if model.config.num_labels > 1 else None
         if model.config.pad_token_id is None:  # how the model finds each row's last real token
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model.to(self.device).eval()
@@ -113,15 +144,22 @@ class HFRewardScorer(Scorer):
                           return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None))
                 enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
                 with torch.no_grad():
-                    out[idx] = self.model(**enc).logits[:, 0].float().cpu().numpy()
+                    out[idx] = self.model(**enc).logits[:, self.column].float().cpu().numpy()
         finally:
             tok.truncation_side = side
         return out
 
 
 def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
-                trust_remote_code: bool = False) -> Scorer:
-    """A scorer from `spec`: "demo", "module:function", a reward-model folder / hub id, or a callable."""
+                trust_remote_code: bool = False, reward_label: int | str | None = None) -> Scorer:
+    """A scorer from `spec`: "demo", "module:function", a reward-model folder / hub id, or a callable.
+
+    `reward_label` picks the output of a multi-output reward model; it is refused for anything else.
+    """
+    if reward_label is not None and (callable(spec) or isinstance(spec, Scorer) or str(spec) == "demo"
+                                     or (":" in str(spec) and not Path(str(spec)).exists())):
+        raise InfalignError(f"reward_label {reward_label!r} applies to a Hugging Face reward model; "
+                            f"{getattr(spec, 'name', spec)!r} is not one")
     if isinstance(spec, Scorer):
         return spec
     if callable(spec):
@@ -141,7 +179,7 @@ def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch
             raise InfalignError(f"reward function {spec!r} is not callable")
         return CallableScorer(fn, spec)
     return HFRewardScorer(spec, device=device, dtype=dtype, batch_size=batch_size,
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, reward_label=reward_label)
 
 
 def score_texts(scorer: Scorer, prompts: Sequence[Any], completions: Sequence[Sequence[str]],

@@ -116,7 +116,8 @@ def tiny_causal_lm(tokenizer=None, seed: int = 0, **overrides) -> LlamaForCausal
 def tiny_reward_model(tokenizer=None, seed: int = 1, **overrides) -> LlamaForSequenceClassification:
     tokenizer = tokenizer or tiny_tokenizer()
     torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(_config(tokenizer, num_labels=1, **overrides))
+    # num_labels=2 (with id2label) makes a two-label classifier, as sentiment/safety reward models are.
+    model = LlamaForSequenceClassification(_config(tokenizer, **{"num_labels": 1, **overrides}))
     return model.eval()
 
 

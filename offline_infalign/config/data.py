@@ -99,11 +99,18 @@ class ScoreConfig:
     device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
     dtype: str = field("auto", help="reward model dtype", choices=DTYPES)
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
+    reward_label: str | None = field(None, help="a reward model with several outputs: the one whose raw logit is "
+                                     "the reward, an index (1) or a label name from its id2label (positive)")
 
     def __post_init__(self):
         for name in ("input", "reward_model", "out"):
             if not getattr(self, name):
                 raise InfalignError(f"score: {name} must be given")
+        if self.reward_label is not None:  # YAML may give an int; one spelling keeps resumes comparable
+            if isinstance(self.reward_label, bool) or not str(self.reward_label).strip():
+                raise InfalignError(f"score: reward_label must be an index or a label name, got "
+                                    f"{self.reward_label!r}")
+            self.reward_label = str(self.reward_label).strip()
         positive_int("score", "batch_size", self.batch_size)
         positive_int("score", "chunk_size", self.chunk_size)
         one_of("score", "dtype", self.dtype, DTYPES)
@@ -199,6 +206,7 @@ class BuildConfig:
     trust_remote_code: bool = same_as(SampleConfig, "trust_remote_code")
     pad_token_as_eos: bool = same_as(SampleConfig, "pad_token_as_eos")
     score_batch_size: int = same_as(ScoreConfig, "batch_size")
+    reward_label: str | None = same_as(ScoreConfig, "reward_label")
     kind: str = same_as(PrepareConfig, "kind")
     # build defaults to the tradeoff tool's choice for best-of-4 at KL 0.3, so one command gives a dataset.
     transform: str | None = same_as(PrepareConfig, "transform", default="auto")

@@ -30,7 +30,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
         return read_manifest(cfg.out)
     samples = samples.select(range(*shard_slice(len(samples), shard).indices(len(samples))))
     scorer = load_scorer(cfg.reward_model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                         trust_remote_code=cfg.trust_remote_code)
+                         trust_remote_code=cfg.trust_remote_code, reward_label=cfg.reward_label)
     chunks = chunk_slices(len(samples), cfg.chunk_size)
     k = upstream["num_samples"]
     bar = progress_bar(len(samples), "score", "prompt", progress)
@@ -47,9 +47,13 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
         bar.close()
     final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
     manifest = base_manifest("scored", config)
+    # The sampling facts travel downstream (docs/math.md §9): prepare refuses tempered samples, eval reuses the
+    # stop set, reports carry the cut fraction.
     for key in ("model", "tokenizer", "model_revision", "prompts", "split", "seed", "num_samples", "backend",
-                "ref_dtype"):
+                "ref_dtype", "stop_token_ids", "cut_fraction", "tempered", "temperature", "top_p", "top_k"):
         manifest[key] = upstream.get(key)
-    manifest.update(reward_model=scorer.name, input_hash=upstream["content_hash"], sample_config=upstream["config"],
-                    shard=list(shard) if shard else upstream.get("shard"), num_prompts=len(final))
+    # reward_label as given (None for a one-output model): what `eval` passes again to judge with the same column.
+    manifest.update(reward_model=scorer.name, reward_label=cfg.reward_label, input_hash=upstream["content_hash"],
+                    sample_config=upstream["config"], shard=list(shard) if shard else upstream.get("shard"),
+                    num_prompts=len(final))
     return save_artifact(final, cfg.out, manifest)
