@@ -14,7 +14,7 @@ import torch
 
 from .tokenization import encode_prompt
 
-__all__ = ["pad_pairs", "completion_logps", "sequence_logps"]
+__all__ = ["pad_pairs", "completion_logps", "sequence_logps", "ids_logps"]
 
 
 def pad_pairs(
@@ -59,14 +59,22 @@ def sequence_logps(model, tokenizer, prompts: Sequence, completion_ids: Sequence
 
     `batch_size` pairs per forward pass, in the given order; a progress bar over batches when `desc` is given.
     """
+    p_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    return ids_logps(model, p_ids, completion_ids, tokenizer.pad_token_id, batch_size, desc)
+
+
+def ids_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+              pad_token_id: int, batch_size: int = 32, desc: str | None = None) -> np.ndarray:
+    """`sequence_logps` on prompts already encoded: Σ log π(y|x) for each (prompt ids, completion ids), float32."""
     from tqdm.auto import tqdm
 
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
     device = next(model.parameters()).device
-    out = np.empty(len(prompts), dtype=np.float32)
+    out = np.empty(len(prompt_ids), dtype=np.float32)
     with torch.no_grad():
-        for lo in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=desc is None):
-            p_ids = [encode_prompt(tokenizer, p) for p in prompts[lo : lo + batch_size]]
-            c_ids = completion_ids[lo : lo + batch_size]
-            batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, tokenizer.pad_token_id).items()}
+        for lo in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, unit="batch", disable=desc is None):
+            p_ids, c_ids = prompt_ids[lo : lo + batch_size], completion_ids[lo : lo + batch_size]
+            batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, pad_token_id).items()}
             out[lo : lo + len(p_ids)] = completion_logps(model, **batch).cpu().numpy()
     return out
