@@ -8,6 +8,17 @@ Layout of an artifact folder `out/`:
 
 A restart finds finished chunks by name; a chunk is either fully there or absent, never half-written, because
 `os.rename` of a directory within one filesystem is atomic. `_work` is removed once the artifact is complete.
+
+Every instant is resumable: `_work/config.json` is written before any data (the first chunk, or the final
+save of an unchunked stage), so a folder holding data but no manifest always also holds the config that made
+it, and the rerun of the same command redoes the unfinished step; the manifest is written last.
+
+Integrity: `load_artifact` checks what the manifest promises (row counts, K completions per row) on every
+open, and the content hash when the data is small (`HASH_ALWAYS_BYTES`) or `verify=True`.
+
+Fault injection: `fault_point(name)` ends the process abruptly when $INFALIGN_FAULT names that point
+("after-chunk:1", "finish:data-moved", ...), so tests can kill a stage at each named instant and check that the
+rerun gives the result of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,10 +36,24 @@ from .config import config_diff
 from .core.errors import InfalignError
 
 __all__ = ["MANIFEST", "read_manifest", "load_artifact", "save_artifact", "content_hash", "ChunkStore",
-           "write_json_atomic", "base_manifest"]
+           "write_json_atomic", "base_manifest", "fault_point", "InjectedFault", "HASH_ALWAYS_BYTES"]
 
 MANIFEST = "manifest.json"
 WORK = "_work"
+# Inputs up to this size are hashed on every open (~0.5 s per GB here); larger ones only with verify=True.
+HASH_ALWAYS_BYTES = 256 << 20
+FAULT_ENV = "INFALIGN_FAULT"
+
+
+class InjectedFault(BaseException):
+    """Raised by `fault_point`: a BaseException, so no `except Exception` in a stage can swallow it — like a kill,
+    it unwinds straight out (only `finally` blocks run, as the OS would close files and release locks)."""
+
+
+def fault_point(name: str) -> None:
+    """End the run here when $INFALIGN_FAULT equals `name` (tests kill stages at named instants this way)."""
+    if os.environ.get(FAULT_ENV) == name:
+        raise InjectedFault(f"injected fault at {name}")
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -47,11 +72,52 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         hint = " (a run started there did not finish; rerun it to resume)" if (Path(path) / WORK).is_dir() else ""
         raise InfalignError(f"{str(path)!r} is not a finished artifact folder: no {MANIFEST}{hint}")
-    return json.loads(p.read_text())
+    try:
+        manifest = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InfalignError(f"{str(p)!r} is not a readable manifest ({exc}); the artifact is damaged: rebuild it") \
+            from None
+    if not isinstance(manifest, dict):
+        raise InfalignError(f"{str(p)!r} is not a manifest (a JSON object); the artifact is damaged: rebuild it")
+    return manifest
 
 
-def load_artifact(path: str | Path, stage: str | tuple[str, ...] | None = None):
-    """(dataset or DatasetDict, manifest) of a finished artifact; `stage` restricts which stages are accepted."""
+def _data_bytes(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*.arrow") if WORK not in f.relative_to(root).parts)
+
+
+def _check_integrity(dataset, manifest: dict[str, Any], path: Path, verify: bool | None) -> None:
+    """Refuse an artifact whose data no longer is what its manifest describes (docs/design.md: artifacts)."""
+    def broken(what: str):
+        return InfalignError(f"artifact {str(path)!r} fails its integrity check: {what}; it was changed after it "
+                             "was written (or damaged): rebuild it with the stage that made it")
+
+    expected = manifest.get("num_rows")
+    actual = {k: len(v) for k, v in dataset.items()} if hasattr(dataset, "keys") else len(dataset)
+    if expected is not None and expected != actual:
+        raise broken(f"the manifest says {expected} rows, the data has {actual}")
+    k = manifest.get("num_samples")
+    if k is not None and not hasattr(dataset, "keys") and len(dataset) and manifest.get("stage") in ("samples", "scored"):
+        import pyarrow.compute as pc
+
+        for column in ("completions", "rewards", "ref_logps", "completion_ids"):
+            if column in dataset.column_names:
+                lengths = pc.list_value_length(dataset.data.column(column))
+                low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+                if (low, high) != (k, k):
+                    raise broken(f"the manifest says K={k} completions per prompt, column {column!r} holds "
+                                 f"{low}..{high}")
+    if verify or (verify is None and _data_bytes(path) <= HASH_ALWAYS_BYTES):
+        if manifest.get("content_hash") and content_hash(path) != manifest["content_hash"]:
+            raise broken("its data files do not match the content hash in its manifest")
+
+
+def load_artifact(path: str | Path, stage: str | tuple[str, ...] | None = None, verify: bool | None = None):
+    """(dataset or DatasetDict, manifest) of a finished artifact; `stage` restricts which stages are accepted.
+
+    verify: True hashes the data files against the manifest, False never, None (default) when they are small
+    (HASH_ALWAYS_BYTES). Row counts and K are checked on every open.
+    """
     import datasets
 
     manifest = read_manifest(path)
@@ -60,7 +126,13 @@ def load_artifact(path: str | Path, stage: str | tuple[str, ...] | None = None):
         raise InfalignError(
             f"{str(path)!r} holds a {manifest.get('stage')!r} artifact; expected {' or '.join(map(repr, allowed))}"
         )
-    return datasets.load_from_disk(str(path)), manifest
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, OSError, ValueError) as exc:  # a deleted or truncated shard, a damaged state file
+        raise InfalignError(f"artifact {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); rebuild it "
+                            "with the stage that made it") from None
+    _check_integrity(dataset, manifest, Path(path), verify)
+    return dataset, manifest
 
 
 def content_hash(path: str | Path) -> str:
@@ -115,12 +187,17 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
     (out / WORK).mkdir(exist_ok=True)
+    if not (out / WORK / "config.json").is_file():  # before any data: a rerun then recognizes the folder
+        write_json_atomic(out / WORK / "config.json", manifest.get("config", {}))
     tmp = _save_tmp(dataset, out / WORK / "final")
+    fault_point("finish:saved")
     for old in out.iterdir():  # files of a previous artifact in the same folder
         if old.name not in (WORK,):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
-    for item in tmp.iterdir():
+    for i, item in enumerate(sorted(tmp.iterdir())):
         os.replace(item, out / item.name)
+        if i == 0:
+            fault_point("finish:data-moving")
     manifest = dict(manifest)
     manifest["content_hash"] = content_hash(out)
     if hasattr(dataset, "keys"):  # DatasetDict
@@ -129,7 +206,9 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
         manifest["num_rows"] = len(dataset)
     # Manifest first, then the work folder: a crash in between leaves a complete artifact (plus leftovers that
     # nothing reads), and a crash before it leaves _work/config.json and the chunks, so a rerun redoes this step.
+    fault_point("finish:before-manifest")
     write_json_atomic(out / MANIFEST, manifest)
+    fault_point("finish:after-manifest")
     shutil.rmtree(out / WORK, ignore_errors=True)
     return manifest
 
@@ -184,7 +263,9 @@ class ChunkStore:
             self.chunks.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.config_path, self._config)
         tmp = _save_tmp(dataset, self._path(index))
+        fault_point(f"chunk-saved:{index}")
         os.rename(tmp, self._path(index))
+        fault_point(f"after-chunk:{index}")
 
     def load(self, index: int):
         import datasets

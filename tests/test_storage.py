@@ -94,3 +94,89 @@ def test_empty_split_round_trips(tmp_path):
     assert len(loaded["train"]) == 2 and len(loaded["test"]) == 0
     assert loaded["test"].column_names == ["prompt_id", "x"]
     assert manifest["num_rows"] == {"train": 2, "test": 0}
+
+
+# ---- integrity on open ------------------------------------------------------------------------------------------
+
+
+def _scored(tmp_path, k=4):
+    rows = {"prompt_id": ["a", "b"], "completions": [["x"] * k, ["y"] * k], "rewards": [[1.0] * k, [2.0] * k]}
+    save_artifact(datasets.Dataset.from_dict(rows), tmp_path / "s", {"stage": "scored", "num_samples": k})
+    return tmp_path / "s"
+
+
+def test_data_changed_after_the_manifest_is_refused(tmp_path):
+    path = _scored(tmp_path)
+    ds, _ = load_artifact(path, stage="scored")
+    # Rewrite the data files with negated rewards, keeping the manifest: the hash no longer matches.
+    flipped = ds.map(lambda r: {"rewards": [-v for v in r["rewards"]]})
+    flipped.save_to_disk(str(tmp_path / "flipped"))
+    for f in (tmp_path / "flipped").glob("*.arrow"):
+        target = next(path.glob("*.arrow"))
+        target.write_bytes(f.read_bytes())
+    with pytest.raises(InfalignError, match="do not match the content hash"):
+        load_artifact(path, stage="scored")
+    assert len(load_artifact(path, stage="scored", verify=False)[0]) == 2  # verify=False skips the hash only
+
+
+def test_manifest_that_misstates_rows_or_k_is_refused(tmp_path):
+    import json
+
+    path = _scored(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "num_samples": 2}))
+    with pytest.raises(InfalignError, match="K=2 completions per prompt, column 'completions' holds 4..4"):
+        load_artifact(path, verify=False)
+    (path / "manifest.json").write_text(json.dumps({**manifest, "num_rows": 3}))
+    with pytest.raises(InfalignError, match="says 3 rows, the data has 2"):
+        load_artifact(path, verify=False)
+
+
+def test_damaged_artifacts_are_one_clear_error(tmp_path):
+    path = _scored(tmp_path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(InfalignError, match="not a readable manifest"):
+        load_artifact(path)
+    path = _scored(tmp_path / "again")
+    for f in path.glob("*.arrow"):
+        f.unlink()
+    with pytest.raises(InfalignError, match="cannot be read"):
+        load_artifact(path)
+
+
+# ---- fault injection: a kill at each instant of a chunked stage, then the same command again ----------------------
+
+
+def _tiny_stage(out, config, chunked=True):
+    """What every stage does: guard the folder, write chunks (sample, score) or not (prepare, merge), finish."""
+    store = ChunkStore(out)
+    if store.start(config):
+        return read_manifest(out)
+    if not chunked:
+        return save_artifact(_ds(6), out, {"stage": "prepared", "config": config})
+    for i in range(3):
+        if not store.done(i):
+            store.write(i, _ds(2, 10 * i))
+    final = datasets.concatenate_datasets([store.load(i) for i in range(3)])
+    return save_artifact(final, out, {"stage": "samples", "config": config})
+
+
+FINISH = ["finish:saved", "finish:data-moving", "finish:before-manifest", "finish:after-manifest"]
+POINTS = [(p, True) for p in ["chunk-saved:0", "after-chunk:0", "chunk-saved:2", "after-chunk:2", *FINISH]]
+POINTS += [(p, False) for p in FINISH]
+
+
+@pytest.mark.parametrize("point,chunked", POINTS)
+def test_killed_at_each_point_the_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch, point, chunked):
+    from offline_infalign.storage import InjectedFault
+
+    clean = _tiny_stage(tmp_path / "clean", {"seed": 0}, chunked)
+    monkeypatch.setenv("INFALIGN_FAULT", point)
+    with pytest.raises(InjectedFault):
+        _tiny_stage(tmp_path / "out", {"seed": 0}, chunked)
+    monkeypatch.delenv("INFALIGN_FAULT")
+    with pytest.raises(InfalignError, match="different config"):  # the killed folder still knows its config
+        _tiny_stage(tmp_path / "out", {"seed": 1}, chunked)
+    rerun = _tiny_stage(tmp_path / "out", {"seed": 0}, chunked)
+    assert rerun["content_hash"] == clean["content_hash"] and rerun["num_rows"] == clean["num_rows"] == 6
+    assert load_artifact(tmp_path / "out")[0]["x"] == load_artifact(tmp_path / "clean")[0]["x"]

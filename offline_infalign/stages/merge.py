@@ -58,9 +58,11 @@ def run_merge(cfg: MergeConfig) -> dict[str, Any]:
         if [m.get("content_hash") for m in done.get("merged_from", [])] == hashes:
             return done
         raise InfalignError(f"output folder {cfg.out!r} already holds another artifact; choose a new --out")
-    ChunkStore(cfg.out).start({})  # refuses a folder holding anything else
+    config = {**first["config"], "shard": None, "out": cfg.out, "input_hash": None}
+    # Refuses a folder holding anything else; the config (written before any data) lets a killed merge resume.
+    ChunkStore(cfg.out).start(config)
     manifest = {k: v for k, v in first.items() if k not in ("content_hash", "num_rows")}
-    manifest.update(shard=None, config={**first["config"], "shard": None, "out": cfg.out, "input_hash": None},
+    manifest.update(shard=None, config=config,
                     merged_from=[{"path": cfg.inputs[j], "content_hash": manifests[j]["content_hash"]} for j in order],
                     num_prompts=len(seen))
     for key in ("num_truncated", "num_skipped_long"):
