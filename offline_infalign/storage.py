@@ -36,13 +36,45 @@ from .config import config_diff
 from .core.errors import InfalignError
 
 __all__ = ["MANIFEST", "read_manifest", "load_artifact", "save_artifact", "content_hash", "ChunkStore",
-           "write_json_atomic", "base_manifest", "fault_point", "InjectedFault", "HASH_ALWAYS_BYTES"]
+           "write_json_atomic", "base_manifest", "fault_point", "InjectedFault", "HASH_ALWAYS_BYTES", "output_lock",
+           "LOCK"]
 
 MANIFEST = "manifest.json"
 WORK = "_work"
 # Inputs up to this size are hashed on every open (~0.5 s per GB here); larger ones only with verify=True.
 HASH_ALWAYS_BYTES = 256 << 20
 FAULT_ENV = "INFALIGN_FAULT"
+LOCK = ".infalign.lock"  # inside an output folder while a run writes it; holds the writer's pid
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path):
+    """Hold an exclusive lock on the output folder `out` for the duration of a run.
+
+    A second run into the same folder is refused at once, naming the holder's pid: two writers would race on
+    the same chunks and renames. The OS releases the lock when the holder exits, however it exits, so a killed
+    run never leaves a stale lock. (fcntl.flock: on platforms without it the folder is not locked.)
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's pid must survive
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InfalignError(f"output folder {str(out)!r} is being written by another run (pid {holder}); "
+                                "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class InjectedFault(BaseException):
@@ -192,7 +224,7 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
     tmp = _save_tmp(dataset, out / WORK / "final")
     fault_point("finish:saved")
     for old in out.iterdir():  # files of a previous artifact in the same folder
-        if old.name not in (WORK,):
+        if old.name not in (WORK, LOCK):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     for i, item in enumerate(sorted(tmp.iterdir())):
         os.replace(item, out / item.name)
@@ -235,7 +267,7 @@ class ChunkStore:
             return True
         if self.config_path.is_file():
             self._check(json.loads(self.config_path.read_text()), config, ignore, "holds an unfinished run")
-        elif self.out.is_dir() and any(p.name != WORK for p in self.out.iterdir()):
+        elif self.out.is_dir() and any(p.name not in (WORK, LOCK) for p in self.out.iterdir()):
             raise InfalignError(f"output folder {str(self.out)!r} exists and is not an artifact of this stage; "
                                 "choose a new --out")
         # Recorded with the first chunk, not here: a run that fails before any work (a bad flag, a model that

@@ -180,3 +180,27 @@ def test_killed_at_each_point_the_rerun_equals_an_uninterrupted_run(tmp_path, mo
     rerun = _tiny_stage(tmp_path / "out", {"seed": 0}, chunked)
     assert rerun["content_hash"] == clean["content_hash"] and rerun["num_rows"] == clean["num_rows"] == 6
     assert load_artifact(tmp_path / "out")[0]["x"] == load_artifact(tmp_path / "clean")[0]["x"]
+
+
+def test_output_lock_refuses_a_second_writer_naming_the_holder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from offline_infalign.storage import output_lock
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from offline_infalign.storage import output_lock\n"
+        f"with output_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InfalignError, match=rf"being written by another run \(pid {holder.pid}\)"):
+            with output_lock(out):
+                pass
+    finally:
+        holder.communicate("")  # the holder exits, and the OS releases its lock
+    with output_lock(out):  # free again; the lock file does not make the folder foreign to a stage
+        assert ChunkStore(out).start({"seed": 0}) is False
+    assert (out / ".infalign.lock").read_text().strip() == str(os.getpid())
