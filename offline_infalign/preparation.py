@@ -5,11 +5,16 @@ turned into many datasets (transforms, tilts, β) in a notebook as well as by `i
 (stages/prepare.py, which writes the artifact). The part that is the same for every kind lives here: the
 (P, K) matrices, calibration, targets, the train/test split; the rows of each kind come from `kinds/`.
 The train/test split is by prompt_id hash alone, so a prompt is in the same split for every transform and β.
+When the scored artifact has the sampler's token ids (`prompt_ids`, `completion_ids`), every row carries the
+ids of its prompt and completions next to their text (docs/math.md §9: the ids are the record, the text is
+decoded from them), and training uses those ids instead of encoding the text again.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +23,9 @@ from .core.checks import check_finite
 from .core.errors import InfalignError
 from .core.transforms import Transform
 from .kinds import ScoredMatrices, get_kind
+from .kinds.pairs import PAIR_CHOICES
 
-__all__ = ["prepare_dataset", "is_test_prompt"]
+__all__ = ["prepare", "prepare_dataset", "Prepared", "is_test_prompt"]
 
 
 def is_test_prompt(prompt_id: str, test_fraction: float) -> bool:
@@ -38,22 +44,38 @@ def _matrix(scored, column: str, ids: list[str]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(len(values), k)
 
 
-def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_per_prompt: int | None = None,
-                    seed: int = 0, test_fraction: float = 0.1):
-    """Build a DatasetDict {train, test} of `kind` from a scored dataset (rows with K completions each).
+def _completion_ids(scored, ids: list[str], k: int) -> list[list[list[int]]] | None:
+    """The sampled token ids (docs/math.md §9), K id lists per prompt, or None when the artifact has none."""
+    if "completion_ids" not in scored.column_names:
+        return None
+    table = list(scored["completion_ids"])
+    for pid, row in zip(ids, table):
+        if len(row) != k:
+            raise InfalignError(f"prompt_id {pid} has {len(row)} completion_ids lists but {k} rewards; the "
+                                "scored artifact's columns must describe the same K completions")
+    return table
 
-    Args:
-        scored: `datasets.Dataset` with prompt_id, prompt, completions (K), rewards (K), ref_logps (K).
-        kind: a `kinds.KINDS` name (pairs, listwise, bon).
-        transform: Φ (core.transforms.Transform); targets = Φ(calibrated_rewards).
-        beta: KL coefficient > 0 (used by kind=bon weights; recorded by the caller for the others).
-        pairs_per_prompt: pairs only; M pairs drawn without replacement per prompt (all when M ≥ K(K−1)/2).
-    """
+
+@dataclass(frozen=True)
+class Prepared:
+    """The prepared DatasetDict {train, test} and the kind's counts of what it left out (e.g. tied pairs)."""
+
+    data: Any
+    counts: dict[str, int]
+
+
+def prepare(scored, kind: str, transform: Transform, beta: float, pairs: str = "all",
+            pairs_per_prompt: int | None = None, seed: int = 0, test_fraction: float = 0.1) -> Prepared:
+    """Build the rows of `kind` from a scored dataset (rows with K completions each); see `prepare_dataset`."""
     import datasets
 
     dataset_kind = get_kind(kind)
     if not beta > 0:
         raise InfalignError(f"beta must be > 0, got {beta!r}")
+    if pairs not in PAIR_CHOICES:
+        raise InfalignError(f"pairs {pairs!r} is not allowed; allowed: {', '.join(PAIR_CHOICES)}")
+    if pairs_per_prompt is not None and pairs != "all":
+        raise InfalignError(f"pairs_per_prompt applies to pairs='all' only, got pairs={pairs!r}")
     missing = {"prompt_id", "prompt", "completions", "rewards", "ref_logps"} - set(scored.column_names)
     if missing:
         raise InfalignError(f"scored dataset lacks column(s) {sorted(missing)}; has {scored.column_names}")
@@ -70,25 +92,52 @@ def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_
     matrices = ScoredMatrices(
         ids=ids, prompts=list(scored["prompt"]), completions=list(scored["completions"]), rewards=rewards,
         calibrated=u, targets=np.asarray(transform(u), dtype=np.float64),  # (P, K) docs/math.md §5
-        ref_logps=ref, beta=beta, pairs_per_prompt=pairs_per_prompt, seed=seed)
-    own, types, owner = dataset_kind.build_rows(matrices)
-    owner = np.asarray(owner)  # prompt index of each row
-    columns = {"prompt_id": [ids[o] for o in owner], "prompt": [matrices.prompts[o] for o in owner], **own}
+        ref_logps=ref, beta=beta, completion_ids=_completion_ids(scored, ids, k), pairs=pairs,
+        pairs_per_prompt=pairs_per_prompt, seed=seed)
+    rows = dataset_kind.build_rows(matrices)
+    owner = np.asarray(rows.owner, dtype=np.int64)  # prompt index of each row
+    columns = {"prompt_id": [ids[o] for o in owner], "prompt": [matrices.prompts[o] for o in owner]}
+    types = dict(rows.types)
+    if "prompt_ids" in scored.column_names:  # the prompt exactly as the sampler encoded it
+        prompt_ids = list(scored["prompt_ids"])
+        columns["prompt_ids"] = [prompt_ids[o] for o in owner]
+        types = {"prompt_ids": "ints", **types}
+    columns.update(rows.columns)
     features = _features(scored.features["prompt"], types)
     test = np.array([is_test_prompt(pid, test_fraction) for pid in ids], dtype=bool)
     splits = {}
     for name, mask in (("train", ~test), ("test", test)):
-        rows = np.flatnonzero(mask[owner]) if len(owner) else np.zeros(0, dtype=int)
-        data = {c: [v[r] for r in rows] if isinstance(v, list) else v[rows].tolist() for c, v in columns.items()}
+        keep = np.flatnonzero(mask[owner]) if len(owner) else np.zeros(0, dtype=int)
+        data = {c: [v[r] for r in keep] if isinstance(v, list) else v[keep].tolist() for c, v in columns.items()}
         splits[name] = datasets.Dataset.from_dict(data, features=features)
-    return datasets.DatasetDict(splits)
+    return Prepared(datasets.DatasetDict(splits), dict(rows.counts))
+
+
+def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_per_prompt: int | None = None,
+                    seed: int = 0, test_fraction: float = 0.1, pairs: str = "all"):
+    """Build a DatasetDict {train, test} of `kind` from a scored dataset (rows with K completions each).
+
+    Args:
+        scored: `datasets.Dataset` with prompt_id, prompt, completions (K), rewards (K), ref_logps (K), and,
+            from the sampler, prompt_ids and completion_ids (K id lists), which the rows then carry (pairs:
+            chosen_ids / rejected_ids; listwise: completion_ids; bon: completion_ids) so that training computes
+            log π on exactly the sampled tokens (docs/math.md §9).
+        kind: a `kinds.KINDS` name (pairs, listwise, bon).
+        transform: Φ (core.transforms.Transform); targets = Φ(calibrated_rewards).
+        beta: KL coefficient > 0 (used by kind=bon weights; recorded by the caller for the others).
+        pairs: pairs only; 'all' (every untied pair) or 'best_worst' (highest vs lowest raw reward per prompt).
+        pairs_per_prompt: pairs='all' only; M untied pairs drawn without replacement per prompt (all when fewer).
+    `prepare` returns the same data together with the counts of what was left out (tied pairs or prompts).
+    """
+    return prepare(scored, kind, transform, beta, pairs=pairs, pairs_per_prompt=pairs_per_prompt, seed=seed,
+                   test_fraction=test_fraction).data
 
 
 def _features(prompt_feature, types: dict[str, str]):
-    """`datasets.Features` for prompt_id, prompt (as in the scored artifact) and a kind's typed columns."""
+    """`datasets.Features` for prompt_id, prompt (as in the scored artifact) and the typed columns."""
     from datasets import Features, List, Value
 
     by_type = {"str": Value("string"), "float": Value("float64"), "strs": List(Value("string")),
-               "floats": List(Value("float64"))}
+               "floats": List(Value("float64")), "ints": List(Value("int32")), "intss": List(List(Value("int32")))}
     return Features({"prompt_id": Value("string"), "prompt": prompt_feature,
                      **{name: by_type[t] for name, t in types.items()}})

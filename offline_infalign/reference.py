@@ -15,10 +15,11 @@ from .core.errors import InfalignError
 from .core.losses import get_loss
 from .kinds import get_kind
 
-__all__ = ["choose_reference"]
+__all__ = ["choose_reference", "same_model"]
 
 
-def _same_model(a: str, b: str) -> bool:
+def same_model(a: str, b: str) -> bool:
+    """The same hub id, or two paths to one folder."""
     if a == b:
         return True
     pa, pb = Path(a), Path(b)
@@ -51,7 +52,7 @@ def choose_reference(requested: str, loss: str, kind: str, columns, manifest: di
         if not get_loss(loss).needs_reference:
             return "none", f"{loss} needs no reference and the dataset has no stored reference columns"
         return "live", "the dataset has no stored reference log-prob columns"
-    if model is not None and manifest.get("model") and not _same_model(str(manifest["model"]), str(model)):
+    if model is not None and manifest.get("model") and not same_model(str(manifest["model"]), str(model)):
         return "live", (f"the stored reference log-probs are of model {manifest['model']!r}, not {model!r} "
                         "(pass reference='stored' if they are the same weights)")
     if weights_dtype != stored_dtype:

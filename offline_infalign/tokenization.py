@@ -6,8 +6,11 @@ stored reference log-probs and a live reference forward agree token for token.
 - prompt: plain text → `tokenizer(text)` ids (with the tokenizer's own special tokens, e.g. BOS);
   a list of chat messages → the tokenizer's chat template with `add_generation_prompt=True`.
 - completion: `tokenizer(text, add_special_tokens=False)` ids followed by EOS, so the probability of stopping
-  is part of log π(y|x) (as TRL's DPO does). Completions are stored as text; ids are always re-derived.
-`tokenize_dataset` adds these ids to a prepared dataset for training, for the text columns its kind names.
+  is part of log π(y|x) (as TRL's DPO does).
+Sampled completions do not go through `encode_completion`: their ids are the record (docs/math.md §9) — kept by
+the sampler exactly as generated (ending with the stop token only when one ended them, so a completion cut at
+max_new_tokens has no stop-token term) and carried by prepare. `tokenize_dataset` uses such stored id columns as
+they are and encodes text only where a dataset has none (datasets made by hand from text, as before).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 
 from .core.errors import InfalignError
 
-__all__ = ["encode_prompt", "encode_completion", "check_tokenizer", "prompt_text", "tokenize_dataset"]
+__all__ = ["encode_prompt", "encode_completion", "check_tokenizer", "prompt_text", "tokenize_dataset",
+           "check_stored_ids"]
 
 
 def check_tokenizer(tokenizer) -> None:
@@ -59,9 +63,10 @@ def encode_completion(tokenizer, completion: str) -> list[int]:
 
 
 def tokenize_dataset(dataset, tokenizer, kind, max_length: int | None = None, cache_dir: str | Path | None = None):
-    """Add id columns (`prompt_ids` and `<column>_ids` for each of the kind's text columns, e.g. `chosen_ids`)
-    with the package's one tokenization; drop rows longer than `max_length` (never truncate: stored reference
-    log-probs are of whole completions). `kind` is a `kinds.DatasetKind` or its name.
+    """Make sure the dataset has `prompt_ids` and the kind's id columns (e.g. `chosen_ids`, `completion_ids`):
+    a column already there (the sampled ids, docs/math.md §9) is used as it is; a missing one is encoded from
+    its text with the package's one tokenization. Drop rows longer than `max_length` (never truncate: stored
+    reference log-probs are of whole completions). `kind` is a `kinds.DatasetKind` or its name.
     Returns (dataset, number of rows dropped).
 
     The tokenized table goes to `cache_dir` (or stays in memory), never next to the input artifact's files:
@@ -71,14 +76,18 @@ def tokenize_dataset(dataset, tokenizer, kind, max_length: int | None = None, ca
 
         kind = get_kind(kind)
     check_tokenizer(tokenizer)
-    text_cols = kind.text_columns
+    present = set(dataset.column_names)
+    stored = [c for c in ("prompt_ids", *kind.id_columns.values()) if c in present]
+    check_stored_ids(dataset, stored, tokenizer)
+    encode_prompt_ids = "prompt_ids" not in present
+    to_encode = {text: ids for text, ids in kind.id_columns.items() if ids not in present}
 
     def encode(row):
-        out = {"prompt_ids": encode_prompt(tokenizer, row["prompt"])}
-        for col in text_cols:
+        out = {"prompt_ids": encode_prompt(tokenizer, row["prompt"])} if encode_prompt_ids else {}
+        for col, ids_col in to_encode.items():
             value = row[col]
-            out[f"{col}_ids"] = ([encode_completion(tokenizer, v) for v in value] if isinstance(value, list)
-                                 else encode_completion(tokenizer, value))
+            out[ids_col] = ([encode_completion(tokenizer, v) for v in value] if isinstance(value, list)
+                            else encode_completion(tokenizer, value))
         return out
 
     # The cache name pins the input rows and the tokenizer, so a rerun into the same folder never reuses ids
@@ -93,18 +102,39 @@ def tokenize_dataset(dataset, tokenizer, kind, max_length: int | None = None, ca
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         return {"cache_file_name": str(Path(cache_dir) / f"{name}-{key}.arrow")}
 
-    dataset = dataset.map(encode, desc="tokenize", **where("tokenized"))
+    if encode_prompt_ids or to_encode:
+        dataset = dataset.map(encode, desc="tokenize", **where("tokenized"))
     kind.check_rows(dataset)
     if max_length is None:
         return dataset, 0
+    id_cols = list(kind.id_columns.values())
 
     def fits(row):
         lengths = []
-        for col in text_cols:
-            ids = row[f"{col}_ids"]
+        for col in id_cols:
+            ids = row[col]
             lengths += [len(x) for x in ids] if kind.grouped else [len(ids)]
         return len(row["prompt_ids"]) + max(lengths) <= max_length
 
     before = len(dataset)
     dataset = dataset.filter(fits, desc="max_length", **where(f"max_length{max_length}"))
     return dataset, before - len(dataset)
+
+
+def check_stored_ids(dataset, columns, tokenizer) -> None:
+    """Stored ids must be ids of this tokenizer: refuse a negative id or one past its vocabulary (the ids of
+    another tokenizer would index other embeddings, or none)."""
+    import pyarrow.compute as pc
+
+    size = len(tokenizer)
+    for col in columns:
+        values = dataset.data.column(col)
+        while hasattr(values.type, "value_type"):  # list<list<int>> -> list<int> -> int
+            values = pc.list_flatten(values)
+        if len(values) == 0:
+            continue
+        lo, hi = pc.min_max(values).values()
+        if lo.as_py() < 0 or hi.as_py() >= size:
+            raise InfalignError(f"column {col!r} holds token id {hi.as_py() if hi.as_py() >= size else lo.as_py()}, "
+                                f"outside tokenizer {tokenizer.name_or_path!r} (vocabulary size {size}); the "
+                                "dataset's ids were made by another tokenizer")

@@ -8,7 +8,7 @@ import pytest
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.transforms import Transform
 from offline_infalign.kinds.pairs import to_trl_conversational
-from offline_infalign.preparation import is_test_prompt, prepare_dataset
+from offline_infalign.preparation import is_test_prompt, prepare, prepare_dataset
 
 # Two prompts, K = 4. Prompt a has a tie (rewards 1, 3, 3, 0); prompt b is a message list.
 SCORED = {
@@ -48,9 +48,11 @@ def test_listwise_calibrated_and_targets_by_hand():
 
 
 def test_all_pairs_orientation_margin_soft_label():
-    dd = prepare_dataset(_scored(), "pairs", Transform("identity"), beta=1.0, test_fraction=0.0)
-    rows = dd["train"].to_list()
-    assert len(rows) == 2 * 6  # K(K−1)/2 = 6 pairs per prompt
+    prepared = prepare(_scored(), "pairs", Transform("identity"), beta=1.0, test_fraction=0.0)
+    rows = prepared.data["train"].to_list()
+    # K(K−1)/2 = 6 pairs per prompt, less prompt a's tied pair (great, fine): equal rewards name no winner
+    assert len(rows) == 2 * 6 - 1 and prepared.counts == {"skipped_tied_pairs": 1}
+    assert not [r for r in rows if {r["chosen"], r["rejected"]} == {"great", "fine"}]
     for r in rows:
         src = SCORED["prompt_id"].index(r["prompt_id"])
         comps = SCORED["completions"][src]
@@ -61,9 +63,7 @@ def test_all_pairs_orientation_margin_soft_label():
         assert r["weight"] == 1.0
         assert r["ref_chosen_logps"] == SCORED["ref_logps"][src][c]
         assert r["ref_rejected_logps"] == SCORED["ref_logps"][src][j]
-    # The tied pair (great, fine) has margin 0 and soft label ½.
-    tie = [r for r in rows if {r["chosen"], r["rejected"]} == {"great", "fine"}]
-    assert len(tie) == 1 and tie[0]["target_margin"] == 0 and tie[0]["soft_label"] == 0.5
+        assert SCORED["rewards"][src][c] > SCORED["rewards"][src][j]  # chosen = the larger raw reward
 
 
 def test_sampled_pairs_are_seeded_per_prompt():
@@ -78,7 +78,10 @@ def test_sampled_pairs_are_seeded_per_prompt():
                             test_fraction=0.0)["train"].to_list()
     assert len({(r["chosen"], r["rejected"]) for r in rows + other}) > 2  # another seed, other pairs
     big = prepare_dataset(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=50, test_fraction=0.0)
-    assert len(big["train"]) == 12
+    assert len(big["train"]) == 11  # every untied pair
+    # With ties, the M pairs are drawn among the untied ones: prompt a still gets M = 5 of its 5 untied pairs.
+    five = prepare_dataset(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=5, test_fraction=0.0)
+    assert [r["prompt_id"] for r in five["train"]].count("a") == 5
 
 
 def test_bon_weights_softmax_over_prompt():

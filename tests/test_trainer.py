@@ -169,9 +169,9 @@ def test_resume_from_checkpoint_continues(data, tmp_path):
 
 def test_listwise_collator_variable_k():
     coll = ListwiseCollator(pad_token_id=0)
-    rows = [{"prompt_ids": [5, 6], "completions_ids": [[7, 3], [8, 9, 3]], "targets": [0.1, 0.9],
+    rows = [{"prompt_ids": [5, 6], "completion_ids": [[7, 3], [8, 9, 3]], "targets": [0.1, 0.9],
              "ref_logps": [-1.0, -2.0]},
-            {"prompt_ids": [5], "completions_ids": [[7, 3], [8, 3], [9, 3]], "targets": [0.2, 0.5, 0.3],
+            {"prompt_ids": [5], "completion_ids": [[7, 3], [8, 3], [9, 3]], "targets": [0.2, 0.5, 0.3],
              "ref_logps": [-1.5, -2.5, -3.5]}]
     batch = coll(rows)
     assert batch["input_ids"].shape == (5, 5)

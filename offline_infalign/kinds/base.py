@@ -1,9 +1,10 @@
 """What a dataset kind is: the base class every kinds/<name>.py subclasses, and the input its rows are built from.
 
 A kind decides, for one shape of prepared rows (docs/design.md, the prepared artifact):
-- prepare: which rows and columns a scored artifact's (prompts, K completions) matrices become (`build_rows`);
-- train: which columns a loss needs (`required_columns`, `reference_columns`), which columns hold completion
-  text to tokenize (`text_columns`), how rows become a batch (`collator`), and how a batch plus the policy's and
+- prepare: which rows and columns a scored artifact's (prompts, K completions) matrices become (`build_rows`),
+  the sampled token ids travelling with their completions (`completion_columns`, docs/math.md §9);
+- train: which columns a loss needs (`required_columns`, `reference_columns`), which completion-text column has
+  which token-id column (`id_columns`), how rows become a batch (`collator`), and how a batch plus the policy's and
   the reference's log-probs become a `core.losses` call and the logged metrics (`loss`, `row_weight`,
   `stored_reference`).
 The trainer, tokenization and the prepare stage ask the kind; none of them branches on a kind's name.
@@ -12,7 +13,7 @@ The trainer, tokenization and the prepare stage ask the kind; none of them branc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..core.errors import InfalignError
 from ..core.losses import LossSpec
 from ..logprobs import pad_pairs
 
-__all__ = ["DatasetKind", "ScoredMatrices", "Collator", "floats"]
+__all__ = ["DatasetKind", "ScoredMatrices", "Rows", "Collator", "floats", "ID_TYPES"]
 
 Metrics = dict[str, torch.Tensor]
 
@@ -32,7 +33,9 @@ class ScoredMatrices:
     """A scored artifact as P prompts × K completions, ready for a kind to lay out as rows (docs/math.md §2, §5).
 
     rewards, calibrated, targets, ref_logps: (P, K) float64; targets = Φ(calibrated).
-    beta, pairs_per_prompt, seed: the prepare options; each kind reads the ones it needs.
+    completion_ids: per prompt, the K completions' token ids exactly as sampled (docs/math.md §9), or None when
+        the scored artifact has no `completion_ids` column (then training re-encodes the text).
+    beta, pairs, pairs_per_prompt, seed: the prepare options; each kind reads the ones it needs.
     """
 
     ids: list[str]
@@ -43,8 +46,30 @@ class ScoredMatrices:
     targets: np.ndarray
     ref_logps: np.ndarray
     beta: float
+    completion_ids: list[list[list[int]]] | None = None
+    pairs: str = "all"
     pairs_per_prompt: int | None = None
     seed: int = 0
+
+
+@dataclass
+class Rows:
+    """What `DatasetKind.build_rows` returns.
+
+    columns: the kind's columns (besides prompt_id, prompt, prompt_ids), each a list or an array, one entry per row.
+    types: their types ("str", "float", "strs", "floats", "ints", "intss"), in column order.
+    owner: (R,) the prompt index each row comes from (which puts the row in its prompt's train/test split).
+    counts: what the kind left out and why (e.g. tied pairs), for the manifest.
+    """
+
+    columns: dict[str, Any]
+    types: dict[str, str]
+    owner: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# The id columns' types: one completion's ids, or a group's (one list per completion).
+ID_TYPES = {False: "ints", True: "intss"}
 
 
 class DatasetKind:
@@ -56,7 +81,9 @@ class DatasetKind:
         margin_columns: of those, the ones only a loss with `needs_margin` reads (DPO/IPO only need which
             completion is preferred).
         reference_columns: stored log π_ref columns; without them the reference is computed live.
-        text_columns: completion-text columns, tokenized into `<column>_ids`.
+        id_columns: {completion-text column: its token-id column}. Prepare writes the id column from the sampled
+            ids when the scored artifact has them; training uses a stored id column as it is and tokenizes the
+            text only for datasets without one (`tokenization.tokenize_dataset`).
         grouped: the text columns hold a list of completions per row (one id list each).
         beta_in_rows: the rows hold values computed at the manifest's β (recomputed when training at another).
     """
@@ -65,16 +92,36 @@ class DatasetKind:
     required_columns: tuple[str, ...] = ()
     margin_columns: tuple[str, ...] = ()
     reference_columns: tuple[str, ...] = ()
-    text_columns: tuple[str, ...] = ()
+    id_columns: dict[str, str] = {}
     grouped: bool = False
     beta_in_rows: bool = False
 
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        return tuple(self.id_columns)
+
     # ---- prepare ---------------------------------------------------------------------------------------------
-    def build_rows(self, m: ScoredMatrices) -> tuple[dict[str, Any], dict[str, str], np.ndarray]:
-        """(columns, column types, owner): this kind's columns (besides prompt_id and prompt), each a list or
-        an array with one entry per row; their types ("str", "float", "strs", "floats"), in column order; and
-        the prompt index each row comes from (which puts the row in its prompt's train/test split)."""
+    def build_rows(self, m: ScoredMatrices) -> Rows:
+        """This kind's rows of the scored matrices (see `Rows`)."""
         raise NotImplementedError
+
+    def completion_columns(self, m: ScoredMatrices, owner: np.ndarray, picks: dict[str, np.ndarray | None]
+                           ) -> tuple[dict[str, list], dict[str, str]]:
+        """The completion columns of rows whose prompts are `owner` (R,): for each text column in `picks`, the
+        completion of index picks[col][r] of prompt owner[r] (None: all K, for a grouped kind), and, when the
+        scored input has token ids, the same completions' ids in the column `id_columns[col]`. Text and ids
+        are picked together, so a row's ids are always those its text was decoded from (docs/math.md §9)."""
+        columns: dict[str, list] = {}
+        types: dict[str, str] = {}
+        for col, idx in picks.items():
+            sources = [(m.completions, col, "strs" if idx is None else "str")]
+            if m.completion_ids is not None:
+                sources.append((m.completion_ids, self.id_columns[col], ID_TYPES[idx is None]))
+            for table, name, kind in sources:
+                columns[name] = ([list(table[o]) for o in owner] if idx is None
+                                 else [table[o][i] for o, i in zip(owner, idx)])
+                types[name] = kind
+        return columns, types
 
     # ---- train -----------------------------------------------------------------------------------------------
     def training_columns(self, loss: LossSpec) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """BoN rows: one row per completion, weighted (docs/math.md §6, weighted SFT / best-of-N distillation).
 
-Rows: `completion`, `reward`, `calibrated_reward`, `target`, `ref_logp`, and `weight` = softmax(target/β) over
+Rows: `completion` (and `completion_ids`, as sampled, when the scored input has ids), `reward`,
+`calibrated_reward`, `target`, `ref_logp`, and `weight` = softmax(target/β) over
 its prompt's K completions (sums to 1): the self-normalized importance weights of the tilted policy π* against
 π_ref. Batch: B sequences, one per row. Loss call: `fn(policy log-probs (B,), weight (B,))`; the weight is
 inside the loss, so the trainer does not weight the rows again.
@@ -15,7 +16,7 @@ import torch
 
 from ..core.errors import InfalignError
 from ..core.losses import kl_estimates
-from .base import Collator, DatasetKind, ScoredMatrices, floats
+from .base import Collator, DatasetKind, Rows, ScoredMatrices, floats
 
 __all__ = ["BonKind", "BonCollator"]
 
@@ -35,22 +36,21 @@ class BonKind(DatasetKind):
     name = "bon"
     required_columns = ("prompt", "completion", "weight")
     reference_columns = ("ref_logp",)
-    text_columns = ("completion",)
+    id_columns = {"completion": "completion_ids"}
     beta_in_rows = True  # weight = softmax(target/β)
 
-    def build_rows(self, m: ScoredMatrices):
+    def build_rows(self, m: ScoredMatrices) -> Rows:
         p, k = m.targets.shape
         z = m.targets / m.beta
         w = np.exp(z - z.max(axis=1, keepdims=True))  # softmax(Φ/β) per prompt, shifted for overflow safety
         w /= w.sum(axis=1, keepdims=True)
         owner = np.repeat(np.arange(p), k)
-        col = np.tile(np.arange(k), p)
-        columns = {"completion": [m.completions[o][c] for o, c in zip(owner, col)],
-                   "reward": m.rewards.reshape(-1), "calibrated_reward": m.calibrated.reshape(-1),
-                   "target": m.targets.reshape(-1), "ref_logp": m.ref_logps.reshape(-1), "weight": w.reshape(-1)}
-        types = {"completion": "str", "reward": "float", "calibrated_reward": "float", "target": "float",
-                 "ref_logp": "float", "weight": "float"}
-        return columns, types, owner
+        columns, types = self.completion_columns(m, owner, {"completion": np.tile(np.arange(k), p)})
+        columns.update({"reward": m.rewards.reshape(-1), "calibrated_reward": m.calibrated.reshape(-1),
+                        "target": m.targets.reshape(-1), "ref_logp": m.ref_logps.reshape(-1),
+                        "weight": w.reshape(-1)})
+        types.update({c: "float" for c in ("reward", "calibrated_reward", "target", "ref_logp", "weight")})
+        return Rows(columns, types, owner)
 
     def at_beta(self, dataset, beta: float):
         """Recompute weight = softmax(target/β) within each prompt (the stored weights are for the manifest's β)."""

@@ -1,6 +1,7 @@
 """Listwise: one row per prompt with all its completions (docs/math.md §6, listwise and pointwise losses).
 
-Rows: `completions`, `rewards`, `calibrated_rewards`, `targets`, `ref_logps` (K each; K may vary per row).
+Rows: `completions`, `rewards`, `calibrated_rewards`, `targets`, `ref_logps` (K each; K may vary per row), and
+`completion_ids` (K id lists, as sampled) when the scored input has ids.
 Batch: the real completions of B groups flattened row-major, and a (B, Kmax) `mask` marking them.
 Loss call: `fn(h (B, Kmax), targets (B, Kmax), mask, β)`.
 """
@@ -15,7 +16,7 @@ import torch
 
 from ..core.errors import InfalignError
 from ..core.losses import kl_estimates
-from .base import Collator, DatasetKind, ScoredMatrices, floats
+from .base import Collator, DatasetKind, Rows, ScoredMatrices, floats
 
 __all__ = ["ListwiseKind", "ListwiseCollator"]
 
@@ -24,13 +25,13 @@ class ListwiseCollator(Collator):
     """Rows of K_b completions → Σ K_b sequences (row-major) + (B, Kmax) mask, targets and stored ref_logps."""
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sizes = [len(r["completions_ids"]) for r in rows]
+        sizes = [len(r["completion_ids"]) for r in rows]
         b, kmax = len(rows), max(sizes)
         mask = torch.zeros((b, kmax), dtype=torch.bool)
         for i, k in enumerate(sizes):
             mask[i, :k] = True
         prompts = [r["prompt_ids"] for r, k in zip(rows, sizes) for _ in range(k)]
-        completions = [c for r in rows for c in r["completions_ids"]]
+        completions = [c for r in rows for c in r["completion_ids"]]
         batch = self._pad(prompts, completions)
         batch["mask"] = mask
 
@@ -51,15 +52,16 @@ class ListwiseKind(DatasetKind):
     name = "listwise"
     required_columns = ("prompt", "completions", "targets")
     reference_columns = ("ref_logps",)
-    text_columns = ("completions",)
+    id_columns = {"completions": "completion_ids"}
     grouped = True
 
-    def build_rows(self, m: ScoredMatrices):
-        columns = {"completions": list(m.completions), "rewards": m.rewards, "calibrated_rewards": m.calibrated,
-                   "targets": m.targets, "ref_logps": m.ref_logps}
-        types = {"completions": "strs", "rewards": "floats", "calibrated_rewards": "floats", "targets": "floats",
-                 "ref_logps": "floats"}
-        return columns, types, np.arange(len(m.ids))
+    def build_rows(self, m: ScoredMatrices) -> Rows:
+        owner = np.arange(len(m.ids))
+        columns, types = self.completion_columns(m, owner, {"completions": None})
+        columns.update({"rewards": m.rewards, "calibrated_rewards": m.calibrated, "targets": m.targets,
+                        "ref_logps": m.ref_logps})
+        types.update({c: "floats" for c in ("rewards", "calibrated_rewards", "targets", "ref_logps")})
+        return Rows(columns, types, owner)
 
     def check_rows(self, dataset) -> None:
         short = [i for i, c in enumerate(dataset["completions"]) if len(c) < 2]

@@ -10,8 +10,13 @@ dataset's stored columns (no reference forward at all) or from the policy itself
 columns were computed in (manifest key `ref_dtype`, else `dtype`, else assumed float32); 4-bit (QLoRA) or bf16
 weights against float32 columns give live. The choice (`reference.choose_reference`) is logged.
 
-Rows are tokenized once with `tokenization.tokenize_dataset` (the same ids the sampler used for `ref_logps`),
-and log-probs are `logprobs.completion_logps`, so stored and live references agree.
+Rows carry the sampled token ids when the dataset was prepared from samples that have them (docs/math.md §9):
+the trainer computes log-probs on exactly those ids, the ones the sampler summed for `ref_logps` (a completion
+cut at max_new_tokens has no stop-token term in either). Rows without ids (a dataset made by hand from text) are
+tokenized once with `tokenization.tokenize_dataset`. Log-probs are `logprobs.completion_logps`, so stored and
+live references agree.
+The dataset manifest's `warnings` (e.g. samples drawn at temperature != 1, a β too small for K) are repeated in
+the model card and in the training record's `warnings`, which evaluation shows.
 Writes into OUT: the adapter, the tokenizer, README.md (model card), `infalign_train.json` (the training
 record, read back by `training_record`), and checkpoints under OUT/checkpoints.
 """
@@ -101,7 +106,15 @@ def _model_card(cfg, manifest: dict, beta: float, reference: str, metrics: dict)
                                               if isinstance(v, (int, float))),
         "",
     ]
+    warnings = _warnings(manifest)
+    if warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
     return "\n".join(lines)
+
+
+def _warnings(manifest: dict) -> list[str]:
+    """The dataset manifest's warnings (prepare writes them: tempered samples, β or K too small)."""
+    return [str(w) for w in manifest.get("warnings") or []]
 
 
 def _resume_path(cfg, checkpoints: Path):
@@ -116,6 +129,17 @@ def _resume_path(cfg, checkpoints: Path):
     if not Path(value).is_dir():
         raise InfalignError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
     return str(value)
+
+
+def _check_stored_ids_model(dataset, kind, manifest: dict, model: str) -> None:
+    """Stored token ids are the sampling tokenizer's; say so when another model is trained on them."""
+    from ..reference import same_model
+
+    stored = [c for c in ("prompt_ids", *kind.id_columns.values()) if c in dataset.column_names]
+    sampled_with = manifest.get("tokenizer") or manifest.get("model")
+    if stored and sampled_with and not same_model(str(sampled_with), str(model)):
+        logger.warning("the dataset's token ids (%s) were made by tokenizer %r and are used as they are for model "
+                       "%r: right only if both share one tokenizer", ", ".join(stored), sampled_with, model)
 
 
 def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
@@ -161,6 +185,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
             module.p = 0.0
+    _check_stored_ids_model(dataset, kind, manifest, cfg.model)
     weights_dtype = modeling.base_weights_dtype(model)
     reference, why = choose_reference(cfg.reference, cfg.loss, kind.name, dataset.column_names, manifest,
                                       weights_dtype, cfg.model)
@@ -238,6 +263,7 @@ def train(cfg) -> Path:
             "reference": reference,
             "reference_reason": why,
             "log_z": info["log_z"],
+            "warnings": _warnings(manifest),
             "global_step": trainer.state.global_step,
             "world_size": trainer.args.world_size,
             "total_train_batch_size": trainer.args.world_size * trainer.args.per_device_train_batch_size
