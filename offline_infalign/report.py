@@ -16,13 +16,17 @@ import numpy as np
 from .core.checks import check_finite
 from .core.errors import InfalignError
 
-__all__ = ["summarize", "make_predict_fn", "default_ns", "PREDICTION_NOTE", "PredictFn"]
+__all__ = ["summarize", "make_predict_fn", "default_ns", "length_summary", "cut_note", "PREDICTION_NOTE",
+           "PredictFn", "CUT_NOTE_ABOVE"]
 
 PREDICTION_NOTE = (
     "'predicted' values come from the calibrated-space analysis (docs/math.md §4) and assume the policy is exactly "
     "the tilted policy pi_ref * exp(Phi(C)/beta) / Z for the adapter's transform, tilt and beta; a finite-data, "
     "LoRA-trained adapter only approximates it, so read the gap as how well training reached the target."
 )
+
+# Above this fraction of completions cut at max_new_tokens (on either side) the report says what that means.
+CUT_NOTE_ABOVE = 0.05
 
 PredictFn = Callable[[str, int], Any]  # (procedure, n) -> object with .win_rate, .kl, .standard_win_rate, or None
 
@@ -102,9 +106,43 @@ def summarize(
     }
 
 
+def length_summary(sides: dict[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per side, the fraction of completions cut at max_new_tokens and the mean completion length (docs/math.md §8).
+
+    sides: {"policy": P sample dicts, "base": ...}, each with `completion_ids` (K lists) and `finish_reasons`
+    (K of "stop"/"length"), as the sampler returns them. The length is in tokens as generated: the stop token
+    counts when one ended the completion. Returns {"cut_fraction": {side: f}, "mean_length": {side: mean}}.
+    """
+    out: dict[str, dict[str, float]] = {"cut_fraction": {}, "mean_length": {}}
+    for side, samples in sides.items():
+        reasons = [r for s in samples for r in s["finish_reasons"]]
+        lengths = [len(c) for s in samples for c in s["completion_ids"]]
+        if not reasons or len(reasons) != len(lengths):
+            raise InfalignError(f"{side} samples have {len(reasons)} finish reasons for {len(lengths)} completions")
+        bad = sorted({r for r in reasons} - {"stop", "length"})
+        if bad:
+            raise InfalignError(f"{side} samples have finish reasons {bad}; allowed: stop, length")
+        out["cut_fraction"][side] = float(np.mean([r == "length" for r in reasons]))
+        out["mean_length"][side] = float(np.mean(lengths))
+    return out
+
+
+def cut_note(cut_fraction: dict[str, float], max_new_tokens: int) -> str | None:
+    """The report's note when many completions were cut at max_new_tokens (None when few were)."""
+    if max(cut_fraction.values(), default=0.0) <= CUT_NOTE_ABOVE:
+        return None
+    sides = " and ".join(f"{f:.0%} of the {side} samples" for side, f in cut_fraction.items())
+    return (f"{sides} hit max_new_tokens={max_new_tokens}: win rates and KL refer to the length-truncated "
+            "policies (a cut completion has no stop-token term, docs/math.md §9); raise --max-new-tokens to "
+            "measure the policy the adapter was trained as")
+
+
 def default_ns(samples: int, trained_n: int | None = None) -> list[int]:
-    """1, 2, 4, ... up to `samples`, plus the N the adapter was trained for (if it fits)."""
-    ns = {1}
+    """1, 2, 4, ... up to `samples`, `samples` itself, and the N the adapter was trained for (if it fits).
+
+    N = M is included: the estimator draws the N without replacement, so it stays unbiased there (docs/math.md §8).
+    """
+    ns = {1, int(samples)}
     n = 2
     while n <= samples:
         ns.add(n)

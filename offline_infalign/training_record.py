@@ -1,9 +1,11 @@
 """The training record `infalign_train.json` that `infalign train` writes into the adapter folder, read back.
 
 The writer (stages/train.py) imports `TRAIN_INFO` from here, so the file name lives in one place. Evaluation
-reads the record to fill what its command line left out: base model, judge, prompts, procedure and N, the
-transform, tilt and β (for the prediction) and the loss. A foreign PEFT adapter has no record; then every
-missing setting must come from the command line, and the error says which flag.
+reads the record to fill what its command line left out: base model, judge (and its reward label), prompts,
+procedure and N, the transform, tilt and β (for the prediction), the loss, the stop ids the training samples
+were drawn with, and the warnings training passed on (tempered samples, ...) for the report's notes. A foreign
+PEFT adapter has no record; then every missing setting must come from the command line, and the error says
+which flag.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def _first(*values):
 def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     """Fill what the command line left out from the adapter's training info; say what is still missing.
 
-    Returns model, reward_model, prompts (None → the prepared dataset's test split), dataset (path or None),
-    procedures, ns, transform (Transform or None), beta, loss.
+    Returns model, reward_model, reward_label, prompts (None → the prepared dataset's test split), dataset (path
+    or None), procedures, ns, transform (Transform or None), beta, loss, stop_token_ids (extra stop ids: the
+    command line's and the training samples'; the model's own are added when sampling), warnings (list[str]).
     """
     from .core.procedures import PROCEDURE_NAMES
     from .core.transforms import Transform, parse_transform
@@ -66,10 +69,22 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
             model = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not model:
         raise InfalignError(f"no base model for policy {cfg.policy!r}: pass --model (the adapter has no {TRAIN_INFO})")
-    reward_model = _first(cfg.reward_model, info.get("reward_model"), manifest.get("reward_model"))
+    trained_reward = _first(info.get("reward_model"), manifest.get("reward_model"))
+    reward_model = _first(cfg.reward_model, trained_reward)
     if not reward_model:
         raise InfalignError(f"no judge reward for policy {cfg.policy!r}: pass --reward-model (path, module:function "
                             "or demo)")
+    # The training reward's label applies only when the judge is that same reward model.
+    reward_label = cfg.reward_label
+    if reward_label is None and str(reward_model) == str(trained_reward):
+        reward_label = _first(info.get("reward_label"), manifest.get("reward_label"))
+    # docs/math.md §8: evaluation samples stop where the training samples stopped.
+    recorded_stops = _first(info.get("stop_token_ids"), manifest.get("stop_token_ids")) or []
+    stops = sorted({int(i) for i in [*recorded_stops, *(cfg.stop_token_ids or [])]})
+    warnings: list[str] = []
+    for w in [*(info.get("warnings") or []), *(manifest.get("warnings") or [])]:
+        if str(w) not in warnings:  # train may copy the dataset's warnings into its own list
+            warnings.append(str(w))
     # The absolute manifest path survives a change of working directory; config.dataset may be relative.
     dataset = (str(Path(info["dataset_manifest_path"]).parent) if info.get("dataset_manifest_path")
                else train_cfg.get("dataset"))
@@ -97,6 +112,7 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": str(model),
         "reward_model": str(reward_model),
+        "reward_label": None if reward_label is None else str(reward_label),
         "prompts": cfg.prompts,
         "dataset": dataset,
         "procedures": list(procedures),
@@ -104,4 +120,6 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
         "transform": transform,
         "beta": None if beta is None else float(beta),
         "loss": loss,
+        "stop_token_ids": stops,
+        "warnings": warnings,
     }

@@ -35,7 +35,8 @@ def _procedure_list(text: str) -> list[str]:
 def _list_flags(p) -> None:
     # Several values per flag, comma- or space-separated (`--n 1,2,4` or `--n 1 2 4`); flattened in `run`.
     p.add_argument("--n", dest="n", type=_int_list, action="extend", default=None, nargs="+",
-                   help="values of N, e.g. 4 or 1,2,4,8 (default: 1, 2, 4, ... up to --samples and the trained N)")
+                   help="values of N in [1, --samples], e.g. 4 or 1,2,4,8 (default: 1, 2, 4, ..., --samples itself "
+                   "and the trained N)")
     p.add_argument("--procedure", dest="procedure", type=_procedure_list, action="extend", default=None, nargs="+",
                    help=f"{_procedures_spelled()} (default: the procedure the adapter was trained for)")
 
@@ -45,8 +46,9 @@ def add_parser(subparsers) -> None:
         subparsers, "eval", "EvalConfig", run,
         help="measure an adapter: BoN/WoN win rate vs base with intervals, KL, and the predicted values",
         description="Sample M completions per held-out prompt from the adapter and from its base model (temperature "
-        "1), score them with the judge, and write DIR/report.json (per procedure and N: win_rate, ci_low, ci_high, "
-        "predicted; overall kl, kl_stderr, standard win rate) plus plots. Defaults (base model, judge, prompts, "
+        "1, the same stop set and max_new_tokens), score them with the judge, and write DIR/report.json (per "
+        "procedure and N <= M: win_rate, ci_low, ci_high, predicted; overall kl, kl_stderr, standard win rate; per "
+        "side cut_fraction and mean_length; notes) plus plots. Defaults (base model, judge, prompts, "
         "transform, beta) come from the adapter's infalign_train.json.",
         config_help=CONFIG_HELP_LONG,
         skip=("n", "procedure"), more_flags=_list_flags)
@@ -66,7 +68,12 @@ def run(args) -> int:
     report = evaluate(cfg)
 
     print(f"policy {report['policy']}  ({report['transform'] or 'no transform'}, beta={report['beta']})")
-    print(f"judge {report['reward_model']}  prompts {report['num_prompts']} x {report['samples']} samples per side")
+    label = f" (label {report['reward_label']})" if report.get("reward_label") is not None else ""
+    print(f"judge {report['reward_model']}{label}  prompts {report['num_prompts']} x {report['samples']} samples "
+          "per side")
+    cut, length = report["cut_fraction"], report["mean_length"]
+    print(f"cut at max_new_tokens={report['max_new_tokens']}: policy {cut['policy']:.1%}, base {cut['base']:.1%}"
+          f"   mean length (tokens): policy {length['policy']:.1f}, base {length['base']:.1f}")
     pkl = report.get("predicted_kl")
     print(f"KL  {report['kl']:.4f} ± {report['kl_stderr']:.4f}" + (f"   predicted {pkl:.4f}" if pkl is not None else ""))
     rows = [("standard (N=1)", report["standard_win_rate"])]
@@ -76,5 +83,10 @@ def run(args) -> int:
     for name, e in rows:
         pred = "" if e["predicted"] is None else f"{e['predicted']:.3f}"
         print(f"{name:16s} {e['win_rate']:9.3f}  [{e['ci_low']:.3f}, {e['ci_high']:.3f}] {pred:>10s}")
+    from ..report import PREDICTION_NOTE
+
+    for note in report["notes"]:
+        if note != PREDICTION_NOTE:  # the same every run; it stays in report.json
+            print(f"note: {note}")
     print(f"wrote {cfg.out}/report.json" + (" and plots" if report.get("plots") else ""))
     return 0

@@ -23,6 +23,9 @@ class EvalConfig:
     model: str | None = field(None, help="base model path or hub id (default: the model the adapter was trained on)")
     reward_model: str | None = field(None, help="judge: HF sequence-classification path, 'module:function' or "
                                      "'demo' (default: the adapter's training reward model)")
+    reward_label: str | None = field(None, help="a judge with several outputs: the one whose raw logit is the "
+                                     "reward, an index or a label name from its id2label (default: the training "
+                                     "reward's, when the judge is the training reward model)")
     prompts: str | None = field(None, help="prompt source: a registered builder name or a .jsonl/.parquet path "
                                 "(default: the test split of the adapter's prepared dataset)")
     split: str = field("test", help="split of the prompt source")
@@ -30,10 +33,13 @@ class EvalConfig:
     procedure: list[str] | None = field(None, help="inference-time procedures to measure, "
                                         f"{spell(PROCEDURE_NAMES, 'and/or')} "
                                         "(default: the one the adapter was trained for)")
-    n: list[int] | None = field(None, help="values of N (best_of_n / worst_of_n), each <= samples "
-                                "(default: 1, 2, 4, ... up to samples, and the trained N)")
+    n: list[int] | None = field(None, help="values of N (best_of_n / worst_of_n), each in [1, samples] "
+                                "(default: 1, 2, 4, ... and samples itself, and the trained N)")
     samples: int = field(16, help="M: completions per prompt drawn from the policy and M from the base")
     max_new_tokens: int = field(128, help="generation length limit")
+    stop_token_ids: list[int] | None = field(None, help="token ids that end a completion, besides the model's "
+                                             "generation-config eos ids, the tokenizer's eos and the stop ids the "
+                                             "adapter's training samples used")
     on_long_prompt: str = field("fail", help="a prompt longer than the context minus max_new_tokens: truncate "
                                 "(from the left), skip, or fail", choices=LONG_PROMPT_POLICIES)
     seed: int = field(0, help="seed: policy draws use it, base draws seed + 1, the bootstrap seed")
@@ -56,6 +62,16 @@ class EvalConfig:
         for name in ("samples", "max_new_tokens", "batch_size", "score_batch_size", "num_bootstrap"):
             positive_int("eval", name, getattr(self, name))
         positive_int("eval", "limit", self.limit, optional=True)
+        if self.reward_label is not None:  # YAML may give an int; the scorer reads the string either way
+            if isinstance(self.reward_label, bool) or not str(self.reward_label).strip():
+                raise InfalignError(f"eval: reward_label must be an index or a label name, got "
+                                    f"{self.reward_label!r}")
+            self.reward_label = str(self.reward_label).strip()
+        if self.stop_token_ids is not None:
+            self.stop_token_ids = ([self.stop_token_ids] if isinstance(self.stop_token_ids, int)
+                                   else list(self.stop_token_ids))
+            for i in self.stop_token_ids:
+                positive_int("eval", "stop_token_ids", i, 0)
         if not 0.0 < float(self.confidence) < 1.0:
             raise InfalignError(f"eval: confidence must be in (0, 1), got {self.confidence!r}")
         if self.beta is not None and not float(self.beta) > 0.0:

@@ -1,7 +1,8 @@
 """`eval` stage: measure a trained adapter — inference-time win rates against its base model, and the KL it cost.
 
 For each held-out prompt, M completions are drawn from the aligned policy (base + adapter) and M from the base,
-at temperature 1, and every completion is scored by the judge reward. From these two empirical distributions
+at temperature 1, with the same stop set (the model's, and the one its training samples used) and
+max_new_tokens, and every completion is scored by the judge reward. From these two empirical distributions
 `report.summarize` computes the best-of-N / worst-of-N win rates and the KL (docs/math.md §8), next to what the tradeoff
 tool predicts for the adapter's transform, tilt and β (docs/math.md §4). Settings the command line leaves out come from
 the adapter's training record (training_record.py). Writes `report.json`, `samples.jsonl` and the plots.
@@ -17,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InfalignError
-from ..tokenization import encode_completion
 
-__all__ = ["evaluate", "completion_ids", "load_eval_prompts"]
+__all__ = ["evaluate", "load_eval_prompts"]
 
 
 def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None) -> list[dict[str, Any]]:
@@ -49,60 +49,52 @@ def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None) -
     return [{"prompt_id": str(r["prompt_id"]), "prompt": r["prompt"]} for r in rows]
 
 
-def completion_ids(tokenizer, completion: str, max_new_tokens: int) -> tuple[list[int], bool]:
-    """Ids whose log-prob is log π(y|x) for a sampled completion, and whether generation was cut off.
+def _draw(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> dict[str, Any]:
+    """M policy and M base samples per prompt, and log π − log π_ref of the policy samples (docs/math.md §8, §9).
 
-    The package scores a completion as its tokens + EOS (tokenization.encode_completion). A completion that hit
-    `max_new_tokens` was never allowed to draw EOS, so the distribution actually sampled (and served) is the
-    length-truncated policy; its log-prob is the sum over the generated tokens only. Keeping the EOS term there
-    biases the KL estimate (seen below zero on a tiny model whose policy never stopped within the limit).
+    Both sides stop on the same stop set and max_new_tokens. The log-probs are of the ids exactly as sampled
+    (stop token included iff it ended the completion; a cut completion has no stop term), never of re-encoded
+    text. log π and log π_ref are both teacher-forced on those ids, by the same code in the same batches with
+    the adapter on and off: their rounding is then the same, and a KL of a few tenths of a nat is not measured
+    as the difference of two differently computed sums of hundreds of terms.
+    Returns prompt_ids (P lists), policy_samples / base_samples (P dicts from sample_completions), and for the
+    policy samples policy_logps, ref_logps and log_ratios, each (P, M).
     """
-    ids = encode_completion(tokenizer, completion)
-    truncated = len(ids) - 1 >= max_new_tokens
-    return (ids[:-1] if truncated else ids), truncated
-
-
-def _draw(model, tokenizer, rows: list[dict], cfg) -> dict[str, Any]:
-    """M policy and M base samples per prompt, and log π − log π_ref of the policy samples (docs/math.md §8).
-
-    Returns policy_samples / base_samples (P dicts from sample_completions), log_ratios (P, M) and the fraction of
-    policy samples cut off at max_new_tokens.
-    """
-    from ..logprobs import sequence_logps
+    from ..logprobs import ids_logps
     from ..sampling import sample_completions
+    from ..tokenization import encode_prompt
 
     prompts = [r["prompt"] for r in rows]
-    prompt_ids = [r["prompt_id"] for r in rows]
-
+    ids_of_prompts = [r["prompt_id"] for r in rows]
     gen = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-               batch_size=cfg.batch_size)
-    policy_samples = sample_completions(model, tokenizer, prompts, prompt_ids, seed=cfg.seed, **gen)
+               batch_size=cfg.batch_size, stop_token_ids=stop_ids)
+    policy_samples = sample_completions(model, tokenizer, prompts, ids_of_prompts, seed=cfg.seed, **gen)
     # The base draws use another seed: with the same random stream a policy close to the base would produce
     # the same completions, coupling the two sides that the estimator treats as independent.
     with model.disable_adapter():
-        base_samples = sample_completions(model, tokenizer, prompts, prompt_ids, seed=cfg.seed + 1, **gen)
+        base_samples = sample_completions(model, tokenizer, prompts, ids_of_prompts, seed=cfg.seed + 1, **gen)
 
-    flat_prompts = [p for p in prompts for _ in range(cfg.samples)]
-    encoded = [completion_ids(tokenizer, c, cfg.max_new_tokens) for s in policy_samples for c in s["completions"]]
-    ids = [e[0] for e in encoded]
-    policy_logps = sequence_logps(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi (policy)")
+    # The prompt exactly as the sampler encoded it (its record, else the same encoding).
+    prompt_ids = [list(s.get("prompt_ids") or encode_prompt(tokenizer, p)) for s, p in zip(policy_samples, prompts)]
+    flat_prompts = [p for p in prompt_ids for _ in range(cfg.samples)]
+    ids = [list(c) for s in policy_samples for c in s["completion_ids"]]
+    policy_logps = ids_logps(model, flat_prompts, ids, tokenizer.pad_token_id, cfg.batch_size, "log pi (policy)")
     with model.disable_adapter():
-        ref_logps = sequence_logps(model, tokenizer, flat_prompts, ids, cfg.batch_size, "log pi_ref")
-    policy_logps, ref_logps = policy_logps.astype(np.float64), ref_logps.astype(np.float64)  # float32 sums
-    return {
-        "policy_samples": policy_samples,
-        "base_samples": base_samples,
-        "log_ratios": (policy_logps - ref_logps).reshape(len(rows), cfg.samples),  # (P, M)
-        "truncated_fraction": float(np.mean([e[1] for e in encoded])),
-    }
+        ref_logps = ids_logps(model, flat_prompts, ids, tokenizer.pad_token_id, cfg.batch_size, "log pi_ref")
+    shape = (len(rows), cfg.samples)
+    policy_logps = policy_logps.astype(np.float64).reshape(shape)  # float32 sums
+    ref_logps = ref_logps.astype(np.float64).reshape(shape)
+    return {"prompt_ids": prompt_ids, "policy_samples": policy_samples, "base_samples": base_samples,
+            "policy_logps": policy_logps, "ref_logps": ref_logps, "log_ratios": policy_logps - ref_logps}
 
 
-def _judge(spec: str, rows: list[dict], draws: dict[str, Any], device: str, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Judge rewards of the policy and base samples, each (P, M)."""
+def _judge(settings: dict[str, Any], rows: list[dict], draws: dict[str, Any], device: str,
+           cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Judge rewards of the policy and base samples, each (P, M); the judge reads the decoded text."""
     from ..scoring import load_scorer, score_in_chunks
 
-    scorer = load_scorer(spec, device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
-                         trust_remote_code=cfg.trust_remote_code)
+    scorer = load_scorer(settings["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
+                         trust_remote_code=cfg.trust_remote_code, reward_label=settings["reward_label"])
     flat_prompts = [r["prompt"] for r in rows for _ in range(cfg.samples)]
     chunk = 8 * cfg.score_batch_size
     out = []
@@ -114,14 +106,19 @@ def _judge(spec: str, rows: list[dict], draws: dict[str, Any], device: str, cfg)
 
 
 def _write_samples(path: Path, rows, draws, policy_rewards, base_rewards) -> None:
+    """One line per prompt: both sides' text, ids and finish reasons, the judge's rewards, the log-ratios."""
     with open(path, "w") as fh:
         for i, r in enumerate(rows):
-            fh.write(json.dumps({
-                "prompt_id": r["prompt_id"], "prompt": r["prompt"],
-                "policy_completions": draws["policy_samples"][i]["completions"],
-                "policy_rewards": policy_rewards[i].tolist(), "log_ratios": draws["log_ratios"][i].tolist(),
-                "base_completions": draws["base_samples"][i]["completions"], "base_rewards": base_rewards[i].tolist(),
-            }) + "\n")
+            row = {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "prompt_ids": draws["prompt_ids"][i]}
+            for side, rewards in (("policy", policy_rewards), ("base", base_rewards)):
+                s = draws[f"{side}_samples"][i]
+                row.update({f"{side}_completions": s["completions"],
+                            f"{side}_completion_ids": [list(c) for c in s["completion_ids"]],
+                            f"{side}_finish_reasons": list(s["finish_reasons"]),
+                            f"{side}_rewards": rewards[i].tolist()})
+            for key in ("policy_logps", "ref_logps", "log_ratios"):  # of the policy samples
+                row[key] = draws[key][i].tolist()
+            fh.write(json.dumps(row) + "\n")
 
 
 def evaluate(cfg) -> dict[str, Any]:
@@ -131,9 +128,9 @@ def evaluate(cfg) -> dict[str, Any]:
     """
     from .. import __version__
     from ..config import config_to_dict
-    from ..modeling import default_device, free_memory, load_adapted, resolve_dtype
+    from ..modeling import default_device, free_memory, load_adapted, resolve_dtype, stop_token_ids
     from ..plots import plot_tradeoff, plot_win_rate_vs_n
-    from ..report import PREDICTION_NOTE, make_predict_fn, summarize
+    from ..report import PREDICTION_NOTE, cut_note, length_summary, make_predict_fn, summarize
     from ..sampling import context_length, fit_prompts
     from ..training_record import read_training_info, resolve_settings
 
@@ -155,14 +152,15 @@ def evaluate(cfg) -> dict[str, Any]:
         if not rows:
             raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
                                 "use --on-long-prompt truncate or lower --max-new-tokens")
+    stop_ids = stop_token_ids(model, tokenizer, extra=settings["stop_token_ids"])
     t = time.perf_counter()
-    draws = _draw(model, tokenizer, rows, cfg)
+    draws = _draw(model, tokenizer, rows, cfg, stop_ids)
     timings["sample_and_kl_s"] = time.perf_counter() - t
     del model
     free_memory()  # the judge may need the memory the policy held
 
     t = time.perf_counter()
-    policy_rewards, base_rewards = _judge(settings["reward_model"], rows, draws, device, cfg)
+    policy_rewards, base_rewards = _judge(settings, rows, draws, device, cfg)
     timings["score_s"] = time.perf_counter() - t
     free_memory()
     _write_samples(out / "samples.jsonl", rows, draws, policy_rewards, base_rewards)
@@ -172,25 +170,30 @@ def evaluate(cfg) -> dict[str, Any]:
     report = summarize(policy_rewards, base_rewards, draws["log_ratios"], settings["procedures"], settings["ns"],
                        predict_fn=predict_fn, num_bootstrap=cfg.num_bootstrap, confidence=cfg.confidence,
                        seed=cfg.seed)
-    notes = [PREDICTION_NOTE] if predict_fn is not None else [
-        "no prediction: the adapter has no transform/beta (or was trained with a DPO/IPO baseline loss); "
-        "pass --transform and --beta to compare with a tilt"]
-    truncated_fraction = draws["truncated_fraction"]
-    if truncated_fraction > 0.05:
-        notes.append(f"{truncated_fraction:.0%} of the policy samples hit max_new_tokens={cfg.max_new_tokens}: "
-                     "win rates and KL refer to the length-truncated policy; raise --max-new-tokens to measure "
-                     "the policy the adapter was trained as")
+    lengths = length_summary({"policy": draws["policy_samples"], "base": draws["base_samples"]})
+    # Warnings training passed on (e.g. samples drawn tempered: docs/math.md §9) come first: they qualify
+    # every number below.
+    notes = list(settings["warnings"])
+    notes.append(PREDICTION_NOTE if predict_fn is not None else
+                 "no prediction: the adapter has no transform/beta (or was trained with a DPO/IPO baseline loss); "
+                 "pass --transform and --beta to compare with a tilt")
+    cut = cut_note(lengths["cut_fraction"], cfg.max_new_tokens)
+    if cut:
+        notes.append(cut)
     report.update({
         "policy": str(cfg.policy),
         "model": settings["model"],
         "reward_model": settings["reward_model"],
+        "reward_label": settings["reward_label"],
         "prompts": settings["prompts"] or f"{settings['dataset']} [{cfg.split}]",
         "transform": None if transform is None else str(transform),
         "tilt": None if transform is None else transform.tilt,
         "beta": beta,
         "loss": settings["loss"],
         "trained_for": {"procedure": info.get("procedure"), "n": info.get("n")},
-        "truncated_fraction": truncated_fraction,
+        **lengths,  # cut_fraction and mean_length, each {"policy", "base"}
+        "max_new_tokens": cfg.max_new_tokens,
+        "stop_token_ids": stop_ids,
         "confidence": cfg.confidence,
         "num_bootstrap": cfg.num_bootstrap,
         "notes": notes,
