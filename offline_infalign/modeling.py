@@ -34,6 +34,7 @@ __all__ = [
     "base_weights_dtype",
     "bitsandbytes_problem",
     "resolve_dtype",
+    "stop_token_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,39 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, pad_token_a
         logger.info("tokenizer %s has no pad token; using EOS for padding (always masked)", model_path)
         tok.pad_token = tok.eos_token
     return tok
+
+
+def stop_token_ids(source, tokenizer, extra=()) -> list[int]:
+    """The stop set (docs/math.md §9): the generation config's eos id(s) ∪ tokenizer.eos_token_id ∪ `extra`, sorted.
+
+    source: a model (its `generation_config`), a GenerationConfig, a model folder or hub id (its
+    generation_config.json, else the one transformers derives from its config.json), or None. Chat models list
+    their end-of-turn id there beside EOS; a sampler that stops on EOS alone runs past the end of the turn.
+    """
+    config = getattr(source, "generation_config", source)
+    if isinstance(config, (str, Path)):
+        config = _generation_config_of(str(config))
+    eos = getattr(config, "eos_token_id", None)
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    tokenizer_eos = getattr(tokenizer, "eos_token_id", None)  # tokenizer None: no eos of its own
+    ids += [tokenizer_eos] if tokenizer_eos is not None else []
+    ids += list(extra or ())
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise InfalignError(f"stop token ids must be integers >= 0, got {i!r}")
+    return sorted(set(ids))
+
+
+def _generation_config_of(path: str):
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: what from_pretrained of the model would derive
+        try:
+            return GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
+        except (OSError, ValueError):
+            return None
 
 
 def bitsandbytes_problem() -> str | None:

@@ -1,4 +1,12 @@
-"""K completions per prompt from a causal LM, seeded per prompt, with teacher-forced `ref_logps`.
+"""K completions per prompt from a causal LM, seeded per prompt, recorded as token ids with their `ref_logps`.
+
+The record (docs/math.md §9). Per prompt: `prompt_ids` (the ids fed to the model: `tokenization.encode_prompt`
+of the prompt as given, i.e. after any `fit_prompts` truncation), and per completion `completion_ids` (exactly
+as generated, ending with the stop token when one ended it), `finish_reasons` ("stop", or "length" when cut at
+max_new_tokens: no stop token and no stop-token term), `completions` (text decoded from the ids without the
+final stop token, skip_special_tokens=True: for reward models and people, never re-encoded) and `ref_logps`
+(Σ log π_ref over completion_ids). The stop set is `modeling.stop_token_ids`: the model's generation-config
+eos ids ∪ the tokenizer's eos ∪ any extra ids, and a completion stops at the first of them it draws.
 
 Determinism. Each prompt's randomness comes only from (seed, prompt_id): a torch.Generator seeded with
 `prompt_seed(seed, prompt_id)` draws one uniform per (sample, step) up front, shape (K, max_new_tokens), and
@@ -11,15 +19,16 @@ far more in bf16, whose logits carry ~3 significant digits). So we guarantee ide
 identical batching (resume, rerun of the same command) and identical completions up to that rounding chance
 across batch sizes and chunkings; tests check equality across batch sizes on CPU in float32.
 
-`ref_logps` are Σ log π_ref(y_t | x, y_<t) at temperature 1 with no top-p/top-k, teacher-forced on the ids
-`tokenization.encode_completion(text)` (the decoded text re-encoded, plus EOS). They are the base policy's
-likelihood — what KL and every docs/math.md §6 loss need — not the log-density of the sampling proposal: with
-temperature ≠ 1 or top-p/top-k the completions are drawn from a sharpened/truncated π_ref, while `ref_logps`
-still score them under π_ref itself. A completion cut at max_new_tokens without EOS is scored with EOS
-appended, like every completion (the stored text is the unit, not the sampled ids).
+`ref_logps` (hf backend) come from the sampler's own logits: `generate` hands our logits processor the model's
+raw next-token logits (every built-in processor is off, see `_generation_config`), so the log-softmax of those
+logits at the drawn token is log π_ref(y_t | x, y_<t) at temperature 1, whatever temperature/top-p/top-k the
+token was drawn with (they shape only the proposal). Summed while the row has not yet drawn a stop token, this
+equals a teacher-forced pass over the ids to float rounding (`compute_ref_logps` is that pass, kept as the
+reference implementation) and saves the second forward. It is the base policy's likelihood — what KL and every
+docs/math.md §6 loss need — not the log-density of a tempered or truncated proposal.
 
 Backends: `sample_completions` (Hugging Face `generate`, default) and `sample_completions_vllm` (optional
-extra, imported only when called).
+extra, imported only when called; teacher-forced `ref_logps` on the ids with vLLM's prompt_logprobs).
 """
 
 from __future__ import annotations
@@ -28,16 +37,17 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from .core.errors import InfalignError
 from .logprobs import sequence_logps
-from .tokenization import check_tokenizer, encode_completion, encode_prompt
+from .tokenization import check_tokenizer, encode_prompt
 
 __all__ = ["sample_completions", "sample_completions_vllm", "prompt_seed", "sample_tokens", "fit_prompts",
-           "context_length", "compute_ref_logps"]
+           "context_length", "compute_ref_logps", "truncated_probs", "record_completion"]
 
 log = logging.getLogger("offline_infalign")
 LONG_PROMPT_POLICIES = ("truncate", "skip", "fail")
@@ -64,41 +74,62 @@ def _check_params(num_samples, max_new_tokens, temperature, top_p, top_k, batch_
         raise InfalignError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
+def truncated_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> torch.Tensor:
+    """The sampling distribution (R, V) in vocab order, in transformers' (and vLLM's) order: temperature, then
+    top-k on the tempered logits (ties with the k-th are kept, as TopKLogitsWarper does), renormalize, then
+    top-p on the renormalized probabilities (a token stays while the mass strictly above it is < top_p; the top
+    token always stays). Example: probs .3 .3 .2 .1 .1, top_k 2, top_p .5 → one token (.5 .5 after top-k)."""
+    scores = logits.float() / temperature  # (R, V)
+    if 0 < top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # renormalized over what top-k kept
+    if top_p < 1.0:
+        ranked, order = probs.sort(dim=-1, descending=True, stable=True)
+        before = ranked.cumsum(-1) - ranked  # mass strictly above each token
+        probs = torch.zeros_like(probs).scatter_(1, order, ranked * (before < top_p))
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
 def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> torch.Tensor:
-    """Inverse-CDF sampling: the token where the tempered, top-k/top-p truncated CDF first exceeds u.
+    """Inverse-CDF sampling: the token where the CDF of `truncated_probs` (vocab order) first exceeds u.
 
     logits (R, V), u (R,) uniforms in [0, 1) → token ids (R,). Deterministic given its inputs, row by row.
     """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (R, V)
-    if top_k > 0 or top_p < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True, stable=True)
-        if top_k > 0:
-            probs[:, top_k:] = 0.0
-        if top_p < 1.0:
-            before = probs.cumsum(-1) - probs  # mass strictly above each token; the top token always stays
-            probs = probs * (before < top_p)
-    else:
-        order = None
+    probs = truncated_probs(logits, temperature, top_k, top_p)
     cdf = probs.cumsum(-1)  # (R, V)
     x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # (R, 1)
     j = torch.searchsorted(cdf, x, right=True)  # first index with cdf > x: never a zero-probability token
     last_positive = (probs > 0).long().cumsum(-1).argmax(-1, keepdim=True)  # guards x rounding up to the total
-    j = torch.minimum(j, last_positive)
-    return (order.gather(1, j) if order is not None else j).squeeze(-1)
+    return torch.minimum(j, last_positive).squeeze(-1)
 
 
 class _InverseCdfSampler:
-    """LogitsProcessor for greedy `generate`: replaces the scores by a one-hot on our sampled token."""
+    """LogitsProcessor for greedy `generate`: draws our token, adds its log π_ref to the row's sum while the row
+    has not yet drawn a stop token, and returns a one-hot on it (greedy then picks it)."""
 
-    def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float, top_k: int, top_p: float):
-        self.uniforms, self.prompt_width = uniforms, prompt_width  # (R, T)
+    def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float, top_k: int, top_p: float,
+                 stop_ids: Sequence[int], device):
+        self.uniforms, self.prompt_width = uniforms.to(device), prompt_width  # (R, T)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+        rows = uniforms.shape[0]
+        self.logps = torch.zeros(rows, dtype=torch.float64, device=device)  # (R,)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=device)  # (R,) drew a stop token already
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.prompt_width
-        u = self.uniforms[:, step].to(scores.device)
-        tokens = sample_tokens(scores, u, self.temperature, self.top_k, self.top_p)
+        # Clamped: a backend that defers its stop check runs one step past the end, with every row finished.
+        step = min(input_ids.shape[1] - self.prompt_width, self.uniforms.shape[1] - 1)
+        tokens = sample_tokens(scores, self.uniforms[:, step], self.temperature, self.top_k, self.top_p)
+        # `scores` are the raw logits (no other processor runs, see _generation_config): log π_ref at T = 1,
+        # without keeping a (rows x steps x vocab) tensor. Rows past their stop token add nothing.
+        logits = scores.float()
+        logp = logits.gather(1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        self.logps += torch.where(self.done, 0.0, logp.double())
+        self.done |= torch.isin(tokens, self.stop)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
 
@@ -175,63 +206,85 @@ def _cut_text(tokenizer, text: str, limit: int, length) -> str:
         keep -= 1
 
 
-def compute_ref_logps(model, tokenizer, prompts: Sequence[Any], completions: Sequence[str],
+def compute_ref_logps(model, tokenizer, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]],
                       batch_size: int = 32) -> list[float]:
-    """Teacher-forced Σ log π(y|x) at temperature 1 for each (prompt, completion text) pair, float32."""
-    c_ids = [encode_completion(tokenizer, c) for c in completions]
-    return sequence_logps(model, tokenizer, prompts, c_ids, batch_size).tolist()
+    """Teacher-forced Σ log π(y|x) at temperature 1 for each (prompt, completion ids) pair, float32: the reference
+    implementation of the sampler's `ref_logps` (tests, and backends that cannot read their logits)."""
+    return sequence_logps(model, tokenizer, prompts, completion_ids, batch_size).tolist()
+
+
+def _stop_set(model, tokenizer, stop_token_ids) -> list[int]:
+    from .modeling import stop_token_ids as model_stop_set
+
+    # A given set is used as it is (evaluation passes the samples' recorded set); otherwise the model's.
+    stop = model_stop_set(model, tokenizer) if stop_token_ids is None else model_stop_set(None, None, stop_token_ids)
+    if not stop:
+        raise InfalignError("stop_token_ids must hold at least one id")
+    return stop
+
+
+def record_completion(tokenizer, ids: Sequence[int], stop: Sequence[int], finish: str) -> dict[str, Any]:
+    """One completion's record: ids, finish reason, and its text (decoded without the final stop token)."""
+    ids = [int(t) for t in ids]
+    body = ids[:-1] if finish == "stop" and ids and ids[-1] in stop else ids
+    return {"completion_ids": ids, "finish_reason": finish,
+            "completion": tokenizer.decode(body, skip_special_tokens=True)}
+
+
+def _group(records: list[dict[str, Any]], prompt_ids: list[int], logps) -> dict[str, list]:
+    return {"prompt_ids": list(prompt_ids), "completion_ids": [r["completion_ids"] for r in records],
+            "finish_reasons": [r["finish_reason"] for r in records],
+            "completions": [r["completion"] for r in records], "ref_logps": [float(x) for x in logps]}
 
 
 def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], num_samples: int,
                        max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                       seed: int = 0, batch_size: int = 8, progress: bool = True) -> list[dict[str, list]]:
+                       seed: int = 0, batch_size: int = 8, progress: bool = True,
+                       stop_token_ids: Sequence[int] | None = None) -> list[dict[str, list]]:
     """K = num_samples completions per prompt with the Hugging Face backend.
 
     Args:
         prompts: P prompts (strings or chat message lists; see tokenization.encode_prompt).
-        prompt_ids: P ids; with `seed` they alone determine each prompt's draws.
+        prompt_ids: P prompt_id strings; with `seed` they alone determine each prompt's draws.
         batch_size: prompts per `generate` call (batch_size × K rows), left-padded.
         progress: show a progress bar (prompts/s, completions/s), or an open tqdm bar to advance.
+        stop_token_ids: the stop set, used as given; default `modeling.stop_token_ids(model, tokenizer)`.
     Returns:
-        P dicts in input order: {"completions": K strings, "ref_logps": K floats}.
+        P dicts in input order (see the module doc): "prompt_ids" (token ids), "completion_ids",
+        "finish_reasons", "completions" and "ref_logps" (K each).
     """
     _check_params(num_samples, max_new_tokens, temperature, top_p, top_k, batch_size)
     if len(prompts) != len(prompt_ids):
         raise InfalignError(f"{len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
     check_tokenizer(tokenizer)
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
 
+    stop = _stop_set(model, tokenizer, stop_token_ids)
     was_training = model.training
     model.eval()  # dropout off: sampling and ref_logps must be the deterministic base policy
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     # Similar lengths together waste less padding; results do not depend on the grouping (see module doc).
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    gen_config = GenerationConfig(
-        # Greedy over the one-hot scores of our sampler; every other processor explicitly neutral so values in
-        # the model's own generation_config (sampling, penalties) cannot alter the distribution.
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
-        no_repeat_ngram_size=0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    gen_config = _generation_config(max_new_tokens, stop, tokenizer.pad_token_id)
     results: list[dict[str, list] | None] = [None] * len(prompts)
     # `progress` may be a caller's open bar (the pipeline's bar over all chunks): advance it, do not close it.
     own_bar = not hasattr(progress, "update")
     bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress,
                dynamic_ncols=True) if own_bar else progress
     try:
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            texts = _generate_batch(model, tokenizer, [encoded[i] for i in idx], [prompt_ids[i] for i in idx],
-                                    num_samples, max_new_tokens, temperature, top_p, top_k, seed, gen_config,
-                                    device)
-            flat_prompts = [prompts[i] for i in idx for _ in range(num_samples)]
-            logps = compute_ref_logps(model, tokenizer, flat_prompts, texts, batch_size=len(texts))
-            for j, i in enumerate(idx):
-                sl = slice(j * num_samples, (j + 1) * num_samples)
-                results[i] = {"completions": texts[sl], "ref_logps": logps[sl]}
-            bar.update(len(idx))
-            bar.set_postfix(completions_per_s=f"{bar.n * num_samples / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+        with _bare_generation_config(model):
+            for lo in range(0, len(order), batch_size):
+                idx = order[lo : lo + batch_size]
+                records, logps = _generate_batch(model, tokenizer, [encoded[i] for i in idx],
+                                                 [prompt_ids[i] for i in idx], num_samples, max_new_tokens,
+                                                 temperature, top_p, top_k, seed, gen_config, stop, device)
+                for j, i in enumerate(idx):
+                    sl = slice(j * num_samples, (j + 1) * num_samples)
+                    results[i] = _group(records[sl], encoded[i], logps[sl])
+                bar.update(len(idx))
+                bar.set_postfix(
+                    completions_per_s=f"{bar.n * num_samples / max(bar.format_dict['elapsed'], 1e-9):.1f}")
     finally:
         if own_bar:
             bar.close()
@@ -239,8 +292,36 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
     return results  # type: ignore[return-value]
 
 
+def _generation_config(max_new_tokens: int, stop: Sequence[int], pad_token_id: int):
+    from transformers import GenerationConfig
+
+    # Greedy over the one-hot scores of our sampler, every built-in processor neutral: our processor must see
+    # the raw logits (it reads log π_ref from them) and its choice must stand. A list of eos ids stops each row
+    # on the first of them it draws (EosTokenCriteria); finished rows are filled with pad, cut off below.
+    return GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
+        no_repeat_ngram_size=0, eos_token_id=list(stop), pad_token_id=pad_token_id,
+    )
+
+
+@contextmanager
+def _bare_generation_config(model):
+    """`generate` fills every field our GenerationConfig leaves unset from the model's own generation_config,
+    which can switch on processors that change the logits (suppress_tokens, bad_words_ids, forced_eos_token_id,
+    sequence_bias, ...); an empty one stands in for it during sampling."""
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's base
+    saved = getattr(target, "generation_config", None)
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 def _generate_batch(model, tokenizer, encoded, ids, k, max_new_tokens, temperature, top_p, top_k, seed,
-                    gen_config, device) -> list[str]:
+                    gen_config, stop, device) -> tuple[list[dict[str, Any]], list[float]]:
     width = max(len(e) for e in encoded)
     rows = len(encoded) * k
     input_ids = torch.full((rows, width), tokenizer.pad_token_id, dtype=torch.long)
@@ -252,44 +333,51 @@ def _generate_batch(model, tokenizer, encoded, ids, k, max_new_tokens, temperatu
         attention[sl, width - len(e) :] = 1  # at the right edge of every row
         gen = torch.Generator().manual_seed(prompt_seed(seed, pid))
         uniforms[sl] = torch.rand((k, max_new_tokens), generator=gen, dtype=torch.float32)
-    sampler = _InverseCdfSampler(uniforms, width, temperature, top_k, top_p)
+    sampler = _InverseCdfSampler(uniforms, width, temperature, top_k, top_p, stop, device)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                              generation_config=gen_config, logits_processor=[sampler])
-    texts = []
+    stop_set, records = set(stop), []
     for row in out[:, width:].tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    return texts
+        end = next((t + 1 for t, tok in enumerate(row) if tok in stop_set), None)  # through the first stop id
+        ids_t = row[:end] if end is not None else row
+        records.append(record_completion(tokenizer, ids_t, stop_set, "stop" if end is not None else "length"))
+    return records, sampler.logps.tolist()
 
 
 def sample_completions_vllm(llm, tokenizer, prompts: list, prompt_ids: list[str], num_samples: int,
                             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                            seed: int = 0, batch_size: int = 8, progress: bool = True) -> list[dict[str, list]]:
-    """Same interface with a `vllm.LLM` (tensor parallelism is set when it is built, see `load_vllm`).
+                            seed: int = 0, batch_size: int = 8, progress: bool = True,
+                            stop_token_ids: Sequence[int] | None = None) -> list[dict[str, list]]:
+    """Same interface and record with a `vllm.LLM` (tensor parallelism is set when it is built, see `load_vllm`).
 
     Each request carries its own seed `prompt_seed(seed, prompt_id)`, so draws are per prompt as in the hf
-    backend (vLLM's own sampler: the same seed gives different completions than the hf backend). `ref_logps`
-    come from a second vLLM pass scoring prompt+completion ids with `prompt_logprobs` at temperature 1.
-    `batch_size` is unused: vLLM schedules its own batches.
+    backend (vLLM's own sampler: the same seed gives different completions than the hf backend). The stop set
+    goes to SamplingParams (`stop_token_ids`, ignore_eos=False); ids and finish reasons are vLLM's, normalized
+    to the record's rule (`_vllm_record`). `ref_logps` come from a second vLLM pass scoring prompt + completion
+    ids with `prompt_logprobs` at temperature 1. `batch_size` is unused: vLLM schedules its own batches.
     """
     _check_params(num_samples, max_new_tokens, temperature, top_p, top_k, batch_size)
     check_tokenizer(tokenizer)
     from vllm import SamplingParams  # optional extra: only imported here
     from vllm.inputs import TokensPrompt
 
+    if stop_token_ids is None:
+        path = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "model", None)
+        stop = _stop_set(path or tokenizer.name_or_path, tokenizer, None)
+    else:
+        stop = _stop_set(None, tokenizer, stop_token_ids)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     params = [SamplingParams(n=num_samples, temperature=temperature, top_p=top_p,
                              top_k=top_k if top_k > 0 else -1, max_tokens=max_new_tokens,
+                             stop_token_ids=list(stop), ignore_eos=False,
                              seed=prompt_seed(seed, pid) % (2**31)) for pid in prompt_ids]
     outs = llm.generate([TokensPrompt(prompt_token_ids=e) for e in encoded], params, use_tqdm=progress)
-    texts = [[tokenizer.decode([t for t in c.token_ids if t != tokenizer.eos_token_id], skip_special_tokens=True)
-              for c in o.outputs] for o in outs]
+    records = [[_vllm_record(tokenizer, c, stop) for c in o.outputs] for o in outs]
     full, starts = [], []
-    for e, group in zip(encoded, texts):
-        for text in group:
-            full.append(TokensPrompt(prompt_token_ids=e + encode_completion(tokenizer, text)))
+    for e, group in zip(encoded, records):
+        for r in group:
+            full.append(TokensPrompt(prompt_token_ids=e + r["completion_ids"]))
             starts.append(len(e))
     scored = llm.generate(full, SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0), use_tqdm=progress)
     logps = []
@@ -297,8 +385,27 @@ def sample_completions_vllm(llm, tokenizer, prompts: list, prompt_ids: list[str]
         # prompt_logprobs[t] maps token ids to Logprob objects and always includes the actual token at t.
         logps.append(float(sum(o.prompt_logprobs[t][tok].logprob
                                for t, tok in enumerate(o.prompt_token_ids) if t >= start)))
-    return [{"completions": group, "ref_logps": logps[j * num_samples : (j + 1) * num_samples]}
-            for j, group in enumerate(texts)]
+    return [_group(group, e, logps[j * num_samples : (j + 1) * num_samples])
+            for j, (e, group) in enumerate(zip(encoded, records))]
+
+
+def _vllm_record(tokenizer, c, stop: Sequence[int]) -> dict[str, Any]:
+    """A vLLM CompletionOutput as the record: ids ending with the stop token when one ended it.
+
+    vLLM keeps a stop token it generated in `token_ids`; should a version leave it out, it is put back from
+    `stop_reason` (the stop id; None means EOS). vLLM checks the length cap before the stop ids, so a completion
+    whose last allowed token is a stop token reads "length" there; it is "stop" here, as in the hf backend."""
+    ids, finish, stop_set = [int(t) for t in c.token_ids], c.finish_reason, set(stop)
+    if ids and ids[-1] in stop_set:
+        finish = "stop"
+    elif finish == "stop":
+        reason = getattr(c, "stop_reason", None)
+        if reason is not None and not isinstance(reason, int):
+            raise InfalignError(f"vLLM stopped a completion on {reason!r}, not a stop token id")
+        ids.append(tokenizer.eos_token_id if reason is None else int(reason))
+    elif finish != "length":
+        raise InfalignError(f"vLLM ended a completion with finish_reason {finish!r} (expected stop or length)")
+    return record_completion(tokenizer, ids, stop_set, finish)
 
 
 def load_vllm(model_path: str, tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0,

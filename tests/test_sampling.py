@@ -1,4 +1,6 @@
-"""hf sampling backend: per-prompt determinism independent of batching, ref_logps, sampler law, long prompts."""
+"""hf sampling backend: the token-id record (ids, stop rule, finish reasons, text, ref_logps from the sampler's
+logits) on both tokenizer fixtures, per-prompt determinism independent of batching, the sampler law (top-k
+then top-p, as transformers), long prompts, the stop set, and the vLLM glue against a fake engine."""
 
 import logging
 
@@ -6,19 +8,43 @@ import pytest
 import torch
 
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.sampling import fit_prompts, prompt_seed, sample_completions, sample_tokens
-from offline_infalign.tokenization import encode_prompt
-from tests.tiny_models import tiny_causal_lm, tiny_tokenizer
+from offline_infalign.modeling import stop_token_ids
+from offline_infalign.sampling import (
+    compute_ref_logps,
+    fit_prompts,
+    prompt_seed,
+    sample_completions,
+    sample_tokens,
+    truncated_probs,
+)
+from offline_infalign.tokenization import encode_completion, encode_prompt
+from tests.tiny_models import save_tiny_lm, tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["how was the movie", "tell me about the cat", [{"role": "user", "content": "why is it good"}],
            "the food", "a day", "what"]
 IDS = [f"p{i}" for i in range(len(PROMPTS))]
+BPE_PROMPTS = ["the café was", "日本語の", [{"role": "user", "content": "great food 🍜"}], "un día", "the", "ah"]
 
 
 @pytest.fixture(scope="module")
 def tok_model():
     tok = tiny_tokenizer()
     return tok, tiny_causal_lm(tok)
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="module", params=["word", "bpe"])
+def fixture(request, tmp_path_factory):
+    """(name, tokenizer, model, prompts) for the word-level and the byte-level BPE fixture, loaded from disk as a
+    hub model would be (the BPE model's generation config lists two stop ids: </s> and <eot>)."""
+    name = request.param
+    tok, model = _load(save_tiny_lm(tmp_path_factory.mktemp(name) / "lm", tokenizer=name))
+    return name, tok, model, PROMPTS if name == "word" else BPE_PROMPTS
 
 
 def _sample(tok_model, prompts=PROMPTS, ids=IDS, **kw):
@@ -49,19 +75,101 @@ def test_prompt_seed_depends_on_seed_and_prompt_id():
     assert 0 <= prompt_seed(5, "zz") < 2**63
 
 
-def test_ref_logps_equal_independent_teacher_forcing(tok_model):
-    tok, model = tok_model
-    res = _sample(tok_model, PROMPTS[:3], IDS[:3], temperature=0.8, top_k=10)
-    for prompt, r in zip(PROMPTS[:3], res):
-        for text, logp in zip(r["completions"], r["ref_logps"]):
-            p_ids = encode_prompt(tok, prompt)
-            # Independent path: one unpadded sequence, sum log p(y_t | prefix) token by token.
-            c_ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            seq = torch.tensor([p_ids + c_ids])
-            with torch.no_grad():
-                lp = torch.log_softmax(model(seq).logits[0].double(), -1)
-            expected = sum(lp[len(p_ids) + t - 1, c].item() for t, c in enumerate(c_ids))
-            assert logp == pytest.approx(expected, abs=1e-4)
+def _teacher_forced(model, prompt_ids, completion_ids) -> float:
+    """Independent path: one unpadded sequence, Σ log p(y_t | prefix) over the completion ids, in float64."""
+    seq = torch.tensor([list(prompt_ids) + list(completion_ids)])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(seq).logits[0].double(), -1)
+    return sum(lp[len(prompt_ids) + t - 1, c].item() for t, c in enumerate(completion_ids))
+
+
+@pytest.mark.parametrize("settings", [{}, {"temperature": 0.7, "top_k": 40, "top_p": 0.9}])
+def test_record_round_trips_and_ref_logps_are_of_the_sampled_ids(fixture, settings):
+    name, tok, model, prompts = fixture
+    stop = stop_token_ids(model, tok)
+    res = sample_completions(model, tok, prompts, IDS, num_samples=4, max_new_tokens=24, progress=False,
+                             **settings)
+    old_round_trip_fails = []
+    for prompt, r in zip(prompts, res):
+        assert r["prompt_ids"] == encode_prompt(tok, prompt)
+        assert len(r["completion_ids"]) == len(r["finish_reasons"]) == len(r["completions"]) == 4
+        for ids, finish, text, logp in zip(r["completion_ids"], r["finish_reasons"], r["completions"],
+                                           r["ref_logps"]):
+            body = ids[:-1] if finish == "stop" else ids
+            assert text == tok.decode(body, skip_special_tokens=True)
+            # At any temperature/top-k/top-p the stored value is log π_ref of exactly these ids at T = 1.
+            assert logp == pytest.approx(_teacher_forced(model, r["prompt_ids"], ids), abs=1e-4)
+            old_round_trip_fails.append(tok(text, add_special_tokens=False)["input_ids"] != body)
+        assert r["ref_logps"] == pytest.approx(compute_ref_logps(model, tok, [prompt] * 4, r["completion_ids"]),
+                                               abs=1e-4)
+    if name == "bpe":
+        # The point of the record: re-encoding the text gives other ids (split multi-byte characters, dropped
+        # special tokens) — and so another log-prob, the old `ref_logps`.
+        assert any(old_round_trip_fails)
+        r = res[0]
+        old = compute_ref_logps(model, tok, [prompts[0]] * 4, [encode_completion(tok, c) for c in r["completions"]])
+        assert max(abs(a - b) for a, b in zip(old, r["ref_logps"])) > 1.0
+    assert stop == ([tok.eos_token_id, tok.convert_tokens_to_ids("<eot>")] if name == "bpe" else [tok.eos_token_id])
+
+
+def test_stop_rule(fixture):
+    name, tok, model, prompts = fixture
+    stop = set(stop_token_ids(model, tok))
+    res = sample_completions(model, tok, prompts, IDS, num_samples=8, max_new_tokens=40, progress=False)
+    ends = set()
+    for r in res:
+        for ids, finish in zip(r["completion_ids"], r["finish_reasons"]):
+            assert not stop & set(ids[:-1])  # nothing continues past a stop id
+            if finish == "stop":
+                assert ids[-1] in stop and len(ids) <= 40
+                ends.add(ids[-1])
+            else:
+                assert finish == "length" and len(ids) == 40 and ids[-1] not in stop
+    finishes = {f for r in res for f in r["finish_reasons"]}
+    assert finishes == {"stop", "length"}  # both kinds occur, so the checks above bite
+    assert ends == stop  # the BPE model also ends on <eot>, its generation config's second stop id
+
+
+def test_extra_stop_ids_cut_the_same_draws_at_their_first_occurrence(fixture):
+    name, tok, model, prompts = fixture
+    base = sample_completions(model, tok, prompts, IDS, num_samples=4, max_new_tokens=16, progress=False)
+    # A token the model draws often, as an extra stop id: every completion becomes the prefix of the same draw
+    # (same uniforms) through that token's first occurrence.
+    counts = torch.bincount(torch.tensor([t for r in base for ids in r["completion_ids"] for t in ids]))
+    extra = int(counts.argmax())
+    stop = sorted({*stop_token_ids(model, tok), extra})
+    assert stop_token_ids(model, tok, extra=[extra]) == stop
+    cut = sample_completions(model, tok, prompts, IDS, num_samples=4, max_new_tokens=16, progress=False,
+                             stop_token_ids=stop)
+    changed = 0
+    for rb, rc in zip(base, cut):
+        for ids, short, finish, logp in zip(rb["completion_ids"], rc["completion_ids"], rc["finish_reasons"],
+                                            rc["ref_logps"]):
+            end = next((i + 1 for i, t in enumerate(ids) if t in stop), len(ids))
+            assert short == ids[:end] and (finish == "stop") == (short[-1] in stop)
+            assert logp == pytest.approx(_teacher_forced(model, rc["prompt_ids"], short), abs=1e-4)
+            changed += short != ids
+    assert changed > 0
+
+
+def test_stop_token_ids_sources(tmp_path):
+    from transformers import GenerationConfig
+
+    tok = tiny_tokenizer()
+    bpe = save_tiny_lm(tmp_path / "bpe", tokenizer="bpe")
+    word = save_tiny_lm(tmp_path / "word")
+    btok, bmodel = _load(bpe)
+    eos, eot = btok.eos_token_id, btok.convert_tokens_to_ids("<eot>")
+    assert stop_token_ids(str(bpe), btok) == stop_token_ids(bmodel, btok) == [eos, eot]
+    assert stop_token_ids(GenerationConfig(eos_token_id=7), tok, extra=(9, 7)) == sorted({7, 9, tok.eos_token_id})
+    assert stop_token_ids(str(word), tok) == [tok.eos_token_id]
+    (word / "generation_config.json").unlink()  # derived from config.json, as from_pretrained would
+    assert stop_token_ids(str(word), tok) == [tok.eos_token_id]
+    assert stop_token_ids(None, None, [5, 3]) == [3, 5]
+    with pytest.raises(InfalignError, match="stop token ids must be integers >= 0, got -1"):
+        stop_token_ids(None, tok, [-1])
+    with pytest.raises(InfalignError, match="stop_token_ids must hold at least one id"):
+        sample_completions(bmodel, btok, ["a"], ["a"], 2, 2, progress=False, stop_token_ids=[])
 
 
 def test_chat_prompt_uses_template(tok_model):
@@ -92,6 +200,37 @@ def test_sample_tokens_follows_the_tempered_truncated_law():
             p = p * keep
         p = p / p.sum()
         assert torch.allclose(freq, p, atol=0.01), (temperature, top_k, top_p, freq, p)
+
+
+def _transformers_kept(logits, temperature, top_k, top_p):
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    # The order generate() applies them in with do_sample=True (GenerationMixin._get_logits_processor).
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)]
+                                  + ([TopKLogitsWarper(top_k)] if top_k else [])
+                                  + ([TopPLogitsWarper(top_p)] if top_p < 1 else []))
+    return torch.isfinite(warpers(None, logits.clone()))
+
+
+def test_top_k_then_top_p_in_the_transformers_order():
+    # probs .3 .3 .2 .1 .1: top_k 2 leaves .3 .3, renormalized to .5 .5, and top_p .5 keeps ONE of them
+    # (without renormalizing, the second token's .3 above it would be < .5 and two would stay).
+    logits = torch.tensor([[0.3, 0.3, 0.2, 0.1, 0.1]]).log()
+    probs = truncated_probs(logits, 1.0, 2, 0.5)
+    assert int((probs > 0).sum()) == 1 == int(_transformers_kept(logits, 1.0, 2, 0.5).sum())
+    assert probs.max().item() == pytest.approx(1.0)
+    # Ties with the k-th are kept, as TopKLogitsWarper does: top_k 3 keeps .3 .3 .2; top_k 4 keeps all five
+    # (the 4th, .1, ties with the 5th).
+    assert int((truncated_probs(logits, 1.0, 3) > 0).sum()) == 3
+    assert int((truncated_probs(logits, 1.0, 4) > 0).sum()) == 5 == int(_transformers_kept(logits, 1.0, 4, 1.0).sum())
+    gen = torch.Generator().manual_seed(0)
+    for temperature, top_k, top_p in [(1.0, 5, 0.9), (0.7, 20, 0.5), (1.3, 0, 0.8), (1.0, 8, 1.0), (0.5, 50, 0.95)]:
+        logits = torch.randn(64, 100, generator=gen) * 2
+        kept = truncated_probs(logits, temperature, top_k, top_p) > 0
+        assert torch.equal(kept, _transformers_kept(logits, temperature, top_k, top_p)), (temperature, top_k, top_p)
+        # Renormalized over the kept set: the tempered softmax restricted to it.
+        p = torch.softmax(logits / temperature, -1) * kept
+        torch.testing.assert_close(truncated_probs(logits, temperature, top_k, top_p), p / p.sum(-1, keepdim=True))
 
 
 def test_bad_parameters(tok_model):
@@ -129,16 +268,18 @@ def test_long_prompts(tok_model, caplog):
 
 class _FakeVLLM:
     """A stand-in for `vllm.LLM` (vLLM is never imported in CI): the tiny HF model behind vLLM's interface —
-    per-request seeded sampling of `n` completions, and `prompt_logprobs` for a scoring pass."""
+    per-request seeded sampling of `n` completions that stops as vLLM v1's check_stop does (the length cap
+    first, then EOS unless ignore_eos, then stop_token_ids; the stop token stays in token_ids unless
+    `drop_stop`, as a version that left it out would), and `prompt_logprobs` for a scoring pass."""
 
-    def __init__(self, model=None, tokenizer=None, **kwargs):
+    def __init__(self, model=None, tokenizer=None, drop_stop=False, **kwargs):
         from types import SimpleNamespace
 
         if isinstance(model, str):  # built by load_vllm(path, ...)
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer, model = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model)
-        self.model, self.tok, self.kwargs, self.calls = model.eval(), tokenizer, kwargs, []
+        self.model, self.tok, self.kwargs, self.calls, self.drop_stop = model.eval(), tokenizer, kwargs, [], drop_stop
         self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=128))
 
     def generate(self, prompts, params, use_tqdm=False):
@@ -158,14 +299,21 @@ class _FakeVLLM:
             gen = torch.Generator().manual_seed(sp.seed)
             completions = []
             for _ in range(sp.n):
-                seq = list(ids)
-                for _ in range(sp.max_tokens):
+                seq, finish, reason = list(ids), None, None
+                while finish is None:
                     with torch.no_grad():
                         logits = self.model(torch.tensor([seq])).logits[0, -1]
                     seq.append(int(torch.multinomial(torch.softmax(logits / sp.temperature, -1), 1, generator=gen)))
-                    if seq[-1] == self.tok.eos_token_id:
-                        break  # vLLM keeps the EOS id in token_ids
-                completions.append(SimpleNamespace(token_ids=seq[len(ids):]))
+                    if len(seq) - len(ids) >= sp.max_tokens:
+                        finish = "length"
+                    elif not sp.ignore_eos and seq[-1] == self.tok.eos_token_id:
+                        finish = "stop"
+                    elif seq[-1] in (sp.stop_token_ids or ()):
+                        finish, reason = "stop", seq[-1]
+                out = seq[len(ids):]
+                if self.drop_stop and finish == "stop":
+                    out = out[:-1]
+                completions.append(SimpleNamespace(token_ids=out, finish_reason=finish, stop_reason=reason))
             outs.append(SimpleNamespace(outputs=completions))
         return outs
 
@@ -176,7 +324,8 @@ def fake_vllm(monkeypatch):
     from types import ModuleType, SimpleNamespace
 
     vllm, inputs = ModuleType("vllm"), ModuleType("vllm.inputs")
-    vllm.SamplingParams = lambda **kw: SimpleNamespace(**{"prompt_logprobs": None, "n": 1, **kw})
+    defaults = {"prompt_logprobs": None, "n": 1, "stop_token_ids": None, "ignore_eos": False}
+    vllm.SamplingParams = lambda **kw: SimpleNamespace(**{**defaults, **kw})
     vllm.LLM = _FakeVLLM
     inputs.TokensPrompt = lambda **kw: dict(kw)
     vllm.inputs = inputs
@@ -184,22 +333,57 @@ def fake_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
 
 
-def test_vllm_backend_glue_with_a_fake_engine(tok_model, fake_vllm):
-    from offline_infalign.sampling import compute_ref_logps, sample_completions_vllm
+@pytest.mark.parametrize("drop_stop", [False, True])
+def test_vllm_backend_glue_with_a_fake_engine(fixture, fake_vllm, drop_stop):
+    from offline_infalign.sampling import sample_completions_vllm
 
-    tok, model = tok_model
-    llm = _FakeVLLM(model, tok)
-    res = sample_completions_vllm(llm, tok, PROMPTS, IDS, 3, 5, seed=7, progress=False)
+    name, tok, model, prompts = fixture
+    stop = stop_token_ids(model, tok)
+    llm = _FakeVLLM(model, tok, drop_stop=drop_stop)
+    res = sample_completions_vllm(llm, tok, prompts, IDS, 4, 30, seed=7, progress=False, stop_token_ids=stop)
     params = llm.calls[0]
     assert [p.seed for p in params] == [prompt_seed(7, i) % 2**31 for i in IDS]  # seeded per prompt
-    assert all(p.n == 3 and p.top_k == -1 and p.max_tokens == 5 for p in params)
+    assert all(p.n == 4 and p.top_k == -1 and p.max_tokens == 30 for p in params)
+    assert all(p.stop_token_ids == stop and p.ignore_eos is False for p in params)
     # Per prompt, independent of which other prompts are in the call.
-    alone = sample_completions_vllm(_FakeVLLM(model, tok), tok, PROMPTS[3:4], IDS[3:4], 3, 5, seed=7, progress=False)
-    assert alone[0] == res[3]
-    for prompt, r in zip(PROMPTS, res):
-        assert len(r["completions"]) == 3 and all("</s>" not in c for c in r["completions"])
-        expected = compute_ref_logps(model, tok, [prompt] * 3, r["completions"])
+    alone = _FakeVLLM(model, tok, drop_stop=drop_stop)
+    assert sample_completions_vllm(alone, tok, prompts[3:4], IDS[3:4], 4, 30, seed=7, progress=False,
+                                   stop_token_ids=stop)[0] == res[3]
+    finishes = set()
+    for prompt, r in zip(prompts, res):
+        assert r["prompt_ids"] == encode_prompt(tok, prompt)
+        for ids, finish, text in zip(r["completion_ids"], r["finish_reasons"], r["completions"]):
+            finishes.add(finish)
+            assert not set(stop) & set(ids[:-1])
+            assert (ids[-1] in stop) == (finish == "stop")  # the stop token is in the record either way
+            assert finish == "stop" or len(ids) == 30
+            assert text == tok.decode(ids[:-1] if finish == "stop" else ids, skip_special_tokens=True)
+        expected = compute_ref_logps(model, tok, [prompt] * 4, r["completion_ids"])
         assert r["ref_logps"] == pytest.approx(expected, abs=1e-4)
+    assert finishes == {"stop", "length"}
+
+
+def test_vllm_record_rules():
+    from types import SimpleNamespace
+
+    from offline_infalign.sampling import _vllm_record
+
+    tok = tiny_tokenizer()
+    eos, stop = tok.eos_token_id, [tok.eos_token_id, 7]
+
+    def rec(ids, finish, reason=None):
+        r = _vllm_record(tok, SimpleNamespace(token_ids=ids, finish_reason=finish, stop_reason=reason), stop)
+        return r["completion_ids"], r["finish_reason"]
+
+    assert rec([10, 11, eos], "stop") == ([10, 11, eos], "stop")
+    assert rec([10, 11], "stop") == ([10, 11, eos], "stop")  # EOS left out of token_ids: put back
+    assert rec([10, 11], "stop", 7) == ([10, 11, 7], "stop")  # a stop id left out: put back from stop_reason
+    assert rec([10, 7], "length") == ([10, 7], "stop")  # vLLM checks the cap first; a final stop id is a stop
+    assert rec([10, 11], "length") == ([10, 11], "length")
+    with pytest.raises(InfalignError, match="finish_reason 'abort'"):
+        rec([10], "abort")
+    with pytest.raises(InfalignError, match="stopped a completion on '##'"):
+        rec([10], "stop", "##")
 
 
 def test_pipeline_vllm_backend(fake_vllm, tmp_path):
@@ -219,7 +403,15 @@ def test_models_own_generation_config_does_not_change_draws():
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok)
     before = sample_completions(model, tok, PROMPTS[:2], IDS[:2], 4, 8, progress=False)
-    g = model.generation_config  # what a hub checkpoint may ship: sampling settings and penalties
+    g = model.generation_config  # what a hub checkpoint may ship: sampling settings, penalties, processors
     g.do_sample, g.temperature, g.top_p, g.top_k = True, 0.6, 0.9, 5
-    g.repetition_penalty, g.no_repeat_ngram_size, g.min_new_tokens = 1.3, 2, 3
-    assert sample_completions(model, tok, PROMPTS[:2], IDS[:2], 4, 8, progress=False) == before
+    g.repetition_penalty, g.no_repeat_ngram_size, g.min_new_tokens, g.min_length = 1.3, 2, 3, 4
+    drawn = [t for r in before for ids in r["completion_ids"] for t in ids]
+    g.suppress_tokens, g.bad_words_ids, g.forced_eos_token_id = drawn[:2], [[drawn[2]]], drawn[3]
+    g.sequence_bias = {(drawn[4],): 5.0}
+    # The draws and the ref_logps (read from the logits generate hands the sampler) are unchanged.
+    assert sample_completions(model, tok, PROMPTS[:2], IDS[:2], 4, 8, progress=False,
+                              stop_token_ids=[tok.eos_token_id]) == before
+    assert model.generation_config is g  # restored after sampling
+
+
