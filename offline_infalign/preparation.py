@@ -25,7 +25,7 @@ from .core.transforms import Transform
 from .kinds import ScoredMatrices, get_kind
 from .kinds.pairs import PAIR_CHOICES
 
-__all__ = ["prepare", "prepare_dataset", "Prepared", "is_test_prompt"]
+__all__ = ["prepare", "prepare_dataset", "Prepared", "is_test_prompt", "guidance", "Guidance"]
 
 
 def is_test_prompt(prompt_id: str, test_fraction: float) -> bool:
@@ -141,3 +141,83 @@ def _features(prompt_feature, types: dict[str, str]):
                "floats": List(Value("float64")), "ints": List(Value("int32")), "intss": List(List(Value("int32")))}
     return Features({"prompt_id": Value("string"), "prompt": prompt_feature,
                      **{name: by_type[t] for name, t in types.items()}})
+
+
+# ---- guidance: what this K buys at this β (docs/math.md §7, core/finite_k.py) ---------------------------------
+
+# β floor. The losses ask the policy's log-ratio h to follow Φ/β (docs/math.md §6), so over a prompt's K samples
+# they ask for log-ratio gaps up to the spread S = (Φ(c_K) − Φ(c_1))/β of the targets at the K calibrated ranks
+# c_i = (i − ½)/K. The exp tilts the tradeoff tool picks for best-/worst-of-N (N ≤ 16, KL ≤ 1, K ≤ 256) span
+# S ≈ 0.1–13 nats; a β at the search floor spans thousands (worst-of-4 at KL 1: β ≈ 2.4e-5, S ≈ 15 000 at K = 8).
+# Past ~30 nats the targets have exploded: the lowest sample's weight softmax(Φ/β) is below e^-30 ≈ 1e-13 of the
+# top one's, under float32's resolution of a sum (≈ e^-16), so weighted SFT and listwise see fewer than K
+# samples, and the squared losses start from residuals of S nats (S² ≈ 2e8 in the example), which no fit of K
+# samples per prompt follows. 30 sits between the two regimes with a margin on both sides.
+TARGET_SPREAD_MAX_NATS = 30.0
+# The finite-K ceiling is "far below" the prediction when more than this below (3 win-rate points).
+CEILING_GAP = 0.03
+LARGER_K = (16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What prepare prints and records about (transform, β) served with (procedure, n) from K samples.
+
+    predicted_*: the exact tilt's KL and win rate (core.tradeoff.predict); ceiling_*: the finite-K ceiling
+    (core.finite_k.finite_k_tilt) at this K; target_spread: (Φ(c_K) − Φ(c_1))/β in nats; beta_floor: the β at
+    which that spread is TARGET_SPREAD_MAX_NATS; k_needed: None when the ceiling is within CEILING_GAP of the
+    prediction, else the first K of LARGER_K (above this K) whose ceiling is, or "more than 256".
+    """
+
+    beta: float
+    num_samples: int
+    procedure: str
+    n: int
+    predicted_kl: float
+    predicted_win_rate: float
+    ceiling_win_rate: float
+    ceiling_stderr: float
+    target_spread: float
+    beta_floor: float
+    k_needed: int | str | None
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "warnings": list(self.warnings)}
+
+
+def guidance(transform: Transform, beta: float, k: int, procedure: str, n: int) -> Guidance:
+    """Predicted win rate at β, the finite-K ceiling at K, and warnings when β is below the floor for this K or
+    the ceiling is more than CEILING_GAP below the prediction (see the constants above)."""
+    from .core.finite_k import finite_k_tilt
+    from .core.procedures import get_procedure
+    from .core.tradeoff import predict
+
+    pred = predict(transform, beta, procedure, n)
+    ceiling = finite_k_tilt(transform, beta, k, procedure, n)
+    ranks = (np.arange(1, k + 1) - 0.5) / k
+    phi = np.asarray(transform(ranks), dtype=np.float64)
+    spread_phi = float(phi.max() - phi.min())
+    spread = spread_phi / beta
+    floor = spread_phi / TARGET_SPREAD_MAX_NATS
+    served = get_procedure(procedure).label.replace("N", str(n))
+    warnings = []
+    if spread > TARGET_SPREAD_MAX_NATS:
+        warnings.append(
+            f"beta={beta:.3g} is below the floor {floor:.3g} for K={k}: the targets Phi/beta of the K calibrated "
+            f"ranks span {spread:.4g} nats (more than {TARGET_SPREAD_MAX_NATS:g}), so all but the top-weighted "
+            "samples get weight ~0 and the losses ask for log-ratio gaps no fit of K samples follows; use a "
+            "smaller KL budget or a larger beta (docs/math.md §7)")
+    k_needed: int | str | None = None
+    if pred.win_rate - ceiling.win_rate > CEILING_GAP:
+        k_needed = next((kk for kk in LARGER_K if kk > k and pred.win_rate
+                         - finite_k_tilt(transform, beta, kk, procedure, n).win_rate <= CEILING_GAP),
+                        f"more than {LARGER_K[-1]}")
+        more = f"K = {k_needed}" if isinstance(k_needed, int) else k_needed
+        warnings.append(
+            f"with K={k} samples per prompt the finite-K ceiling of this tilt is a {served} win rate of "
+            f"{ceiling.win_rate:.3f}, {pred.win_rate - ceiling.win_rate:.3f} below the predicted "
+            f"{pred.win_rate:.3f}: a learner that fits the samples gets at most that; {more} samples per prompt "
+            f"would come within {CEILING_GAP:g} (core/finite_k.py, docs/math.md §7)")
+    return Guidance(float(beta), int(k), procedure, int(n), float(pred.kl), float(pred.win_rate),
+                    float(ceiling.win_rate), float(ceiling.stderr), spread, float(floor), k_needed, tuple(warnings))

@@ -150,3 +150,246 @@ def test_pairs_train_one_step_in_trl_dpo(tmp_path, messages):
     result = trainer.train()
     assert result.global_step == 1 and np.isfinite(result.training_loss)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+# ---- token ids carried through prepare (docs/math.md §9) -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe_scored(tmp_path_factory):
+    from train_fixtures import scored_with_ids
+
+    from tests.tiny_models import save_tiny_lm
+
+    model = save_tiny_lm(tmp_path_factory.mktemp("bpe") / "model", tokenizer="bpe")
+    return scored_with_ids(model, num_prompts=5, k=4), model
+
+
+def _source(scored, pid, ref_logp):
+    """(source row, completion index) of the completion whose stored ref_logp is `ref_logp` (distinct floats)."""
+    row = scored[scored["prompt_id"].index(pid)]
+    return row, row["ref_logps"].index(ref_logp)
+
+
+def test_ids_travel_with_their_completions_in_every_kind(bpe_scored):
+    from transformers import AutoTokenizer
+
+    from offline_infalign.tokenization import encode_completion
+
+    scored, model = bpe_scored
+    tok = AutoTokenizer.from_pretrained(str(model))
+    # The fixture is the case the ids exist for: its text does not encode back to its ids.
+    assert any(encode_completion(tok, t) != ids for r in scored for t, ids in zip(r["completions"], r["completion_ids"]))
+    for kind in ("pairs", "listwise", "bon"):
+        rows = _all(prepare_dataset(scored, kind, Transform("exp", 2.0), 0.5, test_fraction=0.5)).to_list()
+        assert rows
+        for r in rows:
+            src = scored[scored["prompt_id"].index(r["prompt_id"])]
+            assert r["prompt_ids"] == src["prompt_ids"]
+            if kind == "pairs":
+                for side in ("chosen", "rejected"):
+                    row, i = _source(scored, r["prompt_id"], r[f"ref_{side}_logps"])
+                    assert r[f"{side}_ids"] == row["completion_ids"][i] and r[side] == row["completions"][i]
+            elif kind == "listwise":
+                assert r["completion_ids"] == src["completion_ids"] and r["completions"] == src["completions"]
+            else:
+                row, i = _source(scored, r["prompt_id"], r["ref_logp"])
+                assert r["completion_ids"] == row["completion_ids"][i] and r["completion"] == row["completions"][i]
+    # Without ids in the scored input, no id columns (training then encodes the text, as before).
+    plain = scored.remove_columns(["prompt_ids", "completion_ids"])
+    for kind in ("pairs", "listwise", "bon"):
+        cols = prepare_dataset(plain, kind, Transform("identity"), 1.0)["train"].column_names
+        assert not [c for c in cols if c.endswith("_ids")]
+
+
+def test_tokenize_dataset_keeps_stored_ids_and_filters_on_their_length(bpe_scored):
+    from transformers import AutoTokenizer
+
+    from offline_infalign.tokenization import encode_completion, encode_prompt, tokenize_dataset
+
+    scored, model = bpe_scored
+    tok = AutoTokenizer.from_pretrained(str(model))
+    pairs = prepare_dataset(scored, "pairs", Transform("identity"), 1.0, test_fraction=0.0)["train"]
+    out, dropped = tokenize_dataset(pairs, tok, "pairs")
+    assert dropped == 0 and out["chosen_ids"] == pairs["chosen_ids"] and out["prompt_ids"] == pairs["prompt_ids"]
+    # max_length counts the stored ids: the longest prompt + completion is the limit that keeps everything.
+    longest = max(len(p) + max(len(c), len(j)) for p, c, j in zip(pairs["prompt_ids"], pairs["chosen_ids"],
+                                                                    pairs["rejected_ids"]))
+    assert tokenize_dataset(pairs, tok, "pairs", max_length=longest)[1] == 0
+    kept, dropped = tokenize_dataset(pairs, tok, "pairs", max_length=longest - 1)
+    assert dropped >= 1 and len(kept) == len(pairs) - dropped
+    # A dataset without id columns is encoded from its text, with EOS appended (user-made datasets).
+    text_only = pairs.remove_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+    enc, _ = tokenize_dataset(text_only, tok, "pairs")
+    assert enc["chosen_ids"] == [encode_completion(tok, t) for t in text_only["chosen"]]
+    assert enc["prompt_ids"] == [encode_prompt(tok, p) for p in text_only["prompt"]]
+    assert enc["chosen_ids"] != pairs["chosen_ids"]  # the re-encoded text is another sequence
+    # Ids of another tokenizer (past this vocabulary) are refused.
+    bad = pairs.map(lambda r: {"chosen_ids": r["chosen_ids"] + [len(tok) + 5]})
+    with pytest.raises(InfalignError, match=f"'chosen_ids' holds token id {len(tok) + 5}.*another tokenizer"):
+        tokenize_dataset(bad, tok, "pairs")
+
+
+# ---- which pairs: ties skipped, best_worst baselines (docs/math.md §6) ---------------------------------------
+
+
+def test_best_worst_pairs_by_hand():
+    data = dict(SCORED, prompt_id=["a", "b", "c"], prompt=["x", "y", "z"],
+                completions=[*SCORED["completions"], ["p", "q", "r", "s"]],
+                rewards=[[1.0, 3.0, 3.0, 0.0], [0.5, -2.0, 4.0, 1.5], [2.0, 2.0, 2.0, 2.0]],
+                ref_logps=[*SCORED["ref_logps"], [-1.0, -1.0, -1.0, -1.0]])
+    prepared = prepare(datasets.Dataset.from_dict(data), "pairs", Transform("exp", 2.0), 0.5, pairs="best_worst",
+                       test_fraction=0.0)
+    rows = prepared.data["train"].to_list()
+    # a: highest 3 (the first of the two, "great"), lowest 0 ("bad"); b: 4 ("ok") vs -2 ("no"); c: all tied.
+    assert [(r["prompt_id"], r["chosen"], r["rejected"]) for r in rows] == [("a", "great", "bad"), ("b", "ok", "no")]
+    assert prepared.counts == {"skipped_tied_prompts": 1}
+    phi = Transform("exp", 2.0)
+    assert rows[0]["target_margin"] == pytest.approx(float(phi(np.array(0.75)) - phi(np.array(0.125))))
+    assert rows[1]["ref_chosen_logps"] == -7.0 and rows[1]["ref_rejected_logps"] == -6.0
+    with pytest.raises(InfalignError, match="pairs_per_prompt applies to pairs='all' only"):
+        prepare_dataset(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0, pairs="best_worst",
+                        pairs_per_prompt=1)
+    with pytest.raises(InfalignError, match="pairs 'some' is not allowed; allowed: all, best_worst"):
+        prepare_dataset(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0, pairs="some")
+
+
+def test_prepare_config_pairs_checks():
+    from offline_infalign.config import PrepareConfig
+
+    base = dict(input="i", out="o", transform="identity", beta=1.0)
+    assert PrepareConfig(**base, pairs="best_worst").pairs == "best_worst"
+    with pytest.raises(InfalignError, match="pairs_per_prompt applies to pairs='all' only, got pairs='best_worst'"):
+        PrepareConfig(**base, pairs="best_worst", pairs_per_prompt=4)
+    with pytest.raises(InfalignError, match="pairs='best_worst' applies to kind 'pairs' only, got kind 'bon'"):
+        PrepareConfig(**base, pairs="best_worst", kind="bon")
+    with pytest.raises(InfalignError, match="pairs 'best' is not allowed"):
+        PrepareConfig(**base, pairs="best")
+
+
+# ---- sampling settings: tempered samples refused unless allowed (docs/math.md §9) -----------------------------
+
+
+def _prepare_cfg(scored_dir, out, **kw):
+    from offline_infalign.config import PrepareConfig
+
+    return PrepareConfig(**{"input": str(scored_dir), "out": str(out), "kind": "pairs", "transform": "identity",
+                            "beta": 0.5, **kw})
+
+
+@pytest.mark.parametrize("settings,named", [
+    ({"temperature": 0.7, "tempered": True}, "temperature=0.7"),
+    ({"top_p": 0.9, "tempered": True}, "top_p=0.9"),
+    ({"top_k": 50, "tempered": True}, "top_k=50"),
+    # an older scored artifact: the settings only in the sample config it copied
+    ({"temperature": None, "top_p": None, "top_k": None, "tempered": None,
+      "sample_config": {"temperature": 1.3, "top_p": 1.0, "top_k": 0}}, "temperature=1.3"),
+], ids=["temperature", "top_p", "top_k", "sample_config"])
+def test_prepare_refuses_tempered_samples_unless_allowed(bpe_scored, tmp_path, settings, named):
+    from train_fixtures import save_scored
+
+    from offline_infalign.stages.prepare import run_prepare
+    from offline_infalign.storage import read_manifest
+
+    scored, model = bpe_scored
+    src = save_scored(tmp_path / "scored", scored, model, **settings)
+    with pytest.raises(InfalignError, match=f"sampled at {named}: .*another policy than the base model.*"
+                                            "--allow-tempered-samples"):
+        run_prepare(_prepare_cfg(src, tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "manifest.json").exists()
+    m = run_prepare(_prepare_cfg(src, tmp_path / "allowed", allow_tempered_samples=True))
+    assert len(m["warnings"]) == 1 and named in m["warnings"][0] and "allow_tempered_samples" in m["warnings"][0]
+    assert read_manifest(tmp_path / "allowed")["warnings"] == m["warnings"]
+    assert m["tempered"] is True
+
+
+def test_untempered_samples_pass_and_the_sampling_facts_are_copied(bpe_scored, tmp_path):
+    from train_fixtures import save_scored
+
+    from offline_infalign.stages.prepare import run_prepare
+
+    scored, model = bpe_scored
+    src = save_scored(tmp_path / "scored", scored, model)
+    m = run_prepare(_prepare_cfg(src, tmp_path / "p", pairs="best_worst"))
+    assert m["warnings"] == [] and m["guidance"] is None  # no procedure given: no guidance
+    assert (m["temperature"], m["top_p"], m["top_k"], m["tempered"]) == (1.0, 1.0, 0, False)
+    assert m["stop_token_ids"] == sorted(m["stop_token_ids"]) and len(m["stop_token_ids"]) == 2
+    assert m["cut_fraction"] == pytest.approx(0.25)  # completion 0 of each prompt is cut
+    assert m["pairs"] == "best_worst" and m["skipped_tied_prompts"] == 0
+    assert m["num_rows"]["train"] + m["num_rows"]["test"] == len(scored)  # one pair per prompt
+
+
+# ---- guidance at prepare (docs/math.md §7, core/finite_k.py) -----------------------------------------------
+
+
+def test_beta_floor_warns_for_the_issue_example():
+    """Worst-of-4 at KL 1: the tradeoff tool's β ≈ 2.4e-5; at K = 8 neighbouring targets are ~1e4 nats apart."""
+    from offline_infalign.core.finite_k import finite_k_tilt
+    from offline_infalign.core.tradeoff import choose, predict
+    from offline_infalign.preparation import TARGET_SPREAD_MAX_NATS, guidance
+
+    c = choose("won", 4, 1.0, with_optimum=False)
+    assert 2.0e-5 < c.beta < 3.0e-5
+    g = guidance(c.transform, c.beta, 8, "won", 4)
+    phi = c.transform((np.arange(1, 9) - 0.5) / 8)
+    assert g.target_spread == pytest.approx((phi.max() - phi.min()) / c.beta) and g.target_spread > 1e4
+    assert g.beta_floor == pytest.approx((phi.max() - phi.min()) / TARGET_SPREAD_MAX_NATS)
+    assert any(w.startswith(f"beta={c.beta:.3g} is below the floor") for w in g.warnings)
+    # The numbers recorded are those of core.tradeoff.predict and core.finite_k.finite_k_tilt at this β and K.
+    assert g.predicted_win_rate == pytest.approx(predict(c.transform, c.beta, "won", 4).win_rate)
+    assert g.ceiling_win_rate == finite_k_tilt(c.transform, c.beta, 8, "won", 4).win_rate
+
+
+def test_beta_floor_threshold_by_hand():
+    """Identity transform, K = 4: the targets at ranks 1/8 … 7/8 span 0.75/β nats, so the floor is β = 0.75/30."""
+    from offline_infalign.preparation import guidance
+
+    def floor_warnings(beta):
+        return [w for w in guidance(Transform("identity"), beta, 4, "bon", 2).warnings if "floor" in w]
+
+    assert guidance(Transform("identity"), 0.1, 4, "bon", 2).beta_floor == pytest.approx(0.025)
+    assert floor_warnings(0.0249) and not floor_warnings(0.0251)
+
+
+def test_ceiling_warning_names_the_k_that_would_do():
+    from offline_infalign.core.finite_k import finite_k_tilt
+    from offline_infalign.core.tradeoff import choose
+    from offline_infalign.preparation import CEILING_GAP, LARGER_K, guidance
+
+    # best-of-4 at KL 0.3 from K = 32: the ceiling is ~0.05 below the prediction; the first K within 0.03 is named.
+    c = choose("bon", 4, 0.3, with_optimum=False)
+    g = guidance(c.transform, c.beta, 32, "bon", 4)
+    gaps = {k: g.predicted_win_rate - finite_k_tilt(c.transform, c.beta, k, "bon", 4).win_rate for k in LARGER_K}
+    assert g.predicted_win_rate - g.ceiling_win_rate > CEILING_GAP
+    assert g.k_needed == min(k for k in LARGER_K if k > 32 and gaps[k] <= CEILING_GAP) == 64
+    assert any(f"K = {g.k_needed} samples per prompt would come within 0.03" in w for w in g.warnings)
+    # best-of-16 at KL 1: even K = 256 stays more than 0.03 below.
+    c = choose("bon", 16, 1.0, with_optimum=False)
+    g = guidance(c.transform, c.beta, 32, "bon", 16)
+    assert g.k_needed == "more than 256" and any("more than 256 samples per prompt" in w for w in g.warnings)
+    # worst-of-4 at KL 0.3 from K = 32: within 0.03, spread ~12 nats: no warning.
+    c = choose("won", 4, 0.3, with_optimum=False)
+    g = guidance(c.transform, c.beta, 32, "won", 4)
+    assert g.warnings == () and g.k_needed is None and g.target_spread < 30
+
+
+def test_prepare_records_and_prints_the_guidance(bpe_scored, tmp_path, capsys):
+    from train_fixtures import save_scored
+
+    from offline_infalign import cli
+
+    scored, model = bpe_scored
+    src = save_scored(tmp_path / "scored", scored, model)
+    out = tmp_path / "p"
+    assert cli.main(["prepare", "--input", str(src), "--out", str(out), "--kind", "listwise", "--transform", "auto",
+                     "--procedure", "won", "--n", "4", "--kl", "1.0"]) == 0
+    printed = capsys.readouterr().out
+    from offline_infalign.storage import read_manifest
+
+    m = read_manifest(out)
+    g = m["guidance"]
+    assert g["num_samples"] == 4 and g["beta"] == pytest.approx(m["beta"]) and g["procedure"] == "won"
+    assert g["predicted_win_rate"] == pytest.approx(m["predicted"]["win_rate"], abs=1e-9)
+    assert m["warnings"] and "below the floor" in m["warnings"][0]
+    assert f"finite-K ceiling at K=4: {g['ceiling_win_rate']:.4f}" in printed
+    assert "WARNING: beta=" in printed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._common import add_command, load
-from .prepare import describe
+from .prepare import describe, describe_guidance
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +26,8 @@ def run(args) -> int:
     print(f"scored with {ms['scored']['reward_model']} -> {paths['scored']}")
     if "prepared" in ms:
         print(describe(ms["prepared"]) + f" -> {paths['prepared']}")
+        for line in describe_guidance(ms["prepared"]):
+            print(line)
     else:
         print("shard done; when all shards are: infalign merge --inputs OUT/shard-*/scored --out OUT/scored")
     return 0

@@ -18,7 +18,23 @@ def add_parser(subparsers) -> None:
 def describe(m) -> str:
     tilt = "" if m["tilt"] is None else f" tilt={m['tilt']:g}"
     rows = ", ".join(f"{k} {v}" for k, v in m["num_rows"].items())
-    return f"prepared {m['kind']}: transform {m['transform']}{tilt}, beta={m['beta']:.4g}; rows: {rows}"
+    skipped = "".join(f"; {m[k]} {what} skipped" for k, what in (("skipped_tied_pairs", "tied pairs"),
+                                                                  ("skipped_tied_prompts", "all-tied prompts"))
+                      if m.get(k))
+    pairs = f" ({m['pairs']} pairs)" if m.get("pairs") else ""
+    return f"prepared {m['kind']}{pairs}: transform {m['transform']}{tilt}, beta={m['beta']:.4g}; rows: {rows}{skipped}"
+
+
+def describe_guidance(m) -> list[str]:
+    """The docs/math.md §7 guidance lines and the manifest's warnings."""
+    lines = []
+    g = m.get("guidance")
+    if g:
+        lines.append(f"guidance for {g['procedure']}-{g['n']} at beta={g['beta']:.4g}: predicted win rate "
+                     f"{g['predicted_win_rate']:.4f} (KL {g['predicted_kl']:.3g}); finite-K ceiling at "
+                     f"K={g['num_samples']}: {g['ceiling_win_rate']:.4f}; beta floor for this K: {g['beta_floor']:.3g}")
+    lines += [f"WARNING: {w}" for w in m.get("warnings") or []]
+    return lines
 
 
 def run(args) -> int:
@@ -32,4 +48,6 @@ def run(args) -> int:
         p = m["predicted"]
         print(f"predicted at KL {p['kl']:.3g}: {m['procedure']}-{m['n']} win rate {p['win_rate']:.4f}, "
               f"standard win rate {p['standard_win_rate']:.4f}")
+    for line in describe_guidance(m):
+        print(line)
     return 0

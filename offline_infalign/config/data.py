@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
 from ..kinds import KIND_NAMES
+from ..kinds.pairs import PAIR_CHOICES
 from .base import (
     BACKENDS,
     DTYPES,
@@ -62,9 +63,16 @@ class SampleConfig:
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
     pad_token_as_eos: bool = field(False, help="a tokenizer without a pad token pads with its eos token "
                                    "(otherwise such a tokenizer is an error)")
+    stop_token_ids: list[int] | None = field(None, help="extra stop token ids beyond the model's generation "
+                                             "config and tokenizer eos (docs/math.md §9)")
 
     def __post_init__(self):
         owner = "sample"
+        if self.stop_token_ids is not None:  # YAML may give one int; sorted and unique keeps resumes comparable
+            ids = [self.stop_token_ids] if isinstance(self.stop_token_ids, int) else list(self.stop_token_ids)
+            for i in ids:
+                positive_int(owner, "stop_token_ids", i, 0)
+            self.stop_token_ids = sorted(set(ids)) or None
         for name in ("prompts", "model", "out"):
             if not getattr(self, name):
                 raise InfalignError(f"{owner}: {name} must be given")
@@ -132,8 +140,15 @@ class PrepareConfig:
                                   "(recorded; needed for auto)", choices=PROCEDURE_NAMES)
     n: int | None = field(None, help="best_of_n / worst_of_n N (recorded; needed for auto)")
     kl: float | None = field(None, help="KL budget for --transform auto")
+    pairs: str = field("all", help="kind pairs: 'all' (every pair of unequal rewards) or 'best_worst' (one pair "
+                       "per prompt, highest vs lowest raw reward: the dpo/ipo baselines, docs/math.md §6); pairs "
+                       "of equal rewards are always skipped", choices=PAIR_CHOICES)
     pairs_per_prompt: int | None = field(None, help="pairs: sample this many pairs per prompt (default: all "
                                          "K(K-1)/2)")
+    allow_tempered_samples: bool = field(False, help="accept samples drawn at temperature != 1, top_p < 1 or "
+                                         "top_k > 0 (they describe another policy than the base model, "
+                                         "docs/math.md §9); the dataset, model card and eval report then carry a "
+                                         "warning")
     test_fraction: float = field(0.1, help="fraction of prompts held out in the test split (by prompt_id hash)")
     seed: int = field(0, help="seed for sampling pairs")
 
@@ -147,8 +162,14 @@ class PrepareConfig:
             one_of(owner, "procedure", self.procedure, PROCEDURES)
         if self.n is not None:
             positive_int(owner, "n", self.n)
+        one_of(owner, "pairs", self.pairs, PAIR_CHOICES)
+        if self.pairs != "all" and self.kind != "pairs":
+            raise InfalignError(f"{owner}: pairs={self.pairs!r} applies to kind 'pairs' only, got kind {self.kind!r}")
         if self.pairs_per_prompt is not None:
             positive_int(owner, "pairs_per_prompt", self.pairs_per_prompt)
+            if self.pairs != "all":
+                raise InfalignError(f"{owner}: pairs_per_prompt applies to pairs='all' only, got pairs={self.pairs!r} "
+                                    "(best_worst is one pair per prompt)")
             if self.kind != "pairs":
                 raise InfalignError(f"{owner}: pairs_per_prompt applies to kind 'pairs' only, got kind "
                                     f"{self.kind!r} (listwise and bon rows use all K completions)")
@@ -205,6 +226,7 @@ class BuildConfig:
     dtype: str = same_as(SampleConfig, "dtype")
     trust_remote_code: bool = same_as(SampleConfig, "trust_remote_code")
     pad_token_as_eos: bool = same_as(SampleConfig, "pad_token_as_eos")
+    stop_token_ids: list[int] | None = same_as(SampleConfig, "stop_token_ids")
     score_batch_size: int = same_as(ScoreConfig, "batch_size")
     reward_label: str | None = same_as(ScoreConfig, "reward_label")
     kind: str = same_as(PrepareConfig, "kind")
@@ -215,7 +237,9 @@ class BuildConfig:
     procedure: str | None = same_as(PrepareConfig, "procedure", default="bon")
     n: int | None = same_as(PrepareConfig, "n", default=4)
     kl: float | None = same_as(PrepareConfig, "kl", default=0.3)
+    pairs: str = same_as(PrepareConfig, "pairs")
     pairs_per_prompt: int | None = same_as(PrepareConfig, "pairs_per_prompt")
+    allow_tempered_samples: bool = same_as(PrepareConfig, "allow_tempered_samples")
     test_fraction: float = same_as(PrepareConfig, "test_fraction")
 
     def __post_init__(self):

@@ -1,13 +1,48 @@
-"""`prepare` stage: calibrated rewards, targets Φ(u) and a pairs / listwise / bon dataset from a scored artifact."""
+"""`prepare` stage: calibrated rewards, targets Φ(u) and a pairs / listwise / bon dataset from a scored artifact.
+
+Before anything is written it checks how the samples were drawn (docs/math.md §9): samples not drawn at
+temperature 1, top_p 1, top_k 0 are refused unless `allow_tempered_samples`, and then carry a warning. With the
+procedure and N known it records and prints the guidance of docs/math.md §7 (`preparation.guidance`). The
+manifest's `warnings` travel to the model card, the training record and the evaluation report.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..config import PrepareConfig, config_to_dict
 from ..core.errors import InfalignError
-from ..preparation import prepare_dataset
+from ..preparation import guidance, prepare
 from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, save_artifact
+
+__all__ = ["run_prepare", "resolve_transform", "sampling_settings", "tempered_settings"]
+
+logger = logging.getLogger(__name__)
+
+# What samples of the base model itself are drawn with (docs/math.md §9); anything else samples another policy.
+UNTEMPERED = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+# The sampling facts the samples manifest records and scored/prepared manifests copy (docs/design.md).
+SAMPLING_FACTS = ("stop_token_ids", "cut_fraction", "tempered", "temperature", "top_p", "top_k")
+
+
+def sampling_settings(manifest: dict) -> dict[str, Any]:
+    """temperature, top_p, top_k of the samples behind an artifact (None where nothing says): the manifest's
+    own keys (samples, and the scored/prepared copies), else the sample config a scored manifest keeps
+    (`sample_config`), else `config` (a samples artifact made before the keys existed)."""
+    sources = [manifest, manifest.get("sample_config") or {}, manifest.get("config") or {}]
+    return {key: next((src[key] for src in sources if src.get(key) is not None), None) for key in UNTEMPERED}
+
+
+def tempered_settings(manifest: dict) -> list[str]:
+    """The settings that make the samples another policy than the base model, e.g. ['temperature=0.7'];
+    ['tempered'] when the manifest says so without the values."""
+    settings = sampling_settings(manifest)
+    bad = [f"{k}={v:g}" for k, v in settings.items()
+           if v is not None and (float(v) > 0 if k == "top_k" else float(v) != UNTEMPERED[k])]
+    if not bad and manifest.get("tempered"):
+        bad = ["tempered (the manifest says so; settings not recorded)"]
+    return bad
 
 
 def resolve_transform(cfg: PrepareConfig) -> dict[str, Any]:
@@ -35,27 +70,58 @@ def _maybe_float(x):
     return None if x is None else float(x)
 
 
+def _check_sampling(cfg: PrepareConfig, upstream: dict) -> list[str]:
+    """Refuse tempered samples (docs/math.md §9) unless allowed; with the opt-in, the warning to record."""
+    bad = tempered_settings(upstream)
+    if not bad:
+        return []
+    why = (f"{cfg.input!r} was sampled at {', '.join(bad)}: samples drawn at temperature != 1, top_p < 1 or "
+           "top_k > 0 come from another policy than the base model, so calibration and every target would "
+           "describe that policy and the predictions would not hold (docs/math.md §9)")
+    if not cfg.allow_tempered_samples:
+        raise InfalignError(f"{why}. Sample again at temperature 1, top_p 1, top_k 0, or pass "
+                            "--allow-tempered-samples (allow_tempered_samples: true) to use them anyway; the dataset, "
+                            "model card and eval report then carry a warning")
+    return [f"tempered samples (allow_tempered_samples): {why}"]
+
+
 def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Calibrate, transform and write the prepared DatasetDict; returns its manifest."""
     scored, upstream = load_artifact(cfg.input, stage="scored")
     if upstream.get("shard"):
         raise InfalignError(f"{cfg.input!r} is shard {upstream['shard']} of a sharded run; "
                             "`infalign merge` all shards first, then prepare the merged artifact")
+    warnings = _check_sampling(cfg, upstream)
     config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"]}
     store = ChunkStore(cfg.out)
     if store.start(config):
         return read_manifest(cfg.out)
     chosen = resolve_transform(cfg)
     transform, beta = chosen["transform"], chosen["beta"]
-    data = prepare_dataset(scored, cfg.kind, transform, beta, pairs_per_prompt=cfg.pairs_per_prompt,
-                           seed=cfg.seed, test_fraction=cfg.test_fraction)
+    prepared = prepare(scored, cfg.kind, transform, beta, pairs=cfg.pairs, pairs_per_prompt=cfg.pairs_per_prompt,
+                       seed=cfg.seed, test_fraction=cfg.test_fraction)
+    data = prepared.data
+    advice = None
+    if cfg.procedure is not None and cfg.n is not None:
+        k = len(scored[0]["rewards"])
+        advice = guidance(transform, beta, k, cfg.procedure, cfg.n).to_dict()
+        warnings += advice["warnings"]
+    for w in warnings:
+        logger.warning("%s", w)
+    settings = sampling_settings(upstream)
+    facts = {key: upstream.get(key) for key in SAMPLING_FACTS}
+    facts.update({k: v for k, v in settings.items() if v is not None})
+    if facts.get("tempered") is None and all(v is not None for v in settings.values()):
+        facts["tempered"] = bool(tempered_settings(upstream))
     manifest = base_manifest("prepared", config)
     manifest.update(kind=cfg.kind, transform=transform.name, tilt=transform.tilt, beta=beta,
                     procedure=cfg.procedure, n=cfg.n, kl=chosen["kl"], predicted=chosen["predicted"],
+                    guidance=advice, warnings=warnings, pairs=cfg.pairs if cfg.kind == "pairs" else None,
+                    **prepared.counts, **facts,
                     num_samples=upstream.get("num_samples"), model=upstream.get("model"),
                     tokenizer=upstream.get("tokenizer"), model_revision=upstream.get("model_revision"),
-                    reward_model=upstream.get("reward_model"), seed=upstream.get("seed"), prepare_seed=cfg.seed,
-                    ref_dtype=upstream.get("ref_dtype"),
+                    reward_model=upstream.get("reward_model"), reward_label=upstream.get("reward_label"),
+                    seed=upstream.get("seed"), prepare_seed=cfg.seed, ref_dtype=upstream.get("ref_dtype"),
                     prompts=upstream.get("prompts"), input_hash=upstream["content_hash"],
                     num_prompts={s: len(set(d["prompt_id"])) for s, d in data.items()})
     return save_artifact(data, cfg.out, manifest)
