@@ -4,6 +4,7 @@ every bad input rejected with one line on stderr and exit code 2."""
 import json
 
 import datasets
+import numpy as np
 import pytest
 
 from offline_infalign.cli import main
@@ -49,11 +50,14 @@ def _error(capsys, argv) -> str:
 def test_build_then_prepare_contract(assets, tmp_path, capsys):
     out = tmp_path / "b"
     assert main(_build_args(assets, out, "--transform", "exp", "--tilt", "5", "--beta", "0.2")) == 0
-    assert "prepared pairs: transform exp tilt=5, beta=0.2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "prepared pairs" in printed and "transform exp tilt=5, beta=0.2" in printed
     samples = datasets.load_from_disk(str(out / "samples"))
     scored = datasets.load_from_disk(str(out / "scored"))
     prepared = datasets.load_from_disk(str(out / "prepared"))
-    assert samples.column_names == ["prompt_id", "prompt", "completions", "ref_logps"] and len(samples) == 6
+    # The samples contract (docs/design.md): the ids are the record, text and ref_logps go with them.
+    assert set(samples.column_names) == {"prompt_id", "prompt", "prompt_ids", "completions", "completion_ids",
+                                         "finish_reasons", "ref_logps"} and len(samples) == 6
     assert scored.column_names == samples.column_names + ["rewards"]
     assert set(prepared) == {"train", "test"}
     m = read_manifest(out / "prepared")
@@ -136,6 +140,33 @@ def test_bad_inputs_each_give_one_clear_line(assets, tmp_path, capsys):
     assert f"non-finite reward nan for prompt_id {pid}" in err
     err = _error(capsys, ["score", "--input", str(tmp_path / "missing"), "--reward-model", "demo", "--out", "x"])
     assert "is not a finished artifact folder" in err
+
+
+def test_score_reward_label_and_the_copied_sampling_facts(assets, tmp_path, capsys):
+    from offline_infalign.scoring import load_scorer
+
+    labels = {0: "negative", 1: "positive"}
+    rm2 = str(save_tiny_reward_model(tmp_path / "rm2", num_labels=2, id2label=labels,
+                                     label2id={v: k for k, v in labels.items()}))
+    samples = str(tmp_path / "s")
+    assert main(["sample", "--model", assets["lm"], "--prompts", assets["prompts"], "--limit", "2",
+                 "--num-samples", "2", "--max-new-tokens", "3", "--device", "cpu", "--out", samples]) == 0
+    capsys.readouterr()
+    score = ["score", "--input", samples, "--reward-model", rm2, "--device", "cpu"]
+    err = _error(capsys, [*score, "--out", str(tmp_path / "x")])
+    assert "has 2 outputs {0: 'negative', 1: 'positive'}; choose the reward with --reward-label" in err
+    err = _error(capsys, [*score, "--reward-label", "neutral", "--out", str(tmp_path / "y")])
+    assert "reward_label 'neutral' is not a label" in err and "{0: 'negative', 1: 'positive'}" in err
+    assert main([*score, "--reward-label", "positive", "--out", str(tmp_path / "sc")]) == 0
+    m, up = read_manifest(tmp_path / "sc"), read_manifest(samples)
+    assert m["reward_label"] == "positive"
+    # The samples' facts travel on (docs/design.md): the stop set, the cut fraction and how they were drawn.
+    for key in ("stop_token_ids", "cut_fraction", "tempered", "temperature", "top_p", "top_k"):
+        assert key in up and m[key] == up[key], key
+    scored = datasets.load_from_disk(str(tmp_path / "sc"))
+    scorer = load_scorer(rm2, device="cpu", reward_label="1")
+    want = [scorer([p] * len(cs), cs).tolist() for p, cs in zip(scored["prompt"], scored["completions"])]
+    assert np.allclose(scored["rewards"], want, atol=1e-5)
 
 
 def test_help_lists_the_data_builder_commands(capsys):
