@@ -42,9 +42,10 @@ def length_reward(prompts, completions):
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
     lm = save_tiny_lm(root / "lm")
+    bpe = save_tiny_lm(root / "bpe", tokenizer="bpe")
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": " ".join(WORDS[i : i + 3])}) + "\n" for i in range(6)))
-    return {"lm": str(lm), "prompts": str(prompts)}
+    return {"lm": str(lm), "bpe": str(bpe), "prompts": str(prompts)}
 
 
 def _sample_cfg(assets, out, **kw):
@@ -60,7 +61,8 @@ def _rows(path):
 def test_sample_resume_after_crash_equals_uninterrupted(assets, tmp_path, monkeypatch):
     full = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "full"), progress=False)
     assert full["stage"] == "samples" and full["num_rows"] == 6 and full["num_samples"] == 4
-    for key in ("model", "tokenizer", "seed", "config", "package_version", "content_hash", "input_hash"):
+    for key in ("model", "tokenizer", "seed", "config", "package_version", "content_hash", "input_hash",
+                "stop_token_ids", "cut_fraction", "temperature", "top_p", "top_k", "tempered"):
         assert key in full
 
     real = sample_stage._sample_chunk
@@ -152,6 +154,8 @@ def test_shards_merge_to_the_unsharded_artifact(assets, tmp_path):
         shards.append(str(out))
     merged = merge_stage.run_merge(MergeConfig(inputs=shards, out=str(tmp_path / "merged")))
     assert merged["shard"] is None and merged["num_rows"] == 6
+    # The whole run's cut fraction, not the first shard's.
+    assert merged["cut_fraction"] == read_manifest(tmp_path / "all")["cut_fraction"]
     assert _rows(tmp_path / "merged") == _rows(tmp_path / "all")
     assert merge_stage.run_merge(MergeConfig(inputs=shards[::-1], out=str(tmp_path / "merged"))) == merged  # rerun
     with pytest.raises(InfalignError, match="already holds another artifact"):
@@ -180,7 +184,9 @@ def test_long_prompts_in_the_pipeline(assets, tmp_path):
     m = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "t", prompts=str(long_file), on_long_prompt="truncate"),
                             progress=False)
     assert m["num_rows"] == 2 and m["num_truncated"] == 1
-    assert len(_rows(tmp_path / "t")[1]["prompt"].split()) == 122
+    row = _rows(tmp_path / "t")[1]
+    assert len(row["prompt"].split()) == 122
+    assert len(row["prompt_ids"]) == 122  # the ids actually fed: the truncated prompt's
 
 
 def test_build_config_checks():
@@ -252,3 +258,55 @@ def test_sharded_scoring_merges_to_the_unsharded_scores(assets, tmp_path):
     with pytest.raises(InfalignError, match="is already shard \\[0, 2\\]; score it without --shard"):
         score_stage.run_score(load_config(ScoreConfig, None, {**score, "input": str(tmp_path / "s0"), "shard": "0/2",
                                                            "out": str(tmp_path / "x")}), progress=False)
+
+
+@pytest.mark.parametrize("which", ["lm", "bpe"])
+def test_samples_record_token_ids_stop_set_and_cut_fraction(assets, tmp_path, which):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from offline_infalign.sampling import compute_ref_logps
+    from offline_infalign.tokenization import encode_prompt
+
+    tok = AutoTokenizer.from_pretrained(assets[which])
+    model = AutoModelForCausalLM.from_pretrained(assets[which]).eval()
+    eos, eot = tok.eos_token_id, tok.convert_tokens_to_ids("<eot>")
+    m = sample_stage.run_sample(_sample_cfg(assets, tmp_path / "s", model=assets[which], max_new_tokens=30,
+                                            num_samples=6, stop_token_ids=[7]), progress=False)
+    stop = sorted({eos, 7} | ({eot} if which == "bpe" else set()))  # generation config ∪ tokenizer eos ∪ extra
+    assert m["stop_token_ids"] == stop
+    assert (m["temperature"], m["top_p"], m["top_k"], m["tempered"]) == (1.0, 1.0, 0, False)
+    rows = _rows(tmp_path / "s")
+    assert list(rows[0]) == ["prompt_id", "prompt", "prompt_ids", "completions", "completion_ids", "finish_reasons",
+                             "ref_logps"]
+    finishes = [f for r in rows for f in r["finish_reasons"]]
+    assert m["cut_fraction"] == pytest.approx(finishes.count("length") / len(finishes))
+    assert 0 < m["cut_fraction"] < 1  # both kinds occur
+    for r in rows:
+        assert r["prompt_ids"] == encode_prompt(tok, r["prompt"])
+        for ids, finish, text in zip(r["completion_ids"], r["finish_reasons"], r["completions"]):
+            assert not set(stop) & set(ids[:-1])
+            assert (finish == "stop") == (ids[-1] in stop) and (finish == "stop" or len(ids) == 30)
+            assert text == tok.decode(ids[:-1] if finish == "stop" else ids, skip_special_tokens=True)
+        teacher = compute_ref_logps(model, tok, [r["prompt"]] * 6, r["completion_ids"])
+        assert r["ref_logps"] == pytest.approx(teacher, abs=1e-4)
+
+
+def test_sample_command_reports_cut_fraction_and_warns(assets, tmp_path, capsys):
+    from offline_infalign.cli import main
+
+    out = tmp_path / "s"
+    assert main(["sample", "--prompts", assets["prompts"], "--model", assets["lm"], "--out", str(out),
+                 "--num-samples", "2", "--max-new-tokens", "2", "--temperature", "0.7", "--device", "cpu",
+                 "--stop-token-ids", "7", "9"]) == 0
+    m = read_manifest(out)
+    assert m["tempered"] is True and m["temperature"] == 0.7 and 7 in m["stop_token_ids"] and 9 in m["stop_token_ids"]
+    printed = capsys.readouterr()
+    assert f"cut at max_new_tokens=2: {m['cut_fraction']:.1%} of completions" in printed.out
+    assert m["cut_fraction"] > 0.2
+    assert (f"warning: {m['cut_fraction']:.0%} of completions hit max_new_tokens=2; they are kept as cut "
+            "completions with no stop-token term (docs/math.md §9)") in printed.err
+    assert "temperature=0.7, top_p=1.0, top_k=0 come from another policy" in printed.err
+    # At T = 1 with every id a stop id (each completion is one stop token, none is cut): neither warning.
+    main(["sample", "--prompts", assets["prompts"], "--model", assets["lm"], "--out", str(tmp_path / "t"),
+          "--num-samples", "2", "--max-new-tokens", "2", "--stop-token-ids"] + [str(i) for i in range(70)])
+    assert read_manifest(tmp_path / "t")["cut_fraction"] == 0 and "warning" not in capsys.readouterr().err

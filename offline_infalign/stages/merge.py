@@ -72,4 +72,9 @@ def run_merge(cfg: MergeConfig) -> dict[str, Any]:
         manifest["sample_config"] = {**first["sample_config"], "shard": None, "input_hash": None}
     if manifest.get("stage") == "samples":  # each shard's prompt hash is in merged_from's manifests
         manifest["input_hash"] = None
-    return save_artifact(datasets.concatenate_datasets(parts), cfg.out, manifest)
+    merged = datasets.concatenate_datasets(parts)
+    if "finish_reasons" in merged.column_names:  # the whole run's, not the first shard's
+        from .sample import cut_fraction
+
+        manifest["cut_fraction"] = cut_fraction(merged["finish_reasons"])
+    return save_artifact(merged, cfg.out, manifest)

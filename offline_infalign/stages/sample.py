@@ -1,4 +1,5 @@
-"""`sample` stage: K completions per prompt from the base model, with ref_logps, into a samples/ artifact."""
+"""`sample` stage: K completions per prompt from the base model, recorded as token ids with their ref_logps
+(docs/math.md §9), into a samples/ artifact."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from .common import chunk_slices, progress_bar, shard_slice
 
 # Config fields that cannot change the result, so a resume may change them.
 _SAMPLE_FREE = ("batch_size", "device")
+# The sampler's record per prompt row (docs/design.md columns), after prompt_id and prompt.
+COLUMNS = ("prompt_ids", "completions", "completion_ids", "finish_reasons", "ref_logps")
 
 
 def _prompt_rows(cfg: SampleConfig) -> list[dict[str, Any]]:
@@ -33,8 +36,8 @@ def _model_id(model) -> dict[str, Any]:
 
 
 def _load_sampler(cfg: SampleConfig):
-    """(sampling function, model, tokenizer, context length or None, model ids for the manifest)."""
-    from ..modeling import load_causal_lm, load_tokenizer
+    """(sampling function, model, tokenizer, context length or None, model ids for the manifest, stop set)."""
+    from ..modeling import load_causal_lm, load_tokenizer, stop_token_ids
     from ..sampling import context_length, load_vllm, sample_completions, sample_completions_vllm
     from ..tokenization import check_tokenizer
 
@@ -49,7 +52,20 @@ def _load_sampler(cfg: SampleConfig):
                                           pad_token_as_eos=cfg.pad_token_as_eos)
         ctx, sampler, ids = context_length(model), sample_completions, _model_id(model)
     check_tokenizer(tokenizer)
-    return sampler, model, tokenizer, ctx, ids
+    # vLLM's engine is not a transformers model: its stop ids come from the folder's generation config.
+    stop = stop_token_ids(cfg.model if cfg.backend == "vllm" else model, tokenizer, cfg.stop_token_ids or ())
+    return sampler, model, tokenizer, ctx, ids, stop
+
+
+def cut_fraction(finish_reasons) -> float:
+    """The fraction of completions cut at max_new_tokens ("length"), over a column of K-lists."""
+    flat = [f for row in finish_reasons for f in row]
+    return sum(f == "length" for f in flat) / max(len(flat), 1)
+
+
+def is_tempered(temperature: float, top_p: float, top_k: int) -> bool:
+    """Samples from a policy other than π_ref (docs/math.md §9): any of T != 1, top_p < 1, top_k > 0."""
+    return float(temperature) != 1.0 or float(top_p) < 1.0 or int(top_k) > 0
 
 
 def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
@@ -68,7 +84,7 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     store = ChunkStore(cfg.out)
     if store.start(config, ignore=_SAMPLE_FREE):
         return read_manifest(cfg.out)
-    sampler, model, tokenizer, ctx, ids = _load_sampler(cfg)
+    sampler, model, tokenizer, ctx, ids, stop = _load_sampler(cfg)
     truncated = skipped = 0
     if ctx is not None:
         rows, truncated, skipped = fit_prompts(tokenizer, rows, ctx - cfg.max_new_tokens, cfg.on_long_prompt)
@@ -82,11 +98,10 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
                 bar.update(sl.stop - sl.start)
                 continue
             part = rows[sl]
-            results = _sample_chunk(sampler, model, tokenizer, part, cfg, bar)  # advances the bar per batch
+            results = _sample_chunk(sampler, model, tokenizer, part, cfg, bar, stop)  # advances the bar per batch
             store.write(index, datasets.Dataset.from_dict({
                 "prompt_id": [r["prompt_id"] for r in part], "prompt": [r["prompt"] for r in part],
-                "completions": [r["completions"] for r in results],
-                "ref_logps": [r["ref_logps"] for r in results]}))
+                **{col: [r[col] for r in results] for col in COLUMNS}}))
     finally:
         bar.close()
     final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
@@ -95,7 +110,9 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
                     prompts=cfg.prompts, split=cfg.split, seed=cfg.seed, num_samples=cfg.num_samples,
                     shard=list(shard) if shard else None, num_prompts=len(rows), num_truncated=truncated,
                     num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash,
-                    ref_dtype=_ref_dtype(model, cfg))
+                    ref_dtype=_ref_dtype(model, cfg), stop_token_ids=stop,
+                    cut_fraction=cut_fraction(final["finish_reasons"]), temperature=cfg.temperature,
+                    top_p=cfg.top_p, top_k=cfg.top_k, tempered=is_tempered(cfg.temperature, cfg.top_p, cfg.top_k))
     return save_artifact(final, cfg.out, manifest)
 
 
@@ -109,13 +126,14 @@ def _ref_dtype(model, cfg: SampleConfig) -> str:
     return base_weights_dtype(model)
 
 
-def _sample_chunk(sampler, model, tokenizer, part, cfg: SampleConfig, bar=None) -> list[dict[str, list]]:
+def _sample_chunk(sampler, model, tokenizer, part, cfg: SampleConfig, bar=None,
+                  stop=None) -> list[dict[str, list]]:
     """One chunk's completions (a seam the resume test interrupts); advances `bar` as prompts finish."""
     vllm = cfg.backend == "vllm"  # vLLM draws its own bar per call, so ours advances once per chunk
     out = sampler(model, tokenizer, [r["prompt"] for r in part], [r["prompt_id"] for r in part],
                   num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                   top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, batch_size=cfg.batch_size,
-                  progress=False if vllm or bar is None else bar)
+                  progress=False if vllm or bar is None else bar, stop_token_ids=stop)
     if vllm and bar is not None:
         bar.update(len(part))
     return out
