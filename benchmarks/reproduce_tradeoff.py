@@ -63,7 +63,6 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from offline_infalign import storage
     from offline_infalign.config import (
         EvalConfig,
         PrepareConfig,
@@ -99,24 +98,12 @@ def main() -> int:
     t_data = time.perf_counter() - t_start
 
     def prepared(name: str, kind: str, transform: Transform, beta: float, best_worst: bool = False) -> Path:
-        path = data / f"prepared_{name}_{kind}_{beta:.5f}"
+        # DPO baseline (docs/math.md §6): prepare's best_worst pairs, one (highest, lowest) raw-reward pair per prompt.
+        path = data / (f"prepared_{name}_{kind}_{beta:.5f}" + ("_best_worst" if best_worst else ""))
         run_prepare(load_config(PrepareConfig, None, dict(
             input=str(data / "scored"), out=str(path), kind=kind, transform=transform.name, tilt=transform.tilt,
-            beta=beta, test_fraction=0.0)))
-        if not best_worst:
-            return path
-        # DPO baseline: per prompt only the (highest, lowest) raw-reward pair = the largest identity margin.
-        bw = Path(str(path) + "_best_worst")
-        if not (bw / "manifest.json").is_file():
-            dd, manifest = storage.load_artifact(path, stage="prepared")
-            train = dd["train"]
-            best = {}
-            for i, (pid, m) in enumerate(zip(train["prompt_id"], train["target_margin"])):
-                if pid not in best or m > best[pid][1]:
-                    best[pid] = (i, m)
-            dd["train"] = train.select(sorted(i for i, _ in best.values()))
-            storage.save_artifact(dd, bw, {**manifest, "pairs": "best_worst"})
-        return bw
+            beta=beta, test_fraction=0.0, pairs="best_worst" if best_worst else "all")))
+        return path
 
     def run(name: str, loss: str, transform: Transform, beta: float, best_worst=False, steps: int | None = None
             ) -> dict:
