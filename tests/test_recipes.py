@@ -77,14 +77,42 @@ def test_run_script_commands_parse(name):
     assert [shlex.split(line)[1] for line in lines][:4] == ["build", "prepare", "train", "train"]
     parser = build_parser()
     classes = {"build": BuildConfig, "prepare": PrepareConfig, "train": TrainConfig, "eval": EvalConfig}
+    build = load_config(BuildConfig, RECIPES / name / "build.yaml")
     for line in lines:
         for var, value in variables.items():
             line = line.replace(f'"${var}', f'"{value}').replace(f"${var}", value)
         argv = shlex.split(line)[1:]
         args = parser.parse_args(argv)
-        config = ROOT / args.config
-        assert config.is_file(), f"{name}/run.sh: {args.config} missing"
-        load_config(classes[argv[0]], config, overrides_from_args(args, classes[argv[0]]))
+        config = None if args.config is None else ROOT / args.config  # a line may give every key as a flag
+        assert config is None or config.is_file(), f"{name}/run.sh: {args.config} missing"
+        cfg = load_config(classes[argv[0]], config, overrides_from_args(args, classes[argv[0]]))
+        if argv[0] == "prepare":  # every prepared dataset holds out the same prompts as build's
+            assert cfg.test_fraction == build.test_fraction and cfg.input == build.paths()["scored"]
+
+
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_dpo_baseline_trains_on_best_worst_pairs(name):
+    """docs/math.md §6: the DPO/IPO baselines train on (best, worst) raw-reward pairs, never on all pairs."""
+    script = (RECIPES / name / "run.sh").read_text()
+    variables = dict(re.findall(r"^(R|OUT)=(\S+)$", script, flags=re.M))
+    parser = build_parser()
+    prepared = {}
+    for line in (x.split("#")[0] for x in script.splitlines() if x.startswith("$INFALIGN ")):
+        for var, value in variables.items():
+            line = line.replace(f'"${var}', f'"{value}').replace(f"${var}", value)
+        argv = shlex.split(line)[1:]
+        args = parser.parse_args(argv)
+        cls = {"prepare": PrepareConfig, "train": TrainConfig}.get(argv[0])
+        if cls is None:
+            continue
+        cfg = load_config(cls, None if args.config is None else ROOT / args.config, overrides_from_args(args, cls))
+        if cls is PrepareConfig:
+            prepared[cfg.out] = cfg
+        elif cfg.loss in ("dpo", "ipo"):
+            assert prepared[cfg.dataset].pairs == "best_worst", f"{name}: {cfg.loss} on {cfg.dataset}"
+            break
+    else:
+        pytest.fail(f"{name}/run.sh trains no dpo/ipo baseline")
 
 
 def test_help_of_every_subcommand(capsys):
@@ -116,6 +144,14 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
                  "--out", str(run / "adapter")]) == 0
     assert main(["eval", "--config", str(r / "eval.yaml"), "--policy", str(run / "adapter"),
                  "--out", str(run / "eval")]) == 0
+    # run.sh's DPO baseline: best_worst pairs, one per prompt whose rewards are not all tied.
+    assert main(["prepare", "--input", str(run / "scored"), "--out", str(run / "prepared_dpo"), "--kind", "pairs",
+                 "--pairs", "best_worst", "--transform", "identity", "--beta", "0.1", "--test-fraction", "0.25"]) == 0
+    assert main(["train", str(r / "train.yaml"), "--dataset", str(run / "prepared_dpo"), "--model", str(base),
+                 "--loss", "dpo", "--out", str(run / "adapter_dpo")]) == 0
+    dpo = json.loads((run / "adapter_dpo" / "infalign_train.json").read_text())
+    assert dpo["loss"] == "dpo" and dpo["beta"] == 0.1 and dpo["dataset_manifest"]["pairs"] == "best_worst"
+    assert sum(dpo["dataset_manifest"]["num_rows"].values()) + dpo["dataset_manifest"]["skipped_tied_prompts"] == 16
 
     report = json.loads((run / "eval" / "report.json").read_text())
     info = json.loads((run / "adapter" / "infalign_train.json").read_text())

@@ -17,3 +17,7 @@ $INFALIGN train "$R/train.yaml"
 $INFALIGN train "$R/train.yaml" --dataset "$OUT/prepared_identity" --out "$OUT/adapter_identity"
 $INFALIGN eval --config "$R/eval.yaml"
 $INFALIGN eval --config "$R/eval.yaml" --policy "$OUT/adapter_identity" --out "$OUT/eval_identity"
+# DPO baseline (docs/math.md §6): one (best, worst) raw-reward pair per prompt, beta 0.1, from the same samples.
+$INFALIGN prepare --input "$OUT/scored" --out "$OUT/prepared_dpo" --kind pairs --pairs best_worst --transform identity --beta 0.1 --test-fraction 0.25
+$INFALIGN train "$R/train.yaml" --dataset "$OUT/prepared_dpo" --loss dpo --out "$OUT/adapter_dpo"
+$INFALIGN eval --config "$R/eval.yaml" --policy "$OUT/adapter_dpo" --out "$OUT/eval_dpo"
