@@ -411,3 +411,34 @@ def test_tempered_warning_reaches_model_card_and_training_record(id_models, tmp_
     card = (out / "README.md").read_text()
     assert "## Warnings" in card and m["warnings"][0] in card
     assert record["reference"] == "stored"  # the sampled ids' ref_logps, same model, float32
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_sampler_prepare_trainer_agree_on_the_sampled_sequences(id_models, tmp_path, tokenizer):
+    """The real pipeline: `sample` (ref_logps from the sampler's own logits, cut and stopped completions) →
+    `score` → `prepare` (each kind) → the trainer: a live reference forward on the rows' stored ids gives the
+    sampler's ref_logps, sequence by sequence."""
+    from offline_infalign.config import PrepareConfig, SampleConfig, ScoreConfig
+    from offline_infalign.stages.prepare import run_prepare
+    from offline_infalign.stages.sample import run_sample
+    from offline_infalign.stages.score import run_score
+
+    model_dir = id_models[tokenizer]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ("the movie was", "tell me about", "the cat please", "very good .", "was very", "me")))
+    samples = run_sample(SampleConfig(prompts=str(prompts), model=str(model_dir), out=str(tmp_path / "s"),
+                                      num_samples=4, max_new_tokens=12, device="cpu"), progress=False)
+    assert 0 < samples["cut_fraction"] < 1
+    run_score(ScoreConfig(input=str(tmp_path / "s"), reward_model="tests.train_fixtures:char_reward",
+                          out=str(tmp_path / "sc")), progress=False)
+    for kind, loss in (("pairs", "tilted_pairwise"), ("listwise", "listwise"), ("bon", "weighted_sft")):
+        run_prepare(PrepareConfig(input=str(tmp_path / "sc"), out=str(tmp_path / kind), kind=kind,
+                                  transform="identity", beta=BETA, test_fraction=0.0))
+        trainer, info = T.make_trainer(cfg_for({"model": model_dir, kind: tmp_path / kind}, loss, tmp_path,
+                                               reference="live"))
+        batch, rows = first_batch(trainer)
+        assert "prompt_ids" in rows[0]
+        with torch.no_grad():
+            live = trainer._ref_logps(trainer.model, batch)
+        torch.testing.assert_close(live, trainer.dataset_kind.stored_reference(batch), rtol=1e-4, atol=1e-4)

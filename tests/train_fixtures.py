@@ -197,3 +197,8 @@ def make_prepared_with_ids(root, kind: str, model_dir, beta=0.5, num_prompts=6, 
                               "beta": beta, "procedure": "bon", "n": 4, "num_samples": k, "model": str(model_dir),
                               "tokenizer": str(model_dir), "config": {}})
     return out
+
+
+def char_reward(prompts, completions):
+    """A reward for pipeline tests: the completion's length in characters, plus a little of the prompt's."""
+    return [len(c) + 0.01 * len(p) for p, c in zip(prompts, completions)]
