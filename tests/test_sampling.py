@@ -387,16 +387,27 @@ def test_vllm_record_rules():
 
 
 def test_pipeline_vllm_backend(fake_vllm, tmp_path):
+    import datasets
+
     from offline_infalign.config import SampleConfig
     from offline_infalign.stages.sample import run_sample
-    from tests.tiny_models import save_tiny_lm
 
-    lm = save_tiny_lm(tmp_path / "lm")
-    (tmp_path / "p.jsonl").write_text('{"prompt": "the cat"}\n{"prompt": "a dog"}\n')
+    lm = save_tiny_lm(tmp_path / "lm", tokenizer="bpe")
+    tok, _ = _load(lm)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "the café"}\n{"prompt": "日本語"}\n')
     m = run_sample(SampleConfig(prompts=str(tmp_path / "p.jsonl"), model=str(lm), out=str(tmp_path / "out"),
-                                num_samples=2, max_new_tokens=3, backend="vllm", tensor_parallel_size=1),
-                   progress=False)
+                                num_samples=4, max_new_tokens=30, backend="vllm", tensor_parallel_size=1,
+                                stop_token_ids=[100]), progress=False)
     assert m["backend"] == "vllm" and m["num_rows"] == 2
+    # The stop set of the model folder's generation config (</s>, <eot>), the tokenizer's eos and the extra id.
+    assert m["stop_token_ids"] == sorted([tok.eos_token_id, tok.convert_tokens_to_ids("<eot>"), 100])
+    rows = datasets.load_from_disk(str(tmp_path / "out")).to_list()
+    finishes = [f for r in rows for f in r["finish_reasons"]]
+    assert m["cut_fraction"] == finishes.count("length") / 8
+    for r in rows:
+        assert r["prompt_ids"] == encode_prompt(tok, r["prompt"])
+        for ids, finish in zip(r["completion_ids"], r["finish_reasons"]):
+            assert (ids[-1] in m["stop_token_ids"]) == (finish == "stop")
 
 
 def test_models_own_generation_config_does_not_change_draws():
