@@ -62,6 +62,8 @@ def test_deterministic_per_prompt_and_independent_of_batching(tok_model):
     subset = _sample(tok_model, PROMPTS[2:4], IDS[2:4], batch_size=3)
     for a, b, c in zip(full, one_by_one, reversed_batches):
         assert a["completions"] == b["completions"] == c["completions"]
+        assert a["completion_ids"] == b["completion_ids"] == c["completion_ids"]
+        assert a["finish_reasons"] == b["finish_reasons"] == c["finish_reasons"]
         torch.testing.assert_close(torch.tensor(a["ref_logps"]), torch.tensor(b["ref_logps"]), atol=1e-4, rtol=0)
     assert [r["completions"] for r in subset] == [r["completions"] for r in full[2:4]]
     # The K samples of one prompt differ from each other, and another seed gives other draws.
