@@ -19,16 +19,17 @@ far more in bf16, whose logits carry ~3 significant digits). So we guarantee ide
 identical batching (resume, rerun of the same command) and identical completions up to that rounding chance
 across batch sizes and chunkings; tests check equality across batch sizes on CPU in float32.
 
-`ref_logps` (hf backend) come from the sampler's own logits: `generate` hands our logits processor the model's
-raw next-token logits (every built-in processor is off, see `_generation_config`), so the log-softmax of those
-logits at the drawn token is log π_ref(y_t | x, y_<t) at temperature 1, whatever temperature/top-p/top-k the
-token was drawn with (they shape only the proposal). Summed while the row has not yet drawn a stop token, this
+`ref_logps` (hf backend) come from the sampler's own logits: the decode loop (decoding.py) reads the model's
+raw next-token logits (no logits processor, nothing from the model's generation config), so the log-softmax of
+those logits at the drawn token is log π_ref(y_t | x, y_<t) at temperature 1, whatever temperature/top-p/top-k
+the token was drawn with (they shape only the proposal). Summed up to and including the row's stop token, this
 equals a teacher-forced pass over the ids to float rounding (`compute_ref_logps` is that pass, kept as the
 reference implementation) and saves the second forward. It is the base policy's likelihood — what KL and every
 docs/math.md §6 loss need — not the log-density of a tempered or truncated proposal.
 
-Backends: `sample_completions` (Hugging Face `generate`, default) and `sample_completions_vllm` (optional
-extra, imported only when called; teacher-forced `ref_logps` on the ids with vLLM's prompt_logprobs).
+Backends: `sample_completions` (a Hugging Face model: each prompt prefilled once, its KV cache repeated for its K
+draws, ended rows dropped; see decoding.py) and `sample_completions_vllm` (optional extra, imported only when
+called; teacher-forced `ref_logps` on the ids with vLLM's prompt_logprobs).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -105,33 +105,6 @@ def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.
     j = torch.searchsorted(cdf, x, right=True)  # first index with cdf > x: never a zero-probability token
     last_positive = (probs > 0).long().cumsum(-1).argmax(-1, keepdim=True)  # guards x rounding up to the total
     return torch.minimum(j, last_positive).squeeze(-1)
-
-
-class _InverseCdfSampler:
-    """LogitsProcessor for greedy `generate`: draws our token, adds its log π_ref to the row's sum while the row
-    has not yet drawn a stop token, and returns a one-hot on it (greedy then picks it)."""
-
-    def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float, top_k: int, top_p: float,
-                 stop_ids: Sequence[int], device):
-        self.uniforms, self.prompt_width = uniforms.to(device), prompt_width  # (R, T)
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-        rows = uniforms.shape[0]
-        self.logps = torch.zeros(rows, dtype=torch.float64, device=device)  # (R,)
-        self.done = torch.zeros(rows, dtype=torch.bool, device=device)  # (R,) drew a stop token already
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        # Clamped: a backend that defers its stop check runs one step past the end, with every row finished.
-        step = min(input_ids.shape[1] - self.prompt_width, self.uniforms.shape[1] - 1)
-        tokens = sample_tokens(scores, self.uniforms[:, step], self.temperature, self.top_k, self.top_p)
-        # `scores` are the raw logits (no other processor runs, see _generation_config): log π_ref at T = 1,
-        # without keeping a (rows x steps x vocab) tensor. Rows past their stop token add nothing.
-        logits = scores.float()
-        logp = logits.gather(1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        self.logps += torch.where(self.done, 0.0, logp.double())
-        self.done |= torch.isin(tokens, self.stop)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
 
 
 def context_length(model, tokenizer=None) -> int | None:
@@ -240,15 +213,21 @@ def _group(records: list[dict[str, Any]], prompt_ids: list[int], logps) -> dict[
 def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], num_samples: int,
                        max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                        seed: int = 0, batch_size: int = 8, progress: bool = True,
-                       stop_token_ids: Sequence[int] | None = None) -> list[dict[str, list]]:
+                       stop_token_ids: Sequence[int] | None = None,
+                       decoder: str = "shared_prefill") -> list[dict[str, list]]:
     """K = num_samples completions per prompt with the Hugging Face backend.
 
     Args:
         prompts: P prompts (strings or chat message lists; see tokenization.encode_prompt).
         prompt_ids: P prompt_id strings; with `seed` they alone determine each prompt's draws.
-        batch_size: prompts per `generate` call (batch_size × K rows), left-padded.
+        batch_size: prompts decoded together (one left-padded prefill of batch_size rows, then batch_size × K
+            decoding rows).
         progress: show a progress bar (prompts/s, completions/s), or an open tqdm bar to advance.
         stop_token_ids: the stop set, used as given; default `modeling.stop_token_ids(model, tokenizer)`.
+        decoder: "shared_prefill" (each prompt's forward once, its KV cache repeated for the K draws, ended rows
+            dropped) or "generate" (transformers' generate over K copies of each prompt: the reference the
+            tests compare against, and the fallback for a model that returns no transformers.Cache); the same
+            completions either way up to float rounding (see decoding.py).
     Returns:
         P dicts in input order (see the module doc): "prompt_ids" (token ids), "completion_ids",
         "finish_reasons", "completions" and "ref_logps" (K each).
@@ -259,6 +238,11 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
     check_tokenizer(tokenizer)
     from tqdm.auto import tqdm
 
+    from .decoding import DECODERS
+
+    if decoder not in DECODERS:
+        raise InfalignError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+
     stop = _stop_set(model, tokenizer, stop_token_ids)
     was_training = model.training
     model.eval()  # dropout off: sampling and ref_logps must be the deterministic base policy
@@ -266,25 +250,23 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     # Similar lengths together waste less padding; results do not depend on the grouping (see module doc).
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    gen_config = _generation_config(max_new_tokens, stop, tokenizer.pad_token_id)
     results: list[dict[str, list] | None] = [None] * len(prompts)
     # `progress` may be a caller's open bar (the pipeline's bar over all chunks): advance it, do not close it.
     own_bar = not hasattr(progress, "update")
     bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress,
                dynamic_ncols=True) if own_bar else progress
     try:
-        with _bare_generation_config(model):
-            for lo in range(0, len(order), batch_size):
-                idx = order[lo : lo + batch_size]
-                records, logps = _generate_batch(model, tokenizer, [encoded[i] for i in idx],
-                                                 [prompt_ids[i] for i in idx], num_samples, max_new_tokens,
-                                                 temperature, top_p, top_k, seed, gen_config, stop, device)
-                for j, i in enumerate(idx):
-                    sl = slice(j * num_samples, (j + 1) * num_samples)
-                    results[i] = _group(records[sl], encoded[i], logps[sl])
-                bar.update(len(idx))
-                bar.set_postfix(
-                    completions_per_s=f"{bar.n * num_samples / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo : lo + batch_size]
+            records, logps = _generate_batch(model, tokenizer, [encoded[i] for i in idx],
+                                             [prompt_ids[i] for i in idx], num_samples, max_new_tokens,
+                                             temperature, top_p, top_k, seed, stop, device, decoder)
+            for j, i in enumerate(idx):
+                sl = slice(j * num_samples, (j + 1) * num_samples)
+                results[i] = _group(records[sl], encoded[i], logps[sl])
+            bar.update(len(idx))
+            bar.set_postfix(
+                completions_per_s=f"{bar.n * num_samples / max(bar.format_dict['elapsed'], 1e-9):.1f}")
     finally:
         if own_bar:
             bar.close()
@@ -292,57 +274,27 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
     return results  # type: ignore[return-value]
 
 
-def _generation_config(max_new_tokens: int, stop: Sequence[int], pad_token_id: int):
-    from transformers import GenerationConfig
+def _generate_batch(model, tokenizer, encoded, ids, k, max_new_tokens, temperature, top_p, top_k, seed, stop,
+                    device, decoder) -> tuple[list[dict[str, Any]], list[float]]:
+    from .decoding import decode_shared_prefill, decode_with_generate
 
-    # Greedy over the one-hot scores of our sampler, every built-in processor neutral: our processor must see
-    # the raw logits (it reads log π_ref from them) and its choice must stand. A list of eos ids stops each row
-    # on the first of them it draws (EosTokenCriteria); finished rows are filled with pad, cut off below.
-    return GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
-        no_repeat_ngram_size=0, eos_token_id=list(stop), pad_token_id=pad_token_id,
-    )
-
-
-@contextmanager
-def _bare_generation_config(model):
-    """`generate` fills every field our GenerationConfig leaves unset from the model's own generation_config,
-    which can switch on processors that change the logits (suppress_tokens, bad_words_ids, forced_eos_token_id,
-    sequence_bias, ...); an empty one stands in for it during sampling."""
-    from transformers import GenerationConfig
-
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's base
-    saved = getattr(target, "generation_config", None)
-    target.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        target.generation_config = saved
-
-
-def _generate_batch(model, tokenizer, encoded, ids, k, max_new_tokens, temperature, top_p, top_k, seed,
-                    gen_config, stop, device) -> tuple[list[dict[str, Any]], list[float]]:
     width = max(len(e) for e in encoded)
-    rows = len(encoded) * k
-    input_ids = torch.full((rows, width), tokenizer.pad_token_id, dtype=torch.long)
-    attention = torch.zeros((rows, width), dtype=torch.long)
-    uniforms = torch.empty((rows, max_new_tokens), dtype=torch.float32)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    uniforms = torch.empty((len(encoded) * k, max_new_tokens), dtype=torch.float32)
     for j, (e, pid) in enumerate(zip(encoded, ids)):
-        sl = slice(j * k, (j + 1) * k)
-        input_ids[sl, width - len(e) :] = torch.tensor(e, dtype=torch.long)  # left padding: generation continues
-        attention[sl, width - len(e) :] = 1  # at the right edge of every row
+        input_ids[j, width - len(e) :] = torch.tensor(e, dtype=torch.long)  # left padding: generation continues
+        attention[j, width - len(e) :] = 1  # at the right edge of every row
         gen = torch.Generator().manual_seed(prompt_seed(seed, pid))
-        uniforms[sl] = torch.rand((k, max_new_tokens), generator=gen, dtype=torch.float32)
-    sampler = _InverseCdfSampler(uniforms, width, temperature, top_k, top_p, stop, device)
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                             generation_config=gen_config, logits_processor=[sampler])
-    stop_set, records = set(stop), []
-    for row in out[:, width:].tolist():
-        end = next((t + 1 for t, tok in enumerate(row) if tok in stop_set), None)  # through the first stop id
-        ids_t = row[:end] if end is not None else row
-        records.append(record_completion(tokenizer, ids_t, stop_set, "stop" if end is not None else "length"))
-    return records, sampler.logps.tolist()
+        uniforms[j * k : (j + 1) * k] = torch.rand((k, max_new_tokens), generator=gen, dtype=torch.float32)
+    args = (model, input_ids.to(device), attention.to(device), uniforms.to(device), k, temperature, top_k, top_p,
+            stop)
+    out = decode_shared_prefill(*args) if decoder == "shared_prefill" else None
+    if out is None:  # asked for, or a model whose forward returns no transformers.Cache
+        out = decode_with_generate(*args, tokenizer.pad_token_id)
+    rows, finishes, logps = out
+    stop_set = set(stop)
+    return [record_completion(tokenizer, r, stop_set, f) for r, f in zip(rows, finishes)], logps
 
 
 def sample_completions_vllm(llm, tokenizer, prompts: list, prompt_ids: list[str], num_samples: int,
