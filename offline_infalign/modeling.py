@@ -10,7 +10,10 @@ stored `ref_*logps` columns, see trainer.py), so training holds one copy of the 
 - QLoRA: 4-bit nf4 weights with double quantization (bitsandbytes), bf16 compute on GPU (float32 on CPU),
   `prepare_model_for_kbit_training`. On CPU, bitsandbytes' AVX512-bf16 kernel path breaks the backward pass
   of biased 4-bit linears, so it is switched off on every Linear4bit.
-- `trust_remote_code` is off unless asked: a hub checkpoint's own Python code never runs by default.
+- What may run code: `trust_remote_code` is off unless asked, so a hub checkpoint's own Python code never runs
+  by default; and weights load from safetensors only (`from_pretrained` below), because a pickle file
+  (pytorch_model.bin, adapter_model.bin) can run code when it is unpickled. A folder with pickle weights only
+  is refused naming `allow_pickle_weights`, the opt-in for a folder the user trusts.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ __all__ = [
     "bitsandbytes_problem",
     "resolve_dtype",
     "stop_token_ids",
+    "from_pretrained",
+    "check_safetensors",
+    "PICKLE_OPT_IN",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +58,60 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | None = None) ->
     if dtype not in _DTYPES:
         raise InfalignError(f"unknown dtype {dtype!r}; allowed: auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+PICKLE_OPT_IN = "--allow-pickle-weights (allow_pickle_weights: true)"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _pickle_refusal(path, what: str, found: str) -> InfalignError:
+    return InfalignError(
+        f"{what} {str(path)!r} has no safetensors weights ({found}): pickle weights can run code when they are "
+        f"loaded, so only safetensors load by default; convert the folder to safetensors, or pass {PICKLE_OPT_IN} "
+        "if you trust where it came from")
+
+
+def check_safetensors(path, allow_pickle_weights: bool = False, what: str = "model",
+                      names: tuple[str, ...] | None = None) -> None:
+    """Refuse a local folder whose weights are pickle files only, unless `allow_pickle_weights`.
+
+    names: the weight files that count as safetensors (default: any *.safetensors or sharded index). A hub id
+    is not checked here: `from_pretrained` refuses a hub repo without safetensors itself.
+    """
+    folder = Path(path)
+    if allow_pickle_weights or not folder.is_dir():
+        return
+    files = [f.name for f in folder.iterdir() if f.is_file()]
+    safe = [n for n in files if (n in names if names else n.endswith((".safetensors", ".safetensors.index.json")))]
+    pickles = sorted(n for n in files if n.endswith(_PICKLE_SUFFIXES) or ".bin.index" in n)
+    if not safe and pickles:
+        raise _pickle_refusal(folder, what, "only " + ", ".join(pickles))
+    # config.json may name its weight file (`transformers_weights`), which transformers then loads even when
+    # safetensors are asked for; only a safetensors name is accepted.
+    config = folder / "config.json"
+    if config.is_file():
+        import json
+
+        try:
+            named = json.loads(config.read_text(encoding="utf-8")).get("transformers_weights")
+        except (ValueError, AttributeError):
+            named = None  # an unreadable config is from_pretrained's error to report
+        if named and not str(named).endswith((".safetensors", ".safetensors.index.json")):
+            raise _pickle_refusal(folder, what, f"config.json names the weight file {named!r}")
+
+
+def from_pretrained(auto_cls, path, *, allow_pickle_weights: bool = False, what: str = "model", **kwargs):
+    """`auto_cls.from_pretrained(path, **kwargs)` reading safetensors only unless `allow_pickle_weights`;
+    a folder or hub repo without them, or one that cannot be loaded, is one InfalignError naming it."""
+    check_safetensors(path, allow_pickle_weights, what)
+    if not allow_pickle_weights:
+        kwargs["use_safetensors"] = True
+    try:
+        return auto_cls.from_pretrained(str(path), **kwargs)
+    except OSError as exc:
+        if not allow_pickle_weights and "safetensors" in str(exc):
+            raise _pickle_refusal(path, what, "none found") from None
+        raise InfalignError(f"cannot load {what} {str(path)!r}: {exc}") from None
 
 
 def default_device(device: str | None = None) -> str:
@@ -163,8 +223,9 @@ def _disable_cpu_bf16_kernels(model) -> int:
 
 
 def load_base(model_path: str, *, qlora: bool = False, dtype=None, device_map=None,
-              trust_remote_code: bool = False):
-    """The base causal LM (in eval mode), full precision or 4-bit nf4 for QLoRA."""
+              trust_remote_code: bool = False, allow_pickle_weights: bool = False):
+    """The base causal LM (in eval mode), full precision or 4-bit nf4 for QLoRA; safetensors only unless
+    `allow_pickle_weights`."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
@@ -184,10 +245,7 @@ def load_base(model_path: str, *, qlora: bool = False, dtype=None, device_map=No
             bnb_4bit_compute_dtype=compute,
         )
         kwargs["dtype"] = compute
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    except OSError as exc:
-        raise InfalignError(f"cannot load model {model_path!r}: {exc}") from None
+    model = from_pretrained(AutoModelForCausalLM, model_path, allow_pickle_weights=allow_pickle_weights, **kwargs)
     if qlora:
         _disable_cpu_bf16_kernels(model)
     return model.eval()
@@ -195,7 +253,8 @@ def load_base(model_path: str, *, qlora: bool = False, dtype=None, device_map=No
 
 def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.0,
                 target_modules: str | list[str] = "all-linear", qlora: bool = False, dtype=None,
-                device_map=None, gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+                device_map=None, gradient_checkpointing: bool = False, trust_remote_code: bool = False,
+                allow_pickle_weights: bool = False):
     """Base model + a fresh LoRA adapter (B = 0, so the policy equals the base at step 0) and its tokenizer.
 
     Returns (PeftModel in train mode, tokenizer). Only LoRA parameters require grad.
@@ -204,7 +263,7 @@ def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = N
 
     tok = load_tokenizer(model_path, trust_remote_code, pad_token_as_eos=True)
     model = load_base(model_path, qlora=qlora, dtype=dtype, device_map=device_map,
-                      trust_remote_code=trust_remote_code)
+                      trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     if qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
@@ -218,8 +277,11 @@ def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = N
 
 
 def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map=None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, allow_pickle_weights: bool = False):
     """A trained adapter on its base model, for evaluation: (PeftModel in eval mode, tokenizer).
+
+    Base and adapter weights load from safetensors only unless `allow_pickle_weights` (an adapter folder is
+    the thing most often downloaded: PEFT would unpickle its adapter_model.bin).
 
     The tokenizer comes from the adapter folder (train saves it there) and falls back to the base model's.
     `policy.disable_adapter()` (a context manager) gives the base model without a second copy.
@@ -229,9 +291,11 @@ def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise InfalignError(f"{str(adapter_dir)!r} is not a PEFT adapter folder (no adapter_config.json)")
+    check_safetensors(adapter_dir, allow_pickle_weights, "adapter", names=("adapter_model.safetensors",))
     tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
     tok = load_tokenizer(str(tok_dir), trust_remote_code, pad_token_as_eos=True)
-    base = load_base(base_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+    base = load_base(base_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+                     allow_pickle_weights=allow_pickle_weights)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     return model.eval(), tok
 
@@ -252,13 +316,15 @@ def base_weights_dtype(model) -> str:
 
 
 def load_causal_lm(path: str, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
-                   pad_token_as_eos: bool = False):
-    """(model in eval mode on `device`, tokenizer) from a local folder or hub id; pad rule: `load_tokenizer`."""
+                   pad_token_as_eos: bool = False, allow_pickle_weights: bool = False):
+    """(model in eval mode on `device`, tokenizer) from a local folder or hub id; pad rule: `load_tokenizer`;
+    safetensors weights only unless `allow_pickle_weights`."""
     from transformers import AutoModelForCausalLM
 
     # dtype 'auto': bf16 on a bf16-capable GPU, float32 otherwise
     device = default_device(device)
+    check_safetensors(path, allow_pickle_weights)  # before the tokenizer: the refusal comes first
     tokenizer = load_tokenizer(path, trust_remote_code, pad_token_as_eos=pad_token_as_eos)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device),
-                                                 trust_remote_code=trust_remote_code)
+    model = from_pretrained(AutoModelForCausalLM, path, allow_pickle_weights=allow_pickle_weights,
+                            dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tokenizer

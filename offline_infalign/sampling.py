@@ -361,8 +361,13 @@ def _vllm_record(tokenizer, c, stop: Sequence[int]) -> dict[str, Any]:
 
 
 def load_vllm(model_path: str, tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0,
-              trust_remote_code: bool = False, max_model_len: int | None = None):
+              trust_remote_code: bool = False, max_model_len: int | None = None, allow_pickle_weights: bool = False):
     from vllm import LLM
 
+    from .modeling import check_safetensors
+
+    # Safetensors only unless allowed, as modeling.from_pretrained: vLLM's "auto" falls back to pickle files.
+    check_safetensors(model_path, allow_pickle_weights)
     return LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
-               trust_remote_code=trust_remote_code, max_model_len=max_model_len)
+               trust_remote_code=trust_remote_code, max_model_len=max_model_len,
+               load_format="auto" if allow_pickle_weights else "safetensors")

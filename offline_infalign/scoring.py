@@ -85,15 +85,18 @@ class HFRewardScorer(Scorer):
     """A sequence-classification reward model: one logit per (prompt, completion), column `reward_label`."""
 
     def __init__(self, path: str, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
-                 trust_remote_code: bool = False, model=None, tokenizer=None, reward_label: int | str | None = None):
+                 trust_remote_code: bool = False, model=None, tokenizer=None, reward_label: int | str | None = None,
+                 allow_pickle_weights: bool = False):
         from transformers import AutoModelForSequenceClassification
 
-        from .modeling import default_device, load_tokenizer
+        from .modeling import check_safetensors, default_device, from_pretrained, load_tokenizer
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InfalignError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.name, self.batch_size = str(path), batch_size
         self.device = default_device(device)
+        if model is None:  # a pickle-only folder is refused before anything of it is read
+            check_safetensors(path, allow_pickle_weights, "reward model")
         # No EOS fallback: the model finds each row's last real token by the pad id, which must not be a token
         # (like EOS) that the texts it judges end with; the reward model's author chooses it.
         self.tokenizer = tokenizer or load_tokenizer(path, trust_remote_code, pad_token_as_eos=False)
@@ -105,8 +108,9 @@ class HFRewardScorer(Scorer):
         if model is None:
             from .modeling import resolve_dtype  # 'auto': bf16 on a bf16-capable GPU, float32 otherwise
 
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code)
+            model = from_pretrained(AutoModelForSequenceClassification, path, what="reward model",
+                                    allow_pickle_weights=allow_pickle_weights,
+                                    dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code)
         self.column = label_column(self.name, model.config, reward_label)
         self.label = _labels(model.config)[self.column] if model.config.num_labels > 1 else None
         if model.config.pad_token_id is None:  # how the model finds each row's last real token
@@ -151,10 +155,13 @@ class HFRewardScorer(Scorer):
 
 
 def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
-                trust_remote_code: bool = False, reward_label: int | str | None = None) -> Scorer:
+                trust_remote_code: bool = False, reward_label: int | str | None = None,
+                allow_pickle_weights: bool = False) -> Scorer:
     """A scorer from `spec`: "demo", "module:function", a reward-model folder / hub id, or a callable.
 
     `reward_label` picks the output of a multi-output reward model; it is refused for anything else.
+    A "module:function" is imported, which runs its code: callers pass only what the user named (never a
+    name read from a downloaded folder; stages/evaluate.py). `allow_pickle_weights`: modeling.from_pretrained.
     """
     if reward_label is not None and (callable(spec) or isinstance(spec, Scorer) or str(spec) == "demo"
                                      or (":" in str(spec) and not Path(str(spec)).exists())):
@@ -179,7 +186,8 @@ def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch
             raise InfalignError(f"reward function {spec!r} is not callable")
         return CallableScorer(fn, spec)
     return HFRewardScorer(spec, device=device, dtype=dtype, batch_size=batch_size,
-                          trust_remote_code=trust_remote_code, reward_label=reward_label)
+                          trust_remote_code=trust_remote_code, reward_label=reward_label,
+                          allow_pickle_weights=allow_pickle_weights)
 
 
 def score_texts(scorer: Scorer, prompts: Sequence[Any], completions: Sequence[Sequence[str]],

@@ -6,6 +6,10 @@ procedure and N, the transform, tilt and β (for the prediction), the loss, the 
 were drawn with, and the warnings training passed on (tempered samples, ...) for the report's notes. A foreign
 PEFT adapter has no record; then every missing setting must come from the command line, and the error says
 which flag.
+
+The record is read, never executed: an adapter folder is often downloaded, so a judge it names as
+`module:function` (importing it runs code) is refused unless the user names it on the command line or in the
+config; a judge that is a model folder or hub id loads, as weights (safetensors, no remote code).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from .core.errors import InfalignError
 
-__all__ = ["TRAIN_INFO", "read_training_info", "resolve_settings"]
+__all__ = ["TRAIN_INFO", "read_training_info", "resolve_settings", "names_code"]
 
 TRAIN_INFO = "infalign_train.json"
 
@@ -33,6 +37,13 @@ def read_training_info(policy_dir) -> dict[str, Any]:
         return json.loads(info_path.read_text())
     except json.JSONDecodeError as exc:
         raise InfalignError(f"{str(info_path)!r} is not valid JSON: {exc}") from None
+
+
+def names_code(spec) -> bool:
+    """True when `spec` is a name that scoring.load_scorer would import ('module:function'), rather than the
+    built-in 'demo' or a reward-model folder / hub id (weights)."""
+    text = str(spec)
+    return text != "demo" and ":" in text and not Path(text).exists()
 
 
 def _dataset_manifest(info: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +81,11 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     if not model:
         raise InfalignError(f"no base model for policy {cfg.policy!r}: pass --model (the adapter has no {TRAIN_INFO})")
     trained_reward = _first(info.get("reward_model"), manifest.get("reward_model"))
+    if cfg.reward_model is None and trained_reward is not None and names_code(trained_reward):
+        raise InfalignError(
+            f"the training record of policy {str(cfg.policy)!r} names the judge {str(trained_reward)!r}, a "
+            "module:function; eval never imports code named by an adapter folder (importing it would run it). "
+            f"Pass --reward-model {trained_reward} (reward_model in the config) to use it, or another judge")
     reward_model = _first(cfg.reward_model, trained_reward)
     if not reward_model:
         raise InfalignError(f"no judge reward for policy {cfg.policy!r}: pass --reward-model (path, module:function "

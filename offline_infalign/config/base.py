@@ -27,7 +27,7 @@ T = TypeVar("T")
 __all__ = [
     "load_config", "add_config_arguments", "overrides_from_args", "config_to_dict", "config_diff",
     "field", "same_as", "positive_int", "one_of", "spell", "parse_shard",
-    "DTYPES", "LONG_PROMPT_POLICIES", "BACKENDS", "DUPLICATE_POLICIES",
+    "DTYPES", "LONG_PROMPT_POLICIES", "BACKENDS", "DUPLICATE_POLICIES", "ALLOW_PICKLE_HELP",
 ]
 
 # Choice lists that several commands offer; each is written here once.
@@ -35,6 +35,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 LONG_PROMPT_POLICIES = ("truncate", "skip", "fail")
 BACKENDS = ("hf", "vllm")
 DUPLICATE_POLICIES = ("fail", "skip")
+# The opt-in for pickle weights (modeling.from_pretrained), offered by every command that loads a model.
+ALLOW_PICKLE_HELP = "load a model folder that only has pytorch_model.bin (pickle: can run code); off by default"
 
 
 # ---- the one field style ------------------------------------------------------------------------------------

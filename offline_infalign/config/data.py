@@ -13,6 +13,7 @@ from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
 from ..kinds import KIND_NAMES
 from ..kinds.pairs import PAIR_CHOICES
 from .base import (
+    ALLOW_PICKLE_HELP,
     BACKENDS,
     DTYPES,
     DUPLICATE_POLICIES,
@@ -65,6 +66,7 @@ class SampleConfig:
                                    "(otherwise such a tokenizer is an error)")
     stop_token_ids: list[int] | None = field(None, help="extra stop token ids beyond the model's generation "
                                              "config and tokenizer eos (docs/math.md §9)")
+    allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
 
     def __post_init__(self):
         owner = "sample"
@@ -109,6 +111,7 @@ class ScoreConfig:
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
     reward_label: str | None = field(None, help="a reward model with several outputs: the one whose raw logit is "
                                      "the reward, an index (1) or a label name from its id2label (positive)")
+    allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
 
     def __post_init__(self):
         for name in ("input", "reward_model", "out"):
@@ -227,6 +230,7 @@ class BuildConfig:
     trust_remote_code: bool = same_as(SampleConfig, "trust_remote_code")
     pad_token_as_eos: bool = same_as(SampleConfig, "pad_token_as_eos")
     stop_token_ids: list[int] | None = same_as(SampleConfig, "stop_token_ids")
+    allow_pickle_weights: bool = same_as(SampleConfig, "allow_pickle_weights")
     score_batch_size: int = same_as(ScoreConfig, "batch_size")
     reward_label: str | None = same_as(ScoreConfig, "reward_label")
     kind: str = same_as(PrepareConfig, "kind")

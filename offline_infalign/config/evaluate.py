@@ -6,7 +6,7 @@ import dataclasses
 
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
-from .base import DTYPES, LONG_PROMPT_POLICIES, field, positive_int, spell
+from .base import ALLOW_PICKLE_HELP, DTYPES, LONG_PROMPT_POLICIES, field, positive_int, spell
 
 __all__ = ["EvalConfig"]
 
@@ -55,6 +55,7 @@ class EvalConfig:
     dtype: str = field("auto", help="model dtype", choices=DTYPES)
     plots: bool = field(True, help="write the PNG plots")
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
+    allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
 
     def __post_init__(self):
         if not self.policy:

@@ -93,8 +93,10 @@ def _judge(settings: dict[str, Any], rows: list[dict], draws: dict[str, Any], de
     """Judge rewards of the policy and base samples, each (P, M); the judge reads the decoded text."""
     from ..scoring import load_scorer, score_in_chunks
 
+    # settings["reward_model"] names code only when the user gave it (training_record.resolve_settings).
     scorer = load_scorer(settings["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
-                         trust_remote_code=cfg.trust_remote_code, reward_label=settings["reward_label"])
+                         trust_remote_code=cfg.trust_remote_code, reward_label=settings["reward_label"],
+                         allow_pickle_weights=cfg.allow_pickle_weights)
     flat_prompts = [r["prompt"] for r in rows for _ in range(cfg.samples)]
     chunk = 8 * cfg.score_batch_size
     out = []
@@ -144,7 +146,8 @@ def evaluate(cfg) -> dict[str, Any]:
 
     device = default_device(cfg.device)
     model, tokenizer = load_adapted(settings["model"], cfg.policy, dtype=resolve_dtype(cfg.dtype, device),
-                                    trust_remote_code=cfg.trust_remote_code)
+                                    trust_remote_code=cfg.trust_remote_code,
+                                    allow_pickle_weights=cfg.allow_pickle_weights)
     model = model.to(device).eval()
     context = context_length(model)
     if context is not None:

@@ -11,8 +11,9 @@ from ..core.errors import InfalignError
 from ..storage import ChunkStore, base_manifest, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
-# Config fields that cannot change the result, so a resume may change them.
-_SAMPLE_FREE = ("batch_size", "device")
+# Config fields that cannot change the result, so a resume may change them (allow_pickle_weights only lets a
+# folder load; the weights it loads are the same).
+_SAMPLE_FREE = ("batch_size", "device", "allow_pickle_weights")
 # The sampler's record per prompt row (docs/design.md columns), after prompt_id and prompt.
 COLUMNS = ("prompt_ids", "completions", "completion_ids", "finish_reasons", "ref_logps")
 
@@ -44,12 +45,14 @@ def _load_sampler(cfg: SampleConfig):
     # Without --pad-token-as-eos a tokenizer lacking a pad token is refused below (check_tokenizer).
     if cfg.backend == "vllm":
         tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, pad_token_as_eos=cfg.pad_token_as_eos)
-        model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code)
+        model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code,
+                          allow_pickle_weights=cfg.allow_pickle_weights)
         ctx = getattr(getattr(getattr(model, "llm_engine", None), "model_config", None), "max_model_len", None)
         sampler, ids = sample_completions_vllm, {"model_revision": None, "model_type": None}
     else:
         model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code,
-                                          pad_token_as_eos=cfg.pad_token_as_eos)
+                                          pad_token_as_eos=cfg.pad_token_as_eos,
+                                          allow_pickle_weights=cfg.allow_pickle_weights)
         ctx, sampler, ids = context_length(model), sample_completions, _model_id(model)
     check_tokenizer(tokenizer)
     # vLLM's engine is not a transformers model: its stop ids come from the folder's generation config.

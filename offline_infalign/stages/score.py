@@ -9,7 +9,7 @@ from ..core.errors import InfalignError
 from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
-_SCORE_FREE = ("batch_size", "device")
+_SCORE_FREE = ("batch_size", "device", "allow_pickle_weights")  # cannot change the rewards
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
@@ -30,7 +30,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
         return read_manifest(cfg.out)
     samples = samples.select(range(*shard_slice(len(samples), shard).indices(len(samples))))
     scorer = load_scorer(cfg.reward_model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                         trust_remote_code=cfg.trust_remote_code, reward_label=cfg.reward_label)
+                         trust_remote_code=cfg.trust_remote_code, reward_label=cfg.reward_label,
+                         allow_pickle_weights=cfg.allow_pickle_weights)
     chunks = chunk_slices(len(samples), cfg.chunk_size)
     k = upstream["num_samples"]
     bar = progress_bar(len(samples), "score", "prompt", progress)

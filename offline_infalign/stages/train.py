@@ -180,6 +180,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
         # 4-bit weights cannot be moved after loading, so each process loads them onto its own GPU
         device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cfg.qlora and use_gpu else None,
         gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code,
+        allow_pickle_weights=cfg.allow_pickle_weights,
     )
     # Dropout in the base model would make the policy (and a live reference) noisy; only LoRA dropout stays.
     for name, module in model.named_modules():
