@@ -119,6 +119,8 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
                     guidance=advice, warnings=warnings, pairs=cfg.pairs if cfg.kind == "pairs" else None,
                     **prepared.counts, **facts,
                     num_samples=upstream.get("num_samples"), model=upstream.get("model"),
+                    model_fingerprint=upstream.get("model_fingerprint"),
+                    reward_fingerprint=upstream.get("reward_fingerprint"),
                     tokenizer=upstream.get("tokenizer"), model_revision=upstream.get("model_revision"),
                     reward_model=upstream.get("reward_model"), reward_label=upstream.get("reward_label"),
                     seed=upstream.get("seed"), prepare_seed=cfg.seed, ref_dtype=upstream.get("ref_dtype"),

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import SampleConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
+from ..fingerprint import fingerprint_model
 from ..storage import ChunkStore, base_manifest, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
@@ -83,7 +84,9 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     # The prompts' hash is part of the recorded config: if the source changed between a crash and the resume,
     # finished chunks would no longer line up with the prompt list, so that resume is refused.
     prompts_hash = hashlib.sha256("\n".join(r["prompt_id"] for r in rows).encode()).hexdigest()
-    config = {**config_to_dict(cfg), "input_hash": prompts_hash}
+    # The model's fingerprint too: a folder overwritten (or a hub revision moved) between a kill and the rerun
+    # must not finish the artifact with another model's samples (fingerprint.py says what it covers).
+    config = {**config_to_dict(cfg), "input_hash": prompts_hash, "model_fingerprint": fingerprint_model(cfg.model)}
     store = ChunkStore(cfg.out)
     if store.start(config, ignore=_SAMPLE_FREE):
         return read_manifest(cfg.out)
@@ -109,7 +112,8 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
         bar.close()
     final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
     manifest = base_manifest("samples", config)
-    manifest.update(model=cfg.model, tokenizer=getattr(tokenizer, "name_or_path", cfg.model), **ids,
+    manifest.update(model=cfg.model, model_fingerprint=config["model_fingerprint"],
+                    tokenizer=getattr(tokenizer, "name_or_path", cfg.model), **ids,
                     prompts=cfg.prompts, split=cfg.split, seed=cfg.seed, num_samples=cfg.num_samples,
                     shard=list(shard) if shard else None, num_prompts=len(rows), num_truncated=truncated,
                     num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash,

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import ScoreConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
+from ..fingerprint import fingerprint_reward
 from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
@@ -24,7 +25,10 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
         raise InfalignError(f"{cfg.input!r} is already shard {upstream['shard']}; score it without --shard")
     # The input's content hash is part of the config: scoring a changed samples artifact into the same folder
     # is refused like any other config change.
-    config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"]}
+    # The reward's fingerprint too (fingerprint.py): a reward function edited or a reward-model folder replaced
+    # between a kill and the rerun must not mix two rewards in one artifact.
+    config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"],
+              "reward_fingerprint": fingerprint_reward(cfg.reward_model)}
     store = ChunkStore(cfg.out)
     if store.start(config, ignore=_SCORE_FREE):
         return read_manifest(cfg.out)
@@ -50,11 +54,12 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     manifest = base_manifest("scored", config)
     # The sampling facts travel downstream (docs/math.md §9): prepare refuses tempered samples, eval reuses the
     # stop set, reports carry the cut fraction.
-    for key in ("model", "tokenizer", "model_revision", "prompts", "split", "seed", "num_samples", "backend",
-                "ref_dtype", "stop_token_ids", "cut_fraction", "tempered", "temperature", "top_p", "top_k"):
+    for key in ("model", "model_fingerprint", "tokenizer", "model_revision", "prompts", "split", "seed",
+                "num_samples", "backend", "ref_dtype", "stop_token_ids", "cut_fraction", "tempered", "temperature", "top_p", "top_k"):
         manifest[key] = upstream.get(key)
     # reward_label as given (None for a one-output model): what `eval` passes again to judge with the same column.
-    manifest.update(reward_model=scorer.name, reward_label=cfg.reward_label, input_hash=upstream["content_hash"],
+    manifest.update(reward_model=scorer.name, reward_fingerprint=config["reward_fingerprint"],
+                    reward_label=cfg.reward_label, input_hash=upstream["content_hash"],
                     sample_config=upstream["config"], shard=list(shard) if shard else upstream.get("shard"),
                     num_prompts=len(final))
     return save_artifact(final, cfg.out, manifest)
