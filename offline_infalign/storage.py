@@ -264,6 +264,8 @@ class ChunkStore:
         if (self.out / MANIFEST).is_file():
             old = read_manifest(self.out).get("config", {})
             self._check(old, config, ignore, "holds a finished artifact")
+            # A run killed between its manifest and the cleanup left its chunks (a copy of the data) behind.
+            shutil.rmtree(self.work, ignore_errors=True)
             return True
         if self.config_path.is_file():
             self._check(json.loads(self.config_path.read_text()), config, ignore, "holds an unfinished run")

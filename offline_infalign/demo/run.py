@@ -135,7 +135,18 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run the demo; write `out/demo_report.json` and `out/demo_tradeoff.png`; return the report."""
+    """Run the demo; write `out/demo_report.json` and `out/demo_tradeoff.png`; return the report.
+
+    The folder is locked for the run (storage.output_lock): a second run into it is refused at once. Each
+    stage also locks its own subfolder (different files: no stage waits on the demo's lock).
+    """
+    from ..storage import output_lock
+
+    with output_lock(cfg.out):
+        return _run_demo(cfg, log)
+
+
+def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
     from ..core.losses import get_loss
     from ..plots import plot_demo
     from ..stages.sample import run_sample

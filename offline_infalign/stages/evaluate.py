@@ -126,8 +126,16 @@ def _write_samples(path: Path, rows, draws, policy_rewards, base_rewards) -> Non
 def evaluate(cfg) -> dict[str, Any]:
     """Run the evaluation of `cfg` (config.EvalConfig); write `out/report.json`, `out/samples.jsonl`, plots.
 
-    Returns the report dict (see `report.summarize` for the measured keys).
+    Returns the report dict (see `report.summarize` for the measured keys). The folder is locked for the run
+    (storage.output_lock): a second run into it is refused at once.
     """
+    from ..storage import output_lock
+
+    with output_lock(cfg.out):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg) -> dict[str, Any]:
     from .. import __version__
     from ..config import config_to_dict
     from ..modeling import default_device, free_memory, load_adapted, resolve_dtype, stop_token_ids

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ..config import MergeConfig, config_diff
 from ..core.errors import InfalignError
-from ..storage import ChunkStore, load_artifact, read_manifest, save_artifact
+from ..storage import ChunkStore, load_artifact, output_lock, read_manifest, save_artifact
 
 # Config keys that legitimately differ between the shards of one run.
 _SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "chunk_size", "device")
 
 
 def run_merge(cfg: MergeConfig) -> dict[str, Any]:
-    """Join shard artifacts (samples or scored) of one run, checking every shard is there exactly once."""
+    """Join shard artifacts (samples or scored) of one run, checking every shard is there exactly once.
+
+    The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
+    """
+    with output_lock(cfg.out):
+        return _run_merge(cfg)
+
+
+def _run_merge(cfg: MergeConfig) -> dict[str, Any]:
     import datasets
 
     manifests = [read_manifest(p) for p in cfg.inputs]
@@ -56,6 +65,7 @@ def run_merge(cfg: MergeConfig) -> dict[str, Any]:
     if (Path(cfg.out) / "manifest.json").is_file():  # a rerun: the same shards are a no-op, others are refused
         done = read_manifest(cfg.out)
         if [m.get("content_hash") for m in done.get("merged_from", [])] == hashes:
+            shutil.rmtree(Path(cfg.out) / "_work", ignore_errors=True)  # left by a kill after the manifest
             return done
         raise InfalignError(f"output folder {cfg.out!r} already holds another artifact; choose a new --out")
     config = {**first["config"], "shard": None, "out": cfg.out, "input_hash": None}

@@ -14,7 +14,7 @@ from typing import Any
 from ..config import PrepareConfig, config_to_dict
 from ..core.errors import InfalignError
 from ..preparation import guidance, prepare
-from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, save_artifact
+from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 
 __all__ = ["run_prepare", "resolve_transform", "sampling_settings", "tempered_settings"]
 
@@ -86,7 +86,15 @@ def _check_sampling(cfg: PrepareConfig, upstream: dict) -> list[str]:
 
 
 def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    """Calibrate, transform and write the prepared DatasetDict; returns its manifest."""
+    """Calibrate, transform and write the prepared DatasetDict; returns its manifest.
+
+    The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
+    """
+    with output_lock(cfg.out):
+        return _run_prepare(cfg)
+
+
+def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     scored, upstream = load_artifact(cfg.input, stage="scored")
     if upstream.get("shard"):
         raise InfalignError(f"{cfg.input!r} is shard {upstream['shard']} of a sharded run; "

@@ -9,7 +9,7 @@ from typing import Any
 from ..config import SampleConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
 from ..fingerprint import fingerprint_model
-from ..storage import ChunkStore, base_manifest, read_manifest, save_artifact
+from ..storage import ChunkStore, base_manifest, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
 # Config fields that cannot change the result, so a resume may change them (allow_pickle_weights only lets a
@@ -73,7 +73,15 @@ def is_tempered(temperature: float, top_p: float, top_k: int) -> bool:
 
 
 def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
-    """Sample K completions per prompt into the artifact folder `cfg.out`; returns its manifest."""
+    """Sample K completions per prompt into the artifact folder `cfg.out`; returns its manifest.
+
+    The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
+    """
+    with output_lock(cfg.out):
+        return _run_sample(cfg, progress)
+
+
+def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
     import datasets
 
     from ..sampling import fit_prompts

@@ -7,14 +7,22 @@ from typing import Any
 from ..config import ScoreConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
 from ..fingerprint import fingerprint_reward
-from ..storage import ChunkStore, base_manifest, load_artifact, read_manifest, save_artifact
+from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
 _SCORE_FREE = ("batch_size", "device", "allow_pickle_weights")  # cannot change the rewards
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
-    """Add `rewards` to a samples artifact; returns the scored manifest."""
+    """Add `rewards` to a samples artifact; returns the scored manifest.
+
+    The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
+    """
+    with output_lock(cfg.out):
+        return _run_score(cfg, progress)
+
+
+def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
     import datasets
 
     from ..scoring import load_scorer, score_texts
