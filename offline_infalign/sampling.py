@@ -102,9 +102,14 @@ def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.
     probs = truncated_probs(logits, temperature, top_k, top_p)
     cdf = probs.cumsum(-1)  # (R, V)
     x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # (R, 1)
-    j = torch.searchsorted(cdf, x, right=True)  # first index with cdf > x: never a zero-probability token
-    last_positive = (probs > 0).long().cumsum(-1).argmax(-1, keepdim=True)  # guards x rounding up to the total
-    return torch.minimum(j, last_positive).squeeze(-1)
+    # The first index with cdf > x. cdf only rises at positive-probability tokens, so that index is one of them;
+    # none exists only when x rounds up to the total, and then the last positive-probability token is the draw.
+    j = torch.searchsorted(cdf, x, right=True).squeeze(-1)  # (R,)
+    past = j >= cdf.shape[-1]
+    if bool(past.any()):  # rare: computed for those rows only (a (R, V) pass per step costs as much as the cdf)
+        j = j.clone()
+        j[past] = cdf.shape[-1] - 1 - (probs[past] > 0).flip(-1).int().argmax(-1)
+    return j
 
 
 def context_length(model, tokenizer=None) -> int | None:

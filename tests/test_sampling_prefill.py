@@ -96,3 +96,25 @@ def test_unknown_decoder():
     tok = tiny_tokenizer()
     with pytest.raises(InfalignError, match="decoder must be one of shared_prefill, generate"):
         sample_completions(tiny_causal_lm(tok), tok, PROMPTS[:1], IDS[:1], 2, 4, progress=False, decoder="beam")
+
+
+def test_sample_tokens_equals_the_clamped_searchsorted_rule():
+    # sample_tokens computes the fallback (last positive-probability token) only for rows whose x reached the
+    # total; the result must be the old rule min(searchsorted, last positive) everywhere, edge rows included.
+    from offline_infalign.sampling import sample_tokens, truncated_probs
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(512, 300, generator=gen) * 3
+    u = torch.rand(512, generator=gen)
+    u[:64] = 1.0  # stands in for u * total rounding up to the total: no cdf entry exceeds x
+    u[64:96] = 0.0
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 20, 0.9), (1.0, 5, 1.0), (1.3, 0, 0.5)]:
+        probs = truncated_probs(logits, temperature, top_k, top_p)
+        cdf = probs.cumsum(-1)
+        j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True)
+        old = torch.minimum(j, (probs > 0).long().cumsum(-1).argmax(-1, keepdim=True)).squeeze(-1)
+        new = sample_tokens(logits, u, temperature, top_k, top_p)
+        assert torch.equal(new, old)
+        if top_k or top_p < 1:  # truncated tails: the fallback is not simply the last token
+            assert bool((old[:64] < 299).all())
+        assert bool((probs.gather(1, new.unsqueeze(-1)) > 0).all())
