@@ -19,20 +19,22 @@ __all__ = ["choose_reference", "same_model"]
 
 
 def same_model(a: str, b: str) -> bool:
-    """The same hub id, or two paths to one folder."""
-    if a == b:
-        return True
+    """Two paths to one folder, or the same hub id. Only a fallback for manifests without a model fingerprint:
+    a relative path recorded in one directory may name another folder in another."""
     pa, pb = Path(a), Path(b)
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    if pa.exists() or pb.exists():
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    return a == b
 
 
 def choose_reference(requested: str, loss: str, kind: str, columns, manifest: dict, weights_dtype: str,
-                     model: str | None = None) -> tuple[str, str]:
+                     model: str | None = None, fingerprint: str | None = None) -> tuple[str, str]:
     """('stored' | 'live' | 'none', reason). 'none': weighted SFT without stored columns skips the reference.
 
     'auto' takes the stored columns only when they exist, the base weights are in the dtype they were computed
-    in, and the model is the one the manifest names (when it names one): otherwise they would be another
-    policy's log-probs.
+    in, and the model is the one that computed them: its `fingerprint` (fingerprint.fingerprint_model) equals the
+    manifest's `model_fingerprint` (or, for a manifest without one, the paths name one folder). Otherwise they
+    would be another policy's log-probs.
     """
     reference_columns = get_kind(kind).reference_columns
     has_stored = all(c in columns for c in reference_columns)
@@ -52,10 +54,19 @@ def choose_reference(requested: str, loss: str, kind: str, columns, manifest: di
         if not get_loss(loss).needs_reference:
             return "none", f"{loss} needs no reference and the dataset has no stored reference columns"
         return "live", "the dataset has no stored reference log-prob columns"
-    if model is not None and manifest.get("model") and not same_model(str(manifest["model"]), str(model)):
+    recorded = manifest.get("model_fingerprint")
+    if recorded and fingerprint:
+        if recorded != fingerprint:
+            return "live", (f"the stored reference log-probs were computed by model {manifest.get('model')!r} "
+                            f"(fingerprint {recorded}), but the model trained is {model!r} (fingerprint "
+                            f"{fingerprint}): other weights or files (pass reference='stored' to use them anyway)")
+    elif model is not None and manifest.get("model") and not same_model(str(manifest["model"]), str(model)):
         return "live", (f"the stored reference log-probs are of model {manifest['model']!r}, not {model!r} "
-                        "(pass reference='stored' if they are the same weights)")
+                        "(the dataset records no model fingerprint; pass reference='stored' if they are the same "
+                        "weights)")
     if weights_dtype != stored_dtype:
         return "live", (f"base weights are {weights_dtype} but the stored reference log-probs were computed in "
                         f"{stored_dtype}")
-    return "stored", f"stored columns present and base weights are {weights_dtype}, as when they were computed"
+    same = " by the same model (fingerprint " + str(recorded) + ")" if recorded and fingerprint else ""
+    return "stored", (f"stored columns present and base weights are {weights_dtype}, as when they were "
+                      f"computed{same}")

@@ -7,6 +7,10 @@ were drawn with, and the warnings training passed on (tempered samples, ...) for
 PEFT adapter has no record; then every missing setting must come from the command line, and the error says
 which flag.
 
+The record names the base model by its resolved folder (a relative path given to `train` names another folder
+from another directory) with its fingerprint (fingerprint.py): a base model taken from the record that no longer
+matches it is refused; one named on the command line that does not match gets a warning in the notes.
+
 The record is read, never executed: an adapter folder is often downloaded, so a judge it names as
 `module:function` (importing it runs code) is refused unless the user names it on the command line or in the
 config; a judge that is a model folder or hub id loads, as weights (safetensors, no remote code).
@@ -60,6 +64,25 @@ def _first(*values):
     return None
 
 
+def _check_base_model(cfg, info: dict[str, Any], model: str, warnings: list[str]) -> None:
+    """The base model must be the one the adapter was trained on: the record's `model_fingerprint` (train
+    records the resolved folder and its fingerprint) against the model's now. Taken from the record, a mismatch
+    is an error; named on the command line, a warning in the report's notes."""
+    recorded = info.get("model_fingerprint")
+    if not recorded:
+        return
+    from .fingerprint import fingerprint_model
+
+    now = fingerprint_model(model)
+    if now == recorded:
+        return
+    what = (f"base model {model!r} is not the model policy {str(cfg.policy)!r} was trained on (fingerprint "
+            f"{recorded} when trained, {now} now)")
+    if cfg.model is None and not now.endswith("?"):  # "?": a hub id not resolvable now; loading will tell
+        raise InfalignError(f"{what}; pass --model with the base model it was trained on")
+    warnings.append(what)
+
+
 def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     """Fill what the command line left out from the adapter's training info; say what is still missing.
 
@@ -101,6 +124,7 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     for w in [*(info.get("warnings") or []), *(manifest.get("warnings") or [])]:
         if str(w) not in warnings:  # train may copy the dataset's warnings into its own list
             warnings.append(str(w))
+    _check_base_model(cfg, info, str(model), warnings)
     # The absolute manifest path survives a change of working directory; config.dataset may be relative.
     dataset = (str(Path(info["dataset_manifest_path"]).parent) if info.get("dataset_manifest_path")
                else train_cfg.get("dataset"))

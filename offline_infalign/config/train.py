@@ -59,9 +59,13 @@ class TrainConfig:
     seed: int = field(0, help="seed for LoRA init and data order")
     logging_steps: int = field(10, help="log metrics every this many steps")
     save_steps: int | None = field(500, help="checkpoint every this many steps into OUT/checkpoints (null: never)")
-    save_total_limit: int | None = field(2, help="checkpoints kept")
-    resume_from_checkpoint: str | None = field(None, help="checkpoint folder to resume from, or 'latest' (newest "
-                                               "in OUT/checkpoints)")
+    save_total_limit: int | None = field(2, help="complete checkpoints kept (older ones are deleted once a newer "
+                                         "one is complete)")
+    resume_from_checkpoint: str | None = field(None, help="explicit override: a checkpoint folder, or 'latest' "
+                                               "(newest complete in OUT/checkpoints); may change max_steps/"
+                                               "num_train_epochs, refuses a checkpoint of another config. Without "
+                                               "it the same command resumes by itself from the newest complete "
+                                               "checkpoint")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward (less memory, ~30% "
                                          "slower)")
     bf16: bool | None = field(None, help="bf16 weights and autocast (default: on for a bf16-capable GPU, off on "

@@ -103,13 +103,11 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
         input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
         tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
     if not (adapter / TRAIN_INFO).is_file():
-        # A training killed after a checkpoint resumes from it instead of starting over.
-        resume = "latest" if any((adapter / "checkpoints").glob("checkpoint-*")) else None
+        # A training killed after a checkpoint resumes from the newest complete one by itself (checkpoints.py).
         trainer.train(load_config(TrainConfig, None, dict(
             dataset=str(prepared), model=model, loss=cfg.loss, out=str(adapter), max_steps=cfg.max_steps,
             learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-            num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed,
-            resume_from_checkpoint=resume)))
+            num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed)))
     if (ev / "report.json").is_file():
         report = json.loads((ev / "report.json").read_text())
     else:

@@ -18,12 +18,14 @@ live references agree.
 The dataset manifest's `warnings` (e.g. samples drawn at temperature != 1, a β too small for K) are repeated in
 the model card and in the training record's `warnings`, which evaluation shows.
 Writes into OUT: the adapter, the tokenizer, README.md (model card), `infalign_train.json` (the training
-record, read back by `training_record`), and checkpoints under OUT/checkpoints.
+record, read back by `training_record`; written last), `train_config.json` (the run's config, written before the
+first checkpoint) and checkpoints under OUT/checkpoints. The folder follows the data builder's rule
+(`checkpoints.py`): the same command resumes from the newest complete checkpoint or, finished, does nothing;
+another config is refused with the diff; the folder is locked for the run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,11 +35,21 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..checkpoints import (
+    CheckpointMarker,
+    check_folder,
+    dataset_fingerprint,
+    resume_checkpoint,
+    run_config,
+    start_run,
+)
 from ..core.errors import InfalignError
 from ..core.losses import check_beta, get_loss
 from ..core.tradeoff import log_partition
+from ..fingerprint import fingerprint_model
 from ..kinds import get_kind
 from ..reference import choose_reference
+from ..storage import write_json_atomic
 from ..tokenization import tokenize_dataset
 from ..trainer import InfalignTrainer
 from ..training_record import TRAIN_INFO
@@ -117,35 +129,29 @@ def _warnings(manifest: dict) -> list[str]:
     return [str(w) for w in manifest.get("warnings") or []]
 
 
-def _resume_path(cfg, checkpoints: Path):
-    value = cfg.resume_from_checkpoint
-    if value is None:
-        return None
-    if str(value).lower() in ("latest", "true"):
-        found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        if not found:
-            raise InfalignError(f"resume_from_checkpoint='latest' but {str(checkpoints)!r} holds no checkpoint")
-        return str(found[-1])
-    if not Path(value).is_dir():
-        raise InfalignError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
-    return str(value)
-
-
-def _check_stored_ids_model(dataset, kind, manifest: dict, model: str) -> None:
+def _check_stored_ids_model(dataset, kind, manifest: dict, model: str, fingerprint: str | None) -> None:
     """Stored token ids are the sampling tokenizer's; say so when another model is trained on them."""
     from ..reference import same_model
 
     stored = [c for c in ("prompt_ids", *kind.id_columns.values()) if c in dataset.column_names]
     sampled_with = manifest.get("tokenizer") or manifest.get("model")
+    if manifest.get("model_fingerprint") and fingerprint == manifest["model_fingerprint"]:
+        return  # the very files the samples were drawn with, tokenizer included
     if stored and sampled_with and not same_model(str(sampled_with), str(model)):
         logger.warning("the dataset's token ids (%s) were made by tokenizer %r and are used as they are for model "
                        "%r: right only if both share one tokenizer", ", ".join(stored), sampled_with, model)
 
 
-def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
+def _run_config(cfg) -> dict[str, Any]:
+    return run_config(cfg, fingerprint_model(cfg.model), dataset_fingerprint(cfg.dataset))
+
+
+def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTrainer, dict[str, Any]]:
     """Load dataset, policy and reference choice for `cfg` and build the trainer (not yet trained).
 
-    Returns (trainer, info) with info keys manifest, beta, kind, reference, reference_reason, log_z.
+    config: the run config (`checkpoints.run_config`; computed when not given), recorded in each checkpoint's
+    completion marker. Returns (trainer, info) with info keys manifest, beta, kind, reference, reference_reason,
+    log_z, run_config.
     """
     from transformers import TrainingArguments, set_seed
 
@@ -186,10 +192,11 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
             module.p = 0.0
-    _check_stored_ids_model(dataset, kind, manifest, cfg.model)
+    config = config or _run_config(cfg)
+    _check_stored_ids_model(dataset, kind, manifest, cfg.model, config["model_fingerprint"])
     weights_dtype = modeling.base_weights_dtype(model)
     reference, why = choose_reference(cfg.reference, cfg.loss, kind.name, dataset.column_names, manifest,
-                                      weights_dtype, cfg.model)
+                                      weights_dtype, cfg.model, fingerprint=config["model_fingerprint"])
     logger.info("reference log-probs: %s (%s)", reference, why)
 
     out = Path(cfg.out)
@@ -206,7 +213,7 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit,
+        save_total_limit=None,  # rotation is CheckpointMarker's, after a checkpoint is marked complete
         seed=cfg.seed,
         bf16=bf16,
         use_cpu=not use_gpu,
@@ -225,20 +232,47 @@ def make_trainer(cfg) -> tuple[InfalignTrainer, dict[str, Any]]:
         model=model, args=args, train_dataset=dataset, data_collator=kind.collator(tokenizer.pad_token_id),
         processing_class=tokenizer, loss=cfg.loss, beta=beta, reference=reference, log_z=log_z,
     )
+    trainer.add_callback(CheckpointMarker(config, cfg.save_total_limit))
     info = {"manifest": manifest, "beta": beta, "kind": kind.name, "reference": reference,
-            "reference_reason": why, "log_z": log_z}
+            "reference_reason": why, "log_z": log_z, "run_config": config}
     return trainer, info
 
 
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (the environment says so before any process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def train(cfg) -> Path:
-    """Train a LoRA/QLoRA adapter on a prepared dataset; returns the output folder (see module docstring)."""
+    """Train a LoRA/QLoRA adapter on a prepared dataset; returns the output folder (see module docstring).
+
+    The same command into a finished folder returns at once; into an unfinished one it resumes from the newest
+    complete checkpoint; another config is refused (checkpoints.py). The main process locks OUT for the run.
+    """
+    import contextlib
+
+    from ..storage import output_lock
+
+    with output_lock(cfg.out) if _is_main_process() else contextlib.nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg) -> Path:
     from ..config import config_to_dict
 
-    trainer, info = make_trainer(cfg)
-    manifest, beta, reference, why = info["manifest"], info["beta"], info["reference"], info["reference_reason"]
     out = Path(cfg.out)
+    config = _run_config(cfg)
+    state = check_folder(out, config, explicit=cfg.resume_from_checkpoint is not None)
+    if state == "finished":
+        logger.info("%s already holds this run's adapter (%s): nothing to do", out, TRAIN_INFO)
+        return out
+    resume = resume_checkpoint(cfg.resume_from_checkpoint, out / "checkpoints", config)
+    trainer, info = make_trainer(cfg, config)
+    manifest, beta, reference, why = info["manifest"], info["beta"], info["reference"], info["reference_reason"]
     tokenizer = trainer.processing_class
-    result = trainer.train(resume_from_checkpoint=_resume_path(cfg, out / "checkpoints"))
+    if trainer.is_world_process_zero():
+        start_run(out, config)  # after everything loaded: a command that fails early pins nothing on the folder
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if history:
@@ -252,7 +286,12 @@ def train(cfg) -> Path:
             "config": config_to_dict(cfg),
             "dataset_manifest": manifest,
             "dataset_manifest_path": str(Path(cfg.dataset).resolve() / "manifest.json"),
-            "model": cfg.model,
+            # The resolved folder (a relative path names another model from another directory) and what it held.
+            "model": str(Path(cfg.model).resolve()) if Path(cfg.model).is_dir() else cfg.model,
+            "model_as_given": cfg.model,
+            "model_fingerprint": config["model_fingerprint"],
+            "dataset_fingerprint": config["dataset_fingerprint"],
+            "resumed_from": resume,
             "transform": manifest.get("transform"),
             "tilt": manifest.get("tilt"),
             "beta": beta,
@@ -272,5 +311,5 @@ def train(cfg) -> Path:
             "final_metrics": metrics,
             "package_version": __version__,
         }
-        (out / TRAIN_INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_json_atomic(out / TRAIN_INFO, record)  # last: its presence means the adapter is finished
     return out
