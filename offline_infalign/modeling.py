@@ -2,7 +2,9 @@
 weights), a trained adapter for evaluation; the default device and the one pad-token rule (`load_tokenizer`).
 
 The reference policy is never a second model: it is the same PeftModel with its adapter disabled (or the
-stored `ref_*logps` columns, see trainer.py), so training holds one copy of the base weights.
+stored `ref_*logps` columns, see trainer.py), so training holds one copy of the base weights. Full fine-tuning
+(`load_policy(full_finetune=True)`) trains the base model itself and needs the stored columns; evaluating its
+output holds both models (`FullPolicy`).
 
 - dtype: None picks bfloat16 on a GPU that supports it and float32 otherwise (CPU training in bf16 is slow
   and imprecise). The dtype the base weights end up in is what `base_weights_dtype` reports; the trainer
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,6 +36,7 @@ __all__ = [
     "load_causal_lm",
     "load_policy",
     "load_adapted",
+    "FullPolicy",
     "lora_config",
     "base_weights_dtype",
     "bitsandbytes_problem",
@@ -254,16 +258,24 @@ def load_base(model_path: str, *, qlora: bool = False, dtype=None, device_map=No
 def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.0,
                 target_modules: str | list[str] = "all-linear", qlora: bool = False, dtype=None,
                 device_map=None, gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                allow_pickle_weights: bool = False):
+                allow_pickle_weights: bool = False, full_finetune: bool = False):
     """Base model + a fresh LoRA adapter (B = 0, so the policy equals the base at step 0) and its tokenizer.
 
     Returns (PeftModel in train mode, tokenizer). Only LoRA parameters require grad.
+    full_finetune: the base model itself, every parameter trainable (no adapter; not with qlora).
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    if full_finetune and qlora:
+        raise InfalignError("full_finetune trains every weight; 4-bit (qlora) weights cannot be trained")
     tok = load_tokenizer(model_path, trust_remote_code, pad_token_as_eos=True)
     model = load_base(model_path, qlora=qlora, dtype=dtype, device_map=device_map,
                       trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
+    if full_finetune:
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        return model.train(), tok
     if qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
@@ -285,12 +297,20 @@ def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map
 
     The tokenizer comes from the adapter folder (train saves it there) and falls back to the base model's.
     `policy.disable_adapter()` (a context manager) gives the base model without a second copy.
+    A model folder instead (train's full_finetune output) loads as a `FullPolicy`: that model and the base, two
+    copies, with the same `disable_adapter()`.
     """
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise InfalignError(f"{str(adapter_dir)!r} is not a PEFT adapter folder (no adapter_config.json)")
+        if (adapter_dir / "config.json").is_file():  # a fully fine-tuned model (train --full-finetune)
+            tok = load_tokenizer(str(adapter_dir), trust_remote_code, pad_token_as_eos=True)
+            kw = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+                      allow_pickle_weights=allow_pickle_weights)
+            return FullPolicy(load_base(str(adapter_dir), **kw), load_base(base_path, **kw)).eval(), tok
+        raise InfalignError(f"{str(adapter_dir)!r} is not a PEFT adapter folder (no adapter_config.json) nor a "
+                            "model folder (no config.json)")
     check_safetensors(adapter_dir, allow_pickle_weights, "adapter", names=("adapter_model.safetensors",))
     tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
     tok = load_tokenizer(str(tok_dir), trust_remote_code, pad_token_as_eos=True)
@@ -298,6 +318,41 @@ def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map
                      allow_pickle_weights=allow_pickle_weights)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     return model.eval(), tok
+
+
+class FullPolicy(torch.nn.Module):
+    """A fully fine-tuned policy beside its base model, used as evaluation uses a PeftModel: calls go to the
+    policy, and inside `disable_adapter()` to the base (π_ref). Both models are held (inference only); decoding
+    and log-prob code reach the active one through `get_base_model()`, `config` and `generation_config`."""
+
+    def __init__(self, policy, base):
+        super().__init__()
+        self.policy, self.base, self._base_active = policy, base, False
+
+    def get_base_model(self):
+        return self.base if self._base_active else self.policy
+
+    @property
+    def config(self):
+        return self.get_base_model().config
+
+    @property
+    def generation_config(self):
+        return self.get_base_model().generation_config
+
+    @contextmanager
+    def disable_adapter(self):
+        self._base_active = True
+        try:
+            yield
+        finally:
+            self._base_active = False
+
+    def forward(self, *args, **kwargs):
+        return self.get_base_model()(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.get_base_model().generate(*args, **kwargs)
 
 
 def base_weights_dtype(model) -> str:

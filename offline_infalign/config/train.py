@@ -1,4 +1,4 @@
-"""Config of `infalign train` (stages/train.py): LoRA/QLoRA training toward the tilted policy."""
+"""Config of `infalign train` (stages/train.py): LoRA/QLoRA (or full) training toward the tilted policy."""
 
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ class TrainConfig:
     target_modules: list[str] = field(["all-linear"], help="modules that get LoRA: 'all-linear' or module names "
                                       "such as q_proj v_proj")
     qlora: bool = field(False, help="4-bit nf4 base weights (bitsandbytes), double quantization")
+    full_finetune: bool = field(False, help="train every weight instead of a LoRA adapter (no qlora; needs the "
+                                "dataset's stored reference log-probs: there is no adapter to disable for a live "
+                                "reference). Memory: weights + gradients + AdamW's two moments, all in the weight "
+                                "dtype = 16 bytes/param in float32, 8 in bf16 (270M params: 4.3 GB / 2.2 GB), "
+                                "plus activations; OUT gets a full model folder")
     per_device_train_batch_size: int = field(8, help="rows per device per step (a pairs row is 2 sequences, a "
                                              "listwise row K)")
     gradient_accumulation_steps: int = field(1, help="micro-batches per step")
@@ -96,6 +101,13 @@ class TrainConfig:
             raise InfalignError(f"train: num_train_epochs must be > 0, got {self.num_train_epochs!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise InfalignError(f"train: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.full_finetune and self.qlora:
+            raise InfalignError("train: full_finetune trains every weight; it cannot be combined with qlora (4-bit "
+                                "weights are frozen)")
+        if self.full_finetune and self.reference == "live":
+            raise InfalignError("train: reference='live' is the policy with its LoRA adapter disabled; "
+                                "full_finetune has no adapter. Use the dataset's stored reference log-probs "
+                                "(reference auto or stored)")
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         if not self.target_modules:

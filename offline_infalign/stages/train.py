@@ -84,16 +84,18 @@ def _transform_from_manifest(manifest: dict, loss: str):
 def _model_card(cfg, manifest: dict, beta: float, reference: str, metrics: dict) -> str:
     transform = manifest.get("transform")
     tilt = manifest.get("tilt")
+    full = cfg.full_finetune  # a whole model folder, not an adapter
     lines = [
         "---",
-        "library_name: peft",
+        f"library_name: {'transformers' if full else 'peft'}",
         f"base_model: {cfg.model}",
-        "tags: [offline-infalign, lora, infalign]",
+        f"tags: [offline-infalign, {'full-finetune' if full else 'lora'}, infalign]",
         "---",
         "",
-        f"# InfAlign adapter for `{cfg.model}`",
+        f"# InfAlign {'model' if full else 'adapter'} for `{cfg.model}`",
         "",
-        "LoRA adapter trained offline with [offline-infalign](https://arxiv.org/abs/2412.19792) to approximate the "
+        f"{'Fully fine-tuned model' if full else 'LoRA adapter'} trained offline with "
+        "[offline-infalign](https://arxiv.org/abs/2412.19792) to approximate the "
         "tilted policy π* ∝ π_ref · exp(Φ(C)/β) (C: calibrated reward, Φ: transform).",
         "",
         "| | |",
@@ -107,6 +109,7 @@ def _model_card(cfg, manifest: dict, beta: float, reference: str, metrics: dict)
         f"| procedure / n | {manifest.get('procedure')} / {manifest.get('n')} |",
         f"| reward model | {manifest.get('reward_model')} |",
         f"| reference log-probs | {reference} |",
+        "| LoRA | none: full fine-tuning |" if cfg.full_finetune else
         f"| LoRA | r={cfg.lora_r}, alpha={cfg.lora_alpha or 2 * cfg.lora_r}, dropout={cfg.lora_dropout}, "
         f"targets={', '.join(cfg.target_modules)}{', QLoRA nf4' if cfg.qlora else ''} |",
         f"| offline-infalign | {__version__} |",
@@ -183,6 +186,7 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     model, tokenizer = modeling.load_policy(
         cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, qlora=cfg.qlora, dtype="bfloat16" if bf16 else "float32",
+        full_finetune=cfg.full_finetune,
         # 4-bit weights cannot be moved after loading, so each process loads them onto its own GPU
         device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cfg.qlora and use_gpu else None,
         gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code,
@@ -197,6 +201,11 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     weights_dtype = modeling.base_weights_dtype(model)
     reference, why = choose_reference(cfg.reference, cfg.loss, kind.name, dataset.column_names, manifest,
                                       weights_dtype, cfg.model, fingerprint=config["model_fingerprint"])
+    if reference == "live" and cfg.full_finetune:
+        raise InfalignError(f"full_finetune needs the dataset's stored reference log-probs, but reference=auto "
+                            f"chose live: {why}. A live reference is the policy with its LoRA adapter disabled, "
+                            "and full fine-tuning has none; train with LoRA, or prepare the dataset from samples "
+                            "of this model in this dtype")
     logger.info("reference log-probs: %s (%s)", reference, why)
 
     out = Path(cfg.out)
@@ -278,7 +287,8 @@ def _train(cfg) -> Path:
     if history:
         metrics.update({k: v for k, v in history[-1].items() if "/" in k or k == "loss"})
 
-    trainer.save_model(str(out))  # adapter_config.json + adapter_model.safetensors (main process only)
+    # adapter_config.json + adapter_model.safetensors, or with full_finetune config.json + model.safetensors
+    trainer.save_model(str(out))  # (main process only)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
         (out / "README.md").write_text(_model_card(cfg, manifest, beta, reference, metrics))
