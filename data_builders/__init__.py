@@ -25,7 +25,8 @@ from typing import Any
 
 from offline_infalign.core.errors import InfalignError
 
-__all__ = ["register_source", "get_prompt_source", "source_names", "prompt_id", "normalize_prompt", "load_rows"]
+__all__ = ["register_source", "get_prompt_source", "source_names", "prompt_id", "normalize_prompt", "load_rows",
+           "check_json_file"]
 
 # Modules that register sources when imported (demo.py is owned by the demo part of the package).
 _MODULES = ["hh", "tldr", "ultrafeedback", "demo"]
@@ -84,20 +85,77 @@ def normalize_prompt(item: Any, where: str) -> str | list[dict[str, str]]:
     )
 
 
+def check_json_file(path: str | Path) -> None:
+    """Refuse a local .json/.jsonl file that is not UTF-8 text (naming the byte offset and line) or, line by
+    line, not JSON (naming the line): `datasets` reports either as a traceback, or only when the row is read."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InfalignError(f"prompt file {str(path)!r} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte "
+                            f"offset {exc.start} (line {line}) cannot be decoded; save the file as UTF-8") from None
+    if path.suffix == ".json":
+        try:  # one JSON document (a list of rows, or rows under a field) is what `datasets` reads first
+            json.loads(text)
+            return
+        except json.JSONDecodeError:
+            pass  # else JSON Lines, checked below
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InfalignError(f"prompt file {str(path)!r} line {number} is not valid JSON ({exc.msg} at column "
+                                f"{exc.colno}): each line must be one JSON object, like {{\"prompt\": \"...\"}}") \
+                from None
+        if not isinstance(row, dict):
+            raise InfalignError(f"prompt file {str(path)!r} line {number} is a JSON {type(row).__name__}, not an "
+                                "object: each line must be one JSON object, like {\"prompt\": \"...\"}")
+
+
+def _check_parquet_file(path: Path) -> None:
+    """Refuse a file that is not Parquet before `datasets` logs its own error (with a traceback) about it."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_schema(path)
+    except Exception as exc:  # ArrowInvalid, OSError: whatever pyarrow says, the file is not readable Parquet
+        raise InfalignError(f"prompt file {str(path)!r} is not a readable Parquet file ({_one_line(exc)})") from None
+
+
 def load_rows(path_or_id: str, split: str = "train", data_files=None, **kwargs):
     """Rows of a hub dataset or local file via `datasets.load_dataset`; local `data_files` win when given."""
     import datasets  # heavy: imported only when a source is actually read
 
     try:
         if data_files is not None:
-            if Path(str(data_files)).is_file() and Path(str(data_files)).stat().st_size == 0:
+            local = Path(str(data_files))
+            if local.is_file() and local.stat().st_size == 0:
                 raise InfalignError(f"prompt file {str(data_files)!r} is empty")
-            suffix = Path(str(data_files)).suffix
-            builder = "parquet" if suffix == ".parquet" else "json"
+            if local.is_file() and local.suffix in (".json", ".jsonl"):
+                check_json_file(local)
+            elif local.is_file() and local.suffix == ".parquet":
+                _check_parquet_file(local)
+            builder = "parquet" if local.suffix == ".parquet" else "json"
             return datasets.load_dataset(builder, data_files=str(data_files), split="train")
         return datasets.load_dataset(path_or_id, split=split, **kwargs)
+    except InfalignError:
+        raise
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:  # missing, offline, malformed
-        raise InfalignError(f"cannot load prompts from {data_files or path_or_id!r} (split {split!r}): {exc}") from None
+        raise InfalignError(f"cannot load prompts from {data_files or path_or_id!r} (split {split!r}): "
+                            f"{_one_line(exc)}") from None
+    except datasets.exceptions.DatasetGenerationError as exc:  # rows of different shapes, a damaged parquet file
+        raise InfalignError(f"cannot read prompts from {data_files or path_or_id!r}: "
+                            f"{_one_line(exc.__cause__ or exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line of at most 300 characters (Arrow and the hub write several)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 @register_source("local")

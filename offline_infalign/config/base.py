@@ -12,6 +12,9 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import math
+import numbers
+import os
 import types
 import typing
 from collections.abc import Iterable
@@ -122,8 +125,104 @@ def _check_keys(cls, keys, where: str) -> None:
         )
 
 
+class _WrongType(Exception):
+    """A value that does not fit its field's annotation; `expected` lists what would (["an integer", "null"])."""
+
+    def __init__(self, *expected: str):
+        super().__init__(*expected)
+        self.expected = list(expected)
+
+
+_EXPECTED = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+_PLURAL = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans"}
+
+
+def _coerce(tp, value):
+    """`value` checked against the field annotation `tp` (int, float, str, bool, X | None, list[X]) and put in
+    its one canonical form, so that a YAML file and the flags give the same config (resumes compare configs):
+    - int: an integer, never a bool (YAML `true`) and never a float (`seed: 1.7`, and also `2.0`: strict);
+    - float: any number, made a float; a string only when it reads as a number, because PyYAML reads `5e-5`
+      (no dot) as a string; nan and ±inf are refused (no float field of a config has a meaning for them);
+    - str: a string (a path object or a number becomes its text: `reward_label: 1`), never a list or a bool;
+    - bool: true or false only;
+    - list[X]: a list of X, or one X (`stop_token_ids: 2`), which becomes a list of one.
+    Other annotations are left to the config's own __post_init__ checks.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            return value
+        try:
+            return _coerce(inner[0], value)
+        except _WrongType as exc:
+            raise _WrongType(*exc.expected, *(["null"] if type(None) in args else [])) from None
+    if origin in (list, tuple):
+        item = (typing.get_args(tp) or (Any,))[0]
+        try:
+            return [_coerce(item, v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        except _WrongType as exc:
+            raise _WrongType(*exc.expected, f"a list of {_PLURAL.get(item, 'them')}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, (bool, list, tuple, dict, set)) or value is None:
+        pass  # wrong for every scalar type below
+    elif tp is int:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+    elif tp is float:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if isinstance(number, numbers.Real):
+            if not math.isfinite(float(number)):
+                raise _WrongType(_EXPECTED[float])
+            return float(number)
+    elif tp is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        if isinstance(value, numbers.Real):
+            return str(value)
+    else:
+        return value
+    raise _WrongType(_EXPECTED[tp])
+
+
+def _show(value) -> str:
+    """A value as the user wrote it: YAML spelling for booleans and null, Python's repr otherwise."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
+
+
+def _checked(cls, values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """`values` with each checked against its field's annotation (`_coerce`); a misfit is one InfalignError naming
+    the key, the value and the type expected, raised while the config is read, before any model loads."""
+    hints = typing.get_type_hints(cls)
+    owner = cls.__name__.removesuffix("Config").lower()
+    out = {}
+    for key, value in values.items():
+        try:
+            out[key] = _coerce(hints.get(key, Any), value)
+        except _WrongType as exc:
+            # A flag cannot be null, so "or null" is said only of a file's value.
+            expected = [e for e in exc.expected if where or e != "null"]
+            raise InfalignError(f"{owner}: {key} must be {spell(expected)}, got {_show(value)}{where}") from None
+    return out
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Build `cls` from a YAML file (optional) updated by `overrides` (keys with value None are skipped)."""
+    """Build `cls` from a YAML file (optional) updated by `overrides` (keys with value None are skipped).
+
+    Every value is checked against its field's type here (`_coerce`): `temperature: hot`, `seed: 1.7`, a list
+    where one value is expected or `--beta inf` are one clear error before anything runs."""
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -136,11 +235,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
         if not isinstance(loaded, dict):
             raise InfalignError(f"config file {str(p)!r} must hold a mapping of keys, got {type(loaded).__name__}")
         _check_keys(cls, loaded, f"config file {str(p)!r}")
-        values.update(loaded)
+        values.update(_checked(cls, loaded, f" in config file {str(p)!r}"))
     if overrides:
         overrides = {k: v for k, v in overrides.items() if v is not None}
         _check_keys(cls, overrides, "command-line overrides")
-        values.update(overrides)
+        values.update(_checked(cls, overrides))
     try:
         return cls(**values)
     except TypeError as exc:  # a required field is missing

@@ -188,14 +188,14 @@ class PrepareConfig:
             if self.beta is not None or self.tilt is not None:
                 raise InfalignError(f"{owner}: --transform auto chooses tilt and beta itself; drop --tilt/--beta "
                                     f"(got tilt={self.tilt!r}, beta={self.beta!r})")
-            if not float(self.kl) > 0:
-                raise InfalignError(f"{owner}: kl must be > 0, got {self.kl!r}")
+            if not 0 < float(self.kl) < float("inf"):
+                raise InfalignError(f"{owner}: kl must be a finite number > 0, got {self.kl!r}")
         else:
             if self.beta is None:
                 raise InfalignError(f"{owner}: beta must be given with --transform {self.transform} "
                                     "(or use --transform auto with --procedure/--n/--kl)")
-            if not float(self.beta) > 0:
-                raise InfalignError(f"{owner}: beta must be > 0, got {self.beta!r}")
+            if not 0 < float(self.beta) < float("inf"):
+                raise InfalignError(f"{owner}: beta must be a finite number > 0, got {self.beta!r}")
 
 
 @dataclasses.dataclass
