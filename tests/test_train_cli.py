@@ -82,4 +82,7 @@ def test_accelerate_two_process_cpu_run(data, tmp_path):
     assert record["world_size"] == 2 and record["total_train_batch_size"] == 4 and record["global_step"] == 2
     assert "rewards/margins" in record["final_metrics"]  # gathered over both ranks
     assert proc.stdout.count("wrote adapter") == 1  # only rank 0 reports
+    # checkpoints are marked complete (after both ranks saved) and rotated by rank 0 alone
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert all((out / "checkpoints" / f"checkpoint-{i}" / ".complete").is_file() for i in (1, 2))
     assert time.time() - t0 < 120
