@@ -1,20 +1,29 @@
-"""Teacher-forced summed log-probs of completions given prompts, batched with right padding.
+"""Teacher-forced summed log-probs of completions given prompts.
 
-Used by sampling (`ref_logps`), the trainer (policy and live-reference log-probs) and evaluation (KL), so all
-three compute log π(y|x) identically. Right padding keeps default position ids correct without extra logic.
-`sequence_logps` is the no-grad loop over many pairs that sampling and evaluation share.
+Per row (`completion_logps`): each (prompt, completion) a right-padded row, logits at every position. Evaluation
+uses it (`ids_logps`, `sequence_logps`: the no-grad loop over many pairs), and it is the reference the trainer's
+group forward is tested against (and its fallback).
+
+Per group (`packed_logps`, the trainer's default): a prompt and its completions packed into one sequence
+(`groups.pack_sequences`) under a block attention mask (`block_mask`), so the prompt runs once per group; the
+LM head runs only at the scored positions, a chunk of positions at a time (`target_logps`), so the
+(tokens × vocabulary) logits never exist whole. Exact against the per-row forward (tests/test_groups.py) for
+the model types in `PACKED_MODEL_TYPES` with sdpa or eager attention; `packed_support` says why not otherwise.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .tokenization import encode_prompt
 
-__all__ = ["pad_pairs", "completion_logps", "sequence_logps", "ids_logps"]
+__all__ = ["pad_pairs", "completion_logps", "sequence_logps", "ids_logps", "packed_logps", "packed_support",
+           "block_mask", "target_logps", "PACKED_MODEL_TYPES"]
 
 
 def pad_pairs(
@@ -78,3 +87,175 @@ def ids_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequen
             batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, pad_token_id).items()}
             out[lo : lo + len(p_ids)] = completion_logps(model, **batch).cpu().numpy()
     return out
+
+
+# ---- the group forward ---------------------------------------------------------------------------------------
+
+# Model types whose packed forward is tested exact against the per-row one (tests/test_groups.py): their forward
+# takes a prepared 4D mask (or one per layer type) and position ids, and their logits are lm_head(h) (Gemma 3
+# adds its final soft-capping, applied here too).
+PACKED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma3_text")
+_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def causal_lm(model):
+    """The transformers causal LM inside DDP / PEFT wrappers."""
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def packed_support(model) -> str | None:
+    """None when `packed_logps` is exact for this model; otherwise why not (the trainer then runs per row)."""
+    if isinstance(model, torch.nn.DataParallel):
+        return "torch DataParallel splits batches by rows (use DDP: accelerate launch)"
+    base = causal_lm(model)
+    config = base.config
+    if config.model_type not in PACKED_MODEL_TYPES:
+        return f"model type {config.model_type!r} is not one the packed forward is tested on " \
+               f"({', '.join(PACKED_MODEL_TYPES)})"
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} takes no block mask (sdpa and eager do)"
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if not layer_types <= set(_LAYER_TYPES):
+        return f"layer types {sorted(layer_types - set(_LAYER_TYPES))} have no block mask here"
+    if "sliding_attention" in layer_types and not getattr(config, "sliding_window", None):
+        return "sliding-attention layers without a sliding_window"
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters or base.get_output_embeddings() is None:
+        return f"{type(base).__name__} has no logits_to_keep or no output embeddings"
+    return None
+
+
+def block_mask(segments: torch.Tensor, positions: torch.Tensor, config, dtype: torch.dtype):
+    """The attention mask of packed rows (`groups.pack_sequences`): query i sees key j ≤ i when j is a prompt
+    token (segment 0) or in i's own completion; padding sees itself (a row with no key would be NaN in sdpa).
+    Sliding-attention layers also need position(i) − position(j) < sliding_window, as in their per-row forward.
+
+    Returns (R, 1, L, L) — boolean for sdpa, additive (0 / dtype min) for eager — or, for models with several
+    layer types, {layer type: mask}, which their forward takes as it is."""
+    seg_q, seg_k = segments[:, :, None], segments[:, None, :]
+    n = segments.shape[1]
+    idx = torch.arange(n, device=segments.device)
+    causal = idx[None, :, None] >= idx[None, None, :]
+    allowed = causal & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))
+    allowed |= torch.eye(n, dtype=torch.bool, device=segments.device)[None]  # padding after an empty prompt
+
+    def fmt(mask):
+        mask = mask[:, None]
+        if (getattr(config, "_attn_implementation", None) or "eager") == "sdpa":
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+    layer_types = getattr(config, "layer_types", None)
+    if not layer_types:
+        return fmt(allowed)
+    masks = {"full_attention": fmt(allowed)}
+    if "sliding_attention" in layer_types:
+        near = (positions[:, :, None] - positions[:, None, :]) < config.sliding_window
+        masks["sliding_attention"] = fmt(allowed & near)
+    return masks
+
+
+def packed_logps(model, units: Sequence[dict], num_seqs: int, head_chunk: int | None = None) -> torch.Tensor:
+    """Σ log π(y|x) of each distinct sequence of packed units (`groups.pack_sequences`), shape (num_seqs,),
+    float32. Gradients flow when enabled by the caller.
+
+    The forward goes through `model` itself (so DDP's gradient hooks, autocast and gradient checkpointing see
+    it) with `logits_to_keep` empty, so the model's own LM head computes nothing; the decoder body's output is
+    taken with a forward hook and scored at the completion positions only (`target_logps`)."""
+    base = causal_lm(model)
+    body, head = base.base_model, base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    # float32 at least (as `completion_logps`), float64 for a float64 model (tests check exactness there)
+    out = torch.zeros(num_seqs, dtype=torch.promote_types(head.weight.dtype, torch.float32),
+                      device=head.weight.device)
+    seen = {}
+
+    def grab(module, args, output):
+        seen["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    for unit in units:
+        handle = body.register_forward_hook(grab)
+        try:
+            dtype = head.weight.dtype if head.weight.is_floating_point() else torch.float32
+            model(input_ids=unit["input_ids"], position_ids=unit["position_ids"], use_cache=False,
+                  attention_mask=block_mask(unit["segments"], unit["position_ids"], base.config, dtype),
+                  logits_to_keep=torch.zeros(0, dtype=torch.long, device=unit["input_ids"].device))
+        finally:
+            handle.remove()
+        h = seen.pop("h")
+        h = h.reshape(-1, h.shape[-1]).index_select(0, unit["score_index"])
+        out = out.index_add(0, unit["score_seq"], target_logps(h, head, unit["score_targets"], softcap, head_chunk))
+    return out
+
+
+def target_logps(hidden: torch.Tensor, head, targets: torch.Tensor, softcap: float | None = None,
+                 chunk: int | None = None) -> torch.Tensor:
+    """log softmax(head(hidden))[targets], (T,) float32, `chunk` positions at a time (default: about 2^26
+    logits per chunk, at most 1024 positions), so neither the (T × V) logits nor an fp32 copy of them exist.
+
+    A frozen plain Linear head (LoRA never targets it) takes the exact shortcut of `_TargetLogProbs`; a
+    trainable head recomputes each chunk's logits in backward (checkpointing)."""
+    vocab = head.weight.shape[0]
+    chunk = chunk or max(16, min(1024, 2**26 // vocab))
+    weight, bias = head.weight, getattr(head, "bias", None)
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if type(head) is torch.nn.Linear and frozen:
+        return _TargetLogProbs.apply(hidden, weight, bias, targets, chunk, softcap)
+
+    def part(h, t):
+        return _logits_logp(head(h), t, softcap)[0]
+
+    if not torch.is_grad_enabled():
+        return torch.cat([part(hidden[lo: lo + chunk], targets[lo: lo + chunk])
+                          for lo in range(0, len(targets), chunk)] or [hidden.new_zeros(0, dtype=torch.float32)])
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(part, hidden[lo: lo + chunk], targets[lo: lo + chunk], use_reentrant=False)
+                      for lo in range(0, len(targets), chunk)] or [hidden.new_zeros(0, dtype=torch.float32)])
+
+
+def _logits_logp(logits, targets, softcap):
+    """(log p of the targets (c,), full log-probs (c, V), tanh of the soft-capped logits or None), in float32
+    (bf16 log-probs summed over hundreds of tokens lose ~1 nat), as `completion_logps` computes them."""
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    capped = None
+    if softcap:
+        capped = torch.tanh(z / softcap)
+        z = capped * softcap
+    logp = torch.log_softmax(z, dim=-1)
+    return logp.gather(-1, targets[:, None]).squeeze(-1), logp, capped
+
+
+class _TargetLogProbs(torch.autograd.Function):
+    """Chunked log p(target) under a frozen linear head, exact, with (T, d) saved for backward instead of logits.
+
+    d log p_t / d h_t = W^T (onehot_t − p_t) (times 1 − tanh² under soft-capping): a d-vector, computed in the
+    forward pass while the chunk's p_t exists; backward scales it by the incoming gradient. Two matmuls per
+    chunk, as autograd's forward + backward would take, and no (T × V) tensor kept."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):
+        need = ctx.needs_input_grad[0]
+        out = torch.empty(len(targets), dtype=torch.promote_types(weight.dtype, torch.float32), device=hidden.device)
+        direction = torch.empty_like(hidden) if need else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for lo in range(0, len(targets), chunk):
+                t = targets[lo: lo + chunk]
+                lp, logp, capped = _logits_logp(F.linear(hidden[lo: lo + chunk].to(weight.dtype), weight, bias), t,
+                                                softcap)
+                out[lo: lo + chunk] = lp
+                if need:
+                    dz = logp.exp_().neg_()  # −p, in place: the chunk's log-probs are done with
+                    dz[torch.arange(len(t), device=t.device), t] += 1.0
+                    if capped is not None:
+                        dz.mul_(1.0 - capped * capped)
+                    direction[lo: lo + chunk] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(direction)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (direction,) = ctx.saved_tensors
+        return grad[:, None].to(direction.dtype) * direction, None, None, None, None, None

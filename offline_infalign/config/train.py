@@ -56,7 +56,8 @@ class TrainConfig:
                                 "dtype = 16 bytes/param in float32, 8 in bf16 (270M params: 4.3 GB / 2.2 GB), "
                                 "plus activations; OUT gets a full model folder")
     per_device_train_batch_size: int = field(8, help="rows per device per step (a pairs row is 2 sequences, a "
-                                             "listwise row K)")
+                                             "listwise row K); with group_forward a batch holds whole prompts: "
+                                             "at most this many rows, or one prompt's rows when it has more")
     gradient_accumulation_steps: int = field(1, help="micro-batches per step")
     reference: str = field("auto", help="reference log-probs: stored (dataset columns, no reference forward), live "
                            "(policy with the adapter disabled), auto (stored when present and the base weights are "
@@ -71,6 +72,13 @@ class TrainConfig:
                                                "num_train_epochs, refuses a checkpoint of another config. Without "
                                                "it the same command resumes by itself from the newest complete "
                                                "checkpoint")
+    group_forward: bool = field(True, help="compute each prompt once per batch and each distinct completion once: "
+                                "a prompt and its completions packed into one sequence under a block attention "
+                                "mask, the LM head only at completion positions; same loss and gradients as one "
+                                "row per sequence (false: that per-row forward, the reference)")
+    chunk_size: int | None = field(None, help="completions per forward pass: an exact two-pass step (log-probs "
+                                   "without gradients, then backward a chunk at a time) whose memory is a chunk's, "
+                                   "whatever K (null: one pass; needs group_forward and lora_dropout 0)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward (less memory, ~30% "
                                          "slower)")
     bf16: bool | None = field(None, help="bf16 weights and autocast (default: on for a bf16-capable GPU, off on "
@@ -101,6 +109,13 @@ class TrainConfig:
             raise InfalignError(f"train: num_train_epochs must be > 0, got {self.num_train_epochs!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise InfalignError(f"train: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        positive_int("train", "chunk_size", self.chunk_size, optional=True)
+        if self.chunk_size is not None and not self.group_forward:
+            raise InfalignError("train: chunk_size needs group_forward (a chunk is part of a prompt's group)")
+        if self.chunk_size is not None and float(self.lora_dropout) > 0.0:
+            # the two passes must see the same forward; dropout would draw two different ones
+            raise InfalignError(f"train: chunk_size needs lora_dropout 0 (got {self.lora_dropout}): the two-pass "
+                                "step recomputes each chunk and dropout would change it")
         if self.full_finetune and self.qlora:
             raise InfalignError("train: full_finetune trains every weight; it cannot be combined with qlora (4-bit "
                                 "weights are frozen)")

@@ -177,10 +177,27 @@ def floats(rows: list[dict[str, Any]], col: str, default: float | None = None) -
 
 
 class Collator:
-    """Rows with `prompt_ids` and completion ids → right-padded sequences (`logprobs.pad_pairs`) + row tensors."""
+    """Rows with `prompt_ids` and completion ids → right-padded sequences (`logprobs.pad_pairs`) + row tensors.
+
+    A kind's collator says which sequences its rows are (`sequences`, in the order its `loss` and
+    `stored_reference` read them) and which row tensors the loss needs (`row_tensors`); the trainer's group
+    forward packs the same sequences by prompt (`groups.GroupCollator`)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
+
+    def sequences(self, rows: list[dict[str, Any]]) -> tuple[list, list]:
+        """(prompt ids, completion ids) of the batch's sequences, one entry per sequence, in the kind's order."""
+        raise NotImplementedError
+
+    def row_tensors(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The loss's per-row tensors (targets, weights, stored reference log-probs, ...)."""
+        return {}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self._pad(*self.sequences(rows))
+        batch.update(self.row_tensors(rows))
+        return batch
 
     def _pad(self, prompts, completions):
         return pad_pairs(prompts, completions, self.pad_token_id)

@@ -24,9 +24,11 @@ __all__ = ["BonKind", "BonCollator"]
 class BonCollator(Collator):
     """Rows → B sequences + weight and stored ref_logp (B,)."""
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self._pad([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows])
-        batch["weight"] = floats(rows, "weight")
+    def sequences(self, rows):
+        return [r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows]
+
+    def row_tensors(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {"weight": floats(rows, "weight")}
         if "ref_logp" in rows[0]:
             batch["ref_logp"] = floats(rows, "ref_logp")
         return batch

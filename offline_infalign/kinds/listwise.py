@@ -24,16 +24,17 @@ __all__ = ["ListwiseKind", "ListwiseCollator"]
 class ListwiseCollator(Collator):
     """Rows of K_b completions → Σ K_b sequences (row-major) + (B, Kmax) mask, targets and stored ref_logps."""
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def sequences(self, rows):
+        prompts = [r["prompt_ids"] for r in rows for _ in r["completion_ids"]]
+        return prompts, [c for r in rows for c in r["completion_ids"]]
+
+    def row_tensors(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sizes = [len(r["completion_ids"]) for r in rows]
         b, kmax = len(rows), max(sizes)
         mask = torch.zeros((b, kmax), dtype=torch.bool)
         for i, k in enumerate(sizes):
             mask[i, :k] = True
-        prompts = [r["prompt_ids"] for r, k in zip(rows, sizes) for _ in range(k)]
-        completions = [c for r in rows for c in r["completion_ids"]]
-        batch = self._pad(prompts, completions)
-        batch["mask"] = mask
+        batch = {"mask": mask}
 
         def padded(col):
             out = torch.zeros((b, kmax), dtype=torch.float32)

@@ -38,11 +38,13 @@ def _pair_rng(seed: int, prompt_id: str) -> np.random.Generator:
 class PairsCollator(Collator):
     """Rows → 2B sequences (chosen rows then rejected rows) + target_margin, weight, stored ref log-probs (B,)."""
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def sequences(self, rows):
         prompts = [r["prompt_ids"] for r in rows]
-        batch = self._pad(prompts + prompts, [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows])
-        batch["target_margin"] = floats(rows, "target_margin", default=0.0)
-        batch["weight"] = floats(rows, "weight", default=1.0)
+        return prompts + prompts, [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+
+    def row_tensors(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {"target_margin": floats(rows, "target_margin", default=0.0),
+                 "weight": floats(rows, "weight", default=1.0)}
         for col in PairsKind.reference_columns:
             if col in rows[0]:
                 batch[col] = floats(rows, col)
