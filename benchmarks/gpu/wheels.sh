@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Wheels the GPU check needs beyond a lent machine's python3 (Python 3.12; torch, transformers, peft, accelerate,
+# pyarrow, pandas, xxhash are there): datasets and trl, with their pure-Python needs. Run here, where pip reaches
+# PyPI; .whl/ is git-ignored locally and travels with `carry: [".whl"]`. bitsandbytes (QLoRA row) and vllm are
+# too large for the 64 MiB a call may carry: their rows then say "skipped".
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+PY="${PYTHON:-.venv/bin/python}"
+"$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl "datasets==${DATASETS_VERSION:-5.2.0}" "trl==${TRL_VERSION:-1.16.0}" dill multiprocess
+du -sh .whl
