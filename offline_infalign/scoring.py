@@ -21,8 +21,29 @@ import numpy as np
 
 from .core.errors import InfalignError
 
-__all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "score_texts", "score_in_chunks",
-           "label_column"]
+__all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "check_reward", "score_texts",
+           "score_in_chunks", "label_column", "RewardCallError"]
+
+
+def _short(value, limit: int = 40) -> str:
+    text = " ".join(str(value).split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+class RewardCallError(InfalignError):
+    """A reward callable raised: which (prompt, completion) pair of the call (`index`, None when the pair could
+    not be singled out), and the original exception. `score_in_chunks` and `score_texts` restate the pair in
+    their own terms (its index in the whole call; prompt_id and completion number)."""
+
+    def __init__(self, name: str, exc: BaseException, index: int | None, where: str):
+        self.name, self.exc, self.index = name, exc, index
+        text = " ".join(str(exc).split())
+        super().__init__(f"reward function {name!r} raised {type(exc).__name__}: {text[:300]} — {where}; fix the "
+                         "function (it is called as fn(prompts, completions) with lists, and must return one "
+                         "float per completion)")
+
+    def at(self, where: str) -> RewardCallError:
+        return RewardCallError(self.name, self.exc, self.index, where)
 
 
 class Scorer:
@@ -35,21 +56,69 @@ class Scorer:
             raise InfalignError(f"scorer got {len(prompts)} prompts but {len(completions)} completions")
         if not len(prompts):
             return np.zeros(0, dtype=np.float64)
-        out = np.asarray(self._score(list(prompts), list(completions)), dtype=np.float64).reshape(-1)
-        if out.shape != (len(prompts),):
-            raise InfalignError(f"scorer {self.name!r} returned {out.size} rewards for {len(prompts)} completions")
-        return out
+        return self._check_shape(self._score(list(prompts), list(completions)), len(prompts))
+
+    def _check_shape(self, result, n: int) -> np.ndarray:
+        """`result` as float64 (n,), or an error naming what came back: one number per completion, never a
+        table that happens to hold n numbers (an (n/2, 2) array), strings or ragged lists."""
+        expected = f"expected one float per completion, shape ({n},)"
+        try:
+            out = np.asarray(result)
+        except (ValueError, TypeError) as exc:  # a ragged list of lists, ...
+            raise InfalignError(f"scorer {self.name!r} returned {type(result).__name__} that is not an array of "
+                                f"numbers ({' '.join(str(exc).split())[:120]}) for {n} completions; {expected}") \
+                from None
+        if out.dtype.kind not in "biuf":
+            example = out.reshape(-1)[0] if out.size else None
+            raise InfalignError(f"scorer {self.name!r} returned values of type {type(example).__name__} (e.g. "
+                                f"{_short(example)}) for {n} completions; {expected}")
+        if out.shape != (n,):
+            raise InfalignError(f"scorer {self.name!r} returned shape {tuple(out.shape)} for {n} completions; "
+                                f"{expected}")
+        return out.astype(np.float64)
 
     def _score(self, prompts: list, completions: list[str]):
         raise NotImplementedError
 
 
 class CallableScorer(Scorer):
+    """A Python callable `(prompts, completions) -> floats`. When it raises, the pair it raised on is found by
+    bisection (at most about twice the call's work, spent only on the way to the error) and named."""
+
     def __init__(self, fn: Callable, name: str):
         self.fn, self.name = fn, name
 
     def _score(self, prompts, completions):
-        return self.fn(prompts, completions)
+        try:
+            return self.fn(prompts, completions)
+        except Exception as exc:  # the user's code: any exception is a bad reward, reported in one line
+            index = self._locate(prompts, completions)
+            if index is None:
+                where = f"on a call with {len(prompts)} pairs (no single pair raises alone)"
+            else:
+                where = (f"on pair {index} of the call (prompt {_short(prompts[index])}, completion "
+                         f"{_short(completions[index])})")
+            raise RewardCallError(self.name, exc, index, where) from None
+
+    def _locate(self, prompts, completions) -> int | None:
+        """The index of a pair the callable raises on alone, halving the failing range; None if no half fails."""
+        lo, hi = 0, len(prompts)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._raises(prompts[lo:mid], completions[lo:mid]):
+                hi = mid
+            elif self._raises(prompts[mid:hi], completions[mid:hi]):
+                lo = mid
+            else:
+                return None
+        return lo if hi - lo == 1 else None
+
+    def _raises(self, prompts, completions) -> bool:
+        try:
+            self.fn(prompts, completions)
+        except Exception:
+            return True
+        return False
 
 
 def _labels(config) -> dict[int, str]:
@@ -176,18 +245,50 @@ def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch
         from .demo.assets import demo_reward
 
         return CallableScorer(demo_reward, "demo")
-    if ":" in spec and not Path(spec).exists():
-        module_name, _, attr = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise InfalignError(f"cannot load reward function {spec!r}: {exc}") from None
-        if not callable(fn):
-            raise InfalignError(f"reward function {spec!r} is not callable")
-        return CallableScorer(fn, spec)
+    if _names_callable(spec):
+        return CallableScorer(_import_callable(spec), spec)
+    from .preflight import check_model
+
+    check_model(spec, "reward model", trust_remote_code)
     return HFRewardScorer(spec, device=device, dtype=dtype, batch_size=batch_size,
                           trust_remote_code=trust_remote_code, reward_label=reward_label,
                           allow_pickle_weights=allow_pickle_weights)
+
+
+def _names_callable(spec: str) -> bool:
+    return ":" in spec and not Path(spec).exists()
+
+
+def _import_callable(spec: str) -> Callable:
+    """The function `module:function` names (importing the module runs its code: only names the user gave)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InfalignError(f"cannot load reward function {spec!r}: {exc}") from None
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise InfalignError(f"cannot load reward function {spec!r}: importing {module_name!r} raised "
+                            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise InfalignError(f"cannot load reward function {spec!r}: module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise InfalignError(f"reward function {spec!r} is not callable")
+    return fn
+
+
+def check_reward(spec, trust_remote_code: bool = False) -> None:
+    """Refuse, in one line and before any work, a reward `load_scorer` could not load: a "module:function" that
+    does not import (it is imported: callers pass only names the user gave), a model that `preflight.check_model`
+    refuses. Nothing heavy: no weights are read."""
+    if callable(spec) or isinstance(spec, Scorer) or str(spec) == "demo":
+        return
+    if _names_callable(str(spec)):
+        _import_callable(str(spec))
+        return
+    from .preflight import check_model
+
+    check_model(str(spec), "reward model", trust_remote_code)
 
 
 def score_texts(scorer: Scorer, prompts: Sequence[Any], completions: Sequence[Sequence[str]],
@@ -196,7 +297,13 @@ def score_texts(scorer: Scorer, prompts: Sequence[Any], completions: Sequence[Se
     k = len(completions[0]) if len(completions) else 0
     flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
     flat_c = [c for cs in completions for c in cs]
-    rewards = score_in_chunks(scorer, flat_p, flat_c).reshape(len(prompts), k)
+    try:
+        rewards = score_in_chunks(scorer, flat_p, flat_c).reshape(len(prompts), k)
+    except RewardCallError as err:
+        if err.index is None:
+            raise
+        i, j = divmod(err.index, k)
+        raise err.at(f"on prompt_id {prompt_ids[i]}, completion {j} ({_short(flat_c[err.index])})") from None
     bad = np.argwhere(~np.isfinite(rewards))
     if len(bad):
         i, j = (int(v) for v in bad[0])
@@ -214,6 +321,14 @@ def score_in_chunks(scorer: Scorer, prompts: Sequence[Any], completions: Sequenc
     from tqdm.auto import tqdm
 
     chunk = chunk or max(len(prompts), 1)
-    parts = [np.asarray(scorer(prompts[i : i + chunk], completions[i : i + chunk]), dtype=np.float64)
-             for i in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk", disable=desc is None)]
+    parts = []
+    for i in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk", disable=desc is None):
+        try:
+            parts.append(np.asarray(scorer(prompts[i : i + chunk], completions[i : i + chunk]), dtype=np.float64))
+        except RewardCallError as err:  # the pair's index in the whole call, not in this chunk
+            if err.index is None:
+                raise
+            at = i + err.index
+            raise RewardCallError(err.name, err.exc, at, f"on pair {at} (prompt {_short(prompts[at])}, "
+                                  f"completion {_short(completions[at])})") from None
     return np.concatenate(parts) if parts else np.zeros(0)

@@ -59,7 +59,7 @@ def test_score_texts_shape_and_non_finite():
 def test_bad_scorers(rm_path):
     with pytest.raises(InfalignError, match="cannot load reward function 'no_such_module:f'"):
         load_scorer("no_such_module:f")
-    with pytest.raises(InfalignError, match="returned 1 rewards for 2 completions"):
+    with pytest.raises(InfalignError, match="returned shape \\(1,\\) for 2 completions; expected one float per"):
         CallableScorer(lambda p, c: [0.0], "short")(["a", "b"], ["c", "d"])
     nopad = tiny_tokenizer(pad=False)
     with pytest.raises(InfalignError, match="has no pad_token"):

@@ -1,17 +1,61 @@
-"""`build` stage: sample → score → prepare below one folder, each stage resumable."""
+"""`build` stage: sample → score → prepare below one folder, each stage resumable.
+
+The reward is loaded and tried on one (prompt, completion) pair before anything is sampled: sampling takes
+hours, and a reward that does not load, raises or returns something other than one finite float per completion
+would otherwise be found only after it.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..config import BuildConfig
+from ..core.errors import InfalignError
 from .prepare import run_prepare
 from .sample import run_sample
 from .score import run_score
 
+# What the reward is tried on before sampling; any text does: only the reward's loading and output are checked.
+PROBE_COMPLETION = "Thank you, that was helpful."
+
+
+def check_reward_before_sampling(cfg: BuildConfig) -> None:
+    """Load the reward of `cfg` and score one pair: the first prompt of the source and PROBE_COMPLETION.
+
+    Refused in one line (naming the reward): a reward that does not load, raises, or does not return one finite
+    float. The scorer is dropped afterwards (the score stage loads it again), so sampling has the memory.
+    """
+    from data_builders import get_prompt_source
+
+    from ..modeling import free_memory
+    from ..scoring import load_scorer, score_texts
+
+    score = cfg.score_config()
+    scorer = load_scorer(score.reward_model, device=score.device, dtype=score.dtype, batch_size=1,
+                         trust_remote_code=score.trust_remote_code, reward_label=score.reward_label,
+                         allow_pickle_weights=score.allow_pickle_weights)
+    row = next(iter(get_prompt_source(cfg.prompts, split=cfg.split, limit=1, data_files=cfg.prompts_data_files,
+                                      on_duplicate=cfg.on_duplicate_prompt)))
+    try:
+        score_texts(scorer, [row["prompt"]], [[PROBE_COMPLETION]], [row["prompt_id"]])
+    except InfalignError as exc:
+        raise InfalignError(f"the reward was tried on one completion before sampling and failed: {exc}") from None
+    finally:
+        del scorer
+        free_memory()
+
 
 def run_build(cfg: BuildConfig, progress: bool = True) -> dict[str, dict[str, Any]]:
     """sample → score → prepare below `cfg.out` (prepare only without --shard); manifests by stage."""
+    from ..preflight import check_model
+    from ..scoring import check_reward
+
+    check_model(cfg.model, "model", cfg.trust_remote_code)  # the cheap checks of both models first
+    check_reward(cfg.reward_model, cfg.trust_remote_code)
+    paths = cfg.paths()
+    if not (Path(paths["scored"]) / "manifest.json").is_file():  # once scored, the reward is no longer needed
+        check_reward_before_sampling(cfg)
     out = {"samples": run_sample(cfg.sample_config(), progress=progress)}
     out["scored"] = run_score(cfg.score_config(), progress=progress)
     if cfg.shard is None:

@@ -147,6 +147,12 @@ def _evaluate(cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     info = read_training_info(cfg.policy)
     settings = resolve_settings(cfg, info)
+    # A bad base model or judge is one line now, not after minutes of sampling (the tokenizer is the adapter's).
+    from ..preflight import check_model
+    from ..scoring import check_reward
+
+    check_model(settings["model"], "base model", cfg.trust_remote_code, tokenizer=False)
+    check_reward(settings["reward_model"], cfg.trust_remote_code)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = load_eval_prompts(settings, cfg.split, cfg.limit)

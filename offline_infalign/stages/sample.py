@@ -77,6 +77,9 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
 
     The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
     """
+    from ..preflight import check_model
+
+    check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
     with output_lock(cfg.out):
         return _run_sample(cfg, progress)
 

@@ -18,6 +18,9 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
 
     The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
     """
+    from ..scoring import check_reward
+
+    check_reward(cfg.reward_model, cfg.trust_remote_code)  # a bad reward is one line, before anything is read
     with output_lock(cfg.out):
         return _run_score(cfg, progress)
 

@@ -261,8 +261,10 @@ def train(cfg) -> Path:
     """
     import contextlib
 
+    from ..preflight import check_model
     from ..storage import output_lock
 
+    check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
     with output_lock(cfg.out) if _is_main_process() else contextlib.nullcontext():
         return _train(cfg)
 
