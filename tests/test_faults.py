@@ -139,7 +139,8 @@ def _eval_cfg(setup, out):
                                               prompts=str(setup.prompts), out=str(out)))
 
 
-LOCKED = {  # each run is refused before it reads its input or loads a model: the inputs need not exist
+LOCKED = {  # each run is refused before it reads its input or loads a model (sample and score check first that
+    # the model and reward exist, preflight.py; the other inputs need not exist)
     "sample": lambda setup, out: run_sample(_sample_cfg(setup, out), progress=False),
     "score": lambda setup, out: run_score(_score_cfg(setup, out), progress=False),
     "prepare": lambda setup, out: run_prepare(_prepare_cfg(setup, out)),
@@ -152,7 +153,7 @@ LOCKED = {  # each run is refused before it reads its input or loads a model: th
 
 @pytest.mark.parametrize("stage", list(LOCKED))
 def test_every_stage_refuses_a_folder_another_run_is_writing(stage, tmp_path, monkeypatch):
-    setup = SimpleNamespace(root=tmp_path / "adapter", prompts=tmp_path / "p.jsonl", lm=tmp_path / "lm",
+    setup = SimpleNamespace(root=tmp_path / "adapter", prompts=tmp_path / "p.jsonl", lm=save_tiny_lm(tmp_path / "lm"),
                             ref={"sample": tmp_path / "s", "score": tmp_path / "sc"},
                             shards=[tmp_path / "a", tmp_path / "b"])
     out = tmp_path / "out"
@@ -161,6 +162,7 @@ def test_every_stage_refuses_a_folder_another_run_is_writing(stage, tmp_path, mo
         with pytest.raises(InfalignError, match=rf"being written by another run \(pid {os.getpid()}\)"):
             LOCKED[stage](setup, out)
     assert sorted(p.name for p in Path(out).iterdir()) == [".infalign.lock"]  # nothing was written
+    assert not (tmp_path / "adapter").exists()  # nor anywhere else (eval's policy folder is never created)
 
 
 def test_a_second_sample_run_is_refused_while_the_first_holds_the_folder(setup, tmp_path, monkeypatch):
