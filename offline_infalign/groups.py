@@ -7,8 +7,9 @@ A group is *packed* into one sequence, prompt then every completion, with
 
 - position ids that restart at len(prompt) for each completion, so each completion sees the positions it has
   in its own (prompt + completion) sequence;
-- segment ids (0: prompt, j + 1: completion j, -1: padding) from which `logprobs.block_mask` builds the
-  attention mask: a completion attends to the prompt and to its own earlier tokens, the prompt to itself.
+- the attention layout `packed_attention` reads (where each prompt and completion sits in the row): a
+  completion attends to the prompt and to its own earlier tokens, the prompt to itself; segment ids (0: prompt,
+  j + 1: completion j, -1: padding) say the same per token.
 
 With that mask and those positions every token's hidden state is the one the per-row forward computes, so the
 log-probs — and their gradients, the prompt's included — are the per-row ones (tests/test_groups.py), while the
@@ -40,7 +41,9 @@ def pack_sequences(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence
     Returns a dict:
       group_units: list of units, each {input_ids, position_ids, segments: (R, L); score_index: (T,) flat indices
         into (R·L) of the positions whose next token is scored; score_targets: (T,) those tokens; score_seq: (T,)
-        the distinct sequence each belongs to};
+        the distinct sequence each belongs to; prompt_index (R, Pmax), prompt_len (R,), comp_index (N, Cmax),
+        comp_len (N,), comp_row (N,): where each prompt and non-empty completion sits (flat indices, padded with
+        a valid one), for `packed_attention`};
       group_seq_index: (N,) the distinct sequence of each input sequence (its log-prob is that one's);
       group_num_seqs: number of distinct sequences.
     """
@@ -80,17 +83,24 @@ def _pack_rows(pieces, pad_token_id: int) -> dict[str, torch.Tensor]:
     positions = np.zeros((r, width), dtype=np.int64)
     segments = np.full((r, width), -1, dtype=np.int64)
     score_index, score_targets, score_seq = [], [], []
+    pmax = max(len(p) for p, _ in pieces)
+    prompt_index = np.zeros((r, pmax), dtype=np.int64)
+    prompt_len = np.array([len(p) for p, _ in pieces], dtype=np.int64)
+    comps = []  # (row, flat start, length) of each non-empty completion: the queries of `packed_attention`
     for row, (prompt, items) in enumerate(pieces):
         n_p = len(prompt)
         input_ids[row, :n_p] = prompt
         positions[row, :n_p] = np.arange(n_p)
         segments[row, :n_p] = 0
+        prompt_index[row] = row * width + np.minimum(np.arange(pmax), max(n_p - 1, 0))  # padded: a valid index
         start = n_p
         for j, (seq, completion) in enumerate(items):
             n_c = len(completion)
             input_ids[row, start: start + n_c] = completion
             positions[row, start: start + n_c] = np.arange(n_p, n_p + n_c)
             segments[row, start: start + n_c] = j + 1
+            if n_c:
+                comps.append((row, row * width + start, n_c))
             # Token t of the completion is predicted at the position before it: the prompt's last token for t = 0
             # (shared by every completion), else the completion's own token t - 1. Without a prompt the first
             # token is not scored, as in the per-row forward (`completion_logps`).
@@ -106,9 +116,15 @@ def _pack_rows(pieces, pad_token_id: int) -> dict[str, torch.Tensor]:
     def cat(parts):
         return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
 
+    cmax = max((n for _, _, n in comps), default=0)
+    comp_index = np.array([s + np.minimum(np.arange(cmax), n - 1) for _, s, n in comps], dtype=np.int64)
     return {"input_ids": torch.from_numpy(input_ids), "position_ids": torch.from_numpy(positions),
             "segments": torch.from_numpy(segments), "score_index": cat(score_index),
-            "score_targets": cat(score_targets), "score_seq": cat(score_seq)}
+            "score_targets": cat(score_targets), "score_seq": cat(score_seq),
+            "prompt_index": torch.from_numpy(prompt_index), "prompt_len": torch.from_numpy(prompt_len),
+            "comp_index": torch.from_numpy(comp_index.reshape(len(comps), cmax)),
+            "comp_len": torch.tensor([n for _, _, n in comps], dtype=torch.long),
+            "comp_row": torch.tensor([row for row, _, _ in comps], dtype=torch.long)}
 
 
 class GroupCollator:

@@ -5,10 +5,10 @@ uses it (`ids_logps`, `sequence_logps`: the no-grad loop over many pairs), and i
 group forward is tested against (and its fallback).
 
 Per group (`packed_logps`, the trainer's default): a prompt and its completions packed into one sequence
-(`groups.pack_sequences`) under a block attention mask (`block_mask`), so the prompt runs once per group; the
-LM head runs only at the scored positions, a chunk of positions at a time (`target_logps`), so the
-(tokens × vocabulary) logits never exist whole. Exact against the per-row forward (tests/test_groups.py) for
-the model types in `PACKED_MODEL_TYPES` with sdpa or eager attention; `packed_support` says why not otherwise.
+(`groups.pack_sequences`), attention computed as a shared prefix (`packed_attention`), so the prompt runs once
+per group; the LM head runs only at the scored positions, a chunk of positions at a time (`target_logps`), so
+the (tokens × vocabulary) logits never exist whole. Exact against the per-row forward (tests/test_groups.py) for
+the model types in `PACKED_MODEL_TYPES`; `packed_support` says why not otherwise.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .packed_attention import unit_layout, use_packed_attention
 from .tokenization import encode_prompt
 
 __all__ = ["pad_pairs", "completion_logps", "sequence_logps", "ids_logps", "packed_logps", "packed_support",
-           "block_mask", "target_logps", "PACKED_MODEL_TYPES"]
+           "target_logps", "PACKED_MODEL_TYPES"]
 
 
 def pad_pairs(
@@ -91,9 +92,9 @@ def ids_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequen
 
 # ---- the group forward ---------------------------------------------------------------------------------------
 
-# Model types whose packed forward is tested exact against the per-row one (tests/test_groups.py): their forward
-# takes a prepared 4D mask (or one per layer type) and position ids, and their logits are lm_head(h) (Gemma 3
-# adds its final soft-capping, applied here too).
+# Model types whose packed forward is tested exact against the per-row one (tests/test_groups.py): their layers
+# call the configured attention implementation with their sliding window, if any, and their logits are lm_head(h)
+# (Gemma 3 adds its final soft-capping, applied here too).
 PACKED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma3_text")
 _LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -114,47 +115,16 @@ def packed_support(model) -> str | None:
     if config.model_type not in PACKED_MODEL_TYPES:
         return f"model type {config.model_type!r} is not one the packed forward is tested on " \
                f"({', '.join(PACKED_MODEL_TYPES)})"
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl not in ("sdpa", "eager"):
-        return f"attention implementation {impl!r} takes no block mask (sdpa and eager do)"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "soft-capped attention logits"
     layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
     if not layer_types <= set(_LAYER_TYPES):
-        return f"layer types {sorted(layer_types - set(_LAYER_TYPES))} have no block mask here"
+        return f"layer types {sorted(layer_types - set(_LAYER_TYPES))} are not packed here"
     if "sliding_attention" in layer_types and not getattr(config, "sliding_window", None):
         return "sliding-attention layers without a sliding_window"
     if "logits_to_keep" not in inspect.signature(base.forward).parameters or base.get_output_embeddings() is None:
         return f"{type(base).__name__} has no logits_to_keep or no output embeddings"
     return None
-
-
-def block_mask(segments: torch.Tensor, positions: torch.Tensor, config, dtype: torch.dtype):
-    """The attention mask of packed rows (`groups.pack_sequences`): query i sees key j ≤ i when j is a prompt
-    token (segment 0) or in i's own completion; padding sees itself (a row with no key would be NaN in sdpa).
-    Sliding-attention layers also need position(i) − position(j) < sliding_window, as in their per-row forward.
-
-    Returns (R, 1, L, L) — boolean for sdpa, additive (0 / dtype min) for eager — or, for models with several
-    layer types, {layer type: mask}, which their forward takes as it is."""
-    seg_q, seg_k = segments[:, :, None], segments[:, None, :]
-    n = segments.shape[1]
-    idx = torch.arange(n, device=segments.device)
-    causal = idx[None, :, None] >= idx[None, None, :]
-    allowed = causal & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))
-    allowed |= torch.eye(n, dtype=torch.bool, device=segments.device)[None]  # padding after an empty prompt
-
-    def fmt(mask):
-        mask = mask[:, None]
-        if (getattr(config, "_attn_implementation", None) or "eager") == "sdpa":
-            return mask
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
-
-    layer_types = getattr(config, "layer_types", None)
-    if not layer_types:
-        return fmt(allowed)
-    masks = {"full_attention": fmt(allowed)}
-    if "sliding_attention" in layer_types:
-        near = (positions[:, :, None] - positions[:, None, :]) < config.sliding_window
-        masks["sliding_attention"] = fmt(allowed & near)
-    return masks
 
 
 def packed_logps(model, units: Sequence[dict], num_seqs: int, head_chunk: int | None = None) -> torch.Tensor:
@@ -163,8 +133,10 @@ def packed_logps(model, units: Sequence[dict], num_seqs: int, head_chunk: int | 
 
     The forward goes through `model` itself (so DDP's gradient hooks, autocast and gradient checkpointing see
     it) with `logits_to_keep` empty, so the model's own LM head computes nothing; the decoder body's output is
-    taken with a forward hook and scored at the completion positions only (`target_logps`)."""
+    taken with a forward hook and scored at the completion positions only (`target_logps`). Attention is
+    `packed_attention`'s, which the first call installs (other calls still get the model's own)."""
     base = causal_lm(model)
+    use_packed_attention(base.config)
     body, head = base.base_model, base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     # float32 at least (as `completion_logps`), float64 for a float64 model (tests check exactness there)
@@ -178,9 +150,8 @@ def packed_logps(model, units: Sequence[dict], num_seqs: int, head_chunk: int | 
     for unit in units:
         handle = body.register_forward_hook(grab)
         try:
-            dtype = head.weight.dtype if head.weight.is_floating_point() else torch.float32
             model(input_ids=unit["input_ids"], position_ids=unit["position_ids"], use_cache=False,
-                  attention_mask=block_mask(unit["segments"], unit["position_ids"], base.config, dtype),
+                  attention_mask=_no_mask(base.config, unit["input_ids"]), infalign_layout=unit_layout(unit),
                   logits_to_keep=torch.zeros(0, dtype=torch.long, device=unit["input_ids"].device))
         finally:
             handle.remove()
@@ -188,6 +159,14 @@ def packed_logps(model, units: Sequence[dict], num_seqs: int, head_chunk: int | 
         h = h.reshape(-1, h.shape[-1]).index_select(0, unit["score_index"])
         out = out.index_add(0, unit["score_seq"], target_logps(h, head, unit["score_targets"], softcap, head_chunk))
     return out
+
+
+def _no_mask(config, input_ids):
+    """A prepared-looking 4D mask (per layer type when the model has several), which the model's mask code
+    returns as it is instead of building an (L × L) one that `packed_attention` would not read."""
+    mask = torch.ones((input_ids.shape[0], 1, 1, 1), dtype=torch.bool, device=input_ids.device)
+    layer_types = getattr(config, "layer_types", None)
+    return {t: mask for t in set(layer_types)} if layer_types else mask
 
 
 def target_logps(hidden: torch.Tensor, head, targets: torch.Tensor, softcap: float | None = None,

@@ -19,7 +19,7 @@ from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.losses import LOSSES
 from offline_infalign.groups import GroupBatchSampler, pack_sequences, prompt_groups
 from offline_infalign.logprobs import (
-    block_mask,
+    causal_lm,
     completion_logps,
     packed_logps,
     packed_support,
@@ -100,21 +100,21 @@ def test_pack_sequences_layout_dedups_and_restarts_positions():
     assert chunked["group_units"][1]["input_ids"].tolist() == [[1, 2, 7]]
 
 
-def test_block_mask_keeps_completions_apart_and_applies_the_window():
-    segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
-    positions = torch.tensor([[0, 1, 2, 3, 2, 0]])
-    config = tiny_causal_lm().config
-    config._attn_implementation = "sdpa"
-    m = block_mask(segments, positions, config, torch.float32)[0, 0].int().tolist()
-    assert m[3] == [1, 1, 1, 1, 0, 0]  # completion 1's second token: prompt + itself
-    assert m[4] == [1, 1, 0, 0, 1, 0]  # completion 2 does not see completion 1
-    assert m[5] == [1, 1, 0, 0, 0, 1]  # padding: never an empty row (nothing reads it)
-    config.layer_types, config.sliding_window = ["full_attention", "sliding_attention"], 2
-    masks = block_mask(segments, positions, config, torch.float32)
-    assert masks["sliding_attention"][0, 0, 3].int().tolist() == [0, 0, 1, 1, 0, 0]  # positions 2, 3 only
-    config._attn_implementation = "eager"
-    additive = block_mask(segments, positions, config, torch.float32)["full_attention"]
-    assert additive[0, 0, 4, 2] == torch.finfo(torch.float32).min and additive[0, 0, 4, 0] == 0
+def test_attention_layout_keeps_completions_apart_and_applies_the_window():
+    from offline_infalign.packed_attention import _masks, unit_layout
+
+    # prompt [1, 2], completions [5, 6, 8] and [7]: positions 0 1 | 2 3 4 | 2
+    (unit,) = pack_sequences([[1, 2], [1, 2]], [[5, 6, 8], [7]], pad_token_id=0)["group_units"]
+    layout = unit_layout(unit)
+    assert layout["prompt_index"].tolist() == [[0, 1]] and layout["comp_index"].tolist() == [[2, 3, 4], [5, 5, 5]]
+    prompt_mask, comp_mask, _, comp_valid = _masks(layout, None)
+    assert prompt_mask[0, 0].int().tolist() == [[1, 0], [1, 1]]
+    # keys: the prompt's 2, then the completion's own 3 (padded): causal within the completion only
+    assert comp_mask[0, 0].int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert comp_valid.tolist() == [[True, True, True], [True, False, False]]
+    assert comp_mask[1, 0, 0].int().tolist() == [1, 1, 1, 0, 0]
+    _, windowed, _, _ = _masks(layout, 2)  # position(query) − position(key) < 2
+    assert windowed[0, 0].int().tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
 
 
 # ---- model families -------------------------------------------------------------------------------------
@@ -191,9 +191,11 @@ def test_packed_equals_per_row_for_each_model_family(family, attn, dtype, monkey
         torch.testing.assert_close(got, rows, rtol=0, atol=tol[0])
         (got * weights).sum().backward()
         _assert_grads_close(_grads(model), expected, rel=tol[1])
-    if family == "gemma3_text":  # the window matters here: without the sliding mask the log-probs differ
+    if family == "gemma3_text":  # the window matters here: without it the log-probs differ
         packed = pack_sequences(prompts, completions, 0)
-        model.base_model.model.config.layer_types = ["full_attention"] * 6
+        for module in model.modules():
+            if getattr(module, "sliding_window", None) is not None and hasattr(module, "q_proj"):
+                module.sliding_window = None
         with torch.no_grad():
             wrong = packed_logps(model, packed["group_units"], packed["group_num_seqs"])[packed["group_seq_index"]]
         assert (wrong - rows).abs().max() > 1e-3
@@ -201,9 +203,9 @@ def test_packed_equals_per_row_for_each_model_family(family, attn, dtype, monkey
 
 def test_unsupported_models_say_why():
     model = tiny_causal_lm(tiny_tokenizer())
-    model.config._attn_implementation = "flash_attention_2"
-    assert "takes no block mask" in packed_support(model)
-    model.config._attn_implementation = "sdpa"
+    model.config.attn_logit_softcapping = 50.0
+    assert "soft-capped attention" in packed_support(model)
+    model.config.attn_logit_softcapping = None
     model.config.model_type = "mystery"
     assert "'mystery' is not one" in packed_support(model)
     assert "DataParallel" in packed_support(torch.nn.DataParallel(model))
@@ -241,6 +243,7 @@ def test_group_forward_gives_the_per_row_loss_and_gradients(fixtures, tmp_path, 
                               reference="live")
     model = trainer.model
     model.train()
+    assert causal_lm(model).model.gradient_checkpointing is checkpointing
     results = {}
     for group in (False, True):
         trainer.group_forward = group
