@@ -129,6 +129,11 @@ def context_length(model, tokenizer=None) -> int | None:
 def fit_prompts(tokenizer, rows: Sequence[dict[str, Any]], max_prompt_tokens: int, policy: str = "fail"):
     """Make every prompt fit in `max_prompt_tokens` (context length − max_new_tokens).
 
+    The bound is exact: the sampler itself feeds at most prompt + max_new_tokens − 1 tokens, but train and eval
+    teacher-force the whole record (prompt ids + completion ids, up to prompt + max_new_tokens) through the
+    model, so that must fit the context; a model with a learned position table (GPT-2) raises IndexError one
+    token past it. Nothing downstream may add a token (tests/test_bad_inputs.py tests the boundary).
+
     policy: "fail" raises naming the prompt_id; "skip" drops it; "truncate" cuts from the left (drops the oldest
     chat messages first, then the oldest words of what is left) and logs a warning. The stored prompt is the
     truncated one, so sampling, scoring and training all see the same text; its prompt_id stays the source
