@@ -204,8 +204,9 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     if reference == "live" and cfg.full_finetune:
         raise InfalignError(f"full_finetune needs the dataset's stored reference log-probs, but reference=auto "
                             f"chose live: {why}. A live reference is the policy with its LoRA adapter disabled, "
-                            "and full fine-tuning has none; train with LoRA, or prepare the dataset from samples "
-                            "of this model in this dtype")
+                            "and full fine-tuning has none; pass --reference stored to use the stored columns "
+                            "anyway (e.g. computed in another dtype), prepare the dataset from samples of this "
+                            "model, or train with LoRA")
     logger.info("reference log-probs: %s (%s)", reference, why)
 
     out = Path(cfg.out)
