@@ -4,6 +4,7 @@ Layout of an artifact folder `out/`:
     out/manifest.json          written LAST: its presence means the artifact is complete
     out/<dataset files>        what `datasets.load_from_disk(out)` opens
     out/_work/config.json      while a chunked stage runs: the config it was started with
+    out/_work/stage            beside it: the stage that run writes (another stage's run into `out` names it)
     out/_work/chunks/chunk-00000/  finished chunks (each saved under a temporary name, then renamed)
 
 A restart finds finished chunks by name; a chunk is either fully there or absent, never half-written, because
@@ -44,6 +45,7 @@ WORK = "_work"
 # Inputs up to this size are hashed on every open (~0.5 s per GB here); larger ones only with verify=True.
 HASH_ALWAYS_BYTES = 256 << 20
 FAULT_ENV = "INFALIGN_FAULT"
+STAGE = "stage"  # inside _work: the stage an unfinished run writes
 LOCK = ".infalign.lock"  # inside an output folder while a run writes it; holds the writer's pid
 
 
@@ -220,6 +222,7 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
     (out / WORK).mkdir(exist_ok=True)
     if not (out / WORK / "config.json").is_file():  # before any data: a rerun then recognizes the folder
+        _record_stage(out / WORK, manifest.get("stage"))
         write_json_atomic(out / WORK / "config.json", manifest.get("config", {}))
     tmp = _save_tmp(dataset, out / WORK / "final")
     fault_point("finish:saved")
@@ -245,11 +248,32 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
     return manifest
 
 
+def _record_stage(work: Path, stage: str | None) -> None:
+    """`_work/stage`: which stage an unfinished run writes, so that another stage's run names it."""
+    if stage:
+        (work / STAGE).write_text(stage + "\n")
+
+
+def _what_folder_holds(out: Path) -> str:
+    """'holds a train output (infalign_train.json)', ...: what a folder that is no artifact seems to be."""
+    markers = {"infalign_train.json": "a train output", "train_config.json": "a train output",
+               "adapter_config.json": "an adapter", "report.json": "an eval output", "config.json": "a model"}
+    names = {p.name for p in out.iterdir()}
+    for marker, what in markers.items():
+        if marker in names:
+            return f"holds {what} ({marker})"
+    shown = sorted(n for n in names if n not in (WORK, LOCK))
+    return f"holds other files ({', '.join(shown[:4])}{', ...' if len(shown) > 4 else ''})"
+
+
 class ChunkStore:
     """Finished chunks of one resumable stage in `out/_work/chunks`, guarded by the config it started with."""
 
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, stage: str | None = None):
+        """stage: what this run writes ("samples", "scored", "prepared"): a folder holding another stage's
+        artifact or run is refused naming that stage, not with a diff of two unrelated configs."""
         self.out = Path(out)
+        self.stage = stage
         self.work = self.out / WORK
         self.chunks = self.work / "chunks"
         self.config_path = self.work / "config.json"
@@ -262,20 +286,30 @@ class ChunkStore:
         Raises InfalignError showing the differences when the folder belongs to a different config.
         """
         if (self.out / MANIFEST).is_file():
-            old = read_manifest(self.out).get("config", {})
-            self._check(old, config, ignore, "holds a finished artifact")
+            manifest = read_manifest(self.out)
+            held = manifest.get("stage")
+            self._other_stage(held, "a finished")
+            self._check(manifest.get("config", {}), config, ignore, "holds a finished artifact")
             # A run killed between its manifest and the cleanup left its chunks (a copy of the data) behind.
             shutil.rmtree(self.work, ignore_errors=True)
             return True
         if self.config_path.is_file():
+            held = (self.work / STAGE).read_text().strip() if (self.work / STAGE).is_file() else None
+            self._other_stage(held, "an unfinished")
             self._check(json.loads(self.config_path.read_text()), config, ignore, "holds an unfinished run")
         elif self.out.is_dir() and any(p.name not in (WORK, LOCK) for p in self.out.iterdir()):
-            raise InfalignError(f"output folder {str(self.out)!r} exists and is not an artifact of this stage; "
-                                "choose a new --out")
+            raise InfalignError(f"output folder {str(self.out)!r} exists and is not an artifact of this stage (it "
+                                f"{_what_folder_holds(self.out)}); choose a new --out")
         # Recorded with the first chunk, not here: a run that fails before any work (a bad flag, a model that
         # will not load) must not pin its config on the folder and block the corrected command.
         self._config = config
         return False
+
+    def _other_stage(self, held: str | None, what: str) -> None:
+        if self.stage is not None and held is not None and held != self.stage:
+            raise InfalignError(f"output folder {str(self.out)!r} holds {what} {held!r} artifact, and this command "
+                                f"writes a {self.stage!r} artifact; choose another --out (the {held!r} folder is "
+                                "kept as it is)")
 
     def _check(self, old: dict, new: dict, ignore, what: str) -> None:
         # JSON round trip so tuples/lists and ints/floats compare the way they were stored.
@@ -295,6 +329,7 @@ class ChunkStore:
     def write(self, index: int, dataset) -> None:
         if not self.config_path.is_file():
             self.chunks.mkdir(parents=True, exist_ok=True)
+            _record_stage(self.work, self.stage)
             write_json_atomic(self.config_path, self._config)
         tmp = _save_tmp(dataset, self._path(index))
         fault_point(f"chunk-saved:{index}")

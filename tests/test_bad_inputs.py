@@ -465,3 +465,52 @@ def test_fit_prompts_boundary_and_chat_truncation(boundary):
     (fitted,), truncated, _ = fit_prompts(tok, [chat], limit, "truncate")
     assert truncated == 1 and len(encode_prompt(tok, fitted["prompt"])) <= limit
     assert fitted["prompt"][-1]["role"] == "user"  # the oldest messages go first
+
+
+# ---- --out onto a folder of another stage: the error says which stage it holds ----------------------------------
+
+
+def test_out_onto_another_stages_folder(assets, scored, tmp_path, capsys):
+    import shutil
+
+    prepare = ["prepare", "--input", str(scored / "scored"), "--transform", "identity", "--beta", "0.5"]
+    err = _error(capsys, [*prepare, "--out", str(scored / "samples")])
+    assert f"output folder {str(scored / 'samples')!r} holds a finished 'samples' artifact, and this command " \
+           "writes a 'prepared' artifact; choose another --out" in err
+    err = _error(capsys, _sample(assets, scored / "prepared"))
+    assert "holds a finished 'prepared' artifact, and this command writes a 'samples' artifact" in err
+    err = _error(capsys, ["score", "--input", str(scored / "samples"), "--reward-model", "demo", "--out",
+                          str(scored / "prepared")])
+    assert "holds a finished 'prepared' artifact, and this command writes a 'scored' artifact" in err
+    # An unfinished run of another stage (killed after its first chunk) is named too.
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(scored / "samples", unfinished)
+    (unfinished / "manifest.json").unlink()
+    (unfinished / "_work" / "chunks").mkdir(parents=True)
+    (unfinished / "_work" / "stage").write_text("samples\n")
+    (unfinished / "_work" / "config.json").write_text("{}\n")
+    err = _error(capsys, [*prepare, "--out", str(unfinished)])
+    assert "holds an unfinished 'samples' artifact, and this command writes a 'prepared' artifact" in err
+    # A folder that is no artifact says what it seems to hold.
+    err = _error(capsys, [*prepare, "--out", assets["lm"]])
+    assert f"output folder {assets['lm']!r} exists and is not an artifact of this stage (it holds a model " \
+           "(config.json))" in err
+    # Nothing of the refused folders changed: the samples artifact still opens and verifies.
+    from offline_infalign.storage import load_artifact
+
+    load_artifact(scored / "samples", stage="samples", verify=True)
+
+
+def test_a_killed_run_records_its_stage(assets, scored, tmp_path, capsys, monkeypatch):
+    """The stage marker is written with the config, before any data: a kill after the first chunk leaves it."""
+    from offline_infalign.storage import InjectedFault
+
+    monkeypatch.setenv("INFALIGN_FAULT", "after-chunk:0")
+    with pytest.raises(InjectedFault):
+        main(_sample(assets, tmp_path / "s", "--chunk-size", "2"))
+    monkeypatch.delenv("INFALIGN_FAULT")
+    assert (tmp_path / "s" / "_work" / "stage").read_text().strip() == "samples"
+    err = _error(capsys, ["prepare", "--input", str(scored / "scored"), "--transform", "identity", "--beta",
+                          "0.5", "--out", str(tmp_path / "s")])
+    assert "holds an unfinished 'samples' artifact, and this command writes a 'prepared' artifact" in err
+    assert main(_sample(assets, tmp_path / "s", "--chunk-size", "2")) == 0  # the same command still resumes

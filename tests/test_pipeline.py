@@ -104,7 +104,8 @@ def test_score_resume_prepare_auto_and_manifests(assets, tmp_path, monkeypatch):
     score = {"input": str(tmp_path / "s"), "reward_model": "tests.test_pipeline:length_reward", "chunk_size": 2}
     full = score_stage.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "full")}), progress=False)
     monkeypatch.setenv(FAIL_AFTER, "1")  # the second chunk's scoring call fails
-    with pytest.raises(RuntimeError, match="simulated crash while scoring"):
+    # The reward's exception is reported as one error naming it (scoring.RewardCallError).
+    with pytest.raises(InfalignError, match="raised RuntimeError: simulated crash while scoring"):
         score_stage.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}), progress=False)
     monkeypatch.delenv(FAIL_AFTER)
     resumed = score_stage.run_score(load_config(ScoreConfig, None, {**score, "out": str(tmp_path / "sc")}),

@@ -67,10 +67,11 @@ def _run_merge(cfg: MergeConfig) -> dict[str, Any]:
         if [m.get("content_hash") for m in done.get("merged_from", [])] == hashes:
             shutil.rmtree(Path(cfg.out) / "_work", ignore_errors=True)  # left by a kill after the manifest
             return done
-        raise InfalignError(f"output folder {cfg.out!r} already holds another artifact; choose a new --out")
+        raise InfalignError(f"output folder {cfg.out!r} already holds another artifact ({done.get('stage')!r}); "
+                            "choose a new --out")
     config = {**first["config"], "shard": None, "out": cfg.out, "input_hash": None}
     # Refuses a folder holding anything else; the config (written before any data) lets a killed merge resume.
-    ChunkStore(cfg.out).start(config)
+    ChunkStore(cfg.out, stage=first.get("stage")).start(config)
     manifest = {k: v for k, v in first.items() if k not in ("content_hash", "num_rows")}
     manifest.update(shard=None, config=config,
                     merged_from=[{"path": cfg.inputs[j], "content_hash": manifests[j]["content_hash"]} for j in order],

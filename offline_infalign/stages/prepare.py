@@ -101,7 +101,7 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
                             "`infalign merge` all shards first, then prepare the merged artifact")
     warnings = _check_sampling(cfg, upstream)
     config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"]}
-    store = ChunkStore(cfg.out)
+    store = ChunkStore(cfg.out, stage="prepared")
     if store.start(config):
         return read_manifest(cfg.out)
     chosen = resolve_transform(cfg)

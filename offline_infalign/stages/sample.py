@@ -98,7 +98,7 @@ def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
     # The model's fingerprint too: a folder overwritten (or a hub revision moved) between a kill and the rerun
     # must not finish the artifact with another model's samples (fingerprint.py says what it covers).
     config = {**config_to_dict(cfg), "input_hash": prompts_hash, "model_fingerprint": fingerprint_model(cfg.model)}
-    store = ChunkStore(cfg.out)
+    store = ChunkStore(cfg.out, stage="samples")
     if store.start(config, ignore=_SAMPLE_FREE):
         return read_manifest(cfg.out)
     sampler, model, tokenizer, ctx, ids, stop = _load_sampler(cfg)

@@ -40,7 +40,7 @@ def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
     # between a kill and the rerun must not mix two rewards in one artifact.
     config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"],
               "reward_fingerprint": fingerprint_reward(cfg.reward_model)}
-    store = ChunkStore(cfg.out)
+    store = ChunkStore(cfg.out, stage="scored")
     if store.start(config, ignore=_SCORE_FREE):
         return read_manifest(cfg.out)
     samples = samples.select(range(*shard_slice(len(samples), shard).indices(len(samples))))
