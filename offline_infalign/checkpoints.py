@@ -46,10 +46,10 @@ RUN_CONFIG = "train_config.json"
 COMPLETE = ".complete"
 # Fields that cannot change the trained adapter, so a rerun may change them. model/dataset: the path strings;
 # what they name is compared by model_fingerprint and dataset_fingerprint. gradient_checkpointing recomputes the
-# same activations; allow_pickle_weights only lets a folder load; the others are logging, checkpoint cadence and
-# where the folder is.
+# same activations; allow_pickle_weights only lets a folder load; verify only checks the dataset; the others are
+# logging, checkpoint cadence and where the folder is.
 FREE = ("logging_steps", "report_to", "save_steps", "save_total_limit", "gradient_checkpointing",
-        "allow_pickle_weights", "resume_from_checkpoint", "out", "model", "dataset")
+        "allow_pickle_weights", "resume_from_checkpoint", "out", "model", "dataset", "verify")
 # What an explicit --resume-from-checkpoint may change besides: how long to train.
 EXTEND = ("max_steps", "num_train_epochs")
 # Left in OUT by a run that failed before recording its config (the tokenization cache, the lock file).

@@ -514,3 +514,80 @@ def test_a_killed_run_records_its_stage(assets, scored, tmp_path, capsys, monkey
                           "0.5", "--out", str(tmp_path / "s")])
     assert "holds an unfinished 'samples' artifact, and this command writes a 'prepared' artifact" in err
     assert main(_sample(assets, tmp_path / "s", "--chunk-size", "2")) == 0  # the same command still resumes
+
+
+# ---- --verify: the content hash of an input, always (--verify), never (--no-verify) or when small (default) -----
+
+INTEGRITY = "fails its integrity check: its data files do not match the content hash in its manifest"
+
+
+def _tampered_copy(folder, to):
+    """A copy of the artifact `folder` whose data changed after its manifest was written: every prompt_id reversed
+    (row counts and K unchanged, so only the content hash can tell)."""
+    import gc
+    import os
+    import shutil
+
+    import datasets
+
+    shutil.copytree(folder, to)
+    changed = datasets.load_from_disk(str(to)).map(lambda r: {"prompt_id": r["prompt_id"][::-1]},
+                                                   keep_in_memory=True)
+    changed.save_to_disk(str(to) + ".new")
+    del changed
+    gc.collect()
+    for f in Path(str(to) + ".new").rglob("*.arrow"):  # a new inode for each: nothing maps the old file's pages
+        target = to / f.relative_to(str(to) + ".new")
+        shutil.copy(f, str(target) + ".tmp")
+        os.replace(str(target) + ".tmp", target)
+    return to
+
+
+def test_verify_default_small_inputs_and_no_verify(scored, tmp_path, capsys):
+    bad = _tampered_copy(scored / "scored", tmp_path / "scored")
+    prepare = ["prepare", "--input", str(bad), "--transform", "identity", "--beta", "0.5"]
+    assert INTEGRITY in _error(capsys, [*prepare, "--out", str(tmp_path / "p1")])  # small: hashed by default
+    assert main([*prepare, "--no-verify", "--out", str(tmp_path / "p2")]) == 0  # told not to hash
+
+
+def test_verify_forces_the_hash_for_every_stage_that_opens_an_input(assets, scored, tmp_path, capsys, monkeypatch):
+    from offline_infalign import storage
+
+    monkeypatch.setattr(storage, "HASH_ALWAYS_BYTES", 0)  # every input is "large": the default does not hash
+    samples = _tampered_copy(scored / "samples", tmp_path / "samples")
+    scored_bad = _tampered_copy(scored / "scored", tmp_path / "scored")
+    prepared = _tampered_copy(scored / "prepared", tmp_path / "prepared")
+    prepare = ["prepare", "--input", str(scored_bad), "--transform", "identity", "--beta", "0.5"]
+    assert main([*prepare, "--out", str(tmp_path / "p1")]) == 0
+    assert INTEGRITY in _error(capsys, [*prepare, "--verify", "--out", str(tmp_path / "p2")])
+    score = ["score", "--input", str(samples), "--reward-model", "demo", "--verify", "--out", str(tmp_path / "s")]
+    assert INTEGRITY in _error(capsys, score)
+    train = ["train", "--dataset", str(prepared), "--model", assets["lm"], "--loss", "tilted_pairwise", "--verify",
+             "--max-steps", "1", "--out", str(tmp_path / "t")]
+    assert INTEGRITY in _error(capsys, train)
+
+
+def test_verify_in_merge_and_eval(assets, scored, tmp_path_factory, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from offline_infalign import storage
+
+    shards = []
+    for i in (0, 1):
+        out = tmp_path / f"shard{i}"
+        assert main(_sample(assets, out, "--shard", f"{i}/2")) == 0
+        shards.append(str(_tampered_copy(out, tmp_path / f"bad{i}")) if i else str(out))
+    monkeypatch.setattr(storage, "HASH_ALWAYS_BYTES", 0)
+    assert INTEGRITY in _error(capsys, ["merge", "--inputs", *shards, "--verify", "--out", str(tmp_path / "m")])
+    # eval reads its prompts from the adapter's prepared dataset: train on a copy, then change the copy.
+    prepared = tmp_path / "prepared"
+    shutil.copytree(scored / "prepared", prepared)
+    adapter = tmp_path / "adapter"
+    assert main(["train", "--dataset", str(prepared), "--model", assets["lm"], "--loss", "tilted_pairwise",
+                 "--max-steps", "1", "--out", str(adapter)]) == 0
+    shutil.rmtree(prepared)
+    _tampered_copy(scored / "prepared", prepared)
+    capsys.readouterr()
+    err = _error(capsys, ["eval", "--policy", str(adapter), "--limit", "2", "--samples", "2", "--max-new-tokens", "4",
+                          "--device", "cpu", "--verify", "--out", str(tmp_path / "e")])
+    assert INTEGRITY in err

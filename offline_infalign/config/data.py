@@ -18,6 +18,7 @@ from .base import (
     DTYPES,
     DUPLICATE_POLICIES,
     LONG_PROMPT_POLICIES,
+    VERIFY_HELP,
     field,
     one_of,
     parse_shard,
@@ -112,6 +113,7 @@ class ScoreConfig:
     reward_label: str | None = field(None, help="a reward model with several outputs: the one whose raw logit is "
                                      "the reward, an index (1) or a label name from its id2label (positive)")
     allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
+    verify: bool | None = field(None, help=VERIFY_HELP)
 
     def __post_init__(self):
         for name in ("input", "reward_model", "out"):
@@ -154,6 +156,7 @@ class PrepareConfig:
                                          "warning")
     test_fraction: float = field(0.1, help="fraction of prompts held out in the test split (by prompt_id hash)")
     seed: int = field(0, help="seed for sampling pairs")
+    verify: bool | None = field(None, help=VERIFY_HELP)
 
     def __post_init__(self):
         owner = "prepare"
@@ -245,6 +248,7 @@ class BuildConfig:
     pairs_per_prompt: int | None = same_as(PrepareConfig, "pairs_per_prompt")
     allow_tempered_samples: bool = same_as(PrepareConfig, "allow_tempered_samples")
     test_fraction: float = same_as(PrepareConfig, "test_fraction")
+    verify: bool | None = same_as(ScoreConfig, "verify")
 
     def __post_init__(self):
         self.sample_config(), self.score_config(), self.prepare_config()  # each checks its own fields
@@ -280,6 +284,7 @@ class MergeConfig:
 
     inputs: list[str] = field(help="shard artifact folders (samples or scored), in any order")
     out: str = field(help="output artifact folder")
+    verify: bool | None = field(None, help=VERIFY_HELP)
 
     def __post_init__(self):
         if not self.inputs or not self.out:

@@ -6,7 +6,7 @@ import dataclasses
 
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
-from .base import ALLOW_PICKLE_HELP, DTYPES, LONG_PROMPT_POLICIES, field, positive_int, spell
+from .base import ALLOW_PICKLE_HELP, DTYPES, LONG_PROMPT_POLICIES, VERIFY_HELP, field, positive_int, spell
 
 __all__ = ["EvalConfig"]
 
@@ -56,6 +56,8 @@ class EvalConfig:
     plots: bool = field(True, help="write the PNG plots")
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
     allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
+    verify: bool | None = field(None, help="when the prompts come from the adapter's prepared dataset: "
+                                + VERIFY_HELP)
 
     def __post_init__(self):
         if not self.policy:

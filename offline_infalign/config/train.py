@@ -6,7 +6,7 @@ import dataclasses
 
 from ..core.errors import InfalignError
 from ..core.losses import LOSSES
-from .base import ALLOW_PICKLE_HELP, field, positive_int
+from .base import ALLOW_PICKLE_HELP, VERIFY_HELP, field, positive_int
 
 __all__ = ["TrainConfig"]
 
@@ -88,6 +88,7 @@ class TrainConfig:
     report_to: str = field("none", help="none, tensorboard, wandb, ...")
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
     allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
+    verify: bool | None = field(None, help=VERIFY_HELP)
 
     def __post_init__(self):
         for name in ("dataset", "model", "out"):

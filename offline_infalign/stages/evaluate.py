@@ -22,7 +22,8 @@ from ..core.errors import InfalignError
 __all__ = ["evaluate", "load_eval_prompts"]
 
 
-def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None) -> list[dict[str, Any]]:
+def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None,
+                      verify: bool | None = None) -> list[dict[str, Any]]:
     """[{prompt_id, prompt}] from a prompt source, or from the held-out split of the adapter's prepared dataset."""
     if settings["prompts"] is not None:
         from data_builders import get_prompt_source
@@ -32,7 +33,7 @@ def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None) -
     else:
         from ..storage import load_artifact
 
-        dataset, _ = load_artifact(settings["dataset"])
+        dataset, _ = load_artifact(settings["dataset"], verify=verify)
         if not hasattr(dataset, "keys") or split not in dataset:
             raise InfalignError(f"prepared dataset {settings['dataset']!r} has no split {split!r}; pass --prompts")
         part = dataset[split]
@@ -155,7 +156,7 @@ def _evaluate(cfg) -> dict[str, Any]:
     check_reward(settings["reward_model"], cfg.trust_remote_code)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = load_eval_prompts(settings, cfg.split, cfg.limit)
+    rows = load_eval_prompts(settings, cfg.split, cfg.limit, cfg.verify)
     timings: dict[str, float] = {}
 
     device = default_device(cfg.device)

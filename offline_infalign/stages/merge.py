@@ -54,7 +54,7 @@ def _run_merge(cfg: MergeConfig) -> dict[str, Any]:
                 raise InfalignError(f"shard {path!r} was made with a different {key} than {cfg.inputs[0]!r}: "
                                     + "; ".join(diff))
     order = [cfg.inputs.index(by_index[i]) for i in range(n)]
-    parts = [load_artifact(cfg.inputs[j])[0] for j in order]
+    parts = [load_artifact(cfg.inputs[j], verify=cfg.verify)[0] for j in order]
     seen: dict[str, int] = {}
     for i, part in zip(range(n), parts):
         for pid in part["prompt_id"]:

@@ -95,14 +95,14 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
 
 def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    scored, upstream = load_artifact(cfg.input, stage="scored")
+    scored, upstream = load_artifact(cfg.input, stage="scored", verify=cfg.verify)
     if upstream.get("shard"):
         raise InfalignError(f"{cfg.input!r} is shard {upstream['shard']} of a sharded run; "
                             "`infalign merge` all shards first, then prepare the merged artifact")
     warnings = _check_sampling(cfg, upstream)
     config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"]}
     store = ChunkStore(cfg.out, stage="prepared")
-    if store.start(config):
+    if store.start(config, ignore=("verify",)):  # how much of the input was checked cannot change the output
         return read_manifest(cfg.out)
     chosen = resolve_transform(cfg)
     transform, beta = chosen["transform"], chosen["beta"]

@@ -10,7 +10,7 @@ from ..fingerprint import fingerprint_reward
 from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
-_SCORE_FREE = ("batch_size", "device", "allow_pickle_weights")  # cannot change the rewards
+_SCORE_FREE = ("batch_size", "device", "allow_pickle_weights", "verify")  # cannot change the rewards
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
 
     from ..scoring import load_scorer, score_texts
 
-    samples, upstream = load_artifact(cfg.input, stage="samples")
+    samples, upstream = load_artifact(cfg.input, stage="samples", verify=cfg.verify)
     shard = parse_shard(cfg.shard)
     if shard and upstream.get("shard"):
         raise InfalignError(f"{cfg.input!r} is already shard {upstream['shard']}; score it without --shard")

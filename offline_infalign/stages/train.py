@@ -59,12 +59,12 @@ __all__ = ["make_trainer", "train"]
 logger = logging.getLogger(__name__)
 
 
-def _load_dataset(path: str, split: str):
+def _load_dataset(path: str, split: str, verify: bool | None = None):
     from datasets import DatasetDict
 
     from ..storage import load_artifact
 
-    data, manifest = load_artifact(path, stage="prepared")
+    data, manifest = load_artifact(path, stage="prepared", verify=verify)
     if isinstance(data, DatasetDict):
         if split not in data:
             raise InfalignError(f"dataset {path!r} has no split {split!r}; it has {', '.join(data)}")
@@ -162,7 +162,7 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
 
     spec = get_loss(cfg.loss)
     kind = get_kind(spec.kind)
-    dataset, manifest = _load_dataset(cfg.dataset, cfg.split)
+    dataset, manifest = _load_dataset(cfg.dataset, cfg.split, cfg.verify)
     if manifest.get("kind") != kind.name:
         raise InfalignError(f"loss {cfg.loss!r} trains on a {kind.name!r} dataset, but {cfg.dataset!r} is "
                             f"kind={manifest.get('kind')!r}")
