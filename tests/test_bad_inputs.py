@@ -591,3 +591,15 @@ def test_verify_in_merge_and_eval(assets, scored, tmp_path_factory, tmp_path, ca
     err = _error(capsys, ["eval", "--policy", str(adapter), "--limit", "2", "--samples", "2", "--max-new-tokens", "4",
                           "--device", "cpu", "--verify", "--out", str(tmp_path / "e")])
     assert INTEGRITY in err
+
+
+def test_config_file_not_utf8_not_yaml_or_a_folder(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"prompts: p.jsonl\nmodel: caf\xe9\n")
+    err = _error(capsys, ["sample", "--config", str(cfg)])
+    assert f"config file {str(cfg)!r} is not UTF-8 text: byte 0xe9 at byte offset 27 (line 2)" in err
+    cfg.write_text("model: [a\n")
+    err = _error(capsys, ["sample", "--config", str(cfg)])
+    assert f"config file {str(cfg)!r} is not valid YAML: while parsing a flow sequence" in err  # one line
+    assert f"config file {str(tmp_path)!r} is a folder, not a file" in _error(capsys, ["sample", "--config",
+                                                                                        str(tmp_path)])

@@ -232,11 +232,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise InfalignError(f"config file {str(p)!r} does not exist")
+            raise InfalignError(f"config file {str(p)!r} " + ("is a folder, not a file" if p.is_dir() else
+                                                            "does not exist"))
+        data = p.read_bytes()
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InfalignError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise InfalignError(f"config file {str(p)!r} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte "
+                                f"offset {exc.start} (line {line}) cannot be decoded; save it as UTF-8") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:  # PyYAML's message spans several lines (with a caret): made one
+            raise InfalignError(f"config file {str(p)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(loaded, dict):
             raise InfalignError(f"config file {str(p)!r} must hold a mapping of keys, got {type(loaded).__name__}")
         _check_keys(cls, loaded, f"config file {str(p)!r}")
