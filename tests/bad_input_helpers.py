@@ -1,0 +1,49 @@
+"""Shared by the bad-input tests (test_bad_inputs.py, test_context_boundary.py, test_bad_artifacts.py): the one
+error line of a refused command, tiny assets and a small finished build (each module wraps these in its own
+module-scoped fixtures)."""
+
+import json
+
+from offline_infalign.cli import main
+from tests.tiny_models import save_tiny_lm
+
+WORDS = "the movie was very good . tell me about the cat please".split()
+
+
+def error_line(capsys, argv) -> str:
+    """The one error line of a refused command (exit code 2, no traceback)."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    text = captured.err + captured.out
+    assert "Traceback" not in text
+    errors = [line for line in captured.err.splitlines() if line.startswith(f"infalign {argv[0]}: error: ")]
+    assert len(errors) == 1, captured.err
+    return errors[0]
+
+
+def nothing_written(out) -> bool:
+    """`out` holds no data: absent, or only the lock file of the refused run (storage.LOCK)."""
+    from offline_infalign.storage import LOCK
+
+    return not out.exists() or {p.name for p in out.iterdir()} <= {LOCK}
+
+
+def make_assets(root) -> dict:
+    """A tiny word-level LM folder and a six-prompt .jsonl file below `root`."""
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(WORDS[i : i + 3])}) + "\n" for i in range(6)))
+    return {"root": root, "lm": str(save_tiny_lm(root / "lm")), "prompts": str(prompts)}
+
+
+def sample_argv(assets, out, *extra) -> list[str]:
+    return ["sample", "--model", assets["lm"], "--prompts", assets["prompts"], "--num-samples", "2",
+            "--max-new-tokens", "4", "--device", "cpu", "--out", str(out), *extra]
+
+
+def make_build(assets, out):
+    """A small finished build below `out` (samples, scored, prepared), rewarded by the demo reward."""
+    argv = ["build", "--model", assets["lm"], "--reward-model", "demo", "--prompts", assets["prompts"],
+            "--num-samples", "4", "--max-new-tokens", "4", "--device", "cpu", "--out", str(out), "--transform",
+            "identity", "--beta", "0.5"]
+    assert main(argv) == 0
+    return out
