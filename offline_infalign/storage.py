@@ -42,8 +42,9 @@ __all__ = ["MANIFEST", "read_manifest", "load_artifact", "save_artifact", "conte
 
 MANIFEST = "manifest.json"
 WORK = "_work"
-# Inputs up to this size are hashed on every open (~0.5 s per GB here); larger ones only with verify=True.
-HASH_ALWAYS_BYTES = 256 << 20
+# Inputs up to this size are hashed on every open: ~1-2.3 s per GiB here, under 1% of any stage that reads a
+# 100k x 32 input (3.7 GiB; benchmarks/README.md, Reliability); larger ones only with verify=True.
+HASH_ALWAYS_BYTES = 4 << 30
 FAULT_ENV = "INFALIGN_FAULT"
 STAGE = "stage"  # inside _work: the stage an unfinished run writes
 LOCK = ".infalign.lock"  # inside an output folder while a run writes it; holds the writer's pid

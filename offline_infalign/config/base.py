@@ -41,9 +41,9 @@ DUPLICATE_POLICIES = ("fail", "skip")
 # The opt-in for pickle weights (modeling.from_pretrained), offered by every command that loads a model.
 ALLOW_PICKLE_HELP = "load a model folder that only has pytorch_model.bin (pickle: can run code); off by default"
 # The integrity check of an input artifact (storage.load_artifact), offered by every command that opens one.
-# 256 MiB is storage.HASH_ALWAYS_BYTES (not imported: storage imports config); benchmarks/README.md, Reliability.
+# 4 GiB is storage.HASH_ALWAYS_BYTES (not imported: storage imports config); benchmarks/README.md, Reliability.
 VERIFY_HELP = ("hash the input artifact's data files against the content hash in its manifest: --verify always, "
-               "--no-verify never; default: only inputs up to 256 MiB (about 1.3 s per GiB here). Row counts and K "
+               "--no-verify never; default: only inputs up to 4 GiB (about 1.3 s per GiB here). Row counts and K "
                "are checked on every open")
 
 
