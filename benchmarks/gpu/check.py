@@ -383,11 +383,16 @@ def main(argv=None) -> int:
         print("no GPU: running the toy shapes on the real model's config (pass --toy for the tiny model)")
     ctx.data, ctx.tokens = pairs_dataset(folder, root, ctx.shape, ctx.device, dtype)
     rows = []
-    for name in ("trainer", "memory", "sampling", "exactness"):  # memory reuses trainer's peak, exactness
-        if name in args.sections:                                 # sampling's ref_logps
-            t0 = time.perf_counter()
-            rows += SECTIONS[name](ctx)
-            print(f"[{name}: {time.perf_counter() - t0:.0f} s]", flush=True)
+    try:
+        for name in ("trainer", "memory", "sampling", "exactness"):  # memory reuses trainer's peak, exactness
+            if name in args.sections:                                 # sampling's ref_logps
+                t0 = time.perf_counter()
+                rows += SECTIONS[name](ctx)
+                print(f"[{name}: {time.perf_counter() - t0:.0f} s]", flush=True)
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)  # a model of Gemma's size is ~1 GB on disk
     device = torch.cuda.get_device_name() if gpu else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
     import transformers
 
