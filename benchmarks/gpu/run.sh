@@ -6,8 +6,8 @@
 #   benchmarks/gpu/run.sh           # the GPU run
 #   benchmarks/gpu/run.sh --toy     # CPU, a tiny Llama, seconds (tests/test_gpu_script.py runs it)
 #
-# A lent GPU machine has no network and its python3 lacks datasets and trl: benchmarks/gpu/wheels.sh (run here)
-# puts their wheels in .whl/, which travels with `carry: [".whl"]`; they are installed into /tmp/site below.
+# A lent GPU machine has no network and its python3 lacks datasets, trl and bitsandbytes: benchmarks/gpu/wheels.sh
+# (run here) puts their wheels in .whl/, which travels with `carry: [".whl"]`; they are installed into /tmp/site below.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PYTHON:-}"
