@@ -1,19 +1,25 @@
-"""Trainer throughput and peak memory: offline-infalign (stored reference log-probs) vs TRL's DPOTrainer.
+"""Trainer throughput and peak memory at realistic shapes: this trainer's group forward vs TRL's DPOTrainer with
+precomputed reference log-probs (`precompute_ref_log_probs=True`, the fair anchor: our stored reference is paid
+at build time), side by side in one invocation.
 
-Both train the DPO loss on the same pairs, the same base model, the same LoRA (r=16, alpha=32, dropout 0,
-all-linear) and the same batch, in one invocation; each configuration runs in its own subprocess so that its
-peak RSS is its own. TRL computes the reference by a forward pass of the adapter-disabled policy every step
-(its default with a peft_config); ours reads the dataset's stored `ref_*_logps` columns and skips that pass.
-"ours (live ref)" is our trainer forced to reference='live', the like-for-like control.
+Shapes: a 32k-token vocabulary (word-level tokenizer "w0".."w31999"), prompts 250–350 tokens (300 on average),
+completions 40–120 tokens ending with EOS, K completions per prompt. Model: a narrow Llama (hidden 128, 4 layers,
+4 heads, 2 KV heads; LoRA r=16, alpha=32, dropout 0, all-linear), float32. Every configuration runs in its own
+subprocess (so its peak RSS is its own), one torch thread; rates are per second of the process's CPU time
+(wall-clock time on a shared machine mostly measures the neighbours), over the steps after `--warmup`.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trainer.py                 # CPU, ~2-3 minutes
-    .venv/bin/python benchmarks/bench_trainer.py --device-model PATH --bf16        # GPU, a real ~0.5B model
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trainer.py            # CPU, about 8 minutes
 
-tokens/s counts prompt + completion tokens of both sequences of each pair (our tokenization, the same pairs
-for both), over the timed steps (after `--warmup` steps). On CPU the rate is per second of the process's CPU
-time (one torch thread), because wall-clock time on a shared machine mostly measures the neighbours; the
-wall-clock rate is printed too. On GPU it is wall-clock (synchronized). Peak memory is the process's max RSS on CPU (it
-includes the Python/torch baseline, shown as "RSS at start") and torch.cuda.max_memory_allocated on GPU.
+Rows (README "Trainer" has a measured table):
+- pairs (the recipes' shape: 48 pairs per prompt drawn from K = 32): TRL on batches of 8 pairs vs ours on
+  group batches (a prompt's 48 pairs together, its distinct completions computed once), the DPO loss on both.
+  Its precompute pass (a no-grad forward over the whole dataset before training) is reported apart, per pair.
+- listwise K = 8 and K = 32: ours, one prompt group per step (the listwise loss); TRL has no listwise loss, so
+  the ratio is against TRL's pairs rate in tokens/s.
+- memory: listwise K = 8 and K = 64 with chunk_size = 8 (the two-pass step), and K = 64 in one pass.
+tokens/s counts real tokens only: each trained sequence's prompt + completion tokens, no padding, as the
+per-row formulation defines the work (a pair is 2 sequences, a group K). Peak memory is the process's max RSS
+and, apart, its growth during training (max RSS − RSS just before `train()`).
 """
 
 from __future__ import annotations
@@ -30,185 +36,314 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
+VOCAB, HIDDEN, LAYERS = 32_000, 128, 4
 LORA = dict(r=16, alpha=32, dropout=0.0, target_modules="all-linear")
 BETA = 0.1
+PAIRS_PER_PROMPT = 48
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def build(root: Path, num_pairs: int, seed: int = 0) -> tuple[Path, Path]:
-    """A 4-layer, 256-wide Llama (word-level tiny tokenizer) and a prepared pairs dataset with stored ref log-probs."""
+def _status_mb(key: str) -> float | None:
+    """VmRSS (now) or VmHWM (peak since the last reset) from /proc/self/status, in MB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM (Linux ≥ 4.0: writing 5 to clear_refs), so the peak read after training is training's own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ---- data and model ------------------------------------------------------------------------------------------
+
+
+def build_model(root: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    special = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {t: i for i, t in enumerate(special + [f"w{i}" for i in range(VOCAB - len(special))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
+                                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=1024, bos_token_id=2, eos_token_id=3,
+                                         pad_token_id=0, tie_word_embeddings=False))
+    out = root / "model"
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def _groups(num_prompts: int, k: int, seed: int):
+    """(prompt ids, [k completion ids]) with prompts of 250–350 tokens, completions of 40–120 ending with EOS."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    words = np.arange(4, VOCAB)
+    return [(rng.choice(words, int(rng.integers(250, 351))).tolist(),
+             [rng.choice(words, int(rng.integers(39, 120))).tolist() + [3] for _ in range(k)])
+            for _ in range(num_prompts)]
+
+
+def _ref_logps(model_dir: Path, prompts, completions) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from offline_infalign.groups import pack_sequences
+    from offline_infalign.logprobs import packed_logps
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(prompts), 64):
+            packed = pack_sequences(prompts[lo: lo + 64], completions[lo: lo + 64], 0, chunk_size=16)
+            lp = packed_logps(model, packed["group_units"], packed["group_num_seqs"])
+            out += lp[packed["group_seq_index"]].tolist()
+    return out
+
+
+def build_data(root: Path, model_dir: Path, kind: str, num_prompts: int, k: int, seed: int,
+               name: str | None = None) -> Path:
+    """A prepared artifact (with the id columns and stored reference log-probs) and, for pairs, the same pairs
+    as text for TRL."""
     import numpy as np
     from datasets import Dataset, DatasetDict
-    from tiny_models import WORDS, tiny_causal_lm, tiny_tokenizer
-    from train_fixtures import ref_logps
 
     from offline_infalign.storage import save_artifact
 
-    tok = tiny_tokenizer()
-    model = tiny_causal_lm(tok, seed=seed, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                           num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
-    model_dir = root / "model"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    rng = np.random.default_rng(seed)
-
-    def text(lo, hi):
-        return " ".join(rng.choice(WORDS, size=int(rng.integers(lo, hi))))
-
-    rows = [{"prompt_id": f"p{i}", "prompt": text(16, 33), "chosen": text(32, 97), "rejected": text(32, 97),
-             "target_margin": float(rng.uniform(0, 1)), "weight": 1.0} for i in range(num_pairs)]
-    for col, ref in (("chosen", "ref_chosen_logps"), ("rejected", "ref_rejected_logps")):
-        values = []
-        for lo in range(0, num_pairs, 64):
-            part = rows[lo: lo + 64]
-            values += ref_logps(model_dir, [r["prompt"] for r in part], [r[col] for r in part])
-        for r, v in zip(rows, values):
-            r[ref] = v
-    for r in rows:
-        r["soft_label"] = float(1 / (1 + np.exp(-r["target_margin"])))
-    ds = Dataset.from_list(rows)
-    data_dir = root / "pairs"
-    save_artifact(DatasetDict(train=ds, test=ds.select(range(8))), data_dir,
-                  {"stage": "prepared", "kind": "pairs", "transform": "exp", "tilt": 3.0, "beta": BETA,
-                   "procedure": "bon", "n": 4, "num_samples": 4, "model": str(model_dir), "ref_dtype": "float32"})
-    return model_dir, data_dir
+    groups = _groups(num_prompts, k, seed)
+    text = lambda ids: " ".join("</s>" if i == 3 else f"w{i - 4}" for i in ids)  # noqa: E731
+    rng = np.random.default_rng(seed + 1)
+    if kind == "listwise":
+        ref = _ref_logps(model_dir, [p for p, cs in groups for _ in cs], [c for _, cs in groups for c in cs])
+        rows = [{"prompt_id": f"p{g}", "prompt": text(p), "prompt_ids": p, "completions": [text(c) for c in cs],
+                 "completion_ids": cs, "targets": rng.uniform(size=k).tolist(), "ref_logps": ref[g * k:(g + 1) * k]}
+                for g, (p, cs) in enumerate(groups)]
+    else:
+        rows = []
+        ii, jj = np.triu_indices(k, 1)
+        for g, (p, cs) in enumerate(groups):
+            for a in rng.choice(len(ii), PAIRS_PER_PROMPT, replace=False):
+                c, r = cs[ii[a]], cs[jj[a]]
+                rows.append({"prompt_id": f"p{g}", "prompt": text(p), "chosen": " " + text(c),
+                             "rejected": " " + text(r), "prompt_ids": p, "chosen_ids": c, "rejected_ids": r,
+                             "target_margin": float(rng.uniform()), "weight": 1.0})
+        ref_c = _ref_logps(model_dir, [r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows])
+        ref_r = _ref_logps(model_dir, [r["prompt_ids"] for r in rows], [r["rejected_ids"] for r in rows])
+        for r, a, b in zip(rows, ref_c, ref_r):
+            r["ref_chosen_logps"], r["ref_rejected_logps"] = a, b
+    out = root / (name or f"{kind}_k{k}")
+    save_artifact(DatasetDict(train=Dataset.from_list(rows)), out,
+                  {"stage": "prepared", "kind": kind, "transform": "exp", "tilt": 3.0, "beta": BETA,
+                   "procedure": "bon", "n": 4, "num_samples": k, "model": str(model_dir), "ref_dtype": "float32"})
+    return out
 
 
-def _tokens_per_pair(data_dir: Path, model_dir: Path) -> float:
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
-    from offline_infalign.tokenization import encode_completion, encode_prompt
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    ds = load_from_disk(str(data_dir))["train"]
-    total = 0
-    for r in ds:
-        p = len(encode_prompt(tok, r["prompt"]))
-        total += 2 * p + len(encode_completion(tok, r["chosen"])) + len(encode_completion(tok, r["rejected"]))
-    return total / len(ds)
+# ---- one configuration per process ------------------------------------------------------------------------
 
 
 def worker(args) -> dict:
     import torch
+    from datasets import load_from_disk
     from transformers import TrainerCallback
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model_dir, data_dir, out = Path(args.model), Path(args.data), Path(args.out)
-    on_gpu = torch.cuda.is_available()
-    stamps: list[float] = []
-    cpu_stamps: list[float] = []
+    torch.set_num_threads(1)
+    data_dir, out = Path(args.data), Path(args.out)
+    kind = "listwise" if "listwise" in data_dir.name else "pairs"
+    # in memory: TRL's dataset.map would otherwise write cache files into the artifact (its content hash)
+    rows = load_from_disk(str(data_dir), keep_in_memory=True)["train"]
+    stamps: list[tuple[float, float, int]] = []  # (process time, wall time, tokens so far)
+    seen = {"tokens": 0, "pairs": 0}
 
     class Clock(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            if on_gpu:
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
-            cpu_stamps.append(time.process_time())
+            stamps.append((time.process_time(), time.perf_counter(), seen["tokens"], seen["pairs"]))
 
-    if args.which in ("ours", "ours_live"):
-        from offline_infalign.config import TrainConfig
-        from offline_infalign.stages.train import make_trainer
-
-        cfg = TrainConfig(dataset=str(data_dir), model=str(model_dir), loss="dpo", out=str(out), beta=BETA,
-                          max_steps=args.steps, learning_rate=1e-4, lora_r=LORA["r"], lora_alpha=LORA["alpha"],
-                          lora_dropout=LORA["dropout"], target_modules=[LORA["target_modules"]],
-                          per_device_train_batch_size=args.batch, logging_steps=10_000, save_steps=None,
-                          reference="stored" if args.which == "ours" else "live", bf16=args.bf16)
-        trainer, info = make_trainer(cfg)
-        assert info["reference"] == ("stored" if args.which == "ours" else "live"), info
-    else:
-        from datasets import load_from_disk
+    precompute = {}
+    if args.which in ("trl", "trl_compact"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import DPOConfig, DPOTrainer
 
         from offline_infalign.modeling import lora_config
 
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir),
-                                                     dtype=torch.bfloat16 if args.bf16 else torch.float32)
-        ds = load_from_disk(str(data_dir))["train"].select_columns(["prompt", "chosen", "rejected"])
-        dcfg = DPOConfig(output_dir=str(out), beta=BETA, max_steps=args.steps, learning_rate=1e-4,
-                         per_device_train_batch_size=args.batch, logging_steps=10_000, save_strategy="no",
-                         bf16=bool(args.bf16), use_cpu=not on_gpu, report_to="none",
-                         gradient_checkpointing=False,  # TRL's default is True; ours is False: compare like with like
-                         max_length=None, seed=0)
-        trainer = DPOTrainer(model=model, args=dcfg, train_dataset=ds, processing_class=tok,
-                             peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["target_modules"]))
+        original = DPOTrainer._precompute_ref_logps
+
+        def timed(self, dataset, *a, **kw):
+            t0, w0 = time.process_time(), time.perf_counter()
+            result = original(self, dataset, *a, **kw)
+            precompute.update(cpu=time.process_time() - t0, wall=time.perf_counter() - w0, pairs=len(dataset))
+            return result
+
+        DPOTrainer._precompute_ref_logps = timed
+        if args.which == "trl_compact":
+            # TRL's fused LM head scores only completion positions on CUDA/XPU ("compact"), every position
+            # elsewhere; this row forces its GPU behaviour on the CPU (same kernel fallback, fewer positions).
+            import trl.trainer.utils as trl_utils
+
+            trl_utils._use_triton = lambda device: True
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        cfg = DPOConfig(output_dir=str(out), beta=BETA, max_steps=args.steps, learning_rate=1e-4,
+                        per_device_train_batch_size=args.batch, logging_steps=10_000, save_strategy="no",
+                        use_cpu=True, report_to="none", gradient_checkpointing=False, max_length=None, seed=0,
+                        precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch, bf16=False)
+        trainer = DPOTrainer(model=model, args=cfg, processing_class=tok,
+                             train_dataset=rows.select_columns(["prompt", "chosen", "rejected"]),
+                             peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"],
+                                                     LORA["target_modules"]))
+    else:
+        from offline_infalign.config import TrainConfig
+        from offline_infalign.stages.train import make_trainer
+
+        cfg = TrainConfig(dataset=str(data_dir), model=args.model, loss="listwise" if kind == "listwise" else "dpo",
+                          out=str(out), beta=BETA, max_steps=args.steps, learning_rate=1e-4, lora_r=LORA["r"],
+                          lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                          target_modules=[LORA["target_modules"]], per_device_train_batch_size=args.batch,
+                          logging_steps=10_000, save_steps=None, reference="stored", bf16=False,
+                          chunk_size=args.chunk_size, group_forward=args.which != "ours_rows")
+        trainer, _ = make_trainer(cfg)
+    step = trainer.training_step
+
+    def counting(model, inputs, *a, **kw):  # the real tokens of the batch this step trains on
+        seen["tokens"] += int(inputs["attention_mask"].sum())  # per-row layout: prompt + completion per sequence
+        if args.which.startswith("trl"):
+            seen["pairs"] += inputs["attention_mask"].shape[0] // 2
+        else:
+            seen["pairs"] += len(inputs["target_margin" if kind == "pairs" else "mask"])
+        return step(model, inputs, *a, **kw)
+
+    trainer.training_step = counting
     trainer.add_callback(Clock())
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    rss_start = _rss_mb()
+    reset = _reset_peak()
+    rss_start = _status_mb("VmRSS")
     trainer.train()
-    timed = stamps[-1] - stamps[args.warmup - 1]
-    cpu = cpu_stamps[-1] - cpu_stamps[args.warmup - 1]
-    pairs = (len(stamps) - args.warmup) * args.batch
-    return {"which": args.which, "seconds": timed, "wall_pairs_per_s": pairs / timed,
-            "pairs_per_s": pairs / (timed if on_gpu else cpu), "cpu_seconds": cpu,
-            "rss_start_mb": rss_start, "peak_rss_mb": _rss_mb(),
-            "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
+    (c0, w0, t0, p0), (c1, w1, t1, p1) = stamps[args.warmup - 1], stamps[-1]
+    return {"which": args.which, "data": data_dir.name, "tokens_per_s": (t1 - t0) / (c1 - c0),
+            "wall_tokens_per_s": (t1 - t0) / (w1 - w0), "pairs_per_s": (p1 - p0) / (c1 - c0),
+            "steps": len(stamps) - args.warmup, "rss_start_mb": rss_start, "peak_rss_mb": _rss_mb(),
+            "train_peak_mb": _status_mb("VmHWM") if reset else None, "precompute": precompute}
+
+
+# ---- the side-by-side run ---------------------------------------------------------------------------------
+
+
+def run(which, model, data, out, steps, warmup, batch, chunk_size=None, env=None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", which, "--model", str(model), "--data", str(data), "--out",
+           str(out), "--steps", str(steps), "--warmup", str(warmup), "--batch", str(batch)]
+    if chunk_size:
+        cmd += ["--chunk-size", str(chunk_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {})))
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        raise SystemExit(f"{which} on {data} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(line[0][7:])
+
+
+NAMES = {"trl": "TRL DPOTrainer, precomputed ref (head at every position: its CPU path)",
+         "trl_compact": "TRL DPOTrainer, precomputed ref, head at completion positions (its GPU path)",
+         "ours_pairs": "ours, pairs, group batches (a prompt's 48 pairs per step)",
+         "lw8": "ours, listwise K = 8", "lw32": "ours, listwise K = 32",
+         "mem8": "ours, listwise K = 8, chunk_size 8", "mem64": "ours, listwise K = 64, chunk_size 8",
+         "mem64_one_pass": "ours, listwise K = 64, one pass"}
+
+
+def _growth(r) -> float:
+    """Peak RSS during training above the RSS just before it (VmHWM reset), or max RSS − start elsewhere."""
+    return (r["train_peak_mb"] if r["train_peak_mb"] is not None else r["peak_rss_mb"]) - r["rss_start_mb"]
+
+
+def report(res: dict) -> None:
+    trl, compact = res["trl"], res["trl_compact"]
+    print("\n| configuration | tokens/s | pairs (or groups) /s | peak RSS (MB) | training's own peak (MB) | "
+          "vs TRL | vs TRL (completion-only head) |")
+    print("|---|---|---|---|---|---|---|")
+    for key, r in res.items():
+        print(f"| {NAMES[key]} | {r['tokens_per_s']:.0f} | {r['pairs_per_s']:.3g} | {r['peak_rss_mb']:.0f} | "
+              f"{_growth(r):.0f} | {r['tokens_per_s'] / trl['tokens_per_s']:.2f}x | "
+              f"{r['tokens_per_s'] / compact['tokens_per_s']:.2f}x |")
+    for key in ("trl", "trl_compact"):
+        pre = res[key]["precompute"]
+        print(f"\n{key} precompute pass: {pre['pairs'] / pre['cpu']:.2f} pairs/s of CPU time ({pre['pairs']} pairs, "
+              f"{pre['cpu']:.1f} s); its training {res[key]['pairs_per_s']:.2f} pairs/s")
+    ours = res["ours_pairs"]["pairs_per_s"]
+    for key in ("trl", "trl_compact"):
+        r, pre = res[key], res[key]["precompute"]
+        epoch = 1 / r["pairs_per_s"] + pre["cpu"] / pre["pairs"]  # CPU seconds per pair, precompute included
+        print(f"pairs per epoch, ours vs {key}: {ours / r['pairs_per_s']:.1f}x training only, "
+              f"{ours * epoch:.1f}x with its precompute pass (goal >= 5x)")
+    for key in ("trl", "trl_compact"):
+        print(f"listwise K = 32 vs {key} tokens/s: {res['lw32']['tokens_per_s'] / res[key]['tokens_per_s']:.1f}x "
+              "(goal >= 3x)")
+    if "mem64" in res:
+        print(f"memory, listwise K = 64 vs K = 8 with chunk_size 8: training's own peak "
+              f"{_growth(res['mem64']):.0f} vs {_growth(res['mem8']):.0f} MB = "
+              f"{_growth(res['mem64']) / _growth(res['mem8']):.2f}x, process peak RSS "
+              f"{res['mem64']['peak_rss_mb'] / res['mem8']['peak_rss_mb']:.2f}x (goal <= 1.2x); one pass: "
+              f"{_growth(res['mem64_one_pass']):.0f} MB")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each configuration, interleaved; best is kept")
-    ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--device-model", help="a real model folder instead of the built one (pairs are rebuilt for it)")
-    ap.add_argument("--worker", dest="which", choices=["ours", "ours_live", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=5, help="steps per configuration (TRL: batches of --batch pairs)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8, help="TRL's pairs per step; our rows per batch")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and no memory rows (a smoke run)")
+    ap.add_argument("--worker", dest="which", choices=["trl", "trl_compact", "ours", "ours_rows"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--chunk-size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.which:
         print("RESULT " + json.dumps(worker(args)))
         return
 
-    root = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     t0 = time.time()
-    model_dir, data_dir = build(root, args.pairs)
-    if args.device_model:
-        raise SystemExit("--device-model: build pairs for a real model with `infalign build` and pass them here "
-                         "(not implemented in this CPU run)")
-    tokens = _tokens_per_pair(data_dir, model_dir)
-    print(f"built model + {args.pairs} pairs in {time.time() - t0:.1f} s; {tokens:.1f} tokens per pair")
-    results: dict[str, list[dict]] = {"trl": [], "ours": [], "ours_live": []}
-    for rep in range(args.repeats):
-        for which in ("trl", "ours", "ours_live"):
-            cmd = [sys.executable, __file__, "--worker", which, "--model", str(model_dir), "--data", str(data_dir),
-                   "--out", str(root / f"out_{which}_{rep}"), "--steps", str(args.steps), "--warmup",
-                   str(args.warmup), "--batch", str(args.batch)] + (["--bf16"] if args.bf16 else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                raise SystemExit(f"{which} failed:\n{proc.stderr[-4000:]}")
-            r = json.loads(line[0][7:])
-            r["tokens_per_s"] = r["pairs_per_s"] * tokens
-            r["wall_tokens_per_s"] = r["wall_pairs_per_s"] * tokens
-            results[which].append(r)
-            print(f"  run {rep} {which:9s} {r['pairs_per_s']:7.2f} pairs/s {r['tokens_per_s']:9.0f} tokens/s "
-                  f"(wall clock: {r['wall_tokens_per_s']:7.0f} tokens/s) "
-                  f"peak RSS {r['peak_rss_mb']:7.0f} MB (start {r['rss_start_mb']:.0f})")
-    best = {k: max(v, key=lambda r: r["tokens_per_s"]) for k, v in results.items()}
-    print("\n| trainer | tokens/s | pairs/s | wall-clock tokens/s | peak RSS (MB) | RSS at start (MB) | speed vs TRL |")
-    print("|---|---|---|---|---|---|---|")
-    names = {"trl": "TRL DPOTrainer (live ref)", "ours": "offline-infalign, stored ref",
-             "ours_live": "offline-infalign, live ref"}
-    for k in ("trl", "ours", "ours_live"):
-        r = best[k]
-        print(f"| {names[k]} | {r['tokens_per_s']:.0f} | {r['pairs_per_s']:.2f} | {r['wall_tokens_per_s']:.0f} | "
-              f"{r['peak_rss_mb']:.0f} | "
-              f"{r['rss_start_mb']:.0f} | {r['tokens_per_s'] / best['trl']['tokens_per_s']:.2f}x |")
-    print(f"\nratio (stored ref / TRL): {best['ours']['tokens_per_s'] / best['trl']['tokens_per_s']:.2f}x "
-          f"(goal >= 1.3x); total {time.time() - t0:.0f} s")
+    root = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
+    model = build_model(root)
+    steps = 3 if args.quick else args.steps
+    # TRL precomputes its whole dataset before training: one prompt's 48 pairs, 2 + 1 steps of 8 pairs
+    trl_pairs = build_data(root, model, "pairs", 1, 32, seed=0, name="pairs_trl")
+    pairs = build_data(root, model, "pairs", steps + 1, 32, seed=1)  # ours: one prompt (48 pairs) per step
+    lw = {k: build_data(root, model, "listwise", max(steps, 3) + 1, k, seed=k)
+          for k in ((8, 32) if args.quick else (8, 32, 64))}
+    print(f"built model and data in {time.time() - t0:.0f} s ({root})")
+    res = {}
+    res["trl"] = run("trl", model, trl_pairs, root / "o_trl", min(steps, 3) + 1, 1, args.batch)
+    res["trl_compact"] = run("trl_compact", model, trl_pairs, root / "o_trlc", min(steps, 3) + 1, 1, args.batch)
+    res["ours_pairs"] = run("ours", model, pairs, root / "o_pairs", steps, 1, args.batch)
+    for k in (8, 32):
+        res[f"lw{k}"] = run("ours", model, lw[k], root / f"o_lw{k}", steps, 1, 1)
+    if not args.quick:
+        # glibc keeps freed blocks below its (growing) mmap threshold cached, so RSS would measure its caching
+        # as much as the tensors alive; a fixed threshold returns every block of 64 kB or more when freed
+        exact = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+        for k in (8, 64):
+            res[f"mem{k}"] = run("ours", model, lw[k], root / f"o_mem{k}", 3, 1, 1, chunk_size=8, env=exact)
+        res["mem64_one_pass"] = run("ours", model, lw[64], root / "o_mem64_1", 3, 1, 1, env=exact)
+    report(res)
+    print(f"total {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

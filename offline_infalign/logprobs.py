@@ -171,13 +171,13 @@ def _no_mask(config, input_ids):
 
 def target_logps(hidden: torch.Tensor, head, targets: torch.Tensor, softcap: float | None = None,
                  chunk: int | None = None) -> torch.Tensor:
-    """log softmax(head(hidden))[targets], (T,) float32, `chunk` positions at a time (default: about 2^26
+    """log softmax(head(hidden))[targets], (T,) float32, `chunk` positions at a time (default: about 2^24
     logits per chunk, at most 1024 positions), so neither the (T × V) logits nor an fp32 copy of them exist.
 
     A frozen plain Linear head (LoRA never targets it) takes the exact shortcut of `_TargetLogProbs`; a
     trainable head recomputes each chunk's logits in backward (checkpointing)."""
     vocab = head.weight.shape[0]
-    chunk = chunk or max(16, min(1024, 2**26 // vocab))
+    chunk = chunk or max(16, min(1024, 2**24 // vocab))
     weight, bias = head.weight, getattr(head, "bias", None)
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
     if type(head) is torch.nn.Linear and frozen:
