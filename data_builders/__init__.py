@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from offline_infalign.core.checks import decode_utf8
 from offline_infalign.core.errors import InfalignError
 
 __all__ = ["register_source", "get_prompt_source", "source_names", "prompt_id", "normalize_prompt", "load_rows",
@@ -89,13 +90,7 @@ def check_json_file(path: str | Path) -> None:
     """Refuse a local .json/.jsonl file that is not UTF-8 text (naming the byte offset and line) or, line by
     line, not JSON (naming the line): `datasets` reports either as a traceback, or only when the row is read."""
     path = Path(path)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InfalignError(f"prompt file {str(path)!r} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte "
-                            f"offset {exc.start} (line {line}) cannot be decoded; save the file as UTF-8") from None
+    text = decode_utf8(path.read_bytes(), f"prompt file {str(path)!r}", "save the file as UTF-8")
     if path.suffix == ".json":
         try:  # one JSON document (a list of rows, or rows under a field) is what `datasets` reads first
             json.loads(text)

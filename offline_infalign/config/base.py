@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..core.checks import decode_utf8
 from ..core.errors import InfalignError
 
 T = TypeVar("T")
@@ -234,13 +235,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
         if not p.is_file():
             raise InfalignError(f"config file {str(p)!r} " + ("is a folder, not a file" if p.is_dir() else
                                                             "does not exist"))
-        data = p.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            raise InfalignError(f"config file {str(p)!r} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte "
-                                f"offset {exc.start} (line {line}) cannot be decoded; save it as UTF-8") from None
+        text = decode_utf8(p.read_bytes(), f"config file {str(p)!r}")
         try:
             loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:  # PyYAML's message spans several lines (with a caret): made one

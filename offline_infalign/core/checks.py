@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import InfalignError
 
-__all__ = ["check_finite", "check_positive"]
+__all__ = ["check_finite", "check_positive", "decode_utf8"]
 
 
 def check_finite(values, what: str, ids: Sequence | None = None, hint: str = "") -> np.ndarray:
@@ -42,3 +42,13 @@ def check_positive(value, what: str, name: str | None = None) -> float:
     if not (math.isfinite(v) and v > 0):
         raise InfalignError(f"{what} must be a finite number > 0, got {got}")
     return v
+
+
+def decode_utf8(data: bytes, what: str, fix: str = "save it as UTF-8") -> str:
+    """`data` as text; InfalignError naming the first byte that is not UTF-8, its offset and line, otherwise."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InfalignError(f"{what} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+                            f"(line {line}) cannot be decoded; {fix}") from None
