@@ -156,9 +156,14 @@ def _random_sequences(vocab, seed=1):
     return prompts, completions
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", ["llama", "gemma3_text", "qwen2", "qwen3"])
+# Every (family, attention, dtype) but eager float64 with sliding windows, where transformers' own eager sliding
+# mask gives NaN rows (the reference side, not the packed one): those combinations are not generated at all.
+_FAMILY_CASES = [(family, attn, dtype) for dtype in ("float32", "float64") for attn in ("sdpa", "eager")
+                 for family in ("llama", "gemma3_text", "qwen2", "qwen3")
+                 if not (dtype == "float64" and attn == "eager" and family != "llama")]
+
+
+@pytest.mark.parametrize("family,attn,dtype", _FAMILY_CASES)
 def test_packed_equals_per_row_for_each_model_family(family, attn, dtype, monkeypatch):
     """float32: the tolerances of the issue (Gemma 3's six soft-capped layers round to 1.3e-5 relative in
     the gradient, hence 3e-5 there). float64 shows that is rounding: Gemma 3 agrees to 1e-14 in log-probs and
@@ -168,8 +173,6 @@ def test_packed_equals_per_row_for_each_model_family(family, attn, dtype, monkey
     from offline_infalign.modeling import lora_config
 
     if dtype == "float64":
-        if attn == "eager" and family != "llama":
-            pytest.skip("transformers' own eager sliding mask gives NaN rows in float64 (the reference side)")
         monkeypatch.setattr(torch.Tensor, "float", lambda self: self)  # no float32 log-softmax in float64
     exact = family == "gemma3_text"  # computes in the weights' dtype throughout (with .float() a no-op)
     tol = {"float32": (1e-5, 3e-5 if exact else 1e-5), "float64": (1e-12, 1e-12) if exact else (1e-7, 1e-6)}[dtype]
