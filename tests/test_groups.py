@@ -268,6 +268,24 @@ def test_group_forward_gives_the_per_row_loss_and_gradients(fixtures, tmp_path, 
                                            zip(batch["input_ids"], batch["attention_mask"].bool())})
 
 
+def test_full_finetuning_group_forward_is_exact(fixtures, tmp_path):
+    """Every weight trains, the LM head's too: the head's chunks are recomputed in backward (checkpointing)."""
+    kind = "listwise"
+    data = {"model": fixtures["bpe"]["model"], kind: fixtures["bpe"][kind]}
+    trainer, _ = T.make_trainer(cfg_for(data, "listwise", tmp_path, full_finetune=True, reference="stored"))
+    model = trainer.model
+    assert causal_lm(model).get_output_embeddings().weight.requires_grad
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    model.train()
+    grads = {}
+    for group in (False, True):
+        trainer.group_forward = group
+        trainer.compute_loss(model, batch).backward()
+        grads[group] = _grads(model)
+    assert trainer._packed is True
+    _assert_grads_close(grads[True], grads[False])
+
+
 @pytest.mark.parametrize("loss", ["listwise", "pointwise", "tilted_pairwise", "dpo", "weighted_sft"])
 def test_two_pass_chunked_step_has_the_one_pass_gradient(fixtures, tmp_path, loss):
     one, batch = _trainer(fixtures, "bpe", loss, tmp_path, reference="live")
