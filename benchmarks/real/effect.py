@@ -53,12 +53,12 @@ for _p in (str(HERE), str(ROOT / "benchmarks"), str(ROOT)):  # gemma, reproduce_
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from reproduce_tradeoff import _next_beta, _next_steps, _paired_diff, _theory_at_kl  # noqa: E402
+from effect_report import JUDGE, goals, report  # noqa: E402
+from reproduce_tradeoff import _next_beta, _next_steps, _theory_at_kl  # noqa: E402
 
-REAL_REWARD, JUDGE = "benchmarks.real.rewards:minilm_sentiment", "benchmarks.real.rewards:tfidf_judge"
+REAL_REWARD = "benchmarks.real.rewards:minilm_sentiment"
 TEMPLATE = {"real": "Customer {prompt}\n", "toy": "{prompt}"}  # the demo's "review of the cozy cafe in town:"
 ARMS = ["dpo", "identity", "log", "exp_bon", "exp_won"]
-SERVED = {"bon": ["dpo", "identity", "log", "exp_bon"], "won": ["identity", "exp_won"]}  # the table's blocks
 PROFILES = {
     # One H100/H200: 300 prompts × 32 samples, 10 trainings of ≤ 120 steps and their evaluations.
     "real": dict(budgets=[0.3], n=4, num_prompts=300, num_samples=32, max_new_tokens=48, eval_prompts=64,
@@ -293,134 +293,6 @@ def run_budget(effect: Effect, budget: float, eval_file: Path, log) -> dict:
             f"won{a.n}={best['results']['won'][str(a.n)]['win_rate']:.3f} "
             f"judge bon{a.n}={best['judge']['bon'][str(a.n)]['win_rate']:.3f}")
     return per_arm
-
-
-def goals(results: dict, n: int) -> list[dict]:
-    """The issue's goals, checked on each budget: exp − identity ≥ 3 points of best-of-N at matched KL with the
-    interval excluding 0; the worst-of-N tilt beats identity; each arm within 3 points of its finite-K ceiling."""
-    out = []
-    for budget, arms in results["budgets"].items():
-        for proc, exp_name, need in (("bon", "exp_bon", 0.03), ("won", "exp_won", 0.0)):
-            if exp_name in arms and "identity" in arms:
-                m, lo, hi = _paired_diff(arms[exp_name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
-                out.append({"budget": budget, "goal": f"{exp_name} − identity ({proc}{n}) ≥ {need:.2f}, CI > 0",
-                            "value": m, "ci": [lo, hi], "met": bool(m >= need and lo > 0),
-                            "kl": [arms[exp_name]["kl"], arms["identity"]["kl"]]})
-        for proc, names in SERVED.items():
-            for name in names:
-                fk = arms.get(name, {}).get("finite_k", {}).get(proc)
-                if fk is not None:
-                    win = arms[name]["results"][proc][str(n)]["win_rate"]
-                    out.append({"budget": budget, "goal": f"{name} ({proc}{n}) within 0.03 of its finite-K ceiling",
-                                "value": win - fk, "met": bool(abs(win - fk) <= 0.03)})
-    return out
-
-
-def _fmt_ci(e: dict) -> str:
-    return f"{e['win_rate']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
-
-
-def _num(x) -> str:
-    return "" if x is None else f"{x:.3f}"
-
-
-def report(results: dict, out: Path) -> str:
-    """The table (printed and written to out/results.md), the median samples before/after, and out/effect.png."""
-    from offline_infalign.demo.run import showcase
-
-    n, lines = results["setup"]["n"], []
-    lines += ["| served | arm | transform | β | steps | KL (± se) | win rate [95% CI] | theory at KL | finite-K "
-              "ceiling | standard win | judge win rate [95% CI] | judge standard win |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for budget, arms in results["budgets"].items():
-        for proc, names in SERVED.items():
-            label = f"{'best' if proc == 'bon' else 'worst'}-of-{n} @ KL {budget}"
-            for name in (x for x in names if x in arms):
-                r = arms[name]
-                lines.append(
-                    f"| {label} | {name} | {r['transform'] if name != 'dpo' else 'dpo (best, worst)'} | "
-                    f"{r['beta']:.4f} | {r['steps']} | {r['kl']:.3f} ± {r['kl_stderr']:.3f} | "
-                    f"{_fmt_ci(r['results'][proc][str(n)])} | {_num(r.get('predicted', {}).get(proc))} | "
-                    f"{_num(r.get('finite_k', {}).get(proc))} | {r['standard']['win_rate']:.3f} | "
-                    f"{_fmt_ci(r['judge'][proc][str(n)])} | {r['judge'][proc]['1']['win_rate']:.3f} |")
-            exp_name = f"exp_{proc}"
-            if exp_name in arms and "identity" in arms:
-                d = _paired_diff(arms[exp_name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
-                j = _paired_diff(arms[exp_name]["judge"]["per_prompt"][proc],
-                                 arms["identity"]["judge"]["per_prompt"][proc])
-                lines.append(f"| {label} | **{exp_name} − identity** | | | | | **{d[0]:+.3f} [{d[1]:+.3f}, "
-                             f"{d[2]:+.3f}]** | | | | **{j[0]:+.3f} [{j[1]:+.3f}, {j[2]:+.3f}]** | |")
-    some = next(iter(next(iter(results["budgets"].values())).values()))
-    lines.append(f"\nwin rates against the base model on {results['setup']['eval_prompts']} held-out prompts × "
-                 f"{results['setup']['eval_samples']} samples per side, 95% bootstrap intervals over prompts; "
-                 f"differences paired by prompt. Judge: {JUDGE.split(':')[1]}; Spearman correlation of training "
-                 f"reward and judge on the base samples: {some['judge']['spearman_base']:.2f}.")
-    lines.append("\n**Goals** (the issue's; met only counts on the GPU run):\n")
-    for g in results["goals"]:
-        ci = f" [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]" if "ci" in g else ""
-        lines.append(f"- KL {g['budget']}: {g['goal']}: {g['value']:+.3f}{ci} — {'met' if g['met'] else 'MISSED'}")
-    lines.append("\nSamples before (base) and after, the median-reward one of each side, training reward in brackets:")
-    for budget, arms in results["budgets"].items():
-        for exp_name in ("exp_bon", "exp_won"):
-            if exp_name not in arms:
-                continue
-            lines.append(f"\n{exp_name} @ KL {budget}:")
-            for ex in showcase(Path(arms[exp_name]["samples"])):
-                lines.append(f"  prompt: {ex['prompt']!r}")
-                for side in ("base", "policy"):
-                    text = ex[side]["completion"].replace("\n", " ")
-                    lines.append(f"    {side:6s} [{ex[side]['reward']:+.2f}] {text[:110]}{'…' if len(text) > 110 else ''}")
-    t = results["timings"]
-    lines.append(f"\nTotal {t['total_s'] / 60:.1f} min ({results['device']}; backend {t.get('backend')}; sampling "
-                 f"{t.get('sample_s', 0):.0f} s, scoring {t.get('score_s', 0):.0f} s; model conversion "
-                 f"{t.get('model_s', 0):.0f} s, not counted).")
-    text = "\n".join(lines)
-    (out / "results.md").write_text(text + "\n")
-    results["plot"] = str(_plot(results, out))
-    return text
-
-
-def _plot(results: dict, out: Path) -> Path:
-    """Two panels (best-of-N, worst-of-N) from plots.plot_tradeoff_curves, side by side in one PNG."""
-    import tempfile
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.image as mpimg
-
-    from offline_infalign.core.tradeoff import tradeoff_curves
-    from offline_infalign.core.transforms import parse_transform
-    from offline_infalign.plots import plot_tradeoff_curves
-
-    n, panels = results["setup"]["n"], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for proc, names in SERVED.items():
-            label = f"{'best' if proc == 'bon' else 'worst'}-of-{n}"
-            budgets = results["budgets"]
-            first = next(iter(budgets.values()))
-            curve_arms = [x for x in names if x != "dpo" and x in first]
-            colors = {x: f"C{i}" for i, x in enumerate(curve_arms)} | {"dpo": "C7"}
-            curves = tradeoff_curves(proc, n, [(first[x]["transform"], parse_transform(first[x]["transform"]))
-                                               for x in curve_arms],
-                                     kl_max=max(0.05, 1.3 * max(r["kl"] for arms in budgets.values()
-                                                                for r in arms.values())), num_points=16)
-            points, dx = [], 0.01 * curves[0].kl.max()  # the judge's point a little to the right
-            for i, (budget, arms) in enumerate(budgets.items()):
-                for name in (x for x in names if x in arms):
-                    r, style = arms[name], {"color": colors[name], "marker": "os^v"[i % 4]}
-                    e, j = r["results"][proc][str(n)], r["judge"][proc][str(n)]
-                    points.append((r["kl"], e["win_rate"], f"{name} @ {budget}", (e["ci_low"], e["ci_high"]), style))
-                    points.append((r["kl"] + dx, j["win_rate"], f"{name} @ {budget}, judge", (j["ci_low"], j["ci_high"]),
-                                   {**style, "mfc": "none"}))
-            panels.append(plot_tradeoff_curves(curves, Path(tmp) / f"{proc}.png", points=points,
-                                               title=f"{results['model_name']}: {label} win rate vs base",
-                                               ylabel=f"{label} win rate vs base (hollow: judge)"))
-        images = [mpimg.imread(p) for p in panels]
-        height = min(im.shape[0] for im in images)
-        path = out / "effect.png"
-        mpimg.imsave(path, np.concatenate([im[:height] for im in images], axis=1))
-    return path
 
 
 def main(argv=None) -> int:
