@@ -72,10 +72,11 @@ class TrainConfig:
                                                "num_train_epochs, refuses a checkpoint of another config. Without "
                                                "it the same command resumes by itself from the newest complete "
                                                "checkpoint")
-    group_forward: bool = field(True, help="compute each prompt once per batch and each distinct completion once: "
-                                "a prompt and its completions packed into one sequence under a block attention "
-                                "mask, the LM head only at completion positions; same loss and gradients as one "
-                                "row per sequence (false: that per-row forward, the reference)")
+    group_forward: bool = field(True, help="batches of whole prompts; each prompt computed once per batch and each "
+                                "distinct completion once (a prompt and its completions packed into one sequence, "
+                                "each completion attending to the prompt and to itself), the LM head only at "
+                                "completion positions; same loss and gradients as one row per sequence (false: "
+                                "that per-row forward, the reference, on batches of rows)")
     chunk_size: int | None = field(None, help="completions per forward pass: an exact two-pass step (log-probs "
                                    "without gradients, then backward a chunk at a time) whose memory is a chunk's, "
                                    "whatever K (null: one pass; needs group_forward and lora_dropout 0)")
