@@ -59,6 +59,7 @@ def output_lock(out: str | Path):
     run never leaves a stale lock. (fcntl.flock: on platforms without it the folder is not locked.)
     """
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -66,6 +67,7 @@ def output_lock(out: str | Path):
         yield
         return
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's pid must survive
+    locked = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,10 +75,16 @@ def output_lock(out: str | Path):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise InfalignError(f"output folder {str(out)!r} is being written by another run (pid {holder}); "
                                 "wait for it to finish or choose another --out") from None
+        locked = True
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        # A run refused before writing anything (bad input) leaves no folder behind: removed while still
+        # locked, so no other run can be inside it.
+        if locked and created and os.listdir(out) == [LOCK]:
+            os.unlink(out / LOCK)
+            out.rmdir()
         os.close(fd)  # releases the lock
 
 

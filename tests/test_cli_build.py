@@ -138,7 +138,7 @@ def test_bad_inputs_each_give_one_clear_line(assets, tmp_path, capsys):
                           "tests.test_cli_build:nan_reward", "--out", str(tmp_path / "nan")])
     pid = datasets.load_from_disk(str(tmp_path / "ok"))["prompt_id"][0]
     assert f"non-finite reward nan for prompt_id {pid}" in err
-    err = _error(capsys, ["score", "--input", str(tmp_path / "missing"), "--reward-model", "demo", "--out", "x"])
+    err = _error(capsys, ["score", "--input", str(tmp_path / "missing"), "--reward-model", "demo", "--out", str(tmp_path / "x")])
     assert "is not a finished artifact folder" in err
 
 

@@ -161,7 +161,7 @@ def test_every_stage_refuses_a_folder_another_run_is_writing(stage, tmp_path, mo
     with output_lock(out):
         with pytest.raises(InfalignError, match=rf"being written by another run \(pid {os.getpid()}\)"):
             LOCKED[stage](setup, out)
-    assert sorted(p.name for p in Path(out).iterdir()) == [".infalign.lock"]  # nothing was written
+        assert sorted(p.name for p in Path(out).iterdir()) == [".infalign.lock"]  # nothing was written
     assert not (tmp_path / "adapter").exists()  # nor anywhere else (eval's policy folder is never created)
 
 

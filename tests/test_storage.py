@@ -203,4 +203,17 @@ def test_output_lock_refuses_a_second_writer_naming_the_holder(tmp_path):
         holder.communicate("")  # the holder exits, and the OS releases its lock
     with output_lock(out):  # free again; the lock file does not make the folder foreign to a stage
         assert ChunkStore(out).start({"seed": 0}) is False
-    assert (out / ".infalign.lock").read_text().strip() == str(os.getpid())
+        assert (out / ".infalign.lock").read_text().strip() == str(os.getpid())
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path):
+    from offline_infalign.storage import output_lock
+
+    with pytest.raises(InfalignError, match="bad input"):
+        with output_lock(tmp_path / "new"):
+            raise InfalignError("bad input")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    with output_lock(tmp_path / "old"):  # a folder the user made stays
+        pass
+    assert (tmp_path / "old").is_dir()
