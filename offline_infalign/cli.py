@@ -1,4 +1,4 @@
-"""`infalign` command line: `infalign {tradeoff,sample,score,prepare,build,train,eval,demo} ...`.
+"""`infalign` command line: `infalign {tradeoff,sample,score,prepare,build,train,eval,demo,import,export} ...`.
 
 Each subcommand lives in `offline_infalign/commands/<name>.py` with two functions: `add_parser(subparsers)`
 (one `commands._common.add_command` call; the command's flags are added only when it is used, so `--help` is
@@ -17,7 +17,9 @@ from .commands._common import CommandParser
 from .core.errors import InfalignError
 
 # Order is the order shown in `infalign --help`.
-COMMANDS = ["demo", "tradeoff", "sample", "score", "prepare", "build", "merge", "train", "eval"]
+COMMANDS = ["demo", "tradeoff", "sample", "score", "prepare", "build", "merge", "train", "eval", "import", "export"]
+# A command whose name is a Python keyword lives in `commands/<name>_.py`.
+_MODULES = {"import": "import_"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offline-infalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMANDS:
-        importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
+        importlib.import_module(f".commands.{_MODULES.get(name, name)}", __package__).add_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ lists from the registries (procedures, losses, dataset kinds) or from the shared
 - `evaluate`  EvalConfig
 - `tradeoff`  TradeoffConfig
 - `demo`      DemoConfig
+- `interop`   ImportConfig, ExportConfig
 
 `from offline_infalign.config import TrainConfig` works for every class; a config's module is imported on first
 use, because the loss and dataset-kind registries that `data` and `train` read import torch, which
@@ -32,19 +33,20 @@ if TYPE_CHECKING:
     from .data import BuildConfig, MergeConfig, PrepareConfig, SampleConfig, ScoreConfig
     from .demo import DemoConfig
     from .evaluate import EvalConfig
+    from .interop import ExportConfig, ImportConfig
     from .tradeoff import TradeoffConfig
     from .train import TrainConfig
 
 _MODULE_OF = {
     "SampleConfig": "data", "ScoreConfig": "data", "PrepareConfig": "data", "BuildConfig": "data",
     "MergeConfig": "data", "TrainConfig": "train", "EvalConfig": "evaluate", "TradeoffConfig": "tradeoff",
-    "DemoConfig": "demo",
+    "DemoConfig": "demo", "ImportConfig": "interop", "ExportConfig": "interop",
 }
 
 __all__ = [
     "load_config", "add_config_arguments", "overrides_from_args", "config_to_dict", "config_diff", "parse_shard",
     "SampleConfig", "ScoreConfig", "PrepareConfig", "BuildConfig", "MergeConfig",
-    "TrainConfig", "EvalConfig", "TradeoffConfig", "DemoConfig",
+    "TrainConfig", "EvalConfig", "TradeoffConfig", "DemoConfig", "ImportConfig", "ExportConfig",
 ]
 
 

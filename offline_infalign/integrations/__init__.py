@@ -1,9 +1,10 @@
 """Bridges to other systems: TRL's DPOTrainer on the stored ids and reference (`integrations.trl`), and the data
 formats `infalign import` / `infalign export` convert (`FORMATS`).
 
-A format is one module here with `LAYOUTS` (its layout names), `detect_layout(columns)`, `read(dataset, layout)`
-(rows of that layout → `Imported` prompts, each bad row one `InfalignError`) and `write(prompts, layout)` (the
-columns of that layout), plus one line in `FORMATS`. Nothing here reads or writes files: `stages/import_.py` and
+A format is one module here with `LAYOUTS` (its layout names), `READS` (per layout, the columns `read` looks at),
+`detect_layout(columns)`, `check_columns(columns, layout)`, `read(rows, layout, first_row)` (rows of that layout →
+`Imported` prompts, each bad row one `InfalignError`) and `write(prompts, layout)` (the columns of that layout),
+plus one line in `FORMATS`. Nothing here reads or writes files: `stages/import_.py` and
 `stages/export.py` do. `integrations.trl` imports trl, so it is imported only by whoever uses it.
 """
 

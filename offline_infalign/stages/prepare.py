@@ -99,7 +99,8 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if upstream.get("shard"):
         raise InfalignError(f"{cfg.input!r} is shard {upstream['shard']} of a sharded run; "
                             "`infalign merge` all shards first, then prepare the merged artifact")
-    warnings = _check_sampling(cfg, upstream)
+    # The scored artifact's own warnings (an import's re-encoded ids) travel on, as the sampling checks' do.
+    warnings = _check_sampling(cfg, upstream) + [str(w) for w in upstream.get("warnings") or []]
     config = {**config_to_dict(cfg), "input_hash": upstream["content_hash"]}
     store = ChunkStore(cfg.out, stage="prepared")
     if store.start(config, ignore=("verify",)):  # how much of the input was checked cannot change the output

@@ -167,6 +167,8 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
         raise InfalignError(f"loss {cfg.loss!r} trains on a {kind.name!r} dataset, but {cfg.dataset!r} is "
                             f"kind={manifest.get('kind')!r}")
     kind.check_columns(dataset.column_names, spec)
+    for warning in _warnings(manifest):  # once per run; the model card and the training record repeat them
+        logger.warning("dataset %s: %s", cfg.dataset, warning)
     beta = cfg.beta if cfg.beta is not None else manifest.get("beta")
     if beta is None:
         raise InfalignError("beta is not given and the dataset manifest has none; pass --beta")
