@@ -86,11 +86,12 @@ def normalize_prompt(item: Any, where: str) -> str | list[dict[str, str]]:
     )
 
 
-def check_json_file(path: str | Path) -> None:
+def check_json_file(path: str | Path, what: str = "prompt file", example: str = '{"prompt": "..."}') -> None:
     """Refuse a local .json/.jsonl file that is not UTF-8 text (naming the byte offset and line) or, line by
-    line, not JSON (naming the line): `datasets` reports either as a traceback, or only when the row is read."""
+    line, not JSON (naming the line): `datasets` reports either as a traceback, or only when the row is read.
+    `what` names the file in the messages, `example` shows a good line."""
     path = Path(path)
-    text = decode_utf8(path.read_bytes(), f"prompt file {str(path)!r}", "save the file as UTF-8")
+    text = decode_utf8(path.read_bytes(), f"{what} {str(path)!r}", "save the file as UTF-8")
     if path.suffix == ".json":
         try:  # one JSON document (a list of rows, or rows under a field) is what `datasets` reads first
             json.loads(text)
@@ -103,47 +104,49 @@ def check_json_file(path: str | Path) -> None:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InfalignError(f"prompt file {str(path)!r} line {number} is not valid JSON ({exc.msg} at column "
-                                f"{exc.colno}): each line must be one JSON object, like {{\"prompt\": \"...\"}}") \
-                from None
+            raise InfalignError(f"{what} {str(path)!r} line {number} is not valid JSON ({exc.msg} at column "
+                                f"{exc.colno}): each line must be one JSON object, like {example}") from None
         if not isinstance(row, dict):
-            raise InfalignError(f"prompt file {str(path)!r} line {number} is a JSON {type(row).__name__}, not an "
-                                "object: each line must be one JSON object, like {\"prompt\": \"...\"}")
+            raise InfalignError(f"{what} {str(path)!r} line {number} is a JSON {type(row).__name__}, not an "
+                                f"object: each line must be one JSON object, like {example}")
 
 
-def _check_parquet_file(path: Path) -> None:
+def _check_parquet_file(path: Path, what: str = "prompt file") -> None:
     """Refuse a file that is not Parquet before `datasets` logs its own error (with a traceback) about it."""
     import pyarrow.parquet as pq
 
     try:
         pq.read_schema(path)
     except Exception as exc:  # ArrowInvalid, OSError: whatever pyarrow says, the file is not readable Parquet
-        raise InfalignError(f"prompt file {str(path)!r} is not a readable Parquet file ({_one_line(exc)})") from None
+        raise InfalignError(f"{what} {str(path)!r} is not a readable Parquet file ({_one_line(exc)})") from None
 
 
-def load_rows(path_or_id: str, split: str = "train", data_files=None, **kwargs):
-    """Rows of a hub dataset or local file via `datasets.load_dataset`; local `data_files` win when given."""
+def load_rows(path_or_id: str, split: str = "train", data_files=None, what: str = "prompts", **kwargs):
+    """Rows of a hub dataset or local file via `datasets.load_dataset`; local `data_files` win when given.
+    `what` names the rows in messages ("prompts": a prompt file)."""
+    file = "prompt file" if what == "prompts" else "input file"
+    example = '{"prompt": "..."}' if what == "prompts" else '{"column": value, ...}'
     import datasets  # heavy: imported only when a source is actually read
 
     try:
         if data_files is not None:
             local = Path(str(data_files))
             if local.is_file() and local.stat().st_size == 0:
-                raise InfalignError(f"prompt file {str(data_files)!r} is empty")
+                raise InfalignError(f"{file} {str(data_files)!r} is empty")
             if local.is_file() and local.suffix in (".json", ".jsonl"):
-                check_json_file(local)
+                check_json_file(local, file, example)
             elif local.is_file() and local.suffix == ".parquet":
-                _check_parquet_file(local)
+                _check_parquet_file(local, file)
             builder = "parquet" if local.suffix == ".parquet" else "json"
             return datasets.load_dataset(builder, data_files=str(data_files), split="train")
         return datasets.load_dataset(path_or_id, split=split, **kwargs)
     except InfalignError:
         raise
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:  # missing, offline, malformed
-        raise InfalignError(f"cannot load prompts from {data_files or path_or_id!r} (split {split!r}): "
+        raise InfalignError(f"cannot load {what} from {data_files or path_or_id!r} (split {split!r}): "
                             f"{_one_line(exc)}") from None
     except datasets.exceptions.DatasetGenerationError as exc:  # rows of different shapes, a damaged parquet file
-        raise InfalignError(f"cannot read prompts from {data_files or path_or_id!r}: "
+        raise InfalignError(f"cannot read {what} from {data_files or path_or_id!r}: "
                             f"{_one_line(exc.__cause__ or exc)}") from None
 
 

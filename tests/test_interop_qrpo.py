@@ -244,7 +244,10 @@ def test_bad_input_is_one_line(model, tmp_path, capsys):
     one = [dict(r, offline_trajectories=r["offline_trajectories"][:1], offline_rewards=r["offline_rewards"][:1],
                 ref_rewards=r["offline_rewards"][:1]) for r in _fixture_rows("verl")]
     assert "has 1 completion(s); calibration needs K >= 2" in line(_write(tmp_path, one))
-    assert "input file" in line(tmp_path / "missing.jsonl") and "does not exist" in line(tmp_path / "missing.jsonl")
+    assert f"input file {str(tmp_path / 'missing.jsonl')!r} does not exist" in line(tmp_path / "missing.jsonl")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text((FIXTURES / "verl.jsonl").read_text().replace('"prompt_id": "up-0002"', '"prompt_id": up-0002'))
+    assert f"input file {str(broken)!r} line 2 is not valid JSON" in line(broken)
     assert "stop_token_id 9999 is outside tokenizer" in line(FIXTURES / "verl.jsonl", "--stop-token-id", "9999")
 
 

@@ -76,9 +76,9 @@ def read_source(path: str, split: str = "train"):
     elif local.suffix in (".jsonl", ".json", ".parquet"):
         if not local.is_file():
             raise InfalignError(f"input file {path!r} does not exist")
-        data = load_rows(path, data_files=path)
+        data = load_rows(path, data_files=path, what="rows")
     else:
-        data = load_rows(path, split=split)
+        data = load_rows(path, split=split, what="rows")
     if len(data) == 0:
         raise InfalignError(f"{path!r} holds no rows")
     return data
