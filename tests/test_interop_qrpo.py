@@ -74,7 +74,7 @@ def _expected(layout):
 def test_import_gives_a_scored_artifact_that_prepare_takes(model, tmp_path, layout):
     m = _import(model, tmp_path / "scored", FIXTURES / f"{layout}.jsonl")  # layout auto-detected
     assert m["stage"] == "scored" and m["imported"]["layout"] == layout and m["num_samples"] == 4
-    assert m["completion_ids_source"] == IDS_REENCODED and "re-encoded" in m["warnings"][0]
+    assert m["completion_ids_source"] == IDS_REENCODED and "encoded again" in m["warnings"][0]
     assert m["model"] == str(model) and m["ref_dtype"] == "float32" and m["tempered"] is False
     tok = AutoTokenizer.from_pretrained(str(model))
     rows = _rows(tmp_path / "scored")
@@ -92,7 +92,7 @@ def test_import_gives_a_scored_artifact_that_prepare_takes(model, tmp_path, layo
 
     p = run_prepare(load_config(PrepareConfig, None, dict(input=str(tmp_path / "scored"), out=str(tmp_path / "prep"),
                                                           kind="listwise", transform="identity", beta=0.5)))
-    assert any("re-encoded" in w for w in p["warnings"])  # prepare carries the note on (model card, record, eval)
+    assert any("encoded again" in w for w in p["warnings"])  # prepare carries the note on (model card, record, eval)
     data, _ = load_artifact(tmp_path / "prep")
     train = data["train"].to_list() + data["test"].to_list()
     assert sorted(r["prompt_id"] for r in train) == sorted(e[0] for e in _expected(layout))
@@ -279,7 +279,7 @@ def test_cli_import_prepare_export(model, tmp_path, capsys):
                  str(tmp_path / "scored"), "--device", "cpu", "--reward-model", "RLHFlow/ArmoRM-Llama3-8B-v0.1"]) == 0
     captured = capsys.readouterr()
     assert "imported qrpo (original): 4 prompts x 4 completions" in captured.out
-    assert "warning: imported from qrpo (original): completion_ids are the completion texts re-encoded" in captured.err
+    assert "warning: imported from qrpo (original): completion_ids are the completion texts encoded again" in captured.err
     assert main(["prepare", "--input", str(tmp_path / "scored"), "--out", str(tmp_path / "prep"), "--kind", "pairs",
                  "--transform", "identity", "--beta", "0.5"]) == 0
     assert "WARNING: imported from qrpo (original)" in capsys.readouterr().out

@@ -88,7 +88,8 @@ def test_trl_trains_on_stored_ids_and_stored_reference(pairs, tmp_path, adapter)
     tok = AutoTokenizer.from_pretrained(str(pairs["model"]))
     data = pairs["distinct"]
     trainer = T.SampledIdsDPOTrainer(model=_model(pairs["model"]), args=_args(tmp_path), train_dataset=data,
-                                     processing_class=tok, peft_config=_lora() if adapter == "lora" else None)
+                                     eval_dataset=data.select(range(4)), processing_class=tok,
+                                     peft_config=_lora() if adapter == "lora" else None)
     assert trainer.ref_model is None  # no reference model, in either setting
 
     # The rows TRL trains on carry our ids exactly: no re-tokenization, no EOS appended to cut completions.
@@ -118,6 +119,7 @@ def test_trl_trains_on_stored_ids_and_stored_reference(pairs, tmp_path, adapter)
     ours, _ = dpo(h_c, h_r, torch.zeros(4), BETA)
     assert loss == pytest.approx(float(ours.mean()), abs=1e-5)
     assert loss != pytest.approx(np.log(2), abs=1e-3)  # what a reference equal to the policy would give
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(loss, abs=1e-5)  # the eval split goes the same way
 
     before = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
     result = trainer.train()

@@ -218,9 +218,9 @@ def _run_import(cfg, progress: bool) -> dict[str, Any]:
     cut = cut_fraction(final["finish_reasons"])
     ending = (f"those of at least {cfg.max_new_tokens} tokens count as cut, the others end with stop token {stop_id}"
               if cfg.max_new_tokens else f"each ends with stop token {stop_id}")
-    warning = (f"imported from {cfg.format} ({layout}): completion_ids are the completion texts re-encoded with "
-               f"{cfg.model!r}'s tokenizer, not ids a sampler drew (docs/math.md §9); {ending} ({cut:.1%} cut); "
-               "ref_logps and training log-probs are of those sequences")
+    warning = (f"imported from {cfg.format} ({layout}): completion_ids are the completion texts encoded again by "
+               f"the tokenizer of {cfg.model!r}, not ids a sampler drew (docs/math.md §9); {ending} ({cut:.1%} "
+               "cut); ref_logps and training log-probs are of those sequences")
     manifest = base_manifest("scored", config)
     manifest.update(
         model=cfg.model, model_fingerprint=config["model_fingerprint"],
