@@ -32,8 +32,9 @@ TRL's per-pair log-probs equal `logprobs.completion_logps` on the same ids and i
     trainer.train()
 
 The stored reference is log π_ref of the model the samples were drawn from, in the dtype the manifest records
-(`model`, `ref_dtype`): train that model, in that dtype. TRL hashes the model's weights once at construction
-(for its own precompute cache, unused here): seconds for billions of parameters.
+(`model`, `ref_dtype`): train that model, in that dtype. TRL (1.15, 1.16) hashes the model's weights once at
+construction for its own precompute cache, which is not used here: 23 s per billion float32 parameters (29 s in
+bf16) measured on a 2-core CPU, the one cost left of its precompute path.
 Tested with trl 1.14 to 1.16 (`SUPPORTED_TRL`); importing this module with another trl is one error.
 """
 
@@ -116,10 +117,11 @@ def _check_ids(dataset, name: str) -> None:
 
 class SampledIdsDPOTrainer(DPOTrainer):
     """`trl.DPOTrainer` that trains on the rows' stored token ids and, by default, their stored reference
-    log-probs (see the module docstring). Arguments are DPOTrainer's, plus `use_stored_reference`."""
+    log-probs (see the module docstring). Arguments are DPOTrainer's (by keyword after `model`), plus
+    `use_stored_reference`; with it (the default) `args.precompute_ref_log_probs` is set to True."""
 
-    def __init__(self, model, args: DPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, *, use_stored_reference: bool = True, **kwargs):
+    def __init__(self, model, *, args: DPOConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, use_stored_reference: bool = True, **kwargs):
         check_trl_version()
         if args is None:
             from trl.trainer.utils import get_config_model_id
