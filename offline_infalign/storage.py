@@ -14,8 +14,12 @@ Every instant is resumable: `_work/config.json` is written before any data (the 
 save of an unchunked stage), so a folder holding data but no manifest always also holds the config that made
 it, and the rerun of the same command redoes the unfinished step; the manifest is written last.
 
-Integrity: `load_artifact` checks what the manifest promises (row counts, K completions per row) on every
-open, and the content hash when the data is small (`HASH_ALWAYS_BYTES`) or `verify=True`.
+Integrity (integrity.py): `load_artifact` checks what the manifest promises (its keys, row counts, K
+completions per row, the stage's columns, finite numbers) on every open, and the content hash when the data is
+small (`HASH_ALWAYS_BYTES`) or `verify=True`. The artifact is exactly the files its dataset lists: other files
+in the folder (a `.map()` cache) are not part of it, and `save_artifact` deletes only files an earlier save
+into the folder wrote. The output folder's lock, the refusal of nested folders and the one-line full disk are
+output_folder.py's.
 
 Fault injection: `fault_point(name)` ends the process abruptly when $INFALIGN_FAULT names that point
 ("after-chunk:1", "finish:data-moved", ...), so tests can kill a stage at each named instant and check that the
@@ -25,7 +29,6 @@ rerun gives the result of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +38,17 @@ from typing import Any
 from . import __version__
 from .config import config_diff
 from .core.errors import InfalignError
+from .integrity import (
+    DICT,
+    INFO,
+    STATE,
+    check_artifact,
+    check_manifest,
+    content_hash,
+    data_bytes,
+    dataset_files,
+)
+from .output_folder import LOCK, output_lock
 
 __all__ = ["MANIFEST", "read_manifest", "load_artifact", "save_artifact", "content_hash", "ChunkStore",
            "write_json_atomic", "base_manifest", "fault_point", "InjectedFault", "HASH_ALWAYS_BYTES", "output_lock",
@@ -47,45 +61,7 @@ WORK = "_work"
 HASH_ALWAYS_BYTES = 4 << 30
 FAULT_ENV = "INFALIGN_FAULT"
 STAGE = "stage"  # inside _work: the stage an unfinished run writes
-LOCK = ".infalign.lock"  # inside an output folder while a run writes it; holds the writer's pid
-
-
-@contextlib.contextmanager
-def output_lock(out: str | Path):
-    """Hold an exclusive lock on the output folder `out` for the duration of a run.
-
-    A second run into the same folder is refused at once, naming the holder's pid: two writers would race on
-    the same chunks and renames. The OS releases the lock when the holder exits, however it exits, so a killed
-    run never leaves a stale lock. (fcntl.flock: on platforms without it the folder is not locked.)
-    """
-    out = Path(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's pid must survive
-    locked = False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise InfalignError(f"output folder {str(out)!r} is being written by another run (pid {holder}); "
-                                "wait for it to finish or choose another --out") from None
-        locked = True
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        # A run refused before writing anything (bad input) leaves no folder behind: removed while still
-        # locked, so no other run can be inside it.
-        if locked and created and os.listdir(out) == [LOCK]:
-            os.unlink(out / LOCK)
-            out.rmdir()
-        os.close(fd)  # releases the lock
+MOVING = "moving.json"  # inside _work: the files a finishing save is putting into place
 
 
 class InjectedFault(BaseException):
@@ -125,72 +101,30 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _data_bytes(root: Path) -> int:
-    return sum(f.stat().st_size for f in root.rglob("*.arrow") if WORK not in f.relative_to(root).parts)
-
-
-def _check_integrity(dataset, manifest: dict[str, Any], path: Path, verify: bool | None) -> None:
-    """Refuse an artifact whose data no longer is what its manifest describes (docs/design.md: artifacts)."""
-    def broken(what: str):
-        return InfalignError(f"artifact {str(path)!r} fails its integrity check: {what}; it was changed after it "
-                             "was written (or damaged): rebuild it with the stage that made it")
-
-    expected = manifest.get("num_rows")
-    actual = {k: len(v) for k, v in dataset.items()} if hasattr(dataset, "keys") else len(dataset)
-    if expected is not None and expected != actual:
-        raise broken(f"the manifest says {expected} rows, the data has {actual}")
-    k = manifest.get("num_samples")
-    if k is not None and not hasattr(dataset, "keys") and len(dataset) and manifest.get("stage") in ("samples", "scored"):
-        import pyarrow.compute as pc
-
-        for column in ("completions", "rewards", "ref_logps", "completion_ids"):
-            if column in dataset.column_names:
-                lengths = pc.list_value_length(dataset.data.column(column))
-                low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
-                if (low, high) != (k, k):
-                    raise broken(f"the manifest says K={k} completions per prompt, column {column!r} holds "
-                                 f"{low}..{high}")
-    if verify or (verify is None and _data_bytes(path) <= HASH_ALWAYS_BYTES):
-        if manifest.get("content_hash") and content_hash(path) != manifest["content_hash"]:
-            raise broken("its data files do not match the content hash in its manifest")
-
-
 def load_artifact(path: str | Path, stage: str | tuple[str, ...] | None = None, verify: bool | None = None):
     """(dataset or DatasetDict, manifest) of a finished artifact; `stage` restricts which stages are accepted.
 
     verify: True hashes the data files against the manifest, False never, None (default) when they are small
-    (HASH_ALWAYS_BYTES). Row counts and K are checked on every open.
+    (HASH_ALWAYS_BYTES). The manifest's keys, row counts, K, the stage's columns and that every floating-point
+    value is finite are checked on every open (integrity.check_artifact).
     """
     import datasets
 
-    manifest = read_manifest(path)
+    manifest = check_manifest(read_manifest(path), path)
     allowed = (stage,) if isinstance(stage, str) else stage
-    if allowed and manifest.get("stage") not in allowed:
+    if allowed and manifest["stage"] not in allowed:
         raise InfalignError(
-            f"{str(path)!r} holds a {manifest.get('stage')!r} artifact; expected {' or '.join(map(repr, allowed))}"
+            f"{str(path)!r} holds a {manifest['stage']!r} artifact; expected {' or '.join(map(repr, allowed))}"
         )
     try:
         dataset = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, OSError, ValueError) as exc:  # a deleted or truncated shard, a damaged state file
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError) as exc:
+        # a deleted or truncated shard, a damaged state file
         raise InfalignError(f"artifact {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); rebuild it "
                             "with the stage that made it") from None
-    _check_integrity(dataset, manifest, Path(path), verify)
+    hash_it = verify or (verify is None and data_bytes(path) <= HASH_ALWAYS_BYTES)
+    check_artifact(dataset, manifest, Path(path), hash_it)
     return dataset, manifest
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 over the dataset's data files (names and bytes), ignoring the manifest and the work folder."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*")):
-        rel = f.relative_to(root)
-        if not f.is_file() or rel.parts[0] in (MANIFEST, WORK) or f.suffix != ".arrow":
-            continue
-        h.update(str(rel).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -211,8 +145,12 @@ def _save_tmp(dataset, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():  # left by a crash: never trusted, always rewritten
         shutil.rmtree(tmp)
-    with _quiet_datasets():
-        dataset.save_to_disk(str(tmp), num_shards=_num_shards(dataset))
+    try:
+        with _quiet_datasets():
+            dataset.save_to_disk(str(tmp), num_shards=_num_shards(dataset))
+    except Exception:  # a full disk: give back what the half-written copy holds
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp
 
 
@@ -235,11 +173,12 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
         write_json_atomic(out / WORK / "config.json", manifest.get("config", {}))
     tmp = _save_tmp(dataset, out / WORK / "final")
     fault_point("finish:saved")
-    for old in out.iterdir():  # files of a previous artifact in the same folder
-        if old.name not in (WORK, LOCK):
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-    for i, item in enumerate(sorted(tmp.iterdir())):
-        os.replace(item, out / item.name)
+    _remove_saved_dataset(out)
+    moving = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+    write_json_atomic(out / WORK / MOVING, moving)  # a kill while moving: the rerun removes these first
+    for i, rel in enumerate(moving):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, out / rel)
         if i == 0:
             fault_point("finish:data-moving")
     manifest = dict(manifest)
@@ -255,6 +194,33 @@ def save_artifact(dataset, out: str | Path, manifest: dict[str, Any]) -> dict[st
     fault_point("finish:after-manifest")
     shutil.rmtree(out / WORK, ignore_errors=True)
     return manifest
+
+
+def _remove_saved_dataset(out: Path) -> None:
+    """Delete the files an earlier save into `out` wrote — the files a killed finishing save was moving, the
+    data files the saved dataset lists and its state files — and nothing else: a `.map()` cache file or a
+    folder someone put there stays (never deleted by name patterns). The listing files go last, so a kill in
+    between still leaves the rest findable."""
+    doomed: list[Path] = []
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        doomed += [out / rel for rel in json.loads((out / WORK / MOVING).read_text())
+                   if isinstance(rel, str) and ".." not in Path(rel).parts and not Path(rel).is_absolute()]
+    with contextlib.suppress(InfalignError):
+        doomed += dataset_files(out)
+    splits: list[Path] = []
+    if (out / DICT).is_file():
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
+            splits = [out / s for s in json.loads((out / DICT).read_text())["splits"]
+                      if isinstance(s, str) and s and "/" not in s and s not in (".", "..")]
+    for folder in [out, *splits]:
+        doomed += [folder / INFO, folder / STATE]
+    doomed.append(out / DICT)
+    for f in doomed:
+        if f.is_file() or f.is_symlink():
+            f.unlink()
+    for folder in sorted({f.parent for f in doomed} - {out}, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
 
 
 def _record_stage(work: Path, stage: str | None) -> None:

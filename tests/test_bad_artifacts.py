@@ -143,3 +143,44 @@ def test_verify_in_merge_and_eval(assets, scored, tmp_path_factory, tmp_path, ca
     err = error_line(capsys, ["eval", "--policy", str(adapter), "--limit", "2", "--samples", "2", "--max-new-tokens", "4",
                           "--device", "cpu", "--verify", "--out", str(tmp_path / "e")])
     assert INTEGRITY in err
+
+
+# ---- hand-edited manifests: one line naming the key, never a KeyError -------------------------------------------
+
+_GONE = object()
+
+
+def _edited(folder, to, **changes):
+    """A copy of the artifact `folder` whose manifest has `changes` (a key set to _GONE is removed)."""
+    import json
+    import shutil
+
+    shutil.copytree(folder, to)
+    manifest = json.loads((to / "manifest.json").read_text())
+    for key, value in changes.items():
+        manifest.pop(key) if value is _GONE else manifest.__setitem__(key, value)
+    (to / "manifest.json").write_text(json.dumps(manifest))
+    return to
+
+
+def test_edited_manifests_are_one_line(scored, tmp_path, capsys):
+    def score(folder):
+        return error_line(capsys, ["score", "--input", str(folder), "--reward-model", "demo", "--out",
+                                   str(tmp_path / "out")])
+
+    damaged = "has a damaged manifest: "
+    assert damaged + "'content_hash' is missing" in score(_edited(scored / "samples", tmp_path / "a",
+                                                                  content_hash=_GONE))
+    assert damaged + "'num_samples' is missing" in score(_edited(scored / "samples", tmp_path / "b", num_samples=_GONE))
+    err = score(_edited(scored / "samples", tmp_path / "c", num_rows="6"))
+    assert damaged + "'num_rows' must be a row count (an integer >= 0, or one per split), got '6'" in err
+    assert "the data has" not in err
+    err = score(_edited(scored / "scored", tmp_path / "d", stage="samples"))  # a scored artifact relabelled
+    assert "its manifest says 'samples' but the data has a 'rewards' column, which only a 'scored' artifact has" in err
+    err = error_line(capsys, ["prepare", "--input", str(_edited(scored / "prepared", tmp_path / "e", stage="scored")),
+                              "--transform", "identity", "--beta", "0.5", "--out", str(tmp_path / "p")])
+    assert "its manifest says 'scored' but the data has splits (train, test)" in err
+    err = error_line(capsys, ["merge", "--inputs", str(_edited(scored / "samples", tmp_path / "f", shard=[0, 2],
+                                                                content_hash=_GONE)), "--out", str(tmp_path / "m")])
+    assert damaged + "'content_hash' is missing" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()

@@ -12,22 +12,22 @@ def _ds(n, start=0):
 
 
 def test_save_and_load_artifact(tmp_path):
-    m = save_artifact(_ds(3), tmp_path / "a", {"stage": "samples", "config": {}})
-    ds, manifest = load_artifact(tmp_path / "a", stage="samples")
+    m = save_artifact(_ds(3), tmp_path / "a", {"stage": "rows", "config": {}})
+    ds, manifest = load_artifact(tmp_path / "a", stage="rows")
     assert ds["x"] == [0, 1, 2] and manifest == m and m["num_rows"] == 3
     assert datasets.load_from_disk(str(tmp_path / "a"))["x"] == [0, 1, 2]
     assert m["content_hash"] == content_hash(tmp_path / "a")
-    save_artifact(_ds(3, 1), tmp_path / "b", {"stage": "samples"})
+    save_artifact(_ds(3, 1), tmp_path / "b", {"stage": "rows"})
     assert read_manifest(tmp_path / "b")["content_hash"] != m["content_hash"]
-    with pytest.raises(InfalignError, match="holds a 'samples' artifact; expected 'scored'"):
+    with pytest.raises(InfalignError, match="holds a 'rows' artifact; expected 'scored'"):
         load_artifact(tmp_path / "a", stage="scored")
     with pytest.raises(InfalignError, match="not a finished artifact folder"):
         read_manifest(tmp_path / "nothing")
 
 
 def test_overwrite_replaces_old_files(tmp_path):
-    save_artifact(datasets.DatasetDict({"train": _ds(2), "test": _ds(1)}), tmp_path / "a", {"stage": "prepared"})
-    save_artifact(_ds(4), tmp_path / "a", {"stage": "samples"})
+    save_artifact(datasets.DatasetDict({"train": _ds(2), "test": _ds(1)}), tmp_path / "a", {"stage": "splits"})
+    save_artifact(_ds(4), tmp_path / "a", {"stage": "rows"})
     ds, m = load_artifact(tmp_path / "a")
     assert ds["x"] == [0, 1, 2, 3] and not (tmp_path / "a" / "train").exists()
 
@@ -47,7 +47,7 @@ def test_chunk_store_resume_and_config_guard(tmp_path):
     assert again.start({"seed": 0, "batch_size": 8}, ignore=("batch_size",)) is False
     with pytest.raises(InfalignError, match=r"unfinished run with a different config.*seed: 0 -> 1"):
         again.start({"seed": 1, "batch_size": 4})
-    save_artifact(_ds(3), tmp_path / "out", {"stage": "samples", "config": {"seed": 0, "batch_size": 4}})
+    save_artifact(_ds(3), tmp_path / "out", {"stage": "rows", "config": {"seed": 0, "batch_size": 4}})
     assert not (tmp_path / "out" / "_work").exists()
     assert ChunkStore(tmp_path / "out").start({"seed": 0, "batch_size": 4}) is True
     with pytest.raises(InfalignError, match=r"finished artifact with a different config.*seed: 0 -> 2"):
@@ -77,11 +77,11 @@ def test_crash_while_finishing_leaves_a_resumable_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(storage, "write_json_atomic", crash_on_manifest)
     with pytest.raises(RuntimeError, match="killed while finishing"):
-        save_artifact(store.load(0), out, {"stage": "samples", "config": {"seed": 0}})
+        save_artifact(store.load(0), out, {"stage": "rows", "config": {"seed": 0}})
     monkeypatch.undo()
     again = ChunkStore(out)
     assert again.start({"seed": 0}) is False and again.done(0)  # not complete, chunks kept
-    save_artifact(again.load(0), out, {"stage": "samples", "config": {"seed": 0}})
+    save_artifact(again.load(0), out, {"stage": "rows", "config": {"seed": 0}})
     assert load_artifact(out)[0]["x"] == [0, 1] and not (out / "_work").exists()
 
 
@@ -100,7 +100,8 @@ def test_empty_split_round_trips(tmp_path):
 
 
 def _scored(tmp_path, k=4):
-    rows = {"prompt_id": ["a", "b"], "completions": [["x"] * k, ["y"] * k], "rewards": [[1.0] * k, [2.0] * k]}
+    rows = {"prompt_id": ["a", "b"], "prompt": ["p", "q"], "completions": [["x"] * k, ["y"] * k],
+            "rewards": [[1.0] * k, [2.0] * k]}
     save_artifact(datasets.Dataset.from_dict(rows), tmp_path / "s", {"stage": "scored", "num_samples": k})
     return tmp_path / "s"
 
@@ -112,7 +113,7 @@ def test_data_changed_after_the_manifest_is_refused(tmp_path):
     flipped = ds.map(lambda r: {"rewards": [-v for v in r["rewards"]]})
     flipped.save_to_disk(str(tmp_path / "flipped"))
     for f in (tmp_path / "flipped").glob("*.arrow"):
-        target = next(path.glob("*.arrow"))
+        target = next(path.glob("data-*.arrow"))  # not the cache file map() left beside it
         target.write_bytes(f.read_bytes())
     with pytest.raises(InfalignError, match="do not match the content hash"):
         load_artifact(path, stage="scored")
@@ -153,12 +154,12 @@ def _tiny_stage(out, config, chunked=True):
     if store.start(config):
         return read_manifest(out)
     if not chunked:
-        return save_artifact(_ds(6), out, {"stage": "prepared", "config": config})
+        return save_artifact(_ds(6), out, {"stage": "rows", "config": config})
     for i in range(3):
         if not store.done(i):
             store.write(i, _ds(2, 10 * i))
     final = datasets.concatenate_datasets([store.load(i) for i in range(3)])
-    return save_artifact(final, out, {"stage": "samples", "config": config})
+    return save_artifact(final, out, {"stage": "rows", "config": config})
 
 
 FINISH = ["finish:saved", "finish:data-moving", "finish:before-manifest", "finish:after-manifest"]

@@ -136,11 +136,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
     """Run the demo; write `out/demo_report.json` and `out/demo_tradeoff.png`; return the report.
 
     The folder is locked for the run (storage.output_lock): a second run into it is refused at once. Each
-    stage also locks its own subfolder (different files: no stage waits on the demo's lock).
+    stage also locks its own subfolder (different files: no stage waits on the demo's lock); the demo's
+    folder holds its stages' folders by design (own_subfolders).
     """
     from ..storage import output_lock
 
-    with output_lock(cfg.out):
+    with output_lock(cfg.out, own_subfolders=True):
         return _run_demo(cfg, log)
 
 
