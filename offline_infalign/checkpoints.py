@@ -23,9 +23,11 @@ marked, so a kill there could leave none complete); transformers gets save_total
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,13 @@ from transformers import TrainerCallback
 
 from .config import config_diff, config_to_dict
 from .core.errors import InfalignError
+from .output_folder import is_disk_full
 from .storage import LOCK, fault_point, write_json_atomic
 from .training_record import TRAIN_INFO
 
 __all__ = ["RUN_CONFIG", "COMPLETE", "FREE", "EXTEND", "run_config", "dataset_fingerprint", "check_folder",
-           "start_run", "complete_checkpoints", "resume_checkpoint", "CheckpointMarker"]
+           "start_run", "complete_checkpoints", "resume_checkpoint", "CheckpointMarker", "remove_incomplete",
+           "freed_on_disk_full"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +117,31 @@ def start_run(out: str | Path, config: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / TRAIN_INFO).unlink(missing_ok=True)
     write_json_atomic(out / RUN_CONFIG, config)
-    checkpoints = out / "checkpoints"
-    for path in checkpoints.glob("checkpoint-*") if checkpoints.is_dir() else ():
-        if path.is_dir() and not (path / COMPLETE).is_file():
-            logger.warning("deleting incomplete checkpoint %s (a run was killed while writing it)", path)
-            shutil.rmtree(path)
+    for path in remove_incomplete(out / "checkpoints"):
+        logger.warning("deleted incomplete checkpoint %s (a run was killed while writing it)", path)
+
+
+def remove_incomplete(checkpoints: str | Path) -> list[Path]:
+    """Delete the checkpoints under `checkpoints` without their completion marker (resume never picks them)."""
+    root = Path(checkpoints)
+    removed = [p for p in root.glob("checkpoint-*") if p.is_dir() and not (p / COMPLETE).is_file()] \
+        if root.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+@contextlib.contextmanager
+def freed_on_disk_full(checkpoints: str | Path):
+    """A checkpoint write that fails for lack of space (torch says "[enforce fail at inline_container.cc]") leaves
+    a checkpoint without its marker: delete it at once (main process), so that the space it took is free for the
+    rerun the error asks for; the complete checkpoints stay."""
+    try:
+        yield
+    except Exception as exc:
+        if is_disk_full(exc) and int(os.environ.get("RANK", "0")) == 0:
+            remove_incomplete(checkpoints)
+        raise
 
 
 def _step(path: Path) -> int:

@@ -17,6 +17,11 @@ What a fingerprint covers, and what it costs:
   Content-based, so the same files copied to another path give the same fingerprint.
 - a hub id: "hub:<id>@<commit>", the commit the revision resolves to now (the hub when online, the local
   cache offline, as the loader itself resolves it); "...@<revision>?" when it cannot be resolved.
+- a tokenizer (`fingerprint_tokenizer`): "vocab:<size>:<32 hex>", the sha256 of its vocabulary — every token
+  string with its id, added and special tokens included — which is what a stored token id means. Recorded with
+  the sampled ids (samples, scored and prepared manifests: `tokenizer_fingerprint`); `train` refuses to train
+  a model whose tokenizer gives another value on those ids. NOT covered: how text is split into tokens
+  (normalizer, pre-tokenizer, merges) — stored ids are used as they are, so only their meaning matters.
 - a reward (`fingerprint_reward`): "module:function" → the sha256 of the module's source file plus the name
   (code the module imports from other files is not covered); "demo" → the package version and the hashes of
   the demo reward's code and data; anything else is a reward model → `fingerprint_model`.
@@ -32,7 +37,7 @@ import re
 import struct
 from pathlib import Path
 
-__all__ = ["fingerprint_model", "fingerprint_reward", "model_files_summary", "SLICE_BYTES"]
+__all__ = ["fingerprint_model", "fingerprint_reward", "fingerprint_tokenizer", "model_files_summary", "SLICE_BYTES"]
 
 SLICE_BYTES = 64 << 10
 # Weight files: sampled (header + slices), never read whole.
@@ -119,6 +124,14 @@ def fingerprint_model(path_or_id: str | os.PathLike, revision: str | None = None
     name = str(path_or_id)
     commit = _hub_commit(name, revision)
     return f"hub:{name}@{commit}" if commit else f"hub:{name}@{revision or 'default'}?"
+
+
+def fingerprint_tokenizer(tokenizer) -> str:
+    """'vocab:<size>:<32 hex>': what each token id means to `tokenizer` (module docstring)."""
+    vocab = tokenizer.get_vocab()
+    items = sorted(((int(i), str(t)) for t, i in vocab.items()))
+    return f"vocab:{len(items)}:" + hashlib.sha256(json.dumps(items, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _module_source(module_name: str) -> Path | None:

@@ -158,3 +158,57 @@ def test_prepare_carries_the_fingerprints(tmp_path, monkeypatch):
     prepared = read_manifest(tmp_path / "p")
     assert prepared["model_fingerprint"] == "files:abc"
     assert prepared["reward_fingerprint"] == scored["reward_fingerprint"]
+
+
+# ---- the tokenizer the stored ids were made with ----------------------------------------------------------------
+
+
+def test_tokenizer_fingerprint_is_the_vocabulary(lm, tmp_path):
+    from tiny_models import tiny_bpe_tokenizer, tiny_tokenizer
+
+    from offline_infalign.fingerprint import fingerprint_tokenizer
+    from offline_infalign.modeling import load_tokenizer
+
+    word = fingerprint_tokenizer(load_tokenizer(str(lm)))
+    assert word.startswith(f"vocab:{len(tiny_tokenizer())}:")
+    copy = _copy(lm, tmp_path / "elsewhere")
+    assert fingerprint_tokenizer(load_tokenizer(str(copy))) == word  # by content, not by path
+    bpe = fingerprint_tokenizer(tiny_bpe_tokenizer())
+    assert bpe.startswith("vocab:320:") and bpe != word
+    # Padding with EOS adds no token: a tokenizer loaded with or without it reads every id the same.
+    unpadded = tiny_tokenizer(pad=False)
+    unpadded.save_pretrained(tmp_path / "nopad")
+    assert fingerprint_tokenizer(load_tokenizer(str(tmp_path / "nopad"), pad_token_as_eos=True)) == \
+        fingerprint_tokenizer(load_tokenizer(str(tmp_path / "nopad"), pad_token_as_eos=False))
+    # One token's id changed: another fingerprint, though the size is the same.
+    moved = json.loads((copy / "tokenizer.json").read_text())
+    vocab = moved["model"]["vocab"]
+    vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
+    (copy / "tokenizer.json").write_text(json.dumps(moved))
+    swapped = fingerprint_tokenizer(load_tokenizer(str(copy)))
+    assert swapped != word and swapped.split(":")[1] == word.split(":")[1]
+
+
+def test_train_refuses_ids_of_another_tokenizer(lm, tmp_path, capsys):
+    """Samples of a word-level model (~70 tokens) trained into a byte-level BPE model (320 tokens): every id is in
+    range, so only the recorded tokenizer fingerprint can tell."""
+    from bad_input_helpers import error_line, make_build
+    from tiny_models import tiny_tokenizer
+
+    from offline_infalign.cli import main
+
+    assets = {"lm": str(lm), "prompts": str(tmp_path / "prompts.jsonl")}
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                                                    ["tell me about the cat", "how was the movie ?", "why is it sad"]))
+    built = make_build(assets, tmp_path / "b")
+    recorded = {read_manifest(built / s)["tokenizer_fingerprint"] for s in ("samples", "scored", "prepared")}
+    word = f"vocab:{len(tiny_tokenizer())}:"
+    assert len(recorded) == 1 and next(iter(recorded)).startswith(word)
+    bpe = save_tiny_lm(tmp_path / "bpe", tokenizer="bpe")
+    train = ["train", "--dataset", str(built / "prepared"), "--loss", "tilted_pairwise", "--max-steps", "1"]
+    err = error_line(capsys, [*train, "--model", str(bpe), "--out", str(tmp_path / "t1")])
+    assert "the dataset's token ids (prompt_ids, chosen_ids, rejected_ids) were made by tokenizer" in err
+    assert f"({word}" in err and "has another tokenizer (vocab:320:" in err
+    # Another model with the same tokenizer (other weights): the ids mean the same tokens; it trains.
+    sibling = save_tiny_lm(tmp_path / "sibling", seed=3)
+    assert main([*train, "--model", str(sibling), "--out", str(tmp_path / "t2")]) == 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import PrepareConfig, config_to_dict
 from ..core.errors import InfalignError
+from ..integrity import check_finite_rows
 from ..preparation import guidance, prepare
 from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 
@@ -110,6 +111,9 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     prepared = prepare(scored, cfg.kind, transform, beta, pairs=cfg.pairs, pairs_per_prompt=cfg.pairs_per_prompt,
                        seed=cfg.seed, test_fraction=cfg.test_fraction)
     data = prepared.data
+    for split, part in data.items():  # e.g. weights softmax(Φ/β) at a β so small that Φ/β overflows
+        check_finite_rows(part, "the prepared dataset", f"beta={beta:g} with transform {transform} gives numbers "
+                          "that do not fit a float: choose a larger beta", split)
     advice = None
     if cfg.procedure is not None and cfg.n is not None:
         k = len(scored[0]["rewards"])
@@ -129,6 +133,7 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
                     **prepared.counts, **facts,
                     num_samples=upstream.get("num_samples"), model=upstream.get("model"),
                     model_fingerprint=upstream.get("model_fingerprint"),
+                    tokenizer_fingerprint=upstream.get("tokenizer_fingerprint"),
                     reward_fingerprint=upstream.get("reward_fingerprint"),
                     tokenizer=upstream.get("tokenizer"), model_revision=upstream.get("model_revision"),
                     reward_model=upstream.get("reward_model"), reward_label=upstream.get("reward_label"),

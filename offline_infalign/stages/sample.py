@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import SampleConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
-from ..fingerprint import fingerprint_model
+from ..fingerprint import fingerprint_model, fingerprint_tokenizer
 from ..storage import ChunkStore, base_manifest, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
@@ -29,6 +29,11 @@ def _prompt_rows(cfg: SampleConfig) -> list[dict[str, Any]]:
         raise InfalignError(f"prompt source {cfg.prompts!r} mixes plain-text and chat-message prompts; "
                             "one artifact holds one kind")
     return rows
+
+
+def prompt_list_hash(prompt_ids) -> str:
+    """sha256 of a list of prompt ids in order: the list every shard of one run must be cut from."""
+    return hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest()
 
 
 def _model_id(model) -> dict[str, Any]:
@@ -91,10 +96,15 @@ def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
 
     shard = parse_shard(cfg.shard)
     rows = _prompt_rows(cfg)
+    # The whole list (after --limit and the duplicate rule), before this shard's part is cut from it: merge
+    # refuses shards cut from different lists (a prompt file changed between shard runs loses prompts). Which
+    # prompts the long-prompt rule then truncates or skips depends only on the prompt, the model's tokenizer and
+    # the config, which merge compares too.
+    whole = {"prompt_list_hash": prompt_list_hash([r["prompt_id"] for r in rows]), "prompt_list_size": len(rows)}
     rows = rows[shard_slice(len(rows), shard)]
     # The prompts' hash is part of the recorded config: if the source changed between a crash and the resume,
     # finished chunks would no longer line up with the prompt list, so that resume is refused.
-    prompts_hash = hashlib.sha256("\n".join(r["prompt_id"] for r in rows).encode()).hexdigest()
+    prompts_hash = prompt_list_hash([r["prompt_id"] for r in rows])
     # The model's fingerprint too: a folder overwritten (or a hub revision moved) between a kill and the rerun
     # must not finish the artifact with another model's samples (fingerprint.py says what it covers).
     config = {**config_to_dict(cfg), "input_hash": prompts_hash, "model_fingerprint": fingerprint_model(cfg.model)}
@@ -123,8 +133,10 @@ def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
         bar.close()
     final = datasets.concatenate_datasets([store.load(i) for i in range(len(chunks))])
     manifest = base_manifest("samples", config)
+    # The tokenizer's fingerprint travels with the ids: train refuses a model whose tokenizer reads them otherwise.
     manifest.update(model=cfg.model, model_fingerprint=config["model_fingerprint"],
-                    tokenizer=getattr(tokenizer, "name_or_path", cfg.model), **ids,
+                    tokenizer=getattr(tokenizer, "name_or_path", cfg.model),
+                    tokenizer_fingerprint=fingerprint_tokenizer(tokenizer), **ids, **whole,
                     prompts=cfg.prompts, split=cfg.split, seed=cfg.seed, num_samples=cfg.num_samples,
                     shard=list(shard) if shard else None, num_prompts=len(rows), num_truncated=truncated,
                     num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash,

@@ -43,6 +43,13 @@ def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
     store = ChunkStore(cfg.out, stage="scored")
     if store.start(config, ignore=_SCORE_FREE):
         return read_manifest(cfg.out)
+    # The list this run's part is cut from: the whole input when sharding here, else the samples run's list.
+    if shard:
+        from .sample import prompt_list_hash
+
+        whole = {"prompt_list_hash": prompt_list_hash(samples["prompt_id"]), "prompt_list_size": len(samples)}
+    else:
+        whole = {key: upstream.get(key) for key in ("prompt_list_hash", "prompt_list_size")}
     samples = samples.select(range(*shard_slice(len(samples), shard).indices(len(samples))))
     scorer = load_scorer(cfg.reward_model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
                          trust_remote_code=cfg.trust_remote_code, reward_label=cfg.reward_label,
@@ -65,9 +72,11 @@ def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
     manifest = base_manifest("scored", config)
     # The sampling facts travel downstream (docs/math.md §9): prepare refuses tempered samples, eval reuses the
     # stop set, reports carry the cut fraction.
-    for key in ("model", "model_fingerprint", "tokenizer", "model_revision", "prompts", "split", "seed",
-                "num_samples", "backend", "ref_dtype", "stop_token_ids", "cut_fraction", "tempered", "temperature", "top_p", "top_k"):
+    for key in ("model", "model_fingerprint", "tokenizer", "tokenizer_fingerprint", "model_revision", "prompts",
+                "split", "seed", "num_samples", "backend", "ref_dtype", "stop_token_ids", "cut_fraction", "tempered",
+                "temperature", "top_p", "top_k"):
         manifest[key] = upstream.get(key)
+    manifest.update(whole)
     # reward_label as given (None for a one-output model): what `eval` passes again to judge with the same column.
     manifest.update(reward_model=scorer.name, reward_fingerprint=config["reward_fingerprint"],
                     reward_label=cfg.reward_label, input_hash=upstream["content_hash"],

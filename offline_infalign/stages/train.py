@@ -39,6 +39,7 @@ from ..checkpoints import (
     CheckpointMarker,
     check_folder,
     dataset_fingerprint,
+    freed_on_disk_full,
     resume_checkpoint,
     run_config,
     start_run,
@@ -52,6 +53,7 @@ from ..reference import choose_reference
 from ..storage import write_json_atomic
 from ..tokenization import tokenize_dataset
 from ..trainer import InfalignTrainer
+from ..training_guard import NonFiniteGuard, progress_closed_on_error
 from ..training_record import TRAIN_INFO
 
 __all__ = ["make_trainer", "train"]
@@ -132,17 +134,30 @@ def _warnings(manifest: dict) -> list[str]:
     return [str(w) for w in manifest.get("warnings") or []]
 
 
-def _check_stored_ids_model(dataset, kind, manifest: dict, model: str, fingerprint: str | None) -> None:
-    """Stored token ids are the sampling tokenizer's; say so when another model is trained on them."""
+def _check_stored_ids_model(dataset, kind, manifest: dict, cfg, fingerprint: str | None) -> None:
+    """Stored token ids are the sampling tokenizer's: training another model on them is right only when its
+    tokenizer gives each id the same token. With the sampler's `tokenizer_fingerprint` in the manifest that is
+    checked (fingerprint.fingerprint_tokenizer) before the model loads; without it, a warning."""
     from ..reference import same_model
 
     stored = [c for c in ("prompt_ids", *kind.id_columns.values()) if c in dataset.column_names]
     sampled_with = manifest.get("tokenizer") or manifest.get("model")
-    if manifest.get("model_fingerprint") and fingerprint == manifest["model_fingerprint"]:
-        return  # the very files the samples were drawn with, tokenizer included
-    if stored and sampled_with and not same_model(str(sampled_with), str(model)):
+    if not stored or (manifest.get("model_fingerprint") and fingerprint == manifest["model_fingerprint"]):
+        return  # no ids, or the very files the samples were drawn with, tokenizer included
+    recorded = manifest.get("tokenizer_fingerprint")
+    if recorded:
+        from ..fingerprint import fingerprint_tokenizer
+        from ..modeling import load_tokenizer
+
+        mine = fingerprint_tokenizer(load_tokenizer(cfg.model, cfg.trust_remote_code))
+        if mine != recorded:
+            raise InfalignError(f"the dataset's token ids ({', '.join(stored)}) were made by tokenizer "
+                                f"{sampled_with!r} ({recorded}), and model {cfg.model!r} has another tokenizer "
+                                f"({mine}): its ids would mean other tokens. Train the model the samples were "
+                                "drawn from (or one with its tokenizer), or sample this model")
+    elif sampled_with and not same_model(str(sampled_with), str(cfg.model)):
         logger.warning("the dataset's token ids (%s) were made by tokenizer %r and are used as they are for model "
-                       "%r: right only if both share one tokenizer", ", ".join(stored), sampled_with, model)
+                       "%r: right only if both share one tokenizer", ", ".join(stored), sampled_with, cfg.model)
 
 
 def _run_config(cfg) -> dict[str, Any]:
@@ -180,6 +195,9 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     # log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (docs/math.md §4/§6).
     log_z = float(log_partition(_transform_from_manifest(manifest, cfg.loss), beta)) if spec.needs_log_z else None
 
+    config = config or _run_config(cfg)
+    _check_stored_ids_model(dataset, kind, manifest, cfg, config["model_fingerprint"])
+
     use_gpu = torch.cuda.is_available()
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(use_gpu and torch.cuda.is_bf16_supported())
     if bf16 and not use_gpu:
@@ -198,8 +216,6 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
             module.p = 0.0
-    config = config or _run_config(cfg)
-    _check_stored_ids_model(dataset, kind, manifest, cfg.model, config["model_fingerprint"])
     weights_dtype = modeling.base_weights_dtype(model)
     reference, why = choose_reference(cfg.reference, cfg.loss, kind.name, dataset.column_names, manifest,
                                       weights_dtype, cfg.model, fingerprint=config["model_fingerprint"])
@@ -246,6 +262,7 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
         group_forward=cfg.group_forward, chunk_size=cfg.chunk_size,
     )
     trainer.add_callback(CheckpointMarker(config, cfg.save_total_limit))
+    trainer.add_callback(NonFiniteGuard())  # a NaN loss or gradient stops the run before it reaches the weights
     info = {"manifest": manifest, "beta": beta, "kind": kind.name, "reference": reference,
             "reference_reason": why, "log_z": log_z, "run_config": config}
     return trainer, info
@@ -262,13 +279,13 @@ def train(cfg) -> Path:
     The same command into a finished folder returns at once; into an unfinished one it resumes from the newest
     complete checkpoint; another config is refused (checkpoints.py). The main process locks OUT for the run.
     """
-    import contextlib
 
+    from ..output_folder import disk_full_as_one_line
     from ..preflight import check_model
     from ..storage import output_lock
 
     check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
-    with output_lock(cfg.out) if _is_main_process() else contextlib.nullcontext():
+    with output_lock(cfg.out) if _is_main_process() else disk_full_as_one_line(cfg.out):
         return _train(cfg)
 
 
@@ -287,7 +304,9 @@ def _train(cfg) -> Path:
     tokenizer = trainer.processing_class
     if trainer.is_world_process_zero():
         start_run(out, config)  # after everything loaded: a command that fails early pins nothing on the folder
-    result = trainer.train(resume_from_checkpoint=resume)
+    # A checkpoint half-written on a full disk is deleted at once; an error mid-training starts its own line.
+    with freed_on_disk_full(out / "checkpoints"), progress_closed_on_error(trainer):
+        result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if history:
