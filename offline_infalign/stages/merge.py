@@ -8,10 +8,15 @@ from typing import Any
 
 from ..config import MergeConfig, config_diff
 from ..core.errors import InfalignError
+from ..integrity import check_manifest
 from ..storage import ChunkStore, load_artifact, output_lock, read_manifest, save_artifact
 
 # Config keys that legitimately differ between the shards of one run.
 _SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "chunk_size", "device")
+# A path may differ between shards (machines mount things elsewhere) when what it names is the same: the model
+# and the reward by their fingerprints (fingerprint.py), the prompt source by the prompt list (compared first).
+_PATH_FINGERPRINTS = {"model": "model_fingerprint", "reward_model": "reward_fingerprint"}
+_PROMPT_PATHS = ("prompts", "prompts_data_files")
 
 
 def run_merge(cfg: MergeConfig) -> dict[str, Any]:
@@ -26,7 +31,7 @@ def run_merge(cfg: MergeConfig) -> dict[str, Any]:
 def _run_merge(cfg: MergeConfig) -> dict[str, Any]:
     import datasets
 
-    manifests = [read_manifest(p) for p in cfg.inputs]
+    manifests = [check_manifest(read_manifest(p), p) for p in cfg.inputs]
     stages = {m.get("stage") for m in manifests}
     if len(stages) != 1 or not stages <= {"samples", "scored"}:
         raise InfalignError(f"merge needs shards of one stage (samples or scored), got stages {sorted(map(str, stages))}")
@@ -47,9 +52,13 @@ def _run_merge(cfg: MergeConfig) -> dict[str, Any]:
     if missing:
         raise InfalignError(f"missing shard(s) {', '.join(f'{i}/{n}' for i in missing)}: merge needs all {n}")
     first = manifests[0]
+    _check_prompt_lists(cfg.inputs, manifests, n)
+    # One prompt list, recorded: where the prompt file lies no longer matters.
+    free = _SHARD_FREE + (_PROMPT_PATHS if first.get("prompt_list_hash") else ())
     for path, m in zip(cfg.inputs, manifests):
         for key in ("config", "sample_config"):
-            diff = config_diff(first.get(key) or {}, m.get(key) or {}, ignore=_SHARD_FREE)
+            a, b = first.get(key) or {}, m.get(key) or {}
+            diff = config_diff(a, b, ignore=free + _same_by_fingerprint(a, b))
             if diff:
                 raise InfalignError(f"shard {path!r} was made with a different {key} than {cfg.inputs[0]!r}: "
                                     + "; ".join(diff))
@@ -89,3 +98,23 @@ def _run_merge(cfg: MergeConfig) -> dict[str, Any]:
 
         manifest["cut_fraction"] = cut_fraction(merged["finish_reasons"])
     return save_artifact(merged, cfg.out, manifest)
+
+
+def _same_by_fingerprint(a: dict, b: dict) -> tuple[str, ...]:
+    """The path keys of two shard configs that name the same thing: equal, resolved fingerprints."""
+    return tuple(key for key, fp in _PATH_FINGERPRINTS.items()
+                 if a.get(fp) and a.get(fp) == b.get(fp) and not str(a[fp]).endswith("?"))
+
+
+def _check_prompt_lists(paths: list[str], manifests: list[dict], n: int) -> None:
+    """Every shard was cut from one prompt list (its hash is in each shard's manifest): shards cut from lists
+    that differ (the prompt file changed between shard runs, another --limit) would lose or repeat prompts."""
+    lists = {(m.get("prompt_list_hash"), m.get("prompt_list_size")) for m in manifests}
+    if len(lists) == 1:  # one list (or none recorded by any: shards made before they were)
+        return
+    shown = "; ".join(f"shard {m['shard'][0]}/{n} ({p!r}): " + (
+        f"{m.get('prompt_list_size')} prompts, list {str(m.get('prompt_list_hash'))[:12]}"
+        if m.get("prompt_list_hash") else "no prompt list recorded") for p, m in zip(paths, manifests))
+    raise InfalignError(f"the shards were cut from different prompt lists ({shown}): the prompt source changed "
+                        "between shard runs (or --limit / the duplicate rule differ), so merging would lose or "
+                        "repeat prompts; run every shard again from one prompt list")
