@@ -70,8 +70,10 @@ def test_damaged_parquet_prompt_file(assets, tmp_path, capsys):
 ])
 def test_yaml_value_of_the_wrong_type(assets, tmp_path, capsys, line, message):
     cfg = tmp_path / "c.yaml"
-    # The model does not exist: the type error must come first, before anything is loaded.
-    cfg.write_text(f"prompts: {assets['prompts']}\nmodel: {tmp_path / 'no_model'}\nout: {tmp_path / 'o'}\n{line}\n")
+    # The model does not exist: the type error must come first, before anything is loaded. Each key once (a key
+    # given twice is an error of its own).
+    base = {"prompts": assets["prompts"], "model": tmp_path / "no_model", "out": tmp_path / "o"}
+    cfg.write_text("".join(f"{k}: {v}\n" for k, v in base.items() if k != line.split(":")[0]) + f"{line}\n")
     err = error_line(capsys, ["sample", "--config", str(cfg)])
     assert err.endswith(f"{message} in config file {str(cfg)!r}")
 

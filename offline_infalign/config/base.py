@@ -15,16 +15,16 @@ import functools
 import math
 import numbers
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from ..core.checks import decode_utf8
 from ..core.errors import InfalignError
+from .yaml_file import load_yaml
 
 T = TypeVar("T")
 
@@ -201,11 +201,18 @@ def _coerce(tp, value):
     raise _WrongType(_EXPECTED[tp])
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 6, 6, 60, 60
+_SHOW_CHARS = 160
+
+
 def _show(value) -> str:
-    """A value as the user wrote it: YAML spelling for booleans and null, Python's repr otherwise."""
+    """A value as the user wrote it: YAML spelling for booleans and null, Python's repr otherwise — bounded
+    (reprlib: a few items per level, long strings cut), so a huge or deeply shared value prints in a line."""
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
-    return repr(value)
+    text = _SHOW.repr(value)
+    return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 4] + " ..."
 
 
 def _checked(cls, values: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -236,10 +243,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
             raise InfalignError(f"config file {str(p)!r} " + ("is a folder, not a file" if p.is_dir() else
                                                             "does not exist"))
         text = decode_utf8(p.read_bytes(), f"config file {str(p)!r}")
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:  # PyYAML's message spans several lines (with a caret): made one
-            raise InfalignError(f"config file {str(p)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+        # Strict: a key given twice, an alias bomb or a recursive alias is an error; `seed: 017` is 17 as on
+        # the command line, not YAML 1.1's octal 15 (yaml_file.py).
+        loaded = load_yaml(text, f"config file {str(p)!r}") or {}
         if not isinstance(loaded, dict):
             raise InfalignError(f"config file {str(p)!r} must hold a mapping of keys, got {type(loaded).__name__}")
         _check_keys(cls, loaded, f"config file {str(p)!r}")
