@@ -4,7 +4,10 @@ A synthetic scored artifact shaped like a real one (docs/design.md columns) is w
 `storage.save_artifact` (so its manifest and content hash are the real ones): prompt_id, a ~200-character prompt
 and its ~50 prompt_ids, and per prompt K ~400-character completions, K ~100-token completion_ids (int64, as the
 sampler writes them), finish_reasons, ref_logps and rewards. Then, each `--repeats` times:
-- `load_artifact(verify=False)`: the checks every open makes (manifest, row count, K per column);
+- `load_artifact(verify=False)`: the checks every open makes (manifest, row count, K per column, every float
+  finite);
+- `integrity.find_non_finite` alone on the opened table: the part of those checks that reads values (every
+  float of `ref_logps` and `rewards`; text and id columns are skipped by type);
 - `load_artifact(verify=True)`: the same plus sha256 over every data file, with the files in the page cache
   (warm: just written or read) and, for the cold figure, after `posix_fadvise(DONTNEED)` drops this artifact's
   own pages (nothing else's), so the hash reads from disk.
@@ -12,6 +15,11 @@ sampler writes them), finish_reasons, ref_logps and rewards. Then, each `--repea
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_hash.py --prompts 100000 --k 32 --dir /tmp/bench_hash
 
 The artifact is about 4.6 GB at the default size; `--keep` leaves it in `--dir` for a rerun (it is reused).
+Building it holds the whole table in memory (~18 GB peak at the default size). `--finite-only` times the
+finite check alone on an in-memory table of just the float columns (`ref_logps`, `rewards`) of P x K — all it
+reads of an artifact — without writing anything:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_hash.py --finite-only --prompts 100000 --k 32
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from offline_infalign.integrity import find_non_finite  # noqa: E402
 from offline_infalign.storage import HASH_ALWAYS_BYTES, load_artifact, save_artifact  # noqa: E402
 
 WORDS = np.array("the service was slow but the food was lovely and we would come back again for the view".split())
@@ -101,6 +110,17 @@ def _time(fn, repeats: int, before=None) -> tuple[list[float], list[float]]:
     return wall, cpu
 
 
+def bench_finite(prompts: int, k: int, repeats: int) -> None:
+    rng = np.random.default_rng(0)
+    offsets = pa.array(np.arange(0, prompts * k + 1, k, dtype=np.int32))
+    table = pa.table({"ref_logps": pa.ListArray.from_arrays(offsets, pa.array(-rng.gamma(4.0, 20.0, prompts * k))),
+                      "rewards": pa.ListArray.from_arrays(offsets, pa.array(rng.normal(size=prompts * k)))})
+    times, cpu = _time(lambda: find_non_finite(table), repeats)
+    print(f"finite check of {prompts} x K={k} (ref_logps, rewards: {2 * prompts * k:,} floats): wall median "
+          f"{statistics.median(times):.3f} s (runs {', '.join(f'{x:.3f}' for x in times)}), CPU median "
+          f"{statistics.median(cpu):.3f} s")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=100_000)
@@ -108,7 +128,10 @@ def main(argv=None) -> None:
     p.add_argument("--dir", default="/tmp/bench_hash")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--keep", action="store_true", help="keep the artifact for a rerun")
+    p.add_argument("--finite-only", action="store_true", help="time the finite check alone (module docstring)")
     args = p.parse_args(argv)
+    if args.finite_only:
+        return bench_finite(args.prompts, args.k, args.repeats)
     out = Path(args.dir) / f"scored_{args.prompts}x{args.k}"
     if not (out / "manifest.json").is_file():
         t = time.perf_counter()
@@ -118,6 +141,10 @@ def main(argv=None) -> None:
     print(f"artifact: {args.prompts} prompts x K={args.k}, {size / 2**30:.2f} GiB of Arrow data "
           f"(HASH_ALWAYS_BYTES = {HASH_ALWAYS_BYTES / 2**20:.0f} MiB)")
     rows = []
+    table = load_artifact(out, stage="scored", verify=False)[0].data.table
+    times, cpu = _time(lambda: find_non_finite(table), args.repeats)
+    print(f"{'finite check alone (every float value)':46s} wall median {statistics.median(times):6.2f} s (runs "
+          f"{', '.join(f'{x:.2f}' for x in times)}), CPU median {statistics.median(cpu):6.2f} s")
     for name, verify, cold in (("open, cheap checks only (verify=False)", False, False),
                                ("open + sha256, warm page cache (verify=True)", True, False),
                                ("open + sha256, cold (pages dropped first)", True, True)):

@@ -78,7 +78,11 @@ def fault_point(name: str) -> None:
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    except BaseException:  # a full disk: no half-written file is left taking space
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -44,8 +44,8 @@ ALLOW_PICKLE_HELP = "load a model folder that only has pytorch_model.bin (pickle
 # The integrity check of an input artifact (storage.load_artifact), offered by every command that opens one.
 # 4 GiB is storage.HASH_ALWAYS_BYTES (not imported: storage imports config); benchmarks/README.md, Reliability.
 VERIFY_HELP = ("hash the input artifact's data files against the content hash in its manifest: --verify always, "
-               "--no-verify never; default: only inputs up to 4 GiB (about 1.3 s per GiB here). Row counts and K "
-               "are checked on every open")
+               "--no-verify never; default: only inputs up to 4 GiB (about 1.3 s per GiB here). The manifest, row "
+               "counts, K and that every number is finite are checked on every open")
 
 
 # ---- the one field style ------------------------------------------------------------------------------------
