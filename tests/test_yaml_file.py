@@ -3,9 +3,6 @@ YAML 1.2's (`seed: 017` is 17, as `--seed 017` is; `1:30` is not 90); aliases th
 ("billion laughs") or refer to themselves are refused while the file is read; error messages show bounded values.
 """
 
-import subprocess
-import sys
-
 import pytest
 
 from offline_infalign.config import PrepareConfig, SampleConfig, load_config
@@ -63,25 +60,16 @@ def test_alias_bombs_are_refused_under_any_key(tmp_path, capsys, command, key):
     assert f"more than the {MAX_ALIAS_VALUES:,} a config may hold" in err and len(err) < 400 + len(str(path))
 
 
-def test_the_cli_answers_a_bomb_at_once(tmp_path):
-    """The whole command, in a process of its own: before, it never returned (the bomb was expanded to print it)."""
-    path = _file(tmp_path, BASE + BOMB + "split: *i\n")
-    done = subprocess.run([sys.executable, "-m", "offline_infalign.cli", "sample", "--config", str(path)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "its aliases (*name) expand to" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
 def test_small_aliases_and_recursive_ones(tmp_path):
     assert load_yaml("a: &a [1, 2]\nb: *a\n", "f") == {"a": [1, 2], "b": [1, 2]}
     with pytest.raises(InfalignError, match="an alias refers to the value that contains it"):
         load_yaml("a: &a [1, *a]\n", "f")
     with pytest.raises(InfalignError, match="nested too deeply"):
-        load_yaml("a: " + "[" * 3000 + "]" * 3000, "f")
+        load_yaml("a: " + "[" * 600 + "]" * 600, "f")
 
 
 def test_error_messages_show_bounded_values(tmp_path, capsys):
-    big = "[" + ", ".join(["x" * 50] * 20000) + "]"
+    big = "[" + ", ".join(["x" * 50] * 2000) + "]"
     path = _file(tmp_path, BASE + f"seed: {big}\n")
     err = error_line(capsys, ["sample", "--config", str(path)])
     shown = err.split(", got ")[1].split(" in config file")[0]
