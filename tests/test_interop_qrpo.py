@@ -93,6 +93,10 @@ def test_import_gives_a_scored_artifact_that_prepare_takes(model, tmp_path, layo
     p = run_prepare(load_config(PrepareConfig, None, dict(input=str(tmp_path / "scored"), out=str(tmp_path / "prep"),
                                                           kind="listwise", transform="identity", beta=0.5)))
     assert any("encoded again" in w for w in p["warnings"])  # prepare carries the note on (model card, record, eval)
+    # The ids' tokenizer travels with them (train refuses a model whose tokenizer reads them otherwise).
+    from offline_infalign.fingerprint import fingerprint_tokenizer
+
+    assert p["tokenizer_fingerprint"] == m["tokenizer_fingerprint"] == fingerprint_tokenizer(tok)
     data, _ = load_artifact(tmp_path / "prep")
     train = data["train"].to_list() + data["test"].to_list()
     assert sorted(r["prompt_id"] for r in train) == sorted(e[0] for e in _expected(layout))

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import config_to_dict
 from ..core.errors import InfalignError
-from ..fingerprint import fingerprint_model
+from ..fingerprint import fingerprint_model, fingerprint_tokenizer
 from ..integrations import get_format
 from ..storage import ChunkStore, base_manifest, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar
@@ -225,6 +225,7 @@ def _run_import(cfg, progress: bool) -> dict[str, Any]:
     manifest.update(
         model=cfg.model, model_fingerprint=config["model_fingerprint"],
         tokenizer=getattr(tokenizer, "name_or_path", cfg.model),
+        tokenizer_fingerprint=fingerprint_tokenizer(tokenizer),  # train refuses a model that reads the ids otherwise
         model_revision=getattr(model.config, "_commit_hash", None), model_type=getattr(model.config, "model_type", None),
         prompts=cfg.input, split=cfg.split, seed=None, num_samples=k, shard=None, num_prompts=len(final),
         backend="import", ref_dtype=base_weights_dtype(model), stop_token_ids=stop, cut_fraction=cut,
