@@ -22,8 +22,7 @@ from .core.calibration import calibrate
 from .core.checks import check_finite
 from .core.errors import InfalignError
 from .core.transforms import Transform
-from .kinds import ScoredMatrices, get_kind
-from .kinds.pairs import PAIR_CHOICES
+from .kinds import PAIR_CHOICES, ScoredMatrices, get_kind
 
 __all__ = ["prepare", "prepare_dataset", "Prepared", "is_test_prompt", "guidance", "Guidance"]
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
-from ..kinds import KIND_NAMES
-from ..kinds.pairs import PAIR_CHOICES
+from ..kinds import KIND_NAMES, PAIR_CHOICES
 from .base import (
     ALLOW_PICKLE_HELP,
     BACKENDS,

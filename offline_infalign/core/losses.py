@@ -22,12 +22,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from .checks import check_positive
 from .errors import InfalignError
+
+if TYPE_CHECKING:
+    import torch
+
+    Metrics = dict[str, torch.Tensor]
+
+# torch is imported inside the functions that call it, not here: the configs and every `--help` read the registry
+# (`LOSSES`) below, and should not wait a second and a half for torch.
 
 __all__ = [
     "tilted_pairwise",
@@ -44,8 +50,6 @@ __all__ = [
     "get_loss",
     "check_beta",
 ]
-
-Metrics = dict[str, torch.Tensor]
 
 
 def check_beta(beta: float) -> float:
@@ -87,6 +91,9 @@ def tilted_sigmoid(chosen_logratios, rejected_logratios, target_margin, beta):
     = ½(0.31326 + 1.31326) = 0.81326. At h = 0 the loss is log 2 for every p.
     Shapes: all (B,) → losses (B,).
     """
+    import torch
+    import torch.nn.functional as F
+
     beta = check_beta(beta)
     z = beta * (chosen_logratios - rejected_logratios)  # (B,)
     p = torch.sigmoid(target_margin.to(z.dtype))
@@ -103,6 +110,8 @@ def dpo(chosen_logratios, rejected_logratios, target_margin, beta):
 
     Example: h_c − h_r = 2, β = 0.5 → softplus(−1) = log(1 + e^{−1}) = 0.31326. At h = 0: log 2 = 0.69315.
     """
+    import torch.nn.functional as F
+
     beta = check_beta(beta)
     z = beta * (chosen_logratios - rejected_logratios)
     return F.softplus(-z), _pair_metrics(chosen_logratios, rejected_logratios, beta)
@@ -131,6 +140,8 @@ def _check_group(mask: torch.Tensor) -> None:
 
 def _group_metrics(logratios, targets, mask, beta) -> Metrics:
     """TRL-style metrics for a group: 'chosen' is the completion with the largest target, 'rejected' the smallest."""
+    import torch
+
     neg_inf = torch.finfo(targets.dtype).min
     best = targets.masked_fill(~mask, neg_inf).argmax(-1, keepdim=True)  # (B, 1)
     worst = targets.masked_fill(~mask, -neg_inf).argmin(-1, keepdim=True)
@@ -147,6 +158,8 @@ def listwise(logratios, targets, mask, beta):
     At h = 0 the loss is log K for every Φ.
     Shapes: logratios, targets (B, K) float; mask (B, K) bool → losses (B,).
     """
+    import torch
+
     beta = check_beta(beta)
     mask = mask.bool()
     _check_group(mask)
@@ -207,6 +220,8 @@ def kl_estimates(logratios: torch.Tensor, mask: torch.Tensor | None = None) -> M
 
     Example: h = (0, log 2) → e^h = (1, 2) → kl/estimate = 2 log 2 / 3 = 0.46210; kl/reverse = −log 2 / 2.
     """
+    import torch
+
     h = logratios.detach().float().reshape(-1)
     if mask is not None:
         h = h[mask.reshape(-1).bool()]

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from ..core.losses import kl_estimates
+from . import PAIR_CHOICES
 from .base import Collator, DatasetKind, Rows, ScoredMatrices, floats
 
 __all__ = ["PairsKind", "PairsCollator", "PAIR_CHOICES", "to_trl_conversational"]
-
-PAIR_CHOICES = ("all", "best_worst")
 
 
 def _pair_rng(seed: int, prompt_id: str) -> np.random.Generator:
