@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +45,11 @@ __all__ = [
     "stop_token_ids",
     "from_pretrained",
     "check_safetensors",
+    "check_loaded_weights",
+    "check_device",
+    "check_target_modules",
+    "check_adapter_config",
+    "vocabulary_size",
     "PICKLE_OPT_IN",
 ]
 
@@ -104,23 +110,122 @@ def check_safetensors(path, allow_pickle_weights: bool = False, what: str = "mod
             raise _pickle_refusal(folder, what, f"config.json names the weight file {named!r}")
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _some(keys, limit: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+@contextmanager
+def _quiet_load_report():
+    """Hold back transformers' multi-line loading report (a table of missing / unexpected keys): a load that has
+    any is refused by `check_loaded_weights` in one line naming them."""
+    # A filter, not a higher level: transformers runs extra checks (and logs them) when this logger's level is set.
+    report = logging.getLogger("transformers.modeling_utils")
+    only_errors = _OnlyErrors()
+    report.addFilter(only_errors)
+    try:
+        yield
+    finally:
+        report.removeFilter(only_errors)
+
+
+class _OnlyErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def check_loaded_weights(info: dict, path, what: str = "model", model=None) -> None:
+    """Refuse a load whose checkpoint does not fill the model its config builds (transformers' loading info):
+    weights the model needs that the files lack (transformers would initialize them at random: a config.json that
+    names another architecture samples from fresh weights), weights the files hold that the model has no place
+    for, and weights of another shape than the config says."""
+    missing, unexpected = set(info.get("missing_keys") or ()), set(info.get("unexpected_keys") or ())
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: str(m[0] if isinstance(m, tuple) else m))
+    arch = type(model).__name__ if model is not None else "the model"
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    built = f"{arch}" + (f" (model_type {model_type!r} in its config.json)" if model_type else "")
+    if mismatched:
+        key, *shapes = mismatched[0] if isinstance(mismatched[0], tuple) else (mismatched[0],)
+        shown = f"{key}: {tuple(shapes[0])} in the files, {tuple(shapes[1])} from the config" if len(shapes) == 2 \
+            else str(key)
+        more = f", and {len(mismatched) - 1} more" if len(mismatched) > 1 else ""
+        raise InfalignError(f"{what} {str(path)!r}: {len(mismatched)} weight(s) in its files have another shape than "
+                            f"its config.json gives ({shown}{more}); the config.json does not belong to these weights")
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weight(s) {arch} needs are not in its files ({_some(missing)}) and "
+                         "would be initialized at random")
+        if unexpected:
+            parts.append(f"{len(unexpected)} weight(s) in its files have no place in {arch} ({_some(unexpected)})")
+        raise InfalignError(f"{what} {str(path)!r} does not load as {built}: {'; '.join(parts)}. Its config.json "
+                            "names another architecture than its weights were saved from, or the weight files are "
+                            "incomplete")
+
+
 def from_pretrained(auto_cls, path, *, allow_pickle_weights: bool = False, what: str = "model", **kwargs):
     """`auto_cls.from_pretrained(path, **kwargs)` reading safetensors only unless `allow_pickle_weights`;
-    a folder or hub repo without them, or one that cannot be loaded, is one InfalignError naming it."""
+    a folder or hub repo without them, one that cannot be loaded (a damaged or truncated weight file, a config
+    transformers cannot build), or one whose weights do not fill the model its config builds
+    (`check_loaded_weights`), is one InfalignError naming it."""
     check_safetensors(path, allow_pickle_weights, what)
     if not allow_pickle_weights:
         kwargs["use_safetensors"] = True
+    # Shapes are compared by check_loaded_weights: without ignore_mismatched_sizes transformers raises an error
+    # that points at the report held back here. Nothing of a mismatched load is kept: it is refused.
+    kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
     try:
-        return auto_cls.from_pretrained(str(path), **kwargs)
+        with _quiet_load_report():
+            model, info = auto_cls.from_pretrained(str(path), **kwargs)
     except OSError as exc:
         if not allow_pickle_weights and "safetensors" in str(exc):
             raise _pickle_refusal(path, what, "none found") from None
-        raise InfalignError(f"cannot load {what} {str(path)!r}: {exc}") from None
+        raise InfalignError(f"cannot load {what} {str(path)!r}: {_one_line(exc)}") from None
+    except Exception as exc:  # transformers, safetensors and torch raise many types for one cause: unloadable
+        hint = ("; a weight file is damaged or truncated: save or download it again"
+                if type(exc).__name__ == "SafetensorError" else "")
+        raise InfalignError(f"cannot load {what} {str(path)!r}: {type(exc).__name__}: {_one_line(exc)}{hint}") \
+            from None
+    check_loaded_weights(info, path, what, model)
+    return model
+
+
+def check_device(device: str | None) -> str | None:
+    """`device` (None stays None) when torch can use it here; else one InfalignError naming it: a name torch does
+    not know (`banana`), a backend this torch was built without or that sees no device (`cuda` on a CPU-only
+    build), an index past the devices there are (`cuda:3` with one GPU)."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InfalignError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:1, mps, ...") from None
+    if parsed.type == "cpu":
+        return device
+    backend = getattr(torch, parsed.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        if parsed.type == "cuda" and torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            why = f"this torch ({torch.__version__}) is a CPU-only build"
+        else:
+            why = f"torch sees no {parsed.type} device here"
+        raise InfalignError(f"device {device!r} is not available: {why}; pass --device cpu (or leave --device out "
+                            "to use a GPU when there is one)")
+    count = getattr(backend, "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise InfalignError(f"device {device!r} does not exist: torch sees {count()} {parsed.type} device(s), "
+                            f"{parsed.type}:0 to {parsed.type}:{count() - 1}")
+    return device
 
 
 def default_device(device: str | None = None) -> str:
-    """`device` when given, else the GPU when there is one, else the CPU."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """`device` when given (checked: `check_device`), else the GPU when there is one, else the CPU."""
+    return check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def free_memory() -> None:
@@ -141,7 +246,12 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, pad_token_a
     """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # a damaged tokenizer.json raises KeyError, ValueError, Exception from tokenizers, ...
+        raise InfalignError(f"cannot load the tokenizer of {str(model_path)!r}: {type(exc).__name__}: "
+                            f"{_one_line(exc)}; its tokenizer files (tokenizer.json, tokenizer_config.json, ...) are "
+                            "damaged or incomplete: save the tokenizer again") from None
     if pad_token_as_eos and tok.pad_token_id is None and tok.eos_token_id is not None:
         logger.info("tokenizer %s has no pad token; using EOS for padding (always masked)", model_path)
         tok.pad_token = tok.eos_token
@@ -154,6 +264,8 @@ def stop_token_ids(source, tokenizer, extra=()) -> list[int]:
     source: a model (its `generation_config`), a GenerationConfig, a model folder or hub id (its
     generation_config.json, else the one transformers derives from its config.json), or None. Chat models list
     their end-of-turn id there beside EOS; a sampler that stops on EOS alone runs past the end of the turn.
+    `extra` (the user's --stop-token-ids) must be ids the model can emit: below its vocabulary size
+    (`vocabulary_size`); an id past it never stops anything, so it is refused.
     """
     config = getattr(source, "generation_config", source)
     if isinstance(config, (str, Path)):
@@ -162,11 +274,43 @@ def stop_token_ids(source, tokenizer, extra=()) -> list[int]:
     ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     tokenizer_eos = getattr(tokenizer, "eos_token_id", None)  # tokenizer None: no eos of its own
     ids += [tokenizer_eos] if tokenizer_eos is not None else []
-    ids += list(extra or ())
-    for i in ids:
+    extra = list(extra or ())
+    for i in ids + extra:
         if isinstance(i, bool) or not isinstance(i, int) or i < 0:
             raise InfalignError(f"stop token ids must be integers >= 0, got {i!r}")
-    return sorted(set(ids))
+    size = vocabulary_size(source, tokenizer) if extra else None
+    unreachable = [i for i in extra if size is not None and i >= size]
+    if unreachable:
+        name = getattr(tokenizer, "name_or_path", None) or str(source)
+        raise InfalignError(f"stop_token_ids {unreachable} cannot be generated: model {name!r} has a vocabulary of "
+                            f"{size} token ids (0 to {size - 1}), so a completion would never stop on "
+                            f"{'it' if len(unreachable) == 1 else 'them'}")
+    return sorted(set(ids + extra))
+
+
+def vocabulary_size(source, tokenizer=None) -> int | None:
+    """How many token ids the model can emit: the rows of its output embedding (a model), else its config's
+    vocab_size (a model, or a folder / hub id), else the tokenizer's length; None when nothing says."""
+    embeddings = getattr(source, "get_output_embeddings", None)
+    if callable(embeddings):
+        layer = embeddings()
+        weight = getattr(layer, "weight", None)
+        if weight is not None and weight.ndim == 2:
+            return int(weight.shape[0])
+    config = getattr(source, "config", None)
+    if config is None and isinstance(source, (str, Path)):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(source))
+        except (OSError, ValueError):
+            config = None
+    if config is not None:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        size = getattr(text, "vocab_size", None)
+        if isinstance(size, int) and size > 0:
+            return size
+    return len(tokenizer) if tokenizer is not None else None
 
 
 def _generation_config_of(path: str):
@@ -198,8 +342,27 @@ def bitsandbytes_problem() -> str | None:
     return None
 
 
+ALL_LINEAR = "all-linear"
+
+
+def check_target_modules(model, target_modules, model_path) -> None:
+    """Refuse LoRA target module names that name no module of `model` (peft's rule: a module whose path is the
+    name or ends with "." + name), listing the model's layers with a weight matrix. peft itself only refuses when
+    no name matches, so a typo beside a right name would silently train fewer layers."""
+    names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    if names == [ALL_LINEAR]:
+        return
+    paths = [name for name, _ in model.named_modules() if name]
+    unknown = [t for t in names if not any(p == t or p.endswith("." + t) for p in paths)]
+    if unknown:
+        layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if not list(module.children()) and getattr(getattr(module, "weight", None), "ndim", 0) == 2})
+        raise InfalignError(f"target_modules {unknown} name no module of model {str(model_path)!r}; its layers with "
+                            f"a weight matrix are: {', '.join(layers)} (or pass {ALL_LINEAR!r})")
+
+
 def lora_config(r: int = 16, alpha: int | None = None, dropout: float = 0.0,
-                target_modules: str | list[str] = "all-linear"):
+                target_modules: str | list[str] = ALL_LINEAR):
     """peft LoraConfig for a causal LM; alpha defaults to 2r; target_modules 'all-linear' or module names."""
     from peft import LoraConfig
 
@@ -207,8 +370,12 @@ def lora_config(r: int = 16, alpha: int | None = None, dropout: float = 0.0,
         raise InfalignError(f"lora_r must be >= 1, got {r}")
     if not 0.0 <= dropout < 1.0:
         raise InfalignError(f"lora_dropout must be in [0, 1), got {dropout}")
-    if isinstance(target_modules, (list, tuple)) and len(target_modules) == 1:
-        target_modules = target_modules[0]  # the CLI gives a list; 'all-linear' must stay a string for peft
+    if isinstance(target_modules, (list, tuple)) and list(target_modules) == [ALL_LINEAR]:
+        target_modules = ALL_LINEAR  # the CLI gives a list; 'all-linear' must stay a string for peft
+    elif isinstance(target_modules, str) and target_modules != ALL_LINEAR:
+        # peft reads one string as a regular expression over full module paths (`q_proj` would match nothing),
+        # a list as module names: names are what the flag takes
+        target_modules = [target_modules]
     return LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=dropout,
                       target_modules=target_modules, bias="none", task_type="CAUSAL_LM")
 
@@ -282,7 +449,12 @@ def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = N
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
     model.config.use_cache = False
-    peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, target_modules))
+    check_target_modules(model, target_modules, model_path)
+    try:
+        peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, target_modules))
+    except ValueError as exc:  # e.g. a target module of a type LoRA cannot wrap (peft names it)
+        raise InfalignError(f"cannot add LoRA layers to model {str(model_path)!r} (target_modules "
+                            f"{target_modules}): {_one_line(exc)}") from None
     if qlora:
         _disable_cpu_bf16_kernels(peft_model)
     return peft_model, tok
@@ -312,12 +484,54 @@ def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map
         raise InfalignError(f"{str(adapter_dir)!r} is not a PEFT adapter folder (no adapter_config.json) nor a "
                             "model folder (no config.json)")
     check_safetensors(adapter_dir, allow_pickle_weights, "adapter", names=("adapter_model.safetensors",))
+    check_adapter_config(adapter_dir)
     tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
     tok = load_tokenizer(str(tok_dir), trust_remote_code, pad_token_as_eos=True)
     base = load_base(base_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
                      allow_pickle_weights=allow_pickle_weights)
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    where = f"adapter {str(adapter_dir)!r} (on base model {str(base_path)!r})"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = PeftModel.from_pretrained(base, str(adapter_dir))
+        except Exception as exc:  # a truncated adapter_model.safetensors (SafetensorError), modules the base lacks
+            hint = ("; adapter_model.safetensors is damaged or truncated: train or copy the adapter again"
+                    if type(exc).__name__ == "SafetensorError" else "")
+            raise InfalignError(f"cannot load {where}: {type(exc).__name__}: {_one_line(exc)}{hint}") from None
+    for w in caught:
+        # peft only warns when the adapter file lacks weights of the LoRA layers its config adds (they would
+        # stay at their initialization, B = 0: the base model); that adapter is refused.
+        if "missing adapter keys" in str(w.message):
+            raise InfalignError(f"{where} does not load: its adapter_model.safetensors lacks LoRA weights its "
+                                f"adapter_config.json asks for ({_one_line(w.message, 200)})")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model.eval(), tok
+
+
+def check_adapter_config(adapter_dir) -> None:
+    """Refuse an adapter_config.json that is not a JSON object, or a LoRA one whose rank, alpha or dropout is not a
+    number (peft would fail deep inside with a TypeError), naming the key and value."""
+    import json
+
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InfalignError(f"adapter {str(adapter_dir)!r}: adapter_config.json is not JSON ({_one_line(exc)})") \
+            from None
+    if not isinstance(config, dict):
+        raise InfalignError(f"adapter {str(adapter_dir)!r}: adapter_config.json holds a JSON "
+                            f"{type(config).__name__}, not an object")
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        return
+    checks = {"r": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+              "lora_alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+              "lora_dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                               "a number in [0, 1)")}
+    for key, (ok, expected) in checks.items():
+        if key in config and not ok(config[key]):
+            raise InfalignError(f"adapter {str(adapter_dir)!r}: adapter_config.json gives {key} = {config[key]!r}; "
+                                f"{key} must be {expected}")
 
 
 class FullPolicy(torch.nn.Module):

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_tradeoff_curves", "plot_win_rate_vs_n", "plot_tradeoff", "plot_demo"]
+from .core.errors import InfalignError
+
+__all__ = ["check_plot_path", "plot_tradeoff_curves", "plot_win_rate_vs_n", "plot_tradeoff", "plot_demo"]
 
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
@@ -26,6 +28,27 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def check_plot_path(path) -> Path:
+    """`path` as a Path when matplotlib can write a plot there, checked before anything is computed: its extension
+    names a format matplotlib writes (png, pdf, svg, ...; it picks the format from the extension), it is not a
+    folder, and no file stands where a folder above it would be created. Else one InfalignError naming it."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        got = f"extension {path.suffix!r}" if path.suffix else "no extension"
+        raise InfalignError(f"plot file {str(path)!r} has {got}; the format is taken from the extension, one of: "
+                            f"{', '.join(formats)}")
+    if path.is_dir():
+        raise InfalignError(f"plot file {str(path)!r} is a folder; give a file name such as {str(path / 'plot.png')!r}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InfalignError(f"plot file {str(path)!r} cannot be written: {str(blocking)!r} is a file, not a folder")
+    return path
 
 
 def _label(procedure: str, n: int) -> str:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,20 @@ def _short(value, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
+# What user code may raise without it being a bug of ours: any Exception, and the BaseExceptions a library raises
+# to stop the process (sys.exit's SystemExit, ...). A KeyboardInterrupt is let through: it is how Ctrl-C reaches
+# the command, which then says how to resume (cli.py); GeneratorExit belongs to the interpreter.
+_LET_THROUGH = (KeyboardInterrupt, GeneratorExit)
+
+
+def _describe(exc: BaseException) -> str:
+    """'ValueError: text' in one line; a SystemExit says that the function (or a library it calls) exited."""
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else " ".join(repr(exc.code).split())[:300]
+        return f"SystemExit (it called sys.exit({code}), directly or through a library)"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
 class RewardCallError(InfalignError):
     """A reward callable raised: which (prompt, completion) pair of the call (`index`, None when the pair could
     not be singled out), and the original exception. `score_in_chunks` and `score_texts` restate the pair in
@@ -37,10 +52,8 @@ class RewardCallError(InfalignError):
 
     def __init__(self, name: str, exc: BaseException, index: int | None, where: str):
         self.name, self.exc, self.index = name, exc, index
-        text = " ".join(str(exc).split())
-        super().__init__(f"reward function {name!r} raised {type(exc).__name__}: {text[:300]} — {where}; fix the "
-                         "function (it is called as fn(prompts, completions) with lists, and must return one "
-                         "float per completion)")
+        super().__init__(f"reward function {name!r} raised {_describe(exc)} — {where}; fix the function (it is "
+                         "called as fn(prompts, completions) with lists, and must return one float per completion)")
 
     def at(self, where: str) -> RewardCallError:
         return RewardCallError(self.name, self.exc, self.index, where)
@@ -63,7 +76,7 @@ class Scorer:
         table that happens to hold n numbers (an (n/2, 2) array), strings or ragged lists."""
         expected = f"expected one float per completion, shape ({n},)"
         try:
-            out = np.asarray(result)
+            out = _as_array(result)
         except (ValueError, TypeError) as exc:  # a ragged list of lists, ...
             raise InfalignError(f"scorer {self.name!r} returned {type(result).__name__} that is not an array of "
                                 f"numbers ({' '.join(str(exc).split())[:120]}) for {n} completions; {expected}") \
@@ -81,6 +94,22 @@ class Scorer:
         raise NotImplementedError
 
 
+def _is_tensor(value) -> bool:
+    torch = sys.modules.get("torch")  # nothing can be a tensor before torch is imported
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _as_array(result) -> np.ndarray:
+    """What a scorer returned as an array. A torch tensor (or a list of them) is detached and read as float64 on
+    the CPU first: numpy refuses a tensor that requires grad, one on a GPU, and bfloat16; the values are the reward
+    either way, and the graph a differentiable reward built is dropped with it."""
+    if _is_tensor(result):
+        return result.detach().to("cpu").double().numpy()
+    if isinstance(result, (list, tuple)) and any(_is_tensor(v) for v in result):
+        return np.asarray([v.detach().to("cpu").double().numpy() if _is_tensor(v) else v for v in result])
+    return np.asarray(result)
+
+
 class CallableScorer(Scorer):
     """A Python callable `(prompts, completions) -> floats`. When it raises, the pair it raised on is found by
     bisection (at most about twice the call's work, spent only on the way to the error) and named."""
@@ -91,7 +120,9 @@ class CallableScorer(Scorer):
     def _score(self, prompts, completions):
         try:
             return self.fn(prompts, completions)
-        except Exception as exc:  # the user's code: any exception is a bad reward, reported in one line
+        except _LET_THROUGH:
+            raise
+        except BaseException as exc:  # the user's code: whatever it raises is a bad reward, reported in one line
             index = self._locate(prompts, completions)
             if index is None:
                 where = f"on a call with {len(prompts)} pairs (no single pair raises alone)"
@@ -116,7 +147,9 @@ class CallableScorer(Scorer):
     def _raises(self, prompts, completions) -> bool:
         try:
             self.fn(prompts, completions)
-        except Exception:
+        except _LET_THROUGH:
+            raise
+        except BaseException:
             return True
         return False
 
@@ -190,10 +223,12 @@ class HFRewardScorer(Scorer):
 
     def text(self, prompt: Any, completion: str) -> str:
         """The (prompt, completion) conversation as the reward model reads it."""
+        from .tokenization import apply_chat_template
+
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            return tok.apply_chat_template(msgs + [{"role": "assistant", "content": completion}], tokenize=False)
+            return apply_chat_template(tok, msgs + [{"role": "assistant", "content": completion}], "reward model")
         if not isinstance(prompt, str):
             raise InfalignError(f"prompt is a list of chat messages but reward model tokenizer {self.name!r} "
                                 "has no chat_template")
@@ -266,9 +301,11 @@ def _import_callable(spec: str) -> Callable:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise InfalignError(f"cannot load reward function {spec!r}: {exc}") from None
-    except Exception as exc:  # the module's own code failed while it was imported
+    except _LET_THROUGH:
+        raise
+    except BaseException as exc:  # the module's own code failed (or exited) while it was imported
         raise InfalignError(f"cannot load reward function {spec!r}: importing {module_name!r} raised "
-                            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+                            f"{_describe(exc)}") from None
     fn = getattr(module, attr, None)
     if fn is None:
         raise InfalignError(f"cannot load reward function {spec!r}: module {module_name!r} has no {attr!r}")

@@ -22,8 +22,8 @@ from typing import Any
 
 from .core.errors import InfalignError
 
-__all__ = ["encode_prompt", "encode_completion", "check_tokenizer", "prompt_text", "tokenize_dataset",
-           "check_stored_ids"]
+__all__ = ["encode_prompt", "encode_completion", "check_tokenizer", "prompt_text", "apply_chat_template",
+           "tokenize_dataset", "check_stored_ids"]
 
 
 def check_tokenizer(tokenizer) -> None:
@@ -47,8 +47,23 @@ def prompt_text(tokenizer, prompt: Any) -> str:
                 f"prompt is a list of chat messages but tokenizer {tokenizer.name_or_path!r} has no chat_template"
             )
         # tokenize=False: in transformers 5 tokenize=True returns a dict, and we want one code path.
-        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        return apply_chat_template(tokenizer, list(prompt), "tokenizer", add_generation_prompt=True)
     raise InfalignError(f"prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}")
+
+
+def apply_chat_template(tokenizer, messages: list[dict], what: str = "tokenizer", **kwargs) -> str:
+    """`tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)`; a template that raises (many refuse a
+    `system` message, or roles that do not alternate, with jinja's raise_exception) is one InfalignError naming the
+    tokenizer, what it said and the roles of the conversation it was given."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as exc:  # jinja2's TemplateError, or whatever the template's own code raises
+        text = " ".join(str(exc).split())[:300]
+        roles = ", ".join(str(m.get("role")) for m in messages)
+        raise InfalignError(f"the chat template of {what} {tokenizer.name_or_path!r} raised {type(exc).__name__}: "
+                            f"{text} (on a conversation with roles: {roles}); change the prompts to what the "
+                            "template accepts (e.g. fold a system message into the first user message) or fix the "
+                            "template") from None
 
 
 def encode_prompt(tokenizer, prompt: Any) -> list[int]:

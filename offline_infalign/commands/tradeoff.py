@@ -62,6 +62,10 @@ def run(args) -> int:
     from ..core.transforms import Transform
 
     cfg = load(args, TradeoffConfig)
+    if args.plot:  # a file matplotlib cannot write is refused before the computation, not after it
+        from ..plots import check_plot_path
+
+        check_plot_path(args.plot)
     procedure, n = cfg.procedure, cfg.n
     rows = []
     if cfg.choose:

@@ -93,6 +93,15 @@ class SampleConfig:
         one_of(owner, "on_duplicate_prompt", self.on_duplicate_prompt, DUPLICATE_POLICIES)
         one_of(owner, "dtype", self.dtype, DTYPES)
         parse_shard(self.shard)
+        _check_device(self.device)
+
+
+def _check_device(device: str | None) -> None:
+    """A --device torch cannot use here (`banana`, `cuda` on a CPU-only build) is refused when the config is read."""
+    if device is not None:
+        from ..modeling import check_device  # torch: only when a device is named, never for --help
+
+        check_device(device)
 
 
 @dataclasses.dataclass
@@ -127,6 +136,7 @@ class ScoreConfig:
         positive_int("score", "chunk_size", self.chunk_size)
         one_of("score", "dtype", self.dtype, DTYPES)
         parse_shard(self.shard)
+        _check_device(self.device)
 
 
 @dataclasses.dataclass
