@@ -57,10 +57,41 @@ def _completion_ids(scored, ids: list[str], k: int) -> list[list[list[int]]] | N
 
 @dataclass(frozen=True)
 class Prepared:
-    """The prepared DatasetDict {train, test} and the kind's counts of what it left out (e.g. tied pairs)."""
+    """The prepared DatasetDict {train, test}, the kind's counts of what it left out (e.g. tied pairs), and warnings
+    about the data (prompts whose K rewards are all equal) for the manifest."""
 
     data: Any
     counts: dict[str, int]
+    warnings: tuple[str, ...] = ()
+
+
+# A warning is recorded when at least this share of the prompts has K equal rewards (and none of them carries a
+# preference); all of them is refused.
+TIED_PROMPTS_WARNING = 0.1
+
+
+def _tied_prompts(rewards: np.ndarray, ids: list[str], kind: str) -> list[str]:
+    """Refuse rewards equal within every prompt; warn when many prompts are so.
+
+    A prompt whose K rewards are all equal has no preference in it, whatever the kind: pairs has no untied pair to
+    make a row of (the prompt gives none), listwise and bon give it flat targets and equal weights (its rows ask the
+    policy to stay at the base model there, which is what its data says). When it is every prompt, the reward
+    carried no information at all (a constant function, a classifier saturated at one label): pairs would write
+    zero rows, listwise and bon a dataset that trains nothing but a copy of the base model, so it is refused for
+    every kind, naming the value."""
+    flat = (rewards == rewards[:, :1]).all(axis=1)
+    if flat.all():
+        raise InfalignError(f"every one of the {len(ids)} prompts has all K={rewards.shape[1]} rewards equal (e.g. "
+                            f"prompt_id {ids[0]}: {float(rewards[0, 0])!r}): the reward gives no preference between "
+                            f"completions, so a {kind} dataset would carry none (a constant reward, or a classifier "
+                            "saturated at one label?); check the reward model and --reward-label")
+    share = float(flat.mean())
+    if share < TIED_PROMPTS_WARNING:
+        return []
+    effect = ("they give no pairs" if kind == "pairs" else
+              "their targets are flat, so their rows only pull the policy toward the base model")
+    return [f"{int(flat.sum())} of {len(ids)} prompts ({share:.0%}) have all K={rewards.shape[1]} rewards equal: "
+            f"{effect}; a reward that ties this often may be saturated or coarse"]
 
 
 def prepare(scored, kind: str, transform: Transform, beta: float, pairs: str = "all",
@@ -86,6 +117,11 @@ def prepare(scored, kind: str, transform: Transform, beta: float, pairs: str = "
     k = rewards.shape[1]
     if k < 2:
         raise InfalignError(f"calibration needs num_samples K >= 2 completions per prompt, got K={k}")
+    warnings = _tied_prompts(rewards, ids, kind)
+    test = np.array([is_test_prompt(pid, test_fraction) for pid in ids], dtype=bool)
+    if test.all():
+        raise InfalignError(f"test_fraction {test_fraction:g} puts all {len(ids)} prompts in the test split and "
+                            "none in train (held-out prompts are chosen by prompt_id hash); lower --test-fraction")
     ref = _matrix(scored, "ref_logps", ids)  # (P, K)
     u = calibrate(rewards)  # (P, K) docs/math.md §2
     matrices = ScoredMatrices(
@@ -103,13 +139,16 @@ def prepare(scored, kind: str, transform: Transform, beta: float, pairs: str = "
         types = {"prompt_ids": "ints", **types}
     columns.update(rows.columns)
     features = _features(scored.features["prompt"], types)
-    test = np.array([is_test_prompt(pid, test_fraction) for pid in ids], dtype=bool)
+    if not (~test[owner]).any():  # pairs: every train prompt's rewards tied
+        raise InfalignError(f"the train split would have no {kind} rows: its {int((~test).sum())} prompt(s) (of "
+                            f"{len(ids)}; {int(test.sum())} held out for test) have all their rewards equal, so no "
+                            "pair has a winner")
     splits = {}
     for name, mask in (("train", ~test), ("test", test)):
         keep = np.flatnonzero(mask[owner]) if len(owner) else np.zeros(0, dtype=int)
         data = {c: [v[r] for r in keep] if isinstance(v, list) else v[keep].tolist() for c, v in columns.items()}
         splits[name] = datasets.Dataset.from_dict(data, features=features)
-    return Prepared(datasets.DatasetDict(splits), dict(rows.counts))
+    return Prepared(datasets.DatasetDict(splits), dict(rows.counts), tuple(warnings))
 
 
 def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_per_prompt: int | None = None,

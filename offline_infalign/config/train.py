@@ -41,8 +41,9 @@ class TrainConfig:
     max_steps: int | None = field(None, help="optimizer steps (overrides num_train_epochs when set)")
     num_train_epochs: float = field(1.0, help="passes over the dataset")
     learning_rate: float = field(5e-5, help="peak learning rate (AdamW)")
-    lr_scheduler_type: str = field("linear", help="transformers scheduler name: linear, cosine, constant, ...")
-    warmup_steps: int = field(0, help="linear warmup steps")
+    lr_scheduler_type: str = field("linear", help="transformers scheduler name: linear, cosine, constant, ... (one "
+                                   "that needs no lr_scheduler_kwargs)")
+    warmup_steps: int = field(0, help="linear warmup steps (>= 0)")
     lora_r: int = field(16, help="LoRA rank")
     lora_alpha: int | None = field(None, help="LoRA alpha (default: 2 * lora_r)")
     lora_dropout: float = field(0.0, help="LoRA dropout (default 0: dropout makes the log-ratios h noisy, and TRL "
@@ -86,7 +87,7 @@ class TrainConfig:
                               "CPU)")
     max_length: int | None = field(None, help="drop rows whose prompt + completion is longer (never truncated: the "
                                    "stored reference log-probs are of the whole completion)")
-    report_to: str = field("none", help="none, tensorboard, wandb, ...")
+    report_to: str = field("none", help="none, all, or one installed logger: tensorboard, wandb, ...")
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
     allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
     verify: bool | None = field(None, help=VERIFY_HELP)
@@ -129,3 +130,54 @@ class TrainConfig:
             self.target_modules = [self.target_modules]
         if not self.target_modules:
             raise InfalignError("train: target_modules must name at least one module (or 'all-linear')")
+        if not all(isinstance(t, str) and t.strip() for t in self.target_modules):
+            raise InfalignError(f"train: target_modules must be module names, got {self.target_modules!r}")
+        # Settings transformers reads only when the trainer is built, after the model loaded (a traceback there):
+        # checked now. The target modules are checked against the model once it loads (modeling.load_policy).
+        positive_int("train", "warmup_steps", self.warmup_steps, 0)
+        _check_scheduler(self.lr_scheduler_type)
+        _check_report_to(self.report_to)
+
+
+def _check_scheduler(name: str) -> None:
+    """A scheduler transformers knows and train can run: built on a one-parameter optimizer from the settings train
+    passes (warmup and total steps, no `lr_scheduler_kwargs`), and stepped without a metric (train evaluates
+    nothing, so reduce_lr_on_plateau and greedy, whose `step` takes the evaluation metric, cannot run). Refused now,
+    with the names that would run, instead of a traceback once the model has loaded."""
+    import inspect
+
+    import torch
+    from transformers import SchedulerType, get_scheduler
+
+    def problem(value: str) -> str | None:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        try:
+            scheduler = get_scheduler(value, optimizer, num_warmup_steps=1, num_training_steps=10)
+        except (ValueError, TypeError, KeyError):
+            return "needs settings train does not pass (lr_scheduler_kwargs)"
+        step = inspect.signature(scheduler.step).parameters.values()
+        if any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in step):
+            return "steps on an evaluation metric, and train evaluates nothing"
+        return None
+
+    names = [s.value for s in SchedulerType]
+    why = "is not a transformers scheduler" if name not in names else problem(name)
+    if why is not None:
+        usable = [n for n in names if problem(n) is None]
+        raise InfalignError(f"train: lr_scheduler_type {name!r} {why}; allowed: {', '.join(usable)}")
+
+
+def _check_report_to(name: str) -> None:
+    """'none', 'all' (every logger installed) or one logger transformers integrates, which must be installed."""
+    if name in ("none", "all"):
+        return
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    if name not in INTEGRATION_TO_CALLBACK:
+        raise InfalignError(f"train: report_to {name!r} is not a logger transformers knows; allowed: none, all, "
+                            f"{', '.join(INTEGRATION_TO_CALLBACK)}")
+    if name not in get_available_reporting_integrations():
+        raise InfalignError(f"train: report_to {name!r} needs the {name} package, which is not installed here "
+                            f"(pip install {name}), or pass --report-to none")

@@ -16,11 +16,13 @@ Batch: 2B sequences, the B chosen then the B rejected. Loss call: `fn(h_chosen, 
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..core.errors import InfalignError
 from ..core.losses import kl_estimates
 from . import PAIR_CHOICES
 from .base import Collator, DatasetKind, Rows, ScoredMatrices, floats
@@ -96,23 +98,158 @@ class PairsKind(DatasetKind):
 
 
 def _all_pairs(rewards: np.ndarray, m: ScoredMatrices):
-    """(chosen index, rejected index, owner, counts) of every untied pair i < j, or `pairs_per_prompt` of them."""
-    k = rewards.shape[1]
-    ii, jj = np.triu_indices(k, 1)  # all K(K−1)/2 pairs i < j
-    rows_i, rows_j, owner, tied = [], [], [], 0
-    for a, pid in enumerate(m.ids):
-        untied = np.flatnonzero(rewards[a, ii] != rewards[a, jj])
-        tied += len(ii) - len(untied)
-        if m.pairs_per_prompt is not None and m.pairs_per_prompt < len(untied):
-            pick = np.sort(_pair_rng(m.seed, pid).choice(untied, size=m.pairs_per_prompt, replace=False))
-        else:
-            pick = untied
-        rows_i.append(ii[pick])
-        rows_j.append(jj[pick])
-        owner.append(np.full(len(pick), a))
-    i, j, owner = np.concatenate(rows_i), np.concatenate(rows_j), np.concatenate(owner)
+    """(chosen index, rejected index, owner, counts) of every untied pair i < j, or `pairs_per_prompt` of them drawn
+    uniformly without replacement; in the order i, then j, per prompt.
+
+    Drawn pairs are never enumerated (at K = 100 000 there are 5e9 pairs, 40 GB per index array): the untied pairs
+    of a prompt are numbered in that order, the ranks to keep are drawn (`Generator.choice` over the count costs
+    the number drawn) and each rank is turned into its pair (`UntiedPairs`). The ranks drawn are those the
+    enumeration of every pair drew before, so every seed gives the pairs it gave then. All pairs are listed block
+    by block, after a check that they fit in memory (`_check_size`).
+    """
+    counts, tied = untied_counts(rewards)
+    _check_size(counts, m)
+    draw = m.pairs_per_prompt is not None and bool((counts > m.pairs_per_prompt).any())
+    parts = []
+    for lo, hi in _blocks(rewards.shape, few=draw):
+        parts.append(_drawn(rewards[lo:hi], counts[lo:hi], m, lo) if draw else _every(rewards[lo:hi], lo))
+    empty = np.zeros(0, dtype=np.int64)
+    i, j, owner = (np.concatenate([part[n] for part in parts]) if parts else empty for n in range(3))
     first = rewards[owner, i] > rewards[owner, j]
-    return np.where(first, i, j), np.where(first, j, i), owner, {"skipped_tied_pairs": tied}
+    return np.where(first, i, j), np.where(first, j, i), owner, {"skipped_tied_pairs": int(tied.sum())}
+
+
+def untied_counts(rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(untied pairs, tied pairs) per prompt of a (P, K) reward matrix, from its groups of equal rewards:
+    tied = Σ_groups c(c − 1)/2, untied = K(K − 1)/2 − tied. O(PK log K), nothing of size K²."""
+    p, k = rewards.shape
+    if not p * k:
+        return np.zeros(p, dtype=np.int64), np.zeros(p, dtype=np.int64)
+    ranked = np.sort(rewards, axis=1)
+    new_group = np.ones((p, k), dtype=bool)
+    new_group[:, 1:] = ranked[:, 1:] != ranked[:, :-1]  # != : -0.0 and 0.0 are one reward
+    starts = np.flatnonzero(new_group.ravel())
+    sizes = np.diff(np.r_[starts, p * k])
+    tied = np.bincount(starts // k, weights=sizes * (sizes - 1) // 2, minlength=p).astype(np.int64)
+    return k * (k - 1) // 2 - tied, tied
+
+
+# Bytes of working memory per block of prompts (about): `UntiedPairs` holds ~8 (prompts × K) int64 arrays, `_every`
+# a (prompts × K(K−1)/2) boolean one. Blocks keep drawing from a large scored artifact to a few tens of MB.
+_BLOCK_BYTES = 1 << 25
+
+
+def _blocks(shape: tuple[int, int], few: bool):
+    p, k = shape
+    per_prompt = 64 * k if few else k * (k - 1) // 2
+    size = max(1, _BLOCK_BYTES // max(per_prompt, 1))
+    return [(lo, min(lo + size, p)) for lo in range(0, p, size)]
+
+
+def _every(rewards: np.ndarray, offset: int):
+    """(i, j, owner) of every untied pair of a block of prompts, listed as i < j row by row."""
+    ii, jj = np.triu_indices(rewards.shape[1], 1)
+    owner, pair = np.nonzero(rewards[:, ii] != rewards[:, jj])  # row-major: by prompt, then i, then j
+    return ii[pair], jj[pair], owner + offset
+
+
+def _drawn(rewards: np.ndarray, counts: np.ndarray, m: ScoredMatrices, offset: int):
+    """(i, j, owner) of `pairs_per_prompt` untied pairs drawn per prompt of a block (all of them where fewer)."""
+    ranks, prompts = [], []
+    for a, count in enumerate(counts.tolist()):
+        if m.pairs_per_prompt < count:
+            pid = m.ids[offset + a]
+            ranks.append(np.sort(_pair_rng(m.seed, pid).choice(count, size=m.pairs_per_prompt, replace=False)))
+        else:
+            ranks.append(np.arange(count))
+        prompts.append(np.full(len(ranks[-1]), a))
+    prompts = np.concatenate(prompts) if prompts else np.zeros(0, dtype=np.int64)
+    i, j = UntiedPairs(rewards).at(prompts, np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64))
+    return i, j, prompts + offset
+
+
+class UntiedPairs:
+    """The untied pairs (i, j) — i < j, rewards[i] != rewards[j] — of each prompt of a (P, K) reward block,
+    numbered 0..counts[a]-1 per prompt in the order i, then j, without listing them: O(PK log K) to set up,
+    O(log PK) per pair looked up (`at`).
+
+    Row i of a prompt holds u_i = (K − 1 − i) − (members of i's reward group after i) untied pairs, so a rank r
+    falls in the row i whose cumulative count passes r, as its o-th pair. The o-th index after i outside i's group
+    is j = i + 1 + o + k, where k counts the members of the group it skips: those after i (i is the p-th of its
+    group by index, e_m the m-th) that come before j, i.e. with e_m − m ≤ o + i − p. e_m − m never decreases along
+    a group, so k is one binary search over every group's e_m − m laid end to end, each group offset by `stride`.
+    """
+
+    def __init__(self, rewards: np.ndarray):
+        p, k = rewards.shape
+        self.k = k
+        order = np.argsort(rewards, axis=1, kind="stable")  # by reward, ties by index
+        ranked = np.take_along_axis(rewards, order, axis=1)
+        new_group = np.ones((p, k), dtype=bool)
+        new_group[:, 1:] = ranked[:, 1:] != ranked[:, :-1]  # != : -0.0 and 0.0 are one reward, as before
+        group_of_pos = np.cumsum(new_group.ravel()) - 1  # groups numbered across the block; a prompt starts one
+        self.group_starts = np.flatnonzero(new_group.ravel())  # first flat position of each group
+        sizes = np.diff(np.r_[self.group_starts, p * k])
+        pos_in_group = np.arange(p * k) - self.group_starts[group_of_pos]  # m of each flat position
+        flat = (order + k * np.arange(p)[:, None]).ravel()  # flat index (prompt a, completion i) of each position
+        self.group = np.empty(p * k, dtype=np.int64)
+        self.rank_in_group = np.empty(p * k, dtype=np.int64)
+        self.group[flat], self.rank_in_group[flat] = group_of_pos, pos_in_group
+        same_after = sizes[self.group] - 1 - self.rank_in_group
+        untied = (k - 1 - np.tile(np.arange(k), p)) - same_after  # u_i, flat
+        self.ends = np.cumsum(untied)  # pairs of every row up to this one, across prompts
+        self.row_starts = self.ends - untied
+        self.counts = untied.reshape(p, k).sum(axis=1)
+        self.prompt_starts = np.r_[0, np.cumsum(self.counts)[:-1]] if p else np.zeros(0, dtype=np.int64)
+        self.stride = 2 * k + 1  # more than any e_m − m or query below: the groups never mix in the search
+        self.keys = group_of_pos * self.stride + (order.ravel() - pos_in_group)  # e_m − m, group after group
+
+    def at(self, prompts: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(i, j) of the pairs numbered `ranks` (each < counts of its prompt) of prompts `prompts` (block rows)."""
+        prompts, ranks = np.asarray(prompts, dtype=np.int64), np.asarray(ranks, dtype=np.int64)
+        row = np.searchsorted(self.ends, self.prompt_starts[prompts] + ranks, side="right")  # flat (a, i)
+        i = row - prompts * self.k
+        o = self.prompt_starts[prompts] + ranks - self.row_starts[row]  # the pair's place within row i
+        g, p = self.group[row], self.rank_in_group[row]
+        covered = np.searchsorted(self.keys, g * self.stride + o + i - p, side="right")
+        skipped = covered - self.group_starts[g] - (p + 1)
+        return i, i + 1 + o + skipped
+
+
+# What one pairs row costs in memory while prepare builds it, beyond its texts and ids: index arrays, a Python
+# reference per column, and five floats as Python objects (measured about 300 bytes; rounded up).
+_ROW_OVERHEAD_BYTES = 512
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
+        return None
+
+
+def _check_size(counts: np.ndarray, m: ScoredMatrices) -> None:
+    """Refuse, before any row exists, a pairs dataset that cannot fit in this machine's memory: all K(K−1)/2 pairs
+    grow with K², so K = 100 000 asks for 5e9 rows (terabytes) per prompt. Each row holds its prompt and two
+    completions (text and ids); their mean sizes are read from the first prompts."""
+    rows = int(counts.sum() if m.pairs_per_prompt is None else np.minimum(counts, m.pairs_per_prompt).sum())
+    memory = _physical_memory()
+    if memory is None or not rows:
+        return
+    some = range(min(len(m.ids), 32))
+    texts = [c for a in some for c in m.completions[a][:64]]
+    completion = np.mean([len(t.encode()) for t in texts]) if texts else 0.0
+    if m.completion_ids is not None:
+        completion += 4 * np.mean([len(c) for a in some for c in m.completion_ids[a][:64]])  # int32 ids
+    prompt = np.mean([len(str(m.prompts[a]).encode()) for a in some])  # its text, and its ids about as much
+    need = rows * (_ROW_OVERHEAD_BYTES + 2 * completion + 2 * prompt)
+    if need > memory:
+        k = m.rewards.shape[1]
+        hint = ("lower --pairs-per-prompt" if m.pairs_per_prompt is not None else
+                "pass --pairs-per-prompt M (M pairs drawn per prompt) or --pairs best_worst")
+        raise InfalignError(f"a pairs dataset of {rows:,} rows (K = {k}: up to K(K-1)/2 = {k * (k - 1) // 2:,} pairs "
+                            f"per prompt, {len(m.ids)} prompts) needs about {need / 2**30:,.0f} GiB of memory to "
+                            f"build, more than this machine's {memory / 2**30:,.0f} GiB; {hint}")
 
 
 def _best_worst(rewards: np.ndarray):

@@ -114,6 +114,7 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     for split, part in data.items():  # e.g. weights softmax(Φ/β) at a β so small that Φ/β overflows
         check_finite_rows(part, "the prepared dataset", f"beta={beta:g} with transform {transform} gives numbers "
                           "that do not fit a float: choose a larger beta", split)
+    warnings += list(prepared.warnings)
     advice = None
     if cfg.procedure is not None and cfg.n is not None:
         k = len(scored[0]["rewards"])
