@@ -94,11 +94,18 @@ def check_json_file(path: str | Path, what: str = "prompt file", example: str = 
     text = decode_utf8(path.read_bytes(), f"{what} {str(path)!r}", "save the file as UTF-8")
     if path.suffix == ".json":
         try:  # one JSON document (a list of rows, or rows under a field) is what `datasets` reads first
-            json.loads(text)
+            document = json.loads(text)
+            if document in ([], {}):
+                raise InfalignError(f"{what} {str(path)!r} holds no {_rows(what)}: it is an empty JSON "
+                                    f"{type(document).__name__}")
             return
         except json.JSONDecodeError:
             pass  # else JSON Lines, checked below
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise InfalignError(f"{what} {str(path)!r} holds no {_rows(what)}: its {len(lines)} line(s) are all blank; "
+                            f"each line must be one JSON object, like {example}")
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -111,14 +118,21 @@ def check_json_file(path: str | Path, what: str = "prompt file", example: str = 
                                 f"object: each line must be one JSON object, like {example}")
 
 
+def _rows(what: str) -> str:
+    """What a file of `what` holds: prompts (a prompt file) or rows (another input file)."""
+    return "prompts" if what == "prompt file" else "rows"
+
+
 def _check_parquet_file(path: Path, what: str = "prompt file") -> None:
     """Refuse a file that is not Parquet before `datasets` logs its own error (with a traceback) about it."""
     import pyarrow.parquet as pq
 
     try:
-        pq.read_schema(path)
+        rows = pq.read_metadata(path).num_rows
     except Exception as exc:  # ArrowInvalid, OSError: whatever pyarrow says, the file is not readable Parquet
         raise InfalignError(f"{what} {str(path)!r} is not a readable Parquet file ({_one_line(exc)})") from None
+    if rows == 0:
+        raise InfalignError(f"{what} {str(path)!r} holds no {_rows(what)}: the Parquet table has 0 rows")
 
 
 def load_rows(path_or_id: str, split: str = "train", data_files=None, what: str = "prompts", **kwargs):

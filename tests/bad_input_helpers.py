@@ -47,3 +47,35 @@ def make_build(assets, out):
             "identity", "--beta", "0.5"]
     assert main(argv) == 0
     return out
+
+
+def damaged_copy(src, dst, config=None, remove_tokenizer_key=None, truncate=None):
+    """A copy of model folder `src` at `dst` with one thing broken: `config` (a dict) merged into config.json,
+    `remove_tokenizer_key` deleted from tokenizer.json, or the file named `truncate` cut to a tenth of its size."""
+    import shutil
+    from pathlib import Path
+
+    dst = Path(dst)
+    shutil.copytree(src, dst)
+    if config:
+        data = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps({**data, **config}))
+    if remove_tokenizer_key:
+        data = json.loads((dst / "tokenizer.json").read_text())
+        del data[remove_tokenizer_key]
+        (dst / "tokenizer.json").write_text(json.dumps(data))
+    if truncate:
+        target = dst / truncate
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 10])
+    return str(dst)
+
+
+def reward_module(root, monkeypatch, name: str, source: str) -> str:
+    """Write `source` as module `name` below `root`, importable for this test; returns 'name:' to prefix a function.
+    Each test uses its own module name: an imported module stays in sys.modules."""
+    import textwrap
+
+    (root / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(__import__("sys").modules, name, raising=False)
+    return f"{name}:"

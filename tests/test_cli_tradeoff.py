@@ -48,6 +48,27 @@ def test_table_and_plot(capsys, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_plot_file_matplotlib_cannot_write_is_refused_before_computing(capsys, tmp_path, monkeypatch):
+    """The format comes from the extension: one matplotlib does not write (or none) is one line, and nothing is
+    computed first (`choose` would take a second or more)."""
+    from offline_infalign.core import tradeoff
+
+    monkeypatch.setattr(tradeoff, "choose", lambda *a, **k: pytest.fail("computed before the plot file was checked"))
+    (tmp_path / "afile").write_text("")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = ", ".join(sorted(FigureCanvasBase.get_supported_filetypes()))  # png, pdf, svg, ... (this matplotlib's)
+    assert "png" in formats and "pdf" in formats
+    for path, said in ((tmp_path / "x.xyz", f"has extension '.xyz'; the format is taken from the extension, one of: "
+                                            f"{formats}"),
+                       (tmp_path / "x", "has no extension; the format is taken from the extension, one of: "),
+                       (tmp_path / "afile" / "x.png", f"cannot be written: {str(tmp_path / 'afile')!r} is a file")):
+        assert main(["tradeoff", "--choose", "--kl", "0.2", "--plot", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"infalign tradeoff: error: plot file {str(path)!r} {said}") and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [

@@ -314,6 +314,10 @@ def test_sample_command_reports_cut_fraction_and_warns(assets, tmp_path, capsys)
             "completions with no stop-token term (docs/math.md §9)") in printed.err
     assert "temperature=0.7, top_p=1.0, top_k=0 come from another policy" in printed.err
     # At T = 1 with every id a stop id (each completion is one stop token, none is cut): neither warning.
-    main(["sample", "--prompts", assets["prompts"], "--model", assets["lm"], "--out", str(tmp_path / "t"),
-          "--num-samples", "2", "--max-new-tokens", "2", "--stop-token-ids"] + [str(i) for i in range(70)])
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(assets["lm"]).vocab_size
+    assert main(["sample", "--prompts", assets["prompts"], "--model", assets["lm"], "--out", str(tmp_path / "t"),
+                 "--num-samples", "2", "--max-new-tokens", "2", "--stop-token-ids"]
+                + [str(i) for i in range(vocab)]) == 0
     assert read_manifest(tmp_path / "t")["cut_fraction"] == 0 and "warning" not in capsys.readouterr().err

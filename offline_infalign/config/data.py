@@ -99,7 +99,7 @@ class SampleConfig:
 def _check_device(device: str | None) -> None:
     """A --device torch cannot use here (`banana`, `cuda` on a CPU-only build) is refused when the config is read."""
     if device is not None:
-        from ..modeling import check_device  # torch: only when a device is named, never for --help
+        from ..load_checks import check_device  # torch: only when a device is named, never for --help
 
         check_device(device)
 
