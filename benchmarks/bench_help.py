@@ -6,14 +6,18 @@ the figures are what a user waits for. Commands are interleaved round-robin `--r
 on a shared machine hits every command alike; the median is reported.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_help.py --repeats 7
+    # the same, with another checkout's package first on the path (e.g. the code before a change, side by side):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_help.py --repeats 7 --source /tmp/old_checkout
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 COMMANDS = ["", "demo", "tradeoff", "sample", "score", "prepare", "build", "merge", "train", "eval"]
@@ -30,10 +34,12 @@ print("TORCH" if "torch" in sys.modules else "NO-TORCH", file=sys.stderr)
 """
 
 
-def run_once(command: str) -> tuple[float, bool]:
+def run_once(command: str, source: str | None = None) -> tuple[float, bool]:
     argv = [sys.executable, "-c", PROBE, *command.split(), "--help"]
+    env = {**os.environ, "PYTHONPATH": source} if source else None
     t0 = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    # Run outside the repository: `python -c` puts the working folder first on sys.path, before PYTHONPATH.
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env, cwd=tempfile.gettempdir())
     elapsed = time.perf_counter() - t0
     return elapsed, "NO-TORCH" not in done.stderr
 
@@ -41,20 +47,27 @@ def run_once(command: str) -> tuple[float, bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--source", help="also time the package found in this folder (put first on PYTHONPATH), "
+                        "interleaved with this checkout's")
     args = parser.parse_args()
-    times: dict[str, list[float]] = {c: [] for c in COMMANDS}
-    torch_seen: dict[str, bool] = {}
+    sources = [None] + ([args.source] if args.source else [])
+    times = {(s, c): [] for s in sources for c in COMMANDS}
+    torch_seen: dict = {}
     run_once("")  # warm the page cache once; not counted
     for _ in range(args.repeats):
         for command in COMMANDS:
-            elapsed, with_torch = run_once(command)
-            times[command].append(elapsed)
-            torch_seen[command] = with_torch
-    print(f"{'command':26s} {'median (s)':>10s} {'min (s)':>8s}  imports torch")
-    for command in COMMANDS:
-        label = f"infalign {command} --help".replace("  ", " ")
-        print(f"{label:26s} {statistics.median(times[command]):10.2f} {min(times[command]):8.2f}  "
-              f"{'yes' if torch_seen[command] else 'no'}")
+            for source in sources:
+                elapsed, with_torch = run_once(command, source)
+                times[source, command].append(elapsed)
+                torch_seen[source, command] = with_torch
+    for source in sources:
+        print(f"\n{source or 'this checkout'}:")
+        print(f"{'command':26s} {'median (s)':>10s} {'min (s)':>8s}  imports torch")
+        for command in COMMANDS:
+            label = f"infalign {command} --help".replace("  ", " ")
+            t = times[source, command]
+            print(f"{label:26s} {statistics.median(t):10.2f} {min(t):8.2f}  "
+                  f"{'yes' if torch_seen[source, command] else 'no'}")
 
 
 if __name__ == "__main__":
