@@ -19,8 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-COMMANDS = ["", "demo", "tradeoff", "sample", "score", "prepare", "build", "merge", "train", "eval"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from offline_infalign.cli import COMMANDS as _COMMANDS  # noqa: E402  (cli imports nothing heavy)
+
+COMMANDS = [""] + _COMMANDS
 
 # Prints the help, then on stderr whether torch was imported along the way.
 PROBE = """
@@ -34,13 +39,16 @@ print("TORCH" if "torch" in sys.modules else "NO-TORCH", file=sys.stderr)
 """
 
 
-def run_once(command: str, source: str | None = None) -> tuple[float, bool]:
+def run_once(command: str, source: str | None = None) -> tuple[float, bool] | None:
+    """(seconds, imported torch) of one `infalign COMMAND --help`; None when that code has no such command."""
     argv = [sys.executable, "-c", PROBE, *command.split(), "--help"]
     env = {**os.environ, "PYTHONPATH": source} if source else None
     t0 = time.perf_counter()
     # Run outside the repository: `python -c` puts the working folder first on sys.path, before PYTHONPATH.
-    done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env, cwd=tempfile.gettempdir())
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     elapsed = time.perf_counter() - t0
+    if "usage: infalign" not in done.stdout:
+        return None
     return elapsed, "NO-TORCH" not in done.stderr
 
 
@@ -57,15 +65,19 @@ def main() -> None:
     for _ in range(args.repeats):
         for command in COMMANDS:
             for source in sources:
-                elapsed, with_torch = run_once(command, source)
-                times[source, command].append(elapsed)
-                torch_seen[source, command] = with_torch
+                result = run_once(command, source)
+                if result is not None:
+                    times[source, command].append(result[0])
+                    torch_seen[source, command] = result[1]
     for source in sources:
         print(f"\n{source or 'this checkout'}:")
         print(f"{'command':26s} {'median (s)':>10s} {'min (s)':>8s}  imports torch")
         for command in COMMANDS:
             label = f"infalign {command} --help".replace("  ", " ")
             t = times[source, command]
+            if not t:
+                print(f"{label:26s} {'(no such command)':>19s}")
+                continue
             print(f"{label:26s} {statistics.median(t):10.2f} {min(t):8.2f}  "
                   f"{'yes' if torch_seen[source, command] else 'no'}")
 
