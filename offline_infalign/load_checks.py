@@ -116,8 +116,9 @@ def check_loaded_weights(info: dict, path, what: str = "model", model=None) -> N
                          "would be initialized at random")
         if unexpected:
             parts.append(f"{len(unexpected)} weight(s) in its files have no place in {arch} ({_some(unexpected)})")
-        raise InfalignError(f"{what} {str(path)!r} does not load as {built}: {'; '.join(parts)}. Its config.json "
-                            "names another architecture than its weights were saved from, or the weight files are "
+        raise InfalignError(f"{what} {str(path)!r} does not load as {built}: {'; '.join(parts)}. Its weights were "
+                            "saved from another architecture or task than its config.json builds (an edited "
+                            "model_type, a language model given as a reward model), or its weight files are "
                             "incomplete")
 
 

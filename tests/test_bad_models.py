@@ -57,7 +57,7 @@ def test_config_naming_another_architecture_is_refused_by_sample(assets, tmp_pat
     err = error_line(capsys, sample_argv(assets, tmp_path / "o", "--model", bad))
     assert f"model {bad!r} " in err and missing in err
     assert (unexpected in err) if unexpected else "have no place" not in err
-    assert "names another architecture than its weights were saved from" in err
+    assert "Its weights were saved from another architecture or task than its config.json builds" in err
     assert nothing_written(tmp_path / "o")
 
 

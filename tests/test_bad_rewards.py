@@ -144,6 +144,31 @@ def test_many_tied_prompts_are_a_warning(build, rewards, tmp_path, capsys):
         assert manifest["num_prompts"] == {"train": 2 if kind == "pairs" else 6, "test": 0}
 
 
+def test_a_train_split_whose_prompts_are_all_tied():
+    """Pairs: train prompts with all rewards equal give no train rows though the test split has some: refused,
+    naming the counts. Listwise keeps those prompts (flat targets) and records the warning."""
+    from datasets import Dataset
+
+    from offline_infalign.core.errors import InfalignError
+    from offline_infalign.core.transforms import Transform
+    from offline_infalign.preparation import is_test_prompt, prepare
+
+    ids = [f"q{i}" for i in range(40)]
+    held_out = [is_test_prompt(pid, 0.5) for pid in ids]
+    scored = Dataset.from_dict({
+        "prompt_id": ids, "prompt": [f"prompt {pid}" for pid in ids], "completions": [["a", "b", "c"]] * len(ids),
+        "rewards": [[1.0, 2.0, 3.0] if t else [0.0, 0.0, 0.0] for t in held_out], "ref_logps": [[-1.0] * 3] * len(ids)})
+    train, test = held_out.count(False), held_out.count(True)
+    assert train and test
+    with pytest.raises(InfalignError) as err:
+        prepare(scored, "pairs", Transform("identity"), 0.5, test_fraction=0.5)
+    assert str(err.value) == (f"the train split would have no pairs rows: its {train} prompt(s) (of 40; {test} held "
+                              "out for test) have all their rewards equal, so no pair has a winner")
+    listwise = prepare(scored, "listwise", Transform("identity"), 0.5, test_fraction=0.5)
+    assert len(listwise.data["train"]) == train
+    assert listwise.warnings[0].startswith(f"{train} of 40 prompts ({train / 40:.0%}) have all K=3 rewards equal")
+
+
 def test_a_test_fraction_that_holds_out_every_prompt(build, tmp_path, capsys):
     err = error_line(capsys, ["prepare", "--input", str(build / "scored"), "--transform", "identity", "--beta", "0.5",
                               "--test-fraction", "0.999", "--out", str(tmp_path / "p")])
