@@ -15,8 +15,15 @@ Rows (README "Trainer" has a measured table):
   group batches (a prompt's 48 pairs together, its distinct completions computed once), the DPO loss on both.
   Its precompute pass (a no-grad forward over the whole dataset before training) is reported apart, per pair.
 - listwise K = 8 and K = 32: ours, one prompt group per step (the listwise loss); TRL has no listwise loss, so
-  the ratio is against TRL's pairs rate in tokens/s.
+  the ratio is against TRL's pairs rate in tokens/s. K = 32 also on a GPT-2 of the same shape (a second
+  architecture: learned absolute positions; its ratios are against TRL on the Llama).
 - memory: listwise K = 8 and K = 64 with chunk_size = 8 (the two-pass step), and K = 64 in one pass.
+
+`--prompt-lengths` runs only what a long prompt costs: listwise K = 32, 16-token completions, prompts of ~10 vs
+~550 tokens, on Llama, GPT-2, Mistral, Phi-3 and GPT-NeoX of the same shape packed, and on Llama and GPT-2 per
+row; seconds of CPU per step and the long / short ratio:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trainer.py --prompt-lengths   # about 10 minutes
 tokens/s counts real tokens only: each trained sequence's prompt + completion tokens, no padding, as the
 per-row formulation defines the work (a pair is 2 sequences, a group K). Peak memory is the process's max RSS
 and, apart, its growth during training (max RSS − RSS just before `train()`).
@@ -70,37 +77,51 @@ def _reset_peak() -> bool:
 # ---- data and model ------------------------------------------------------------------------------------------
 
 
-def build_model(root: Path) -> Path:
+ARCHS = ("llama", "gpt2", "mistral", "phi3", "gpt_neox")
+
+
+def build_model(root: Path, arch: str = "llama") -> Path:
+    """The narrow model of `arch` (hidden 128, 4 layers, 4 heads; 2 KV heads where the architecture has them,
+    MLP 512, 32k vocabulary) and the word-level tokenizer, saved in root/model (root/model_ARCH for others)."""
     import torch
+    import transformers as tf
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     special = ["<pad>", "<unk>", "<s>", "</s>"]
     vocab = {t: i for i, t in enumerate(special + [f"w{i}" for i in range(VOCAB - len(special))])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                      pad_token="<pad>")
+    ids = dict(bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False)
+    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=LAYERS,
+                  num_attention_heads=4, max_position_embeddings=1024, **ids)
+    config = {
+        "llama": lambda: tf.LlamaConfig(**common, num_key_value_heads=2),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_inner=4 * HIDDEN,
+                                      n_positions=1024, **ids),
+        "mistral": lambda: tf.MistralConfig(**common, num_key_value_heads=2, sliding_window=4096),
+        "phi3": lambda: tf.Phi3Config(**common, num_key_value_heads=2, sliding_window=2047, partial_rotary_factor=0.75),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**common, rotary_pct=0.25),
+    }[arch]()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
-                                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=1024, bos_token_id=2, eos_token_id=3,
-                                         pad_token_id=0, tie_word_embeddings=False))
-    out = root / "model"
+    model = tf.AutoModelForCausalLM.from_config(config)
+    out = root / ("model" if arch == "llama" else f"model_{arch}")
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
 
 
-def _groups(num_prompts: int, k: int, seed: int):
-    """(prompt ids, [k completion ids]) with prompts of 250–350 tokens, completions of 40–120 ending with EOS."""
+def _groups(num_prompts: int, k: int, seed: int, prompt=(250, 350), completion=(40, 120)):
+    """(prompt ids, [k completion ids]) with prompts of 250–350 tokens, completions of 40–120 ending with EOS
+    (or the given inclusive ranges)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     words = np.arange(4, VOCAB)
-    return [(rng.choice(words, int(rng.integers(250, 351))).tolist(),
-             [rng.choice(words, int(rng.integers(39, 120))).tolist() + [3] for _ in range(k)])
+    return [(rng.choice(words, int(rng.integers(prompt[0], prompt[1] + 1))).tolist(),
+             [rng.choice(words, int(rng.integers(completion[0] - 1, completion[1]))).tolist() + [3] for _ in range(k)])
             for _ in range(num_prompts)]
 
 
@@ -122,7 +143,7 @@ def _ref_logps(model_dir: Path, prompts, completions) -> list[float]:
 
 
 def build_data(root: Path, model_dir: Path, kind: str, num_prompts: int, k: int, seed: int,
-               name: str | None = None) -> Path:
+               name: str | None = None, **shape) -> Path:
     """A prepared artifact (with the id columns and stored reference log-probs) and, for pairs, the same pairs
     as text for TRL."""
     import numpy as np
@@ -130,7 +151,7 @@ def build_data(root: Path, model_dir: Path, kind: str, num_prompts: int, k: int,
 
     from offline_infalign.storage import save_artifact
 
-    groups = _groups(num_prompts, k, seed)
+    groups = _groups(num_prompts, k, seed, **shape)
     text = lambda ids: " ".join("</s>" if i == 3 else f"w{i - 4}" for i in ids)  # noqa: E731
     rng = np.random.default_rng(seed + 1)
     if kind == "listwise":
@@ -263,6 +284,7 @@ NAMES = {"trl": "TRL DPOTrainer, precomputed ref (head at every position: its CP
          "trl_compact": "TRL DPOTrainer, precomputed ref, head at completion positions (its GPU path)",
          "ours_pairs": "ours, pairs, group batches (a prompt's 48 pairs per step)",
          "lw8": "ours, listwise K = 8", "lw32": "ours, listwise K = 32",
+         "lw32_gpt2": "ours, listwise K = 32, GPT-2 of the same shape (learned positions)",
          "lw32_chunked": "ours, listwise K = 32, chunk_size 8 (two passes)",
          "mem8": "memory: ours, listwise K = 8, chunk_size 8", "mem64": "memory: ours, listwise K = 64, chunk_size 8",
          "mem64_one_pass": "memory: ours, listwise K = 64, one pass"}
@@ -298,6 +320,9 @@ def report(res: dict) -> None:
     for key in ("trl", "trl_compact"):
         print(f"listwise K = 32 vs {key} tokens/s: {res['lw32']['tokens_per_s'] / res[key]['tokens_per_s']:.1f}x "
               "(goal >= 3x)")
+    if "lw32_gpt2" in res:
+        print(f"listwise K = 32, GPT-2 vs Llama tokens/s: "
+              f"{res['lw32_gpt2']['tokens_per_s'] / res['lw32']['tokens_per_s']:.2f}x")
     if "mem64" in res:
         print(f"memory, listwise K = 64 vs K = 8 with chunk_size 8: training's own peak "
               f"{_growth(res['mem64']):.0f} vs {_growth(res['mem8']):.0f} MB = "
@@ -306,12 +331,43 @@ def report(res: dict) -> None:
               f"{_growth(res['mem64_one_pass']):.0f} MB")
 
 
+def prompt_lengths(args) -> None:
+    """Listwise K = 32, 16-token completions, ~10- vs ~550-token prompts, one group per step: seconds per step of
+    each architecture packed (the group forward), and per row (`group_forward: false`) for two of them; the
+    long / short ratio is what the prompt costs."""
+    t0 = time.time()
+    root = Path(tempfile.mkdtemp(prefix="bench_prompts_"))
+    steps = 2 if args.quick else 3
+    shapes = {"short": (8, 12), "long": (500, 600)}
+    rows = []
+    for arch in ARCHS:
+        model = build_model(root, arch)
+        data = {name: build_data(root, model, "listwise", steps + 1, 32, seed=7, prompt=span, completion=(16, 16),
+                                 name=f"listwise_{arch}_{name}") for name, span in shapes.items()}
+        modes = ("ours", "ours_rows") if arch in ("llama", "gpt2") else ("ours",)
+        for which in modes:
+            r = {name: run(which, model, data[name], root / f"o_{arch}_{which}_{name}", steps, 1, 1)
+                 for name in shapes}
+            rows.append((arch, which, 1 / r["short"]["pairs_per_s"], 1 / r["long"]["pairs_per_s"]))
+            print(f"  {arch} {which}: {rows[-1][2]:.3f} / {rows[-1][3]:.3f} s per step ({time.time() - t0:.0f} s)",
+                  flush=True)
+    print("\n| architecture | forward | CPU s per step, ~10-token prompts | ~550-token prompts | long / short |")
+    print("|---|---|---|---|---|")
+    for arch, which, short, long in rows:
+        mode = "packed (group forward)" if which == "ours" else "per row"
+        print(f"| {arch} | {mode} | {short:.3f} | {long:.3f} | **{long / short:.1f}x** |")
+    print(f"total {time.time() - t0:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5, help="steps per configuration (TRL: batches of --batch pairs)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8, help="TRL's pairs per step; our rows per batch")
     ap.add_argument("--quick", action="store_true", help="fewer steps and no memory rows (a smoke run)")
+    ap.add_argument("--prompt-lengths", action="store_true",
+                    help="only the prompt-length section: listwise K = 32, 16-token completions, ~10 vs ~550-token "
+                         f"prompts, on {', '.join(ARCHS)} packed and on llama and gpt2 per row (~10 minutes)")
     ap.add_argument("--worker", dest="which", choices=["trl", "trl_compact", "ours", "ours_rows"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -321,6 +377,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.which:
         print("RESULT " + json.dumps(worker(args)))
+        return
+    if args.prompt_lengths:
+        prompt_lengths(args)
         return
 
     t0 = time.time()
@@ -332,13 +391,16 @@ def main() -> None:
     pairs = build_data(root, model, "pairs", steps + 1, 32, seed=1)  # ours: one prompt (48 pairs) per step
     lw = {k: build_data(root, model, "listwise", max(steps, 3) + 1, k, seed=k)
           for k in ((8, 32) if args.quick else (8, 32, 64))}
-    print(f"built model and data in {time.time() - t0:.0f} s ({root})")
+    gpt2 = build_model(root, "gpt2")  # a second architecture: learned absolute positions, packed since checked
+    lw_gpt2 = build_data(root, gpt2, "listwise", max(steps, 3) + 1, 32, seed=32, name="listwise_k32_gpt2")
+    print(f"built models and data in {time.time() - t0:.0f} s ({root})")
     res = {}
     res["trl"] = run("trl", model, trl_pairs, root / "o_trl", min(steps, 3) + 1, 1, args.batch)
     res["trl_compact"] = run("trl_compact", model, trl_pairs, root / "o_trlc", min(steps, 3) + 1, 1, args.batch)
     res["ours_pairs"] = run("ours", model, pairs, root / "o_pairs", steps, 1, args.batch)
     for k in (8, 32):
         res[f"lw{k}"] = run("ours", model, lw[k], root / f"o_lw{k}", steps, 1, 1)
+    res["lw32_gpt2"] = run("ours", gpt2, lw_gpt2, root / "o_lw32_gpt2", steps, 1, 1)
     res["lw32_chunked"] = run("ours", model, lw[32], root / "o_lw32c", steps, 1, 1, chunk_size=8)
     if not args.quick:
         # glibc keeps freed blocks below its (growing) mmap threshold cached, so RSS would measure its caching

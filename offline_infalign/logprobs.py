@@ -7,24 +7,25 @@ group forward is tested against (and its fallback).
 Per group (`packed_logps`, the trainer's default): a prompt and its completions packed into one sequence
 (`groups.pack_sequences`), attention computed as a shared prefix (`packed_attention`), so the prompt runs once
 per group; the LM head runs only at the scored positions, a chunk of positions at a time (`target_logps`), so
-the (tokens × vocabulary) logits never exist whole. Exact against the per-row forward (tests/test_groups.py) for
-the model types in `PACKED_MODEL_TYPES`; `packed_support` says why not otherwise.
+the (tokens × vocabulary) logits never exist whole. Whether it is exact for a model is checked on the model,
+not listed (`packed_check`: refusals by name, then packed vs per row on the first batch);
+`grouped_ids_logps` is `ids_logps` through it (tests/test_groups.py, tests/test_packed_models.py).
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .packed_attention import unit_layout, use_packed_attention
+from .packed_attention import PackedUnsupported, packed_forward, unit_layout, use_packed_attention
 from .tokenization import encode_prompt
 
-__all__ = ["pad_pairs", "completion_logps", "sequence_logps", "ids_logps", "packed_logps", "packed_support",
-           "target_logps", "PACKED_MODEL_TYPES"]
+__all__ = ["pad_pairs", "completion_logps", "sequence_logps", "ids_logps", "grouped_ids_logps", "packed_logps",
+           "target_logps", "causal_lm", "logit_map", "head_input"]
 
 
 def pad_pairs(
@@ -90,13 +91,65 @@ def ids_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequen
     return out
 
 
-# ---- the group forward ---------------------------------------------------------------------------------------
+def grouped_ids_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+                      pad_token_id: int, batch_size: int = 32, desc: str | None = None) -> np.ndarray:
+    """`ids_logps` (same arguments, same float32 (n,) result in the given order, no gradients) computed by
+    prompt: the sequences are gathered by prompt ids, each forward is whole prompts with at most `batch_size`
+    sequences (a prompt with more is cut into pieces of `batch_size`, each with its prompt), and runs packed
+    (`packed_logps`: the prompt once, each distinct completion once, the LM head at completion positions
+    only) when `packed_check.check_packed` passes on the first batch; otherwise every batch runs per row
+    (`completion_logps`), with one warning saying why. `batch_size` counts sequences, as in `ids_logps`, so a
+    batch holds no more tokens than its per-row batch would (it holds fewer: each prompt once). A progress bar
+    over batches when `desc` is given."""
+    import logging
 
-# Model types whose packed forward is tested exact against the per-row one (tests/test_groups.py): their layers
-# call the configured attention implementation with their sliding window, if any, and their logits are lm_head(h)
-# (Gemma 3 adds its final soft-capping, applied here too).
-PACKED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma3_text")
-_LAYER_TYPES = ("full_attention", "sliding_attention")
+    from tqdm.auto import tqdm
+
+    from .groups import pack_sequences
+    from .packed_check import check_packed
+
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    by_prompt: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompt_ids):
+        by_prompt.setdefault(tuple(p), []).append(i)
+    batches, current = [], []
+    for members in by_prompt.values():
+        for lo in range(0, len(members), batch_size):
+            piece = members[lo: lo + batch_size]
+            if current and len(current) + len(piece) > batch_size:
+                batches.append(current)
+                current = []
+            current = current + piece
+    if current:
+        batches.append(current)
+    device = next(model.parameters()).device
+    out = np.empty(len(prompt_ids), dtype=np.float32)
+    packed = None
+    with torch.no_grad():
+        for rows in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
+            p_ids, c_ids = [prompt_ids[i] for i in rows], [completion_ids[i] for i in rows]
+            batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, pad_token_id).items()}
+            group = pack_sequences(p_ids, c_ids, pad_token_id)
+            group["group_units"] = [{k: v.to(device) for k, v in u.items()} for u in group["group_units"]]
+            group["group_seq_index"] = group["group_seq_index"].to(device)
+            if packed is None:
+                verdict = check_packed(model, {**batch, **group})
+                packed = verdict.packed
+                if not packed:
+                    logging.getLogger(__name__).warning("grouped log-probs: running per row (exact, slower) "
+                                                        "because %s", verdict.describe())
+            if packed:
+                lp = packed_logps(model, group["group_units"], group["group_num_seqs"])[group["group_seq_index"]]
+            else:
+                lp = completion_logps(model, **batch)
+            out[rows] = lp.float().cpu().numpy()
+    return out
+
+
+# ---- the group forward ---------------------------------------------------------------------------------------
 
 
 def causal_lm(model):
@@ -106,58 +159,68 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def packed_support(model) -> str | None:
-    """None when `packed_logps` is exact for this model; otherwise why not (the trainer then runs per row)."""
-    if isinstance(model, torch.nn.DataParallel):
-        return "torch DataParallel splits batches by rows (use DDP: accelerate launch)"
-    base = causal_lm(model)
-    config = base.config
-    if config.model_type not in PACKED_MODEL_TYPES:
-        return f"model type {config.model_type!r} is not one the packed forward is tested on " \
-               f"({', '.join(PACKED_MODEL_TYPES)})"
-    if getattr(config, "attn_logit_softcapping", None):
-        return "soft-capped attention logits"
-    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if not layer_types <= set(_LAYER_TYPES):
-        return f"layer types {sorted(layer_types - set(_LAYER_TYPES))} are not packed here"
-    if "sliding_attention" in layer_types and not getattr(config, "sliding_window", None):
-        return "sliding-attention layers without a sliding_window"
-    if "logits_to_keep" not in inspect.signature(base.forward).parameters or base.get_output_embeddings() is None:
-        return f"{type(base).__name__} has no logits_to_keep or no output embeddings"
-    return None
+def logit_map(config) -> tuple[float | None, float | None]:
+    """(scale, softcap) of the map from LM head outputs to logits that the model's own forward applies:
+    Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`, Gemma 2/3 soft-cap at
+    `final_logit_softcapping`. `packed_check` verifies it on each model (any other map is refused by name)."""
+    scale = float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+    return (None if scale == 1.0 else scale), (getattr(config, "final_logit_softcapping", None) or None)
+
+
+@contextlib.contextmanager
+def head_input(head, keep_logits: bool = False):
+    """Yields a dict whose "h" becomes the input of the model's first call of `head` (its output embeddings) in
+    the block: the last hidden states, as the model hands them to its LM head. Unless `keep_logits`, the head
+    is handed an empty slice instead, so the model computes no logits (`target_logps` scores the positions that
+    count). Works whether or not the model's forward has `logits_to_keep`."""
+    seen: dict = {}
+
+    def grab(module, args):
+        if "h" in seen or not args:
+            return None
+        seen["h"] = args[0]
+        return None if keep_logits else (args[0].narrow(-2, 0, 0), *args[1:])
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def packed_logps(model, units: Sequence[dict], num_seqs: int, head_chunk: int | None = None) -> torch.Tensor:
     """Σ log π(y|x) of each distinct sequence of packed units (`groups.pack_sequences`), shape (num_seqs,),
-    float32. Gradients flow when enabled by the caller.
+    float32 (float64 for a float64 model). Gradients flow when enabled by the caller.
 
     The forward goes through `model` itself (so DDP's gradient hooks, autocast and gradient checkpointing see
-    it) with `logits_to_keep` empty, so the model's own LM head computes nothing; the decoder body's output is
-    taken with a forward hook and scored at the completion positions only (`target_logps`). Attention is
-    `packed_attention`'s, which the first call installs (other calls still get the model's own)."""
+    it); the input of its LM head is taken with a pre-hook that hands the head an empty slice, so the model
+    computes no logits, and is scored at the completion positions only (`target_logps`, with the model's
+    `logit_map`). Attention is `packed_attention`'s, which the first call installs (other calls still get the
+    model's own). Exact for the models `packed_check.check_packed` passes; raises `PackedUnsupported` when the
+    model asks the packed attention for something it does not compute."""
     base = causal_lm(model)
     use_packed_attention(base.config)
-    body, head = base.base_model, base.get_output_embeddings()
-    softcap = getattr(base.config, "final_logit_softcapping", None)
+    head = base.get_output_embeddings()
+    scale, softcap = logit_map(base.config)
+    # MoE: the router's auxiliary loss is not part of the objective (neither path adds it) and would read the
+    # packed call's placeholder mask as a padding mask
+    extra = {"output_router_logits": False} if getattr(base.config, "output_router_logits", False) else {}
     # float32 at least (as `completion_logps`), float64 for a float64 model (tests check exactness there)
     out = torch.zeros(num_seqs, dtype=torch.promote_types(head.weight.dtype, torch.float32),
                       device=head.weight.device)
-    seen = {}
-
-    def grab(module, args, output):
-        seen["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
     for unit in units:
-        handle = body.register_forward_hook(grab)
-        try:
+        layout = unit_layout(unit)
+        with head_input(head) as seen, packed_forward():
             model(input_ids=unit["input_ids"], position_ids=unit["position_ids"], use_cache=False,
-                  attention_mask=_no_mask(base.config, unit["input_ids"]), infalign_layout=unit_layout(unit),
-                  logits_to_keep=torch.zeros(0, dtype=torch.long, device=unit["input_ids"].device))
-        finally:
-            handle.remove()
+                  attention_mask=_no_mask(base.config, unit["input_ids"]), infalign_layout=layout, **extra)
+        if not layout.get("calls"):
+            raise PackedUnsupported(f"{type(base).__name__}'s layers did not call transformers' attention interface")
+        if "h" not in seen:
+            raise PackedUnsupported(f"{type(base).__name__} does not compute its logits with its output embeddings")
         h = seen.pop("h")
         h = h.reshape(-1, h.shape[-1]).index_select(0, unit["score_index"])
-        out = out.index_add(0, unit["score_seq"], target_logps(h, head, unit["score_targets"], softcap, head_chunk))
+        lp = target_logps(h, head, unit["score_targets"], softcap, head_chunk, scale)
+        out = out.index_add(0, unit["score_seq"], lp.to(out.dtype))
     return out
 
 
@@ -170,9 +233,10 @@ def _no_mask(config, input_ids):
 
 
 def target_logps(hidden: torch.Tensor, head, targets: torch.Tensor, softcap: float | None = None,
-                 chunk: int | None = None) -> torch.Tensor:
-    """log softmax(head(hidden))[targets], (T,) float32, `chunk` positions at a time (default: about 2^24
-    logits per chunk, at most 1024 positions), so neither the (T × V) logits nor an fp32 copy of them exist.
+                 chunk: int | None = None, scale: float | None = None) -> torch.Tensor:
+    """log softmax(logits)[targets] with logits = softcap · tanh(scale · head(hidden) / softcap) (`logit_map`),
+    (T,) float32, `chunk` positions at a time (default: about 2^24 logits per chunk, at most 1024 positions), so
+    neither the (T × V) logits nor an fp32 copy of them exist.
 
     A frozen plain Linear head (LoRA never targets it) takes the exact shortcut of `_TargetLogProbs`; a
     trainable head recomputes each chunk's logits in backward (checkpointing)."""
@@ -181,10 +245,10 @@ def target_logps(hidden: torch.Tensor, head, targets: torch.Tensor, softcap: flo
     weight, bias = head.weight, getattr(head, "bias", None)
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
     if type(head) is torch.nn.Linear and frozen:
-        return _TargetLogProbs.apply(hidden, weight, bias, targets, chunk, softcap)
+        return _TargetLogProbs.apply(hidden, weight, bias, targets, chunk, softcap, scale)
 
     def part(h, t):
-        return _logits_logp(head(h), t, softcap)[0]
+        return _logits_logp(head(h), t, softcap, scale)[0]
 
     if not torch.is_grad_enabled():
         return torch.cat([part(hidden[lo: lo + chunk], targets[lo: lo + chunk])
@@ -195,10 +259,12 @@ def target_logps(hidden: torch.Tensor, head, targets: torch.Tensor, softcap: flo
                       for lo in range(0, len(targets), chunk)] or [hidden.new_zeros(0, dtype=torch.float32)])
 
 
-def _logits_logp(logits, targets, softcap):
+def _logits_logp(logits, targets, softcap, scale=None):
     """(log p of the targets (c,), full log-probs (c, V), tanh of the soft-capped logits or None), in float32
     (bf16 log-probs summed over hundreds of tokens lose ~1 nat), as `completion_logps` computes them."""
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if scale is not None:
+        z = z * scale
     capped = None
     if softcap:
         capped = torch.tanh(z / softcap)
@@ -210,12 +276,13 @@ def _logits_logp(logits, targets, softcap):
 class _TargetLogProbs(torch.autograd.Function):
     """Chunked log p(target) under a frozen linear head, exact, with (T, d) saved for backward instead of logits.
 
-    d log p_t / d h_t = W^T (onehot_t − p_t) (times 1 − tanh² under soft-capping): a d-vector, computed in the
+    d log p_t / d h_t = W^T (onehot_t − p_t) (times 1 − tanh² under soft-capping, times the logit scale): a
+    d-vector, computed in the
     forward pass while the chunk's p_t exists; backward scales it by the incoming gradient. Two matmuls per
     chunk, as autograd's forward + backward would take, and no (T × V) tensor kept."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, scale=None):
         need = ctx.needs_input_grad[0]
         out = torch.empty(len(targets), dtype=torch.promote_types(weight.dtype, torch.float32), device=hidden.device)
         direction = torch.empty_like(hidden) if need else None
@@ -223,13 +290,15 @@ class _TargetLogProbs(torch.autograd.Function):
             for lo in range(0, len(targets), chunk):
                 t = targets[lo: lo + chunk]
                 lp, logp, capped = _logits_logp(F.linear(hidden[lo: lo + chunk].to(weight.dtype), weight, bias), t,
-                                                softcap)
+                                                softcap, scale)
                 out[lo: lo + chunk] = lp
                 if need:
                     dz = logp.exp_().neg_()  # −p, in place: the chunk's log-probs are done with
                     dz[torch.arange(len(t), device=t.device), t] += 1.0
                     if capped is not None:
                         dz.mul_(1.0 - capped * capped)
+                    if scale is not None:
+                        dz.mul_(scale)
                     direction[lo: lo + chunk] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(direction)
         return out
@@ -237,4 +306,4 @@ class _TargetLogProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (direction,) = ctx.saved_tensors
-        return grad[:, None].to(direction.dtype) * direction, None, None, None, None, None
+        return grad[:, None].to(direction.dtype) * direction, None, None, None, None, None, None

@@ -12,22 +12,50 @@ contributions), so the prompt still runs once and its gradient is exact.
 It is installed as an attention implementation (`transformers.AttentionInterface`) that takes over only the
 calls carrying `infalign_layout` (`logprobs.packed_logps` passes it through the model's keyword arguments, so a
 layer recomputed under gradient checkpointing gets it again) and hands every other call to the model's own
-implementation. Sliding-window layers (Gemma 3, Qwen 2/3) pass their window, applied to the positions each token
-has in its own (prompt + completion) sequence, as in their per-row forward.
+implementation. What a layer passes is honoured or refused, never dropped: a sliding window (Mistral, Phi-3,
+Gemma 2/3, Qwen 2/3, StarCoder2, ...) is applied to the positions each token has in its own (prompt + completion)
+sequence, as in its per-row forward; soft-capped attention logits (Gemma 2) are computed as the eager
+implementation computes them (scores, tanh cap, float32 softmax); any other argument with a value (attention
+sinks, a position bias, `is_causal=False`, ...) raises `PackedUnsupported` naming it, as does a layer that calls
+attention without the layout during a packed forward (its model does not pass its keyword arguments down), so
+the caller runs per row instead of computing something else (`packed_check`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import sys
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["use_packed_attention", "unit_layout"]
+__all__ = ["use_packed_attention", "restore_attention", "unit_layout", "packed_forward", "PackedUnsupported"]
 
 PREFIX = "infalign_packed:"
 _GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # sdpa's enable_gqa
+
+# Arguments a layer may pass that do not change what the packed computation must be (bookkeeping, or flags whose
+# only value here is the default); every other argument with a value is refused by name (`_unexpected`).
+_IGNORED = {"position_ids", "cache_position", "use_cache", "output_attentions", "output_hidden_states",
+            "output_router_logits", "return_dict", "layer_idx"}
+_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("infalign_packed_forward", default=False)
+
+
+class PackedUnsupported(RuntimeError):
+    """The model asked the packed attention for something it does not compute (the message names it)."""
+
+
+@contextlib.contextmanager
+def packed_forward():
+    """Marks a packed forward: an attention call without the layout inside it is refused (`PackedUnsupported`)
+    instead of running the model's own attention on a packed row."""
+    token = _ACTIVE.set(True)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 def use_packed_attention(config) -> None:
@@ -45,6 +73,14 @@ def use_packed_attention(config) -> None:
         if current in ALL_MASK_ATTENTION_FUNCTIONS:
             type(ALL_MASK_ATTENTION_FUNCTIONS).register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
     config._attn_implementation = name
+
+
+def restore_attention(config) -> None:
+    """Undo `use_packed_attention`: the model's own implementation again (a run that does not pack keeps the
+    model exactly as it came, whatever its code compares the implementation's name with)."""
+    current = config._attn_implementation or ""
+    if current.startswith(PREFIX):
+        config._attn_implementation = current[len(PREFIX):]
 
 
 def _base_function(module, base: str):
@@ -65,27 +101,47 @@ def packed_attention(module, query, key, value, attention_mask, *, base: str, **
     (R, L, H, D). Without `infalign_layout` it is the model's own implementation `base`."""
     layout = kwargs.pop("infalign_layout", None)
     if layout is None:
+        if _ACTIVE.get():
+            raise PackedUnsupported(f"{type(module).__name__} calls attention without the packed layout (its model "
+                                    "does not pass its keyword arguments down to attention)")
         return _base_function(module, base)(module, query, key, value, attention_mask, **kwargs)
+    _unexpected(module, kwargs)
+    layout["calls"] = layout.get("calls", 0) + 1
     r, h, length, d = query.shape
     hkv = key.shape[1]
     scale, dropout, window = kwargs.get("scaling"), kwargs.get("dropout", 0.0), kwargs.get("sliding_window")
+    attend = functools.partial(_sdpa if kwargs.get("softcap") is None else _softcapped, scale=scale, dropout=dropout,
+                               softcap=kwargs.get("softcap"))
     q = query.transpose(1, 2).reshape(r * length, h, d)
     k = key.transpose(1, 2).reshape(r * length, hkv, d)
     v = value.transpose(1, 2).reshape(r * length, hkv, d)
     prompt_mask, comp_mask, prompt_valid, comp_valid = _masks(layout, window)
-    out = q.new_zeros(r * length, h, d)
     pi, ci = layout["prompt_index"], layout["comp_index"]
+    parts = []
     if pi.shape[1]:
-        o = _sdpa(q[pi], k[pi], v[pi], prompt_mask, scale, dropout)
-        out = out.index_put((pi[prompt_valid],), o[prompt_valid])
+        parts.append((pi[prompt_valid], attend(q[pi], k[pi], v[pi], prompt_mask)[prompt_valid]))
     if ci.shape[0]:
         keys = torch.cat([pi[layout["comp_row"]], ci], dim=1)  # (N, P + C): the prompt's keys, then its own
-        o = _sdpa(q[ci], k[keys], v[keys], comp_mask, scale, dropout)
-        out = out.index_put((ci[comp_valid],), o[comp_valid])
+        parts.append((ci[comp_valid], attend(q[ci], k[keys], v[keys], comp_mask)[comp_valid]))
+    # the dtype attention returns (under autocast it need not be the query's)
+    out = q.new_zeros(r * length, h, d, dtype=parts[0][1].dtype if parts else q.dtype)
+    for index, o in parts:
+        out = out.index_put((index,), o)
     return out.view(r, length, h, d), None
 
 
-def _sdpa(q, k, v, mask, scale, dropout):
+def _unexpected(module, kwargs) -> None:
+    """Refuse (by name) what a layer asks for that the packed attention does not compute."""
+    if kwargs.get("is_causal") is False:
+        raise PackedUnsupported(f"{type(module).__name__} asks for non-causal (bidirectional) attention")
+    known = _IGNORED | {"scaling", "dropout", "sliding_window", "softcap", "is_causal"}
+    extra = sorted(k for k, v in kwargs.items() if k not in known and v is not None)
+    if extra:
+        raise PackedUnsupported(f"{type(module).__name__} passes attention arguments the packed attention does not "
+                                f"compute: {', '.join(extra)}")
+
+
+def _sdpa(q, k, v, mask, scale, dropout, softcap=None):
     """(B, T, H, D) queries against (B, S, Hkv, D) keys/values under a (B, 1, T, S) boolean mask → (B, T, H, D)."""
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     extra = {}
@@ -97,6 +153,23 @@ def _sdpa(q, k, v, mask, scale, dropout):
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, **extra)
     return o.transpose(1, 2)
+
+
+def _softcapped(q, k, v, mask, scale, dropout, softcap):
+    """`_sdpa` with soft-capped scores, softcap · tanh(q·k · scale / softcap), computed as transformers' eager
+    implementations of soft-capping models do (sdpa has no soft-cap): explicit scores, a float32 softmax cast back
+    to the query's dtype. (B, T, H, D) → (B, T, H, D)."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    if dropout:
+        weights = F.dropout(weights, p=dropout)
+    return torch.matmul(weights, v).transpose(1, 2)
 
 
 def _masks(layout: dict, window: int | None):

@@ -10,8 +10,10 @@ Group forward (`group_forward=True`, the default): batches are whole prompts (`g
 kinds with a row per pair or completion), each prompt and each distinct completion is computed once per batch
 (`groups.pack_sequences`, `logprobs.packed_logps`), and the LM head runs at completion positions only, in
 chunks. The loss and its gradients are the per-row forward's (`logprobs.completion_logps`, what
-`group_forward=False` runs; tests/test_groups.py). Models the packed forward is not exact for
-(`logprobs.packed_support`) are run per row, with a warning.
+`group_forward=False` runs; tests/test_groups.py). Whether a model packs is decided at the run's first batch
+(`packed_check.check_packed`: features the packed attention cannot express are refused by name, then the batch
+is computed both ways without gradients and compared within a per-dtype tolerance); otherwise the run goes per
+row, with one warning naming the reason or the measured gap. The decision is `packed_check` on the trainer.
 `chunk_size` (completions per forward pass) bounds memory by a chunk instead of K with an exact two-pass step:
 pass 1 computes every sequence's log-prob without gradients and the loss's gradient with respect to them; pass
 2 backpropagates Σ_n (∂L/∂logπ_n) · logπ_n one chunk at a time, which has the same parameter gradient.
@@ -36,7 +38,9 @@ from .core.losses import check_beta, get_loss
 from .groups import GroupBatchSampler, GroupCollator, prompt_groups
 from .kinds import get_kind
 from .kinds.base import Collator
-from .logprobs import completion_logps, packed_logps, packed_support
+from .logprobs import causal_lm, completion_logps, packed_logps
+from .packed_attention import restore_attention
+from .packed_check import PackedCheck, check_packed
 
 __all__ = ["InfalignTrainer"]
 
@@ -73,7 +77,8 @@ class InfalignTrainer(Trainer):
             fn = functools.partial(fn, log_z=log_z)
         self.loss_name, self.loss_fn, self.beta, self.reference = loss, fn, check_beta(beta), reference
         self.group_forward, self.chunk_size = group_forward, chunk_size
-        self._packed: bool | None = None  # decided at the first batch (`packed_support`)
+        self._packed: bool | None = None  # decided at the first batch (`check_packed`)
+        self.packed_check: PackedCheck | None = None
         # compute_loss returns the mean over the micro-batch; let Trainer divide by accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -99,10 +104,19 @@ class InfalignTrainer(Trainer):
         if not self.group_forward or "group_units" not in batch:
             return False
         if self._packed is None:
-            why = packed_support(model)
-            if why:
-                logger.warning("group forward: running per row (exact, slower) because %s", why)
-            self._packed = why is None
+            check = check_packed(model, batch)
+            packed = check.packed
+            if self.accelerator.num_processes > 1:  # every rank sees its own batch; all must take the same path
+                flag = torch.tensor([float(packed)], device=batch["input_ids"].device)
+                packed = bool(self.accelerator.gather(flag).min() > 0)
+                if check.packed and not packed:
+                    check.packed, check.reason = False, "another process's first batch failed the check"
+                    restore_attention(causal_lm(model).config)
+            if packed:
+                logger.info("group forward: packed (%s)", check.describe())
+            else:
+                logger.warning("group forward: running per row (exact, slower) because %s", check.describe())
+            self.packed_check, self._packed = check, packed
         return self._packed
 
     def _logps(self, model, batch) -> torch.Tensor:
@@ -145,7 +159,9 @@ class InfalignTrainer(Trainer):
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
-        if not self._use_packed(model, inputs):
+        with self.compute_loss_context_manager():  # the check computes in the dtype training computes in
+            packed = self._use_packed(model, inputs)
+        if not packed:
             return super().training_step(model, inputs, num_items_in_batch)
         units, n = inputs["group_units"], inputs["group_num_seqs"]
         with self.compute_loss_context_manager():

@@ -1,9 +1,10 @@
-"""Group forward (issue 12): packing a prompt with its completions gives the per-row log-probs, loss and gradients.
+"""Group forward: packing a prompt with its completions gives the per-row log-probs, loss and gradients.
 
 Everything in float32 against the per-row forward (`logprobs.completion_logps`, what group_forward=False runs):
 log-probs within 1e-5 nats, LoRA gradients within 1e-5 relative, for every loss, with and without gradient
 checkpointing, on both tokenizer fixtures; model families with sliding-window layers and soft-capped logits; the
-two-pass chunked step against the one-pass step; batches of whole prompts.
+two-pass chunked step against the one-pass step; batches of whole prompts; the first-batch check in the trainer
+(more architectures and the check itself: tests/test_packed_models.py).
 """
 
 import logging
@@ -22,10 +23,10 @@ from offline_infalign.logprobs import (
     causal_lm,
     completion_logps,
     packed_logps,
-    packed_support,
     pad_pairs,
     target_logps,
 )
+from offline_infalign.packed_check import check_packed, packed_refusal
 from offline_infalign.stages import train as T
 
 KINDS = {"pairs": "tilted_pairwise", "listwise": "listwise", "bon": "weighted_sft"}
@@ -181,8 +182,9 @@ def test_packed_equals_per_row_for_each_model_family(family, attn, dtype, monkey
     base.config._attn_implementation = attn
     model = get_peft_model(base, lora_config(4, 8, 0.0, "all-linear"))
     _perturb_lora(model)
-    assert packed_support(model) is None
+    assert packed_refusal(model) is None
     prompts, completions = _random_sequences(vocab)
+    assert check_packed(model, {**pad_pairs(prompts, completions, 0), **pack_sequences(prompts, completions, 0)}).packed
     weights = torch.randn(len(prompts), generator=torch.Generator().manual_seed(2), dtype=base.dtype)
     rows = completion_logps(model, **pad_pairs(prompts, completions, 0))
     (rows * weights).sum().backward()
@@ -202,16 +204,6 @@ def test_packed_equals_per_row_for_each_model_family(family, attn, dtype, monkey
         with torch.no_grad():
             wrong = packed_logps(model, packed["group_units"], packed["group_num_seqs"])[packed["group_seq_index"]]
         assert (wrong - rows).abs().max() > 1e-3
-
-
-def test_unsupported_models_say_why():
-    model = tiny_causal_lm(tiny_tokenizer())
-    model.config.attn_logit_softcapping = 50.0
-    assert "soft-capped attention" in packed_support(model)
-    model.config.attn_logit_softcapping = None
-    model.config.model_type = "mystery"
-    assert "'mystery' is not one" in packed_support(model)
-    assert "DataParallel" in packed_support(torch.nn.DataParallel(model))
 
 
 @pytest.mark.parametrize("softcap", [None, 5.0])
@@ -255,6 +247,7 @@ def test_group_forward_gives_the_per_row_loss_and_gradients(fixtures, tmp_path, 
         loss_value.backward()
         results[group] = (logps.detach(), loss_value.detach(), _grads(model))
     assert trainer._packed is True  # the packed forward ran, not the per-row fallback
+    assert trainer.packed_check.packed and trainer.packed_check.gap < 1e-5
     (rl, rv, rg), (gl, gv, gg) = results[False], results[True]
     torch.testing.assert_close(gl, rl, rtol=0, atol=1e-5)
     torch.testing.assert_close(gv, rv, rtol=1e-5, atol=1e-6)
@@ -308,14 +301,34 @@ def test_chunk_size_config_checks():
         TrainConfig(**base, chunk_size=0)
 
 
-def test_unsupported_model_falls_back_to_per_row_with_a_warning(fixtures, tmp_path, caplog):
+def test_a_wrong_packed_forward_is_caught_at_the_first_batch_and_the_run_goes_per_row(fixtures, tmp_path, caplog):
+    """A fault planted in the packed call only (positions that do not restart per completion, on attention
+    sharpened so that positions matter): the first batch's check measures the gap, warns once naming it, and
+    the run computes per row — the per-row loss, batch after batch."""
     trainer, batch = _trainer(fixtures, "word", "listwise", tmp_path)
-    trainer.model.get_base_model().config.model_type = "mystery"
-    with caplog.at_level(logging.WARNING, logger="offline_infalign.trainer"):
-        value = trainer.compute_loss(trainer.model, batch)
-    assert trainer._packed is False and "running per row" in caplog.text
+    base = causal_lm(trainer.model)
+    with torch.no_grad():
+        for layer in base.model.layers:
+            layer.self_attn.q_proj.weight.mul_(20.0)
+
+    def no_restart(module, args, kwargs):
+        if "infalign_layout" in kwargs:
+            ids = kwargs["input_ids"]
+            kwargs["position_ids"] = torch.arange(ids.shape[1]).expand_as(ids)
+        return args, kwargs
+
+    handle = base.register_forward_pre_hook(no_restart, with_kwargs=True)
+    with caplog.at_level(logging.INFO, logger="offline_infalign.trainer"):
+        values = [trainer.compute_loss(trainer.model, batch) for _ in range(2)]
+    handle.remove()
+    check = trainer.packed_check
+    assert trainer._packed is False and not check.packed and check.gap > check.tolerance == 1e-3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "running per row" in warnings[0]
+    assert f"{check.gap:.3g} nats per √token" in warnings[0] and "float32" in warnings[0]
     trainer.group_forward, trainer._packed = False, None
-    torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), value)
+    torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), values[0])
+    torch.testing.assert_close(values[1], values[0])
 
 
 # ---- batches of whole prompts -----------------------------------------------------------------------------

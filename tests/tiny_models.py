@@ -142,3 +142,50 @@ def save_tiny_reward_model(path, seed: int = 1, **overrides) -> Path:
     tiny_reward_model(tok, seed=seed, **overrides).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# ---- decoders of other architectures (the group forward's checks) --------------------------------------------
+
+# What each exercises in the packed forward: learned absolute positions (gpt2), sliding windows (mistral,
+# starcoder2, phi3, gemma2, mixtral), partial rotary (phi3, gpt_neox), soft-capped attention and final logits
+# (gemma2, eager: transformers has no sdpa for it), q/k norms (olmo2), layers without RoPE (smollm3), routed
+# experts with the router's auxiliary loss on (mixtral, qwen2_moe), logit scaling (cohere, granite).
+ARCHITECTURES = ("gpt2", "mistral", "phi3", "gemma2", "olmo2", "gpt_neox", "starcoder2", "smollm3", "mixtral",
+                 "qwen2_moe", "cohere", "granite")
+
+
+def tiny_decoder(arch: str, vocab_size: int = 64, seed: int = 0, window: int = 5, **overrides):
+    """A tiny random causal LM of `arch` (2 layers, hidden 32), in eval mode, float32. Sliding windows of
+    `window` tokens, shorter than the test sequences, so that a window the packed forward ignored would show."""
+    import transformers as tf
+
+    small = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+                 bos_token_id=1, eos_token_id=2)
+    moe = dict(num_experts_per_tok=2, output_router_logits=True)
+    configs = {
+        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        "mistral": lambda: tf.MistralConfig(**small, sliding_window=window),
+        "phi3": lambda: tf.Phi3Config(**small, sliding_window=window, partial_rotary_factor=0.5),
+        "gemma2": lambda: tf.Gemma2Config(**small, head_dim=8, sliding_window=window, attn_logit_softcapping=5.0,
+                                          final_logit_softcapping=3.0, attn_implementation="eager"),
+        "olmo2": lambda: tf.Olmo2Config(**small),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                                             rotary_pct=0.25, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        "starcoder2": lambda: tf.Starcoder2Config(**small, sliding_window=window),
+        "smollm3": lambda: tf.SmolLM3Config(**small, no_rope_layer_interval=2),  # layer 2 (index 1) has no RoPE
+        "mixtral": lambda: tf.MixtralConfig(**small, **moe, num_local_experts=4, sliding_window=window),
+        "qwen2_moe": lambda: tf.Qwen2MoeConfig(**small, **moe, num_experts=4, moe_intermediate_size=16,
+                                               shared_expert_intermediate_size=32),
+        "cohere": lambda: tf.CohereConfig(**small, logit_scale=0.5),
+        "granite": lambda: tf.GraniteConfig(**small, logits_scaling=4.0, attention_multiplier=0.3,
+                                            embedding_multiplier=2.0, residual_multiplier=0.5),
+    }
+    config = configs[arch]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config._experts_implementation = "eager"  # the grouped-matmul experts have no float64 kernel
+    torch.manual_seed(seed)
+    return tf.AutoModelForCausalLM.from_config(config).eval()
