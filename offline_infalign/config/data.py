@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
+from ..engines import ENGINE_FIELDS, ENGINE_NAMES
 from ..kinds import KIND_NAMES, PAIR_CHOICES
 from .base import (
     ALLOW_PICKLE_HELP,
@@ -67,6 +68,17 @@ class SampleConfig:
     stop_token_ids: list[int] | None = field(None, help="extra stop token ids beyond the model's generation "
                                              "config and tokenizer eos (docs/math.md §9)")
     allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
+    engine: str = field("local", help="where chunks are computed: local (this process) or ray (worker actors on a "
+                        "Ray cluster, each holding the model; optional extra: pip install 'offline-infalign[ray]'); "
+                        "either gives the same artifact", choices=ENGINE_NAMES)
+    workers: int = field(1, help="--engine ray: worker actors, each with its own copy of the model (the reward "
+                         "for score)")
+    ray_address: str | None = field(None, help="--engine ray: the cluster: 'auto' (one started with `ray start` "
+                                    "on this machine), HOST:6379 or ray://HOST:10001; default: $RAY_ADDRESS when "
+                                    "set (as inside `ray job submit`), else a local Ray started for this command")
+    cpus_per_worker: float = field(1.0, help="--engine ray: CPUs each worker reserves (fractions allowed)")
+    gpus_per_worker: float = field(0.0, help="--engine ray: GPUs each worker reserves (a fraction shares a GPU; "
+                                   "the vllm backend needs whole GPUs, at least --tensor-parallel-size)")
 
     def __post_init__(self):
         owner = "sample"
@@ -93,15 +105,38 @@ class SampleConfig:
         one_of(owner, "on_duplicate_prompt", self.on_duplicate_prompt, DUPLICATE_POLICIES)
         one_of(owner, "dtype", self.dtype, DTYPES)
         parse_shard(self.shard)
-        _check_device(self.device)
+        check_engine(owner, self)
+        _check_device(self.device, self.engine)
+        if self.engine == "ray" and self.backend == "vllm" and (
+                self.gpus_per_worker < self.tensor_parallel_size or self.gpus_per_worker != int(self.gpus_per_worker)):
+            raise InfalignError(f"{owner}: the vllm backend on --engine ray needs whole GPUs per worker, at least "
+                                f"tensor_parallel_size={self.tensor_parallel_size}; got gpus_per_worker="
+                                f"{self.gpus_per_worker!r}")
 
 
-def _check_device(device: str | None) -> None:
-    """A --device torch cannot use here (`banana`, `cuda` on a CPU-only build) is refused when the config is read."""
-    if device is not None:
+def _check_device(device: str | None, engine: str = "local") -> None:
+    """A --device torch cannot use here (`banana`, `cuda` on a CPU-only build) is refused when the config is read.
+    With --engine ray the device is the workers' (a CPU-only driver with GPU workers), so it is not checked here."""
+    if device is not None and engine == "local":
         from ..load_checks import check_device  # torch: only when a device is named, never for --help
 
         check_device(device)
+
+
+def check_engine(owner: str, cfg) -> None:
+    """The ENGINE_FIELDS of a stage config: an engine name, and ray settings only with --engine ray."""
+    one_of(owner, "engine", cfg.engine, ENGINE_NAMES)
+    positive_int(owner, "workers", cfg.workers)
+    for name in ("cpus_per_worker", "gpus_per_worker"):
+        if not 0 <= float(getattr(cfg, name)) < float("inf"):
+            raise InfalignError(f"{owner}: {name} must be a finite number >= 0, got {getattr(cfg, name)!r}")
+    if cfg.engine != "ray":
+        defaults = {f.name: f.default for f in dataclasses.fields(SampleConfig) if f.name in ENGINE_FIELDS}
+        given = [f"{name}={getattr(cfg, name)!r}" for name, default in defaults.items()
+                 if name != "engine" and getattr(cfg, name) != default]
+        if given:
+            raise InfalignError(f"{owner}: {', '.join(given)} applies to engine 'ray' only (got engine "
+                                f"{cfg.engine!r}); add --engine ray")
 
 
 @dataclasses.dataclass
@@ -122,6 +157,11 @@ class ScoreConfig:
                                      "the reward, an index (1) or a label name from its id2label (positive)")
     allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
     verify: bool | None = field(None, help=VERIFY_HELP)
+    engine: str = same_as(SampleConfig, "engine")
+    workers: int = same_as(SampleConfig, "workers")
+    ray_address: str | None = same_as(SampleConfig, "ray_address")
+    cpus_per_worker: float = same_as(SampleConfig, "cpus_per_worker")
+    gpus_per_worker: float = same_as(SampleConfig, "gpus_per_worker")
 
     def __post_init__(self):
         for name in ("input", "reward_model", "out"):
@@ -136,7 +176,8 @@ class ScoreConfig:
         positive_int("score", "chunk_size", self.chunk_size)
         one_of("score", "dtype", self.dtype, DTYPES)
         parse_shard(self.shard)
-        _check_device(self.device)
+        check_engine("score", self)
+        _check_device(self.device, self.engine)
 
 
 @dataclasses.dataclass
@@ -258,6 +299,11 @@ class BuildConfig:
     allow_tempered_samples: bool = same_as(PrepareConfig, "allow_tempered_samples")
     test_fraction: float = same_as(PrepareConfig, "test_fraction")
     verify: bool | None = same_as(ScoreConfig, "verify")
+    engine: str = same_as(SampleConfig, "engine")
+    workers: int = same_as(SampleConfig, "workers")
+    ray_address: str | None = same_as(SampleConfig, "ray_address")
+    cpus_per_worker: float = same_as(SampleConfig, "cpus_per_worker")
+    gpus_per_worker: float = same_as(SampleConfig, "gpus_per_worker")
 
     def __post_init__(self):
         self.sample_config(), self.score_config(), self.prepare_config()  # each checks its own fields

@@ -8,13 +8,14 @@ from typing import Any
 
 from ..config import SampleConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
+from ..engines import ENGINE_FIELDS, open_engine
 from ..fingerprint import fingerprint_model, fingerprint_tokenizer
 from ..storage import ChunkStore, base_manifest, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
 # Config fields that cannot change the result, so a resume may change them (allow_pickle_weights only lets a
-# folder load; the weights it loads are the same).
-_SAMPLE_FREE = ("batch_size", "device", "allow_pickle_weights")
+# folder load; the weights it loads are the same; the engine only says where chunks are computed).
+_SAMPLE_FREE = ("batch_size", "device", "allow_pickle_weights", *ENGINE_FIELDS)
 # The sampler's record per prompt row (docs/design.md columns), after prompt_id and prompt.
 COLUMNS = ("prompt_ids", "completions", "completion_ids", "finish_reasons", "ref_logps")
 
@@ -85,11 +86,29 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
     from ..preflight import check_model
 
     check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
-    with output_lock(cfg.out):
-        return _run_sample(cfg, progress)
+    with output_lock(cfg.out), open_engine(cfg, SampleJob(cfg)) as engine:
+        return _run_sample(cfg, engine, progress)
 
 
-def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
+class SampleJob:
+    """The stage's work on one worker (engines/): the model loaded once, then chunks of prompt rows."""
+
+    def __init__(self, cfg: SampleConfig):
+        self.cfg = cfg
+
+    def load(self) -> dict[str, Any]:
+        self.sampler, self.model, self.tokenizer, ctx, ids, self.stop = _load_sampler(self.cfg)
+        return {"tokenizer": self.tokenizer, "context_length": ctx, "model_ids": ids, "stop": self.stop,
+                "ref_dtype": _ref_dtype(self.model, self.cfg)}
+
+    def count(self, part) -> int:
+        return len(part)
+
+    def run(self, part, bar=None) -> list[dict[str, list]]:
+        return _sample_chunk(self.sampler, self.model, self.tokenizer, part, self.cfg, bar, self.stop)
+
+
+def _run_sample(cfg: SampleConfig, engine, progress: bool) -> dict[str, Any]:
     import datasets
 
     from ..sampling import fit_prompts
@@ -111,7 +130,8 @@ def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
     store = ChunkStore(cfg.out, stage="samples")
     if store.start(config, ignore=_SAMPLE_FREE):
         return read_manifest(cfg.out)
-    sampler, model, tokenizer, ctx, ids, stop = _load_sampler(cfg)
+    facts = engine.start()  # the model loads here (in each worker with --engine ray)
+    tokenizer, ctx, ids, stop = facts["tokenizer"], facts["context_length"], facts["model_ids"], facts["stop"]
     truncated = skipped = 0
     if ctx is not None:
         rows, truncated, skipped = fit_prompts(tokenizer, rows, ctx - cfg.max_new_tokens, cfg.on_long_prompt)
@@ -120,12 +140,11 @@ def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
     chunks = chunk_slices(len(rows), cfg.chunk_size)
     bar = progress_bar(len(rows), "sample", "prompt", progress)
     try:
-        for index, sl in enumerate(chunks):
-            if store.done(index):
-                bar.update(sl.stop - sl.start)
-                continue
-            part = rows[sl]
-            results = _sample_chunk(sampler, model, tokenizer, part, cfg, bar, stop)  # advances the bar per batch
+        todo = [i for i in range(len(chunks)) if not store.done(i)]
+        bar.update(len(rows) - sum(chunks[i].stop - chunks[i].start for i in todo))  # written by an earlier run
+        # Chunks come back as they finish (in any order with several workers), each written at once.
+        for index, results in engine.map(todo, lambda i: rows[chunks[i]], bar):
+            part = rows[chunks[index]]
             store.write(index, datasets.Dataset.from_dict({
                 "prompt_id": [r["prompt_id"] for r in part], "prompt": [r["prompt"] for r in part],
                 **{col: [r[col] for r in results] for col in COLUMNS}}))
@@ -140,7 +159,7 @@ def _run_sample(cfg: SampleConfig, progress: bool) -> dict[str, Any]:
                     prompts=cfg.prompts, split=cfg.split, seed=cfg.seed, num_samples=cfg.num_samples,
                     shard=list(shard) if shard else None, num_prompts=len(rows), num_truncated=truncated,
                     num_skipped_long=skipped, backend=cfg.backend, input_hash=prompts_hash,
-                    ref_dtype=_ref_dtype(model, cfg), stop_token_ids=stop,
+                    ref_dtype=facts["ref_dtype"], stop_token_ids=stop,
                     cut_fraction=cut_fraction(final["finish_reasons"]), temperature=cfg.temperature,
                     top_p=cfg.top_p, top_k=cfg.top_k, tempered=is_tempered(cfg.temperature, cfg.top_p, cfg.top_k))
     return save_artifact(final, cfg.out, manifest)

@@ -6,11 +6,13 @@ from typing import Any
 
 from ..config import ScoreConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
+from ..engines import ENGINE_FIELDS, open_engine
 from ..fingerprint import fingerprint_reward
 from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
-_SCORE_FREE = ("batch_size", "device", "allow_pickle_weights", "verify")  # cannot change the rewards
+# Config fields that cannot change the rewards (the engine only says where chunks are computed).
+_SCORE_FREE = ("batch_size", "device", "allow_pickle_weights", "verify", *ENGINE_FIELDS)
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
@@ -21,14 +23,45 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     from ..scoring import check_reward
 
     check_reward(cfg.reward_model, cfg.trust_remote_code)  # a bad reward is one line, before anything is read
-    with output_lock(cfg.out):
-        return _run_score(cfg, progress)
+    with output_lock(cfg.out), open_engine(cfg, ScoreJob(cfg)) as engine:
+        return _run_score(cfg, engine, progress)
 
 
-def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
+class ScoreJob:
+    """The stage's work on one worker (engines/): the reward loaded once, then chunks of
+    {"prompt", "completions", "prompt_id"} lists (plain lists: they travel to other machines)."""
+
+    def __init__(self, cfg: ScoreConfig):
+        self.cfg = cfg
+
+    def load(self) -> dict[str, Any]:
+        from ..scoring import load_scorer
+
+        c = self.cfg
+        self.scorer = load_scorer(c.reward_model, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+                                  trust_remote_code=c.trust_remote_code, reward_label=c.reward_label,
+                                  allow_pickle_weights=c.allow_pickle_weights)
+        return {"reward_model": self.scorer.name}
+
+    def count(self, chunk) -> int:
+        return len(chunk["prompt_id"])
+
+    def run(self, chunk, bar=None) -> list[list[float]]:
+        from ..scoring import score_texts
+
+        rewards = score_texts(self.scorer, chunk["prompt"], chunk["completions"], chunk["prompt_id"])
+        if bar is not None:
+            bar.update(self.count(chunk))
+        return rewards.tolist()
+
+
+def _chunk_lists(part) -> dict[str, list]:
+    return {"prompt": list(part["prompt"]), "completions": list(part["completions"]),
+            "prompt_id": list(part["prompt_id"])}
+
+
+def _run_score(cfg: ScoreConfig, engine, progress: bool) -> dict[str, Any]:
     import datasets
-
-    from ..scoring import load_scorer, score_texts
 
     samples, upstream = load_artifact(cfg.input, stage="samples", verify=cfg.verify)
     shard = parse_shard(cfg.shard)
@@ -51,20 +84,20 @@ def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
     else:
         whole = {key: upstream.get(key) for key in ("prompt_list_hash", "prompt_list_size")}
     samples = samples.select(range(*shard_slice(len(samples), shard).indices(len(samples))))
-    scorer = load_scorer(cfg.reward_model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                         trust_remote_code=cfg.trust_remote_code, reward_label=cfg.reward_label,
-                         allow_pickle_weights=cfg.allow_pickle_weights)
+    facts = engine.start()  # the reward loads here (in each worker with --engine ray)
     chunks = chunk_slices(len(samples), cfg.chunk_size)
     k = upstream["num_samples"]
     bar = progress_bar(len(samples), "score", "prompt", progress)
+
+    def part(i):
+        return samples.select(range(chunks[i].start, chunks[i].stop))
+
     try:
-        for index, sl in enumerate(chunks):
-            if not store.done(index):
-                part = samples.select(range(sl.start, sl.stop))
-                rewards = score_texts(scorer, list(part["prompt"]), list(part["completions"]),
-                                      list(part["prompt_id"]))
-                store.write(index, part.add_column("rewards", rewards.tolist()))
-            bar.update(sl.stop - sl.start)
+        todo = [i for i in range(len(chunks)) if not store.done(i)]
+        bar.update(len(samples) - sum(chunks[i].stop - chunks[i].start for i in todo))  # written by an earlier run
+        # Chunks come back as they finish (in any order with several workers), each written at once.
+        for index, rewards in engine.map(todo, lambda i: _chunk_lists(part(i)), bar):
+            store.write(index, part(index).add_column("rewards", rewards))
             bar.set_postfix(completions_per_s=f"{bar.n * k / max(bar.format_dict['elapsed'], 1e-9):.1f}")
     finally:
         bar.close()
@@ -78,7 +111,7 @@ def _run_score(cfg: ScoreConfig, progress: bool) -> dict[str, Any]:
         manifest[key] = upstream.get(key)
     manifest.update(whole)
     # reward_label as given (None for a one-output model): what `eval` passes again to judge with the same column.
-    manifest.update(reward_model=scorer.name, reward_fingerprint=config["reward_fingerprint"],
+    manifest.update(reward_model=facts["reward_model"], reward_fingerprint=config["reward_fingerprint"],
                     reward_label=cfg.reward_label, input_hash=upstream["content_hash"],
                     sample_config=upstream["config"], shard=list(shard) if shard else upstream.get("shard"),
                     num_prompts=len(final))
