@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test ray-check lint bench real-check real-effect clean
+.PHONY: setup demo test scale-check lint bench real-check real-effect clean
 
 setup: $(STAMP)
 
@@ -25,12 +25,13 @@ demo: $(STAMP)
 	$(VENV)/bin/infalign demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest tests -m "not ray_cli"
+	$(PY) -m pytest tests -m "not scale_check"
 
-# --engine ray end to end: the in-process Ray tests (also in `make test`) and the command-line ones, each of which
-# starts its own local Ray (the driver SIGKILLed and rerun; build in one session): 2.5 min on the shared 2-core machine.
-ray-check: $(STAMP)
-	$(PY) -m pytest tests/test_ray_engine.py tests/test_ray_cli.py
+# Scale-out end to end (docs/design.md, "Scale-out"): --engine ray in process (also in `make test`) and from the
+# command line, each run starting its own local Ray (the driver SIGKILLed and rerun; build in one session), and
+# training on 2 processes (DDP, FSDP2's group forward), with the slow cases `make test` leaves out.
+scale-check: $(STAMP)
+	$(PY) -m pytest tests/test_ray_engine.py tests/test_ray_cli.py tests/test_train_distributed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check offline_infalign data_builders tests benchmarks

@@ -1,5 +1,5 @@
 """`--engine ray` end to end from the command line, each run starting its own local Ray (so they are slow:
-`make ray-check` runs them with tests/test_ray_engine.py; `make test` leaves them out, marker `ray_cli`).
+`make scale-check` runs them; `make test` leaves them out, marker `scale_check`).
 
 - The driver SIGKILLed for real after its second chunk (a subprocess: no `finally` runs, the OS drops the lock,
   Ray ends the driver's workers), and the same command rerun: the one-process artifact.
@@ -22,7 +22,7 @@ from offline_infalign.config import BuildConfig, load_config
 from offline_infalign.stages.build import run_build
 from offline_infalign.storage import load_artifact
 
-pytestmark = pytest.mark.ray_cli
+pytestmark = pytest.mark.scale_check
 
 # A driver that SIGKILLs itself right after chunk 1 is written (storage's fault point, which ChunkStore.write
 # looks up at call time), then the command line as given.

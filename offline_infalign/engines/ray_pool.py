@@ -95,6 +95,12 @@ class _Worker:
     """The actor: one job, loaded once, then one chunk per call."""
 
     def __init__(self, job):
+        import ray
+
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPUs a worker reserved, but leaves it alone for a worker that
+        # reserved none, which would then put its model on GPU 0 beside every other worker ("cuda if available").
+        if not ray.get_gpu_ids():
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         self.job = job
 
     def load(self):
