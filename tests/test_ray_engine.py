@@ -152,6 +152,19 @@ def test_a_second_run_into_the_folder_is_refused_before_any_worker_starts(setup,
     assert not started
 
 
+def test_a_worker_that_cannot_start_ends_the_run_in_one_line(setup, tmp_path, monkeypatch):
+    """As on a node without the package: the job's module cannot be imported where the worker starts."""
+    (tmp_path / "driver_only_job.py").write_text("from offline_infalign.stages.sample import SampleJob\n\n\n"
+                                                "class DriverOnlyJob(SampleJob):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the driver's path only: the workers started with the session
+    from driver_only_job import DriverOnlyJob
+
+    monkeypatch.setattr(sample_stage, "SampleJob", DriverOnlyJob)
+    with pytest.raises(InfalignError, match=r"a worker could not start \(ModuleNotFoundError: No module named "
+                                            r"'driver_only_job'\); every node needs offline-infalign installed"):
+        run_sample(sample_cfg(setup, tmp_path / "s", **RAY), progress=False)
+
+
 # ---- refused in one line --------------------------------------------------------------------------------------
 
 

@@ -225,6 +225,11 @@ class RayEngine:
                 raise InfalignError(str(cause)) from None
             raise
         except (ray.exceptions.RayActorError, getattr(ray.exceptions, "ActorUnavailableError", ())) as exc:
+            if getattr(exc, "actor_init_failed", False):  # it could not even start: every replacement would fail
+                last = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+                raise InfalignError(f"--engine ray: a worker could not start ({last}); every node needs "
+                                    "offline-infalign installed at the driver's version, and what the model and "
+                                    "reward name importable") from None
             with contextlib.suppress(ValueError):
                 self.actors.remove(actor)
             with contextlib.suppress(Exception):
