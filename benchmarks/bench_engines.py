@@ -4,8 +4,9 @@ The same command both ways (`stages.sample.run_sample`, the same chunks, batch s
 --repeats times; wall-clock seconds, since the point is parallel work (a worker per core), and the runs are
 interleaved so that each configuration sees the same neighbours on a shared machine. Configurations:
 - local, 1 thread: the default here (OMP_NUM_THREADS=1);
-- local, 2 threads: one process using both cores through torch's intra-op threads (the strongest one-process
-  setting on 2 cores);
+- local, 2 threads (--two-threads): one process using both cores through torch's intra-op threads, the
+  strongest one-process setting on an idle 2-core machine; on a shared one it is the weakest (measured here at
+  load average 10: 6x slower than one thread, as the Makefile says), so it is left out by default;
 - ray, 2 workers x 1 CPU: a local Ray started by the run; reported end to end (Ray's start, each worker's load,
   sampling, shut down) and in steady state (from the first chunk written to the last, per prompt: what a long run
   pays once the start is amortized; the one-process runs are measured the same way).
@@ -17,6 +18,7 @@ Model: a randomly initialized Llama with a 32k-word vocabulary (bench_sampling.w
 almost never draw EOS: every completion runs to the cap, so generated tokens = prompts x K x max_new_tokens).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_engines.py [--prompts 48] [--chunk-size 4] [--repeats 2]
+        [--two-threads]
 """
 
 from __future__ import annotations
@@ -117,14 +119,16 @@ def main() -> None:
     p.add_argument("--hidden-size", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--two-threads", action="store_true", help="also one process with 2 torch threads")
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"model: Llama hidden {args.hidden_size}, {args.layers} layers, vocabulary {args.vocab}, random init; "
           f"{args.prompts} prompts of {args.prompt_tokens} +- 10 tokens, K = {args.k}, {args.max_new_tokens} new "
           f"tokens, chunks of {args.chunk_size} prompts, batches of {args.batch_size}")
-    configs = [("local, 1 thread", 1, {}), ("local, 2 threads", 2, {}),
-               ("ray, 2 workers x 1 CPU", 1, {"engine": "ray", "workers": 2})]
+    configs = [("local, 1 thread", 1, {}), ("ray, 2 workers x 1 CPU", 1, {"engine": "ray", "workers": 2})]
+    if args.two_threads:
+        configs.insert(1, ("local, 2 threads", 2, {}))
     with tempfile.TemporaryDirectory(prefix="bench_engines_") as tmp:
         root = Path(tmp)
         model, prompts = make_inputs(root, args)

@@ -69,16 +69,17 @@ class SampleConfig:
                                              "config and tokenizer eos (docs/math.md §9)")
     allow_pickle_weights: bool = field(False, help=ALLOW_PICKLE_HELP)
     engine: str = field("local", help="where chunks are computed: local (this process) or ray (worker actors on a "
-                        "Ray cluster, each holding the model; optional extra: pip install 'offline-infalign[ray]'); "
-                        "either gives the same artifact", choices=ENGINE_NAMES)
-    workers: int = field(1, help="--engine ray: worker actors, each with its own copy of the model (the reward "
-                         "for score)")
+                        "Ray cluster; optional extra: pip install 'offline-infalign[ray]'); either gives the same "
+                        "artifact", choices=ENGINE_NAMES)
+    workers: int = field(1, help="--engine ray: worker actors, each loading its own copy of the model (of the "
+                         "reward, for score)")
     ray_address: str | None = field(None, help="--engine ray: the cluster: 'auto' (one started with `ray start` "
                                     "on this machine), HOST:6379 or ray://HOST:10001; default: $RAY_ADDRESS when "
                                     "set (as inside `ray job submit`), else a local Ray started for this command")
     cpus_per_worker: float = field(1.0, help="--engine ray: CPUs each worker reserves (fractions allowed)")
-    gpus_per_worker: float = field(0.0, help="--engine ray: GPUs each worker reserves (a fraction shares a GPU; "
-                                   "the vllm backend needs whole GPUs, at least --tensor-parallel-size)")
+    gpus_per_worker: float = field(0.0, help="--engine ray: GPUs each worker reserves (0: it runs on CPU; a "
+                                   "fraction shares a GPU; the vllm backend needs whole GPUs, at least "
+                                   "--tensor-parallel-size)")
 
     def __post_init__(self):
         owner = "sample"
