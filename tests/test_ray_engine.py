@@ -35,9 +35,11 @@ from ray_helpers import (
 )
 
 from offline_infalign import cli
+from offline_infalign.config import MergeConfig, load_config
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.engines import ray_pool
 from offline_infalign.stages import sample as sample_stage
+from offline_infalign.stages.merge import run_merge
 from offline_infalign.stages.sample import SampleJob, run_sample
 from offline_infalign.stages.score import run_score
 from offline_infalign.storage import InjectedFault, output_lock
@@ -165,6 +167,15 @@ def test_a_worker_that_cannot_start_ends_the_run_in_one_line(setup, tmp_path, mo
     with pytest.raises(InfalignError, match=r"a worker could not start \(ModuleNotFoundError: No module named "
                                             r"'driver_only_job'\); every node needs offline-infalign installed"):
         run_sample(sample_cfg(setup, tmp_path / "s", **RAY), progress=False)
+
+
+@pytest.mark.scale_check  # another ray run: make scale-check
+def test_shards_made_with_different_engines_merge_into_the_one_process_artifact(setup, tmp_path):
+    shards = [tmp_path / "shard0", tmp_path / "shard1"]
+    run_sample(sample_cfg(setup, shards[0], shard="0/2"), progress=False)
+    run_sample(sample_cfg(setup, shards[1], shard="1/2", **RAY), progress=False)
+    run_merge(load_config(MergeConfig, None, dict(inputs=[str(p) for p in shards], out=str(tmp_path / "merged"))))
+    assert rows(tmp_path / "merged") == rows(setup.ref_sample)
 
 
 # ---- refused in one line --------------------------------------------------------------------------------------

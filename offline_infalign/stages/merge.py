@@ -8,11 +8,12 @@ from typing import Any
 
 from ..config import MergeConfig, config_diff
 from ..core.errors import InfalignError
+from ..engines import ENGINE_FIELDS
 from ..integrity import check_manifest
 from ..storage import ChunkStore, load_artifact, output_lock, read_manifest, save_artifact
 
-# Config keys that legitimately differ between the shards of one run.
-_SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "chunk_size", "device")
+# Config keys that legitimately differ between the shards of one run (where chunks were computed among them).
+_SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "chunk_size", "device", *ENGINE_FIELDS)
 # A path may differ between shards (machines mount things elsewhere) when what it names is the same: the model
 # and the reward by their fingerprints (fingerprint.py), the prompt source by the prompt list (compared first).
 _PATH_FINGERPRINTS = {"model": "model_fingerprint", "reward_model": "reward_fingerprint"}
