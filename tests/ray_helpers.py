@@ -39,13 +39,13 @@ def references(root: Path) -> SimpleNamespace:
 
 
 def sample_cfg(s, out, **kw) -> SampleConfig:
-    return load_config(SampleConfig, None, dict(prompts=str(s.prompts), model=str(s.lm), out=str(out),
-                                                **SAMPLE, **kw))
+    return load_config(SampleConfig, None, {"prompts": str(s.prompts), "model": str(s.lm), "out": str(out),
+                                            **SAMPLE, **kw})
 
 
 def score_cfg(s, out, **kw) -> ScoreConfig:
-    return load_config(ScoreConfig, None, dict(input=str(s.ref_sample), out=str(out), reward_model=str(s.rm),
-                                               **SCORE, **kw))
+    return load_config(ScoreConfig, None, {"input": str(s.ref_sample), "out": str(out), "reward_model": str(s.rm),
+                                           **SCORE, **kw})
 
 
 def rows(path) -> list[dict]:

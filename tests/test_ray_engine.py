@@ -178,6 +178,16 @@ def test_shards_made_with_different_engines_merge_into_the_one_process_artifact(
     assert rows(tmp_path / "merged") == rows(setup.ref_sample)
 
 
+def test_the_device_is_the_workers_not_the_drivers(setup, tmp_path):
+    """--device names the workers' device: the driver (which may have no GPU) does not check it; a worker that
+    cannot use it says so in one line (here: workers that reserve no GPU see none)."""
+    cfg = sample_cfg(setup, tmp_path / "s", device="cuda", **RAY)  # accepted on this CPU-only driver
+    with pytest.raises(InfalignError, match=r"^device 'cuda' .*"):
+        run_sample(cfg, progress=False)
+    with pytest.raises(InfalignError, match=r"device 'cuda'"):  # without ray the config itself is refused
+        sample_cfg(setup, tmp_path / "s", device="cuda")
+
+
 # ---- refused in one line --------------------------------------------------------------------------------------
 
 

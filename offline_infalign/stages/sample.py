@@ -97,6 +97,9 @@ class SampleJob:
         self.cfg = cfg
 
     def load(self) -> dict[str, Any]:
+        from ..load_checks import check_device
+
+        check_device(self.cfg.device)  # where the model runs (with --engine ray: on the worker, not the driver)
         self.sampler, self.model, self.tokenizer, ctx, ids, self.stop = _load_sampler(self.cfg)
         return {"tokenizer": self.tokenizer, "context_length": ctx, "model_ids": ids, "stop": self.stop,
                 "ref_dtype": _ref_dtype(self.model, self.cfg)}

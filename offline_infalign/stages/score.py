@@ -35,9 +35,11 @@ class ScoreJob:
         self.cfg = cfg
 
     def load(self) -> dict[str, Any]:
+        from ..load_checks import check_device
         from ..scoring import load_scorer
 
         c = self.cfg
+        check_device(c.device)  # where the reward runs (with --engine ray: on the worker, not the driver)
         self.scorer = load_scorer(c.reward_model, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
                                   trust_remote_code=c.trust_remote_code, reward_label=c.reward_label,
                                   allow_pickle_weights=c.allow_pickle_weights)
