@@ -3,7 +3,9 @@ lazily, so importing this module costs nothing for a run with --no-plots.
 
 - `plot_tradeoff_curves`: win rate against KL, curves plus measured points (the primitive the others use).
 - `plot_win_rate_vs_n`, `plot_tradeoff`: an evaluation report's measurements against its predictions.
-- `plot_demo`: the demo's two policies on their predicted curves.
+- `plot_comparison`: several evaluated policies on their predicted curves, beside their paired differences from
+  the baseline (docs/math.md §10).
+- `plot_demo`: the demo's two policies on their predicted curves, beside the paired difference.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 from .core.errors import InfalignError
 
-__all__ = ["check_plot_path", "plot_tradeoff_curves", "plot_win_rate_vs_n", "plot_tradeoff", "plot_demo"]
+__all__ = ["check_plot_path", "plot_tradeoff_curves", "plot_win_rate_vs_n", "plot_tradeoff", "plot_comparison",
+           "plot_demo"]
 
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
@@ -72,6 +75,11 @@ def plot_tradeoff_curves(curves: Sequence, path, points: Iterable | None = None,
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    _draw_curves(ax, curves, points, title, ylabel)
+    return _save(fig, path)
+
+
+def _draw_curves(ax, curves: Sequence, points: Iterable | None, title: str | None, ylabel: str) -> None:
     for curve in curves:
         style = {"color": "k", "ls": "--"} if curve.label == "optimal" else {}
         ax.plot(curve.kl, curve.win_rate, lw=1.6, label=curve.label, **style)
@@ -89,11 +97,31 @@ def plot_tradeoff_curves(curves: Sequence, path, points: Iterable | None = None,
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _draw_differences(ax, items: Sequence[tuple[str, float, float, float]], title: str) -> None:
+    """Paired differences as points with their intervals, one row each, and the line of no difference."""
+    ys = np.arange(len(items))[::-1]
+    for y, (_, diff, lo, hi) in zip(ys, items):
+        color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "0.4"
+        ax.errorbar([diff], [y], xerr=[[diff - lo], [hi - diff]], fmt="s", color=color, capsize=4, ms=6)
+        ax.annotate(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]", (diff, y), textcoords="offset points", xytext=(0, 8),
+                    ha="center", fontsize=8)
+    ax.axvline(0.0, color="k", lw=0.9)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([label for label, *_ in items], fontsize=8)
+    ax.set_ylim(-0.7, len(items) - 0.3)
+    ax.set_xlabel("difference of win rates (paired by prompt)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+
+
+def _save(fig, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -156,10 +184,54 @@ def plot_tradeoff(report: dict[str, Any], out_dir, transform=None) -> list[Path]
     return paths
 
 
-def plot_demo(arms: Sequence[dict[str, Any]], procedure: str, n: int, kl_budget: float, path) -> Path:
-    """The demo's predicted win-rate-vs-KL curves (each arm's transform and the optimum) with each measured arm.
+def _served(report: dict[str, Any]) -> tuple[str, int]:
+    """The (procedure, N) a comparison plot shows: the first procedure measured, at the baseline's trained N when
+    it was measured, else the largest N."""
+    baseline = report["policies"][report["baseline"]]
+    procedure = next(iter(baseline["results"]))
+    ns = sorted(int(n) for n in baseline["results"][procedure])
+    trained = (baseline.get("trained_for") or {}).get("n")
+    return procedure, int(trained) if trained in ns else ns[-1]
 
-    arms: the demo report's arms (name, transform text, kl, win_rate, ci_low, ci_high).
+
+def plot_comparison(report: dict[str, Any], path) -> Path:
+    """An evaluation of several policies (stages/eval_report.py): left, each policy's measured win rate and KL on
+    its transform's predicted curve (and the optimum's); right, each policy's paired difference from the baseline
+    under that procedure and N and under N = 1 (docs/math.md §10)."""
+    from .core.tradeoff import tradeoff_curves
+    from .core.transforms import parse_transform
+
+    procedure, n = _served(report)
+    policies, baseline = report["policies"], report["baseline"]
+    kl_max = max([0.05] + [1.3 * r["kl"] for r in policies.values()])
+    named = [(name, r["transform"]) for name, r in policies.items() if r.get("transform") and r.get("beta")]
+    curves = tradeoff_curves(procedure, n, [(f"{name}: {t}", parse_transform(t)) for name, t in named],
+                             kl_max=kl_max, num_points=16)
+    color = {name: f"C{i}" for i, (name, _) in enumerate(named)}
+    points = [(max(r["kl"], 0.0), r["results"][procedure][str(n)]["win_rate"], f"measured {name}",
+               (r["results"][procedure][str(n)]["ci_low"], r["results"][procedure][str(n)]["ci_high"]),
+               {"color": color.get(name, "0.3"), "marker": "s"}) for name, r in policies.items()]
+    label = _label(procedure, n)
+    items = []
+    for name, c in report["comparisons"].items():
+        d = c["results"][procedure][str(n)]
+        items.append((f"{name} − {baseline}\n{label}", d["difference"], d["ci_low"], d["ci_high"]))
+        s = c["standard"]
+        items.append((f"{name} − {baseline}\nstandard (N=1)", s["difference"], s["ci_low"], s["ci_high"]))
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
+    _draw_curves(left, curves, points, f"{label} win rate vs base", f"{label} win rate vs base")
+    _draw_differences(right, items, f"against {baseline}, same prompts and base samples")
+    return _save(fig, path)
+
+
+def plot_demo(arms: Sequence[dict[str, Any]], procedure: str, n: int, kl_budget: float, path,
+              comparison: dict[str, Any] | None = None) -> Path:
+    """The demo's predicted win-rate-vs-KL curves (each arm's transform and the optimum) with each measured arm,
+    and beside them the paired difference of the comparison (demo/run.py) with its interval.
+
+    arms: the demo report's arms (name, transform text, kl, win_rate, ci_low, ci_high); comparison: the demo
+    report's `comparison` (policy, baseline, difference, ci, kl, and `standard` when measured).
     """
     from .core.tradeoff import tradeoff_curves
     from .core.transforms import parse_transform
@@ -171,5 +243,16 @@ def plot_demo(arms: Sequence[dict[str, Any]], procedure: str, n: int, kl_budget:
     points = [(max(r["kl"], 0.0), r["win_rate"], f"measured {r['name']}", (r["ci_low"], r["ci_high"]),
                {"color": f"C{i}", "marker": "s"}) for i, r in enumerate(arms)]
     label = _label(procedure, n)
-    return plot_tradeoff_curves(curves, path, points=points, title=f"demo: {label} win rate vs base",
-                                ylabel=f"{label} win rate vs base")
+    plt = _pyplot()
+    if comparison is None:
+        fig, left = plt.subplots(figsize=(6.4, 4.4))
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
+        c, pair = comparison, f"{comparison['policy']} − {comparison['baseline']}"
+        items = [(f"{pair}\n{label}", c["difference"], *c["ci"])]
+        if c.get("standard"):
+            items.append((f"{pair}\nstandard (N=1)", c["standard"]["difference"], *c["standard"]["ci"]))
+        kls = ", ".join(f"{name} {kl:.3f}" for name, kl in c["kl"].items())
+        _draw_differences(right, items, f"paired by prompt, KL {kls}")
+    _draw_curves(left, curves, points, f"demo: {label} win rate vs base", f"{label} win rate vs base")
+    return _save(fig, path)

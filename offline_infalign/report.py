@@ -3,7 +3,9 @@
 Pure: arrays in, a JSON-ready dict out, so the arithmetic is testable without models (stages/evaluate.py
 draws and scores the samples). The win rates are exact over each side's empirical distribution
 (core.estimators) with a bootstrap interval over prompts; the KL is the mean log π(y|x) − log π_ref(y|x)
-over the policy's own samples; predictions come from core.tradeoff for the adapter's transform, tilt and β.
+over the policy's own samples; predictions come from core.tradeoff for the adapter's transform, tilt and β. `compare` gives, for policies
+judged against the same base samples on the same prompts, each one's paired difference from a baseline
+(docs/math.md §10) beside both KLs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from .core.checks import check_finite
 from .core.errors import InfalignError
 
-__all__ = ["summarize", "make_predict_fn", "default_ns", "length_summary", "cut_note", "PREDICTION_NOTE",
+__all__ = ["summarize", "compare", "make_predict_fn", "default_ns", "length_summary", "cut_note", "PREDICTION_NOTE",
            "PredictFn", "CUT_NOTE_ABOVE"]
 
 PREDICTION_NOTE = (
@@ -104,6 +106,49 @@ def summarize(
         "num_prompts": int(pol.shape[0]),
         "samples": int(pol.shape[1]),
     }
+
+
+def compare(policy_rewards: dict[str, Any], base_rewards, kls: dict[str, tuple[float, float]], baseline: str,
+            procedures: Sequence[str], ns: Sequence[int], kl_tolerance: float, num_bootstrap: int = 1000,
+            confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Each policy against `baseline`: differences of win rates with paired bootstrap intervals (docs/math.md §10).
+
+    policy_rewards: {name: (P, M) judge rewards}, every policy on the same P prompts in the same order as
+    base_rewards (P, M'), the base samples they all share. kls: {name: (kl, kl_stderr)}.
+    Returns {name: {"baseline", "kl": {name: kl, baseline: kl}, "kl_stderr": {...}, "kl_difference",
+    "kl_matched" (|difference| <= kl_tolerance), "kl_tolerance", "standard": {difference, ci_low, ci_high},
+    "results": {procedure: {str(n): {difference, ci_low, ci_high}}}}} for every policy but the baseline.
+    A difference of win rates at unmatched KL is confounded by the KL: more KL buys win rate along the curve.
+    """
+    from .core.estimators import compare_win_rates
+    from .core.procedures import PROCEDURE_NAMES
+
+    if baseline not in policy_rewards:
+        raise InfalignError(f"baseline {baseline!r} is not one of the policies ({', '.join(policy_rewards)})")
+    base = _as_2d("base_rewards", base_rewards)
+    rewards = {name: _as_2d(f"rewards of policy {name!r}", r) for name, r in policy_rewards.items()}
+
+    def diff(name: str, procedure: str, n: int) -> dict[str, float]:
+        d = compare_win_rates(rewards[name], rewards[baseline], base, n, procedure, num_bootstrap=num_bootstrap,
+                              confidence=confidence, seed=seed)
+        return {"difference": float(d.difference), "ci_low": float(d.ci_low), "ci_high": float(d.ci_high)}
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in rewards:
+        if name == baseline:
+            continue
+        gap = float(kls[name][0] - kls[baseline][0])
+        out[name] = {
+            "baseline": baseline,
+            "kl": {name: float(kls[name][0]), baseline: float(kls[baseline][0])},
+            "kl_stderr": {name: float(kls[name][1]), baseline: float(kls[baseline][1])},
+            "kl_difference": gap,
+            "kl_matched": bool(abs(gap) <= kl_tolerance),
+            "kl_tolerance": float(kl_tolerance),
+            "standard": diff(name, PROCEDURE_NAMES[0], 1),
+            "results": {proc: {str(int(n)): diff(name, proc, int(n)) for n in ns} for proc in procedures},
+        }
+    return out
 
 
 def length_summary(sides: dict[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, float]]:

@@ -64,6 +64,17 @@ def _first(*values):
     return None
 
 
+def _policy_folder(cfg) -> str:
+    """The one adapter folder `cfg` names: an EvalConfig with several policies is resolved one policy at a time
+    (stages/evaluate.py passes each policy's own view)."""
+    if hasattr(cfg, "policies"):
+        folders = [folder for _, folder in cfg.policies()]
+        if len(folders) != 1:
+            raise InfalignError(f"the training record is read for one policy at a time, got {len(folders)}")
+        return folders[0]
+    return str(cfg.policy)
+
+
 def _check_base_model(cfg, info: dict[str, Any], model: str, warnings: list[str]) -> None:
     """The base model must be the one the adapter was trained on: the record's `model_fingerprint` (train
     records the resolved folder and its fingerprint) against the model's now. Taken from the record, a mismatch
@@ -76,7 +87,7 @@ def _check_base_model(cfg, info: dict[str, Any], model: str, warnings: list[str]
     now = fingerprint_model(model)
     if now == recorded:
         return
-    what = (f"base model {model!r} is not the model policy {str(cfg.policy)!r} was trained on (fingerprint "
+    what = (f"base model {model!r} is not the model policy {_policy_folder(cfg)!r} was trained on (fingerprint "
             f"{recorded} when trained, {now} now)")
     if cfg.model is None and not now.endswith("?"):  # "?": a hub id not resolvable now; loading will tell
         raise InfalignError(f"{what}; pass --model with the base model it was trained on")
@@ -94,24 +105,25 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     from .core.transforms import Transform, parse_transform
     from .report import default_ns
 
+    policy = _policy_folder(cfg)
     train_cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     manifest = _dataset_manifest(info)
     model = _first(cfg.model, info.get("model"), train_cfg.get("model"), manifest.get("model"))
     if model is None:
-        adapter_cfg = Path(cfg.policy) / "adapter_config.json"
+        adapter_cfg = Path(policy) / "adapter_config.json"
         if adapter_cfg.is_file():
             model = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not model:
-        raise InfalignError(f"no base model for policy {cfg.policy!r}: pass --model (the adapter has no {TRAIN_INFO})")
+        raise InfalignError(f"no base model for policy {policy!r}: pass --model (the adapter has no {TRAIN_INFO})")
     trained_reward = _first(info.get("reward_model"), manifest.get("reward_model"))
     if cfg.reward_model is None and trained_reward is not None and names_code(trained_reward):
         raise InfalignError(
-            f"the training record of policy {str(cfg.policy)!r} names the judge {str(trained_reward)!r}, a "
+            f"the training record of policy {policy!r} names the judge {str(trained_reward)!r}, a "
             "module:function; eval never imports code named by an adapter folder (importing it would run it). "
             f"Pass --reward-model {trained_reward} (reward_model in the config) to use it, or another judge")
     reward_model = _first(cfg.reward_model, trained_reward)
     if not reward_model:
-        raise InfalignError(f"no judge reward for policy {cfg.policy!r}: pass --reward-model (path, module:function "
+        raise InfalignError(f"no judge reward for policy {policy!r}: pass --reward-model (path, module:function "
                             "or demo)")
     # The training reward's label applies only when the judge is that same reward model.
     reward_label = cfg.reward_label
@@ -129,7 +141,7 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     dataset = (str(Path(info["dataset_manifest_path"]).parent) if info.get("dataset_manifest_path")
                else train_cfg.get("dataset"))
     if cfg.prompts is None and not dataset:
-        raise InfalignError(f"no prompts for policy {cfg.policy!r}: pass --prompts (builder name or .jsonl path)")
+        raise InfalignError(f"no prompts for policy {policy!r}: pass --prompts (builder name or .jsonl path)")
 
     trained_procedure = _first(info.get("procedure"), manifest.get("procedure"))
     trained_n = _first(info.get("n"), manifest.get("n"))

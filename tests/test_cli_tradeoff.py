@@ -96,3 +96,32 @@ def test_help(capsys):
         assert exc.value.code == 0
         assert "tradeoff" in capsys.readouterr().out
 
+
+
+def test_num_samples_gives_the_finite_k_beta(capsys):
+    from offline_infalign.core.finite_k import finite_k_beta, restricted_kl
+
+    r = _json(capsys, ["tradeoff", "--choose", "--kl", "0.3", "--num-samples", "32", "--json"])
+    fk = r["finite_k"]
+    chosen = Transform("exp", r["tilt"])
+    assert fk["num_samples"] == 32 and fk["beta"] == pytest.approx(finite_k_beta(chosen, 0.3, 32))
+    assert fk["kl"] == pytest.approx(0.3) and fk["beta"] < r["beta"]  # a learner on K samples needs a smaller β
+    assert fk["win_rate"] < r["win_rate"]  # the finite-K ceiling
+    # With --beta: the restricted tilt at that β.
+    r = _json(capsys, ["tradeoff", "--transform", "identity", "--beta", "0.3", "--num-samples", "16", "--json"])
+    assert r["finite_k"]["beta"] == 0.3
+    assert r["finite_k"]["kl"] == pytest.approx(restricted_kl(Transform("identity"), 0.3, 16))
+    assert main(["tradeoff", "--transform", "exp:tilt=11", "--kl", "0.3", "--num-samples", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "exp:tilt=11 on K=32" in out and "on K=32: the tilt restricted" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--kl", "0.3", "--num-samples", "1"], "got 1"),
+    (["--optimal", "--kl", "0.3", "--num-samples", "32"], "not --optimal"),
+    (["--transform", "exp:tilt=11", "--kl", "3.6", "--num-samples", "32"], "log K = 3.466"),
+])
+def test_num_samples_bad_input(capsys, argv, needle):
+    assert main(["tradeoff", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err

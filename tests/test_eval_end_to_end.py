@@ -279,14 +279,14 @@ def test_draw_scores_the_sampled_ids_cut_and_stopped_alike(fixture):
     from tiny_models import tiny_bpe_tokenizer, tiny_tokenizer
 
     from offline_infalign.modeling import stop_token_ids
-    from offline_infalign.stages.evaluate import _draw
+    from offline_infalign.stages.evaluate import _draw_base, _draw_policy
 
     tok = tiny_bpe_tokenizer() if fixture == "bpe" else tiny_tokenizer()
     model = _lora_lm(tok)
     stops = stop_token_ids(model, tok, extra=range(8, len(tok), 7))
     cfg = SimpleNamespace(samples=4, max_new_tokens=6, batch_size=3, seed=0)
     rows = [{"prompt_id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS[:3])]
-    draws = _draw(model, tok, rows, cfg, stops)
+    draws = {**_draw_policy(model, tok, rows, cfg, stops), "base_samples": _draw_base(model, tok, rows, cfg, stops)}
 
     reasons = [r for side in ("policy", "base") for s in draws[f"{side}_samples"] for r in s["finish_reasons"]]
     assert {"stop", "length"} <= set(reasons)

@@ -56,7 +56,7 @@ def test_recipe_stages_chain(name):
     assert prepare.input == paths["scored"]
     assert train.dataset == paths["prepared"]
     assert train.model == build.model
-    assert ev.policy == train.out
+    assert ev.policy == [train.out]
     # The held-out prompts are the same in both prepared datasets only with the same split fraction.
     assert prepare.test_fraction == build.test_fraction
     assert prepare.procedure == build.procedure and prepare.n == build.n

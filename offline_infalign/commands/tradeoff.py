@@ -1,7 +1,9 @@
 """`infalign tradeoff`: what a transform and β buy at inference time, before any training (docs/math.md §4, §7).
 
 Three modes: a transform with --beta or --kl (its KL and win rates), --optimal --kl (the best achievable),
---choose --kl (the best exp tilt and its β, beside identity, log and the optimum).
+--choose --kl (the best exp tilt and its β, beside identity, log and the optimum). With --num-samples K, the
+transform (or the chosen tilt) restricted to K samples per prompt too: the β at which a learner on K samples
+pays the KL, and the win rate it reaches (core/finite_k.py, docs/math.md §10).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ def add_parser(subparsers) -> None:
         help="predicted KL and best-/worst-of-N win rates of a transform and beta; choose them for a KL budget",
         description="Calibrated-space predictions (no model needed). Give a transform with --beta B or --kl K, or "
         "--optimal --kl K for the best achievable win rate, or --choose --kl K for the best exp tilt and its beta. "
-        "Example: infalign tradeoff --procedure bon --n 4 --choose --kl 0.25 --plot tradeoff.png",
+        "--num-samples K adds the beta at which an offline learner on K samples per prompt pays the KL (the finite-K "
+        "model; the beta to train at). "
+        "Example: infalign tradeoff --procedure bon --n 4 --choose --kl 0.25 --num-samples 32 --plot tradeoff.png",
         more_flags=_output_flags)
 
 
@@ -53,6 +57,18 @@ def _at_kl(transform, kl, procedure, n):
     except InfalignError:
         return None
     return _row(str(transform), transform.tilt, p.beta, p.kl, p.win_rate, p.standard_win_rate)
+
+
+def _finite_k(transform, k, procedure, n, kl=None, beta=None) -> dict:
+    """The tilt restricted to K samples: at the β where it pays `kl` (finite_k_beta), or at `beta`."""
+    from ..core import finite_k as FK
+
+    if beta is None:
+        beta = FK.finite_k_beta(transform, kl, k)
+    at_n = FK.finite_k_tilt(transform, beta, k, procedure, n)
+    at_1 = FK.finite_k_tilt(transform, beta, k, procedure, 1)
+    return {"num_samples": k, "beta": at_n.beta, "kl": at_n.kl, "win_rate": at_n.win_rate,
+            "standard_win_rate": at_1.win_rate}
 
 
 def run(args) -> int:
@@ -98,6 +114,12 @@ def run(args) -> int:
                 opt = T.optimal(procedure, n, p.kl)
             except InfalignError:
                 opt = None
+    if cfg.num_samples is not None:
+        restricted = c.transform if cfg.choose else transform
+        fk = _finite_k(restricted, cfg.num_samples, procedure, n, kl=cfg.kl, beta=None if cfg.kl else cfg.beta)
+        result["finite_k"] = fk
+        rows.append(_row(f"{restricted} on K={cfg.num_samples}", restricted.tilt, fk["beta"], fk["kl"],
+                         fk["win_rate"], fk["standard_win_rate"]))
     if opt is not None:
         rows.append(_row("optimal", None, opt.beta, opt.kl, opt.win_rate, opt.standard_win_rate))
     result = {"procedure": procedure, "n": n, **{k: (float(v) if isinstance(v, float) else v)
@@ -109,6 +131,10 @@ def run(args) -> int:
         print(json.dumps(result))
         return 0
     _print_table(procedure, n, rows)
+    if cfg.num_samples is not None:
+        print(f"on K={cfg.num_samples}: the tilt restricted to K samples per prompt (docs/math.md §10), what an offline "
+              "learner that fits its samples reaches; its beta is the one to train at for this KL (its KL is against "
+              "the K samples)")
     if args.plot:
         print(f"wrote {args.plot}")
     return 0

@@ -1,25 +1,38 @@
-"""Config of `infalign eval` (stages/evaluate.py): an adapter's measured win rates and KL."""
+"""Config of `infalign eval` (stages/evaluate.py): adapters' measured win rates and KL, and their paired comparison."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
 from .base import ALLOW_PICKLE_HELP, DTYPES, LONG_PROMPT_POLICIES, VERIFY_HELP, field, positive_int, spell
 
-__all__ = ["EvalConfig"]
+__all__ = ["EvalConfig", "KL_MATCH_TOLERANCE"]
+
+# Two policies whose measured KLs differ by at most this many nats are compared "at matched KL" (docs/math.md §10).
+KL_MATCH_TOLERANCE = 0.03
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    """`infalign eval`: measure an adapter's best-/worst-of-N win rate against its base model and its KL (docs/math.md §8).
+    """`infalign eval`: measure adapters' best-/worst-of-N win rate against their base model and their KL (docs/math.md
+    §8); with several, their paired differences against a baseline (§10).
 
     Sampling is always at temperature 1 with no top-p/top-k: the win rates and the KL refer to the policy itself,
     which is what the tradeoff tool predicts.
     """
 
-    policy: str = field(help="adapter folder written by `infalign train` (PEFT adapter)")
+    policy: list[str] = field(help="adapter folder written by `infalign train` (PEFT adapter); several policies: "
+                              "--policy A --policy B ..., each FOLDER or NAME=FOLDER (default name: the folder's "
+                              "name), all judged on the same prompts against one set of base samples")
+    baseline: str | None = field(None, help="with several policies: the NAME the others are compared with "
+                                 "(default: the first policy)")
+    kl_tolerance: float = field(KL_MATCH_TOLERANCE, help="two policies' measured KLs within this many nats count as "
+                                "matched; a comparison at unmatched KL is flagged (more KL buys win rate)")
     model: str | None = field(None, help="base model path or hub id (default: the model the adapter was trained on)")
     reward_model: str | None = field(None, help="judge: HF sequence-classification path, 'module:function' or "
                                      "'demo' (default: the adapter's training reward model)")
@@ -42,7 +55,8 @@ class EvalConfig:
                                              "adapter's training samples used")
     on_long_prompt: str = field("fail", help="a prompt longer than the context minus max_new_tokens: truncate "
                                 "(from the left), skip, or fail", choices=LONG_PROMPT_POLICIES)
-    seed: int = field(0, help="seed: policy draws use it, base draws seed + 1, the bootstrap seed")
+    seed: int = field(0, help="seed: policy draws use it (every policy the same), base draws seed + 1, the bootstrap "
+                      "seed")
     batch_size: int = field(8, help="prompts per generation batch (x samples rows); pairs per log-prob batch")
     score_batch_size: int = field(16, help="pairs per reward-model batch")
     num_bootstrap: int = field(1000, help="bootstrap resamples over prompts")
@@ -50,7 +64,9 @@ class EvalConfig:
     transform: str | None = field(None, help="transform for the prediction, e.g. 'exp:tilt=10' "
                                   "(default: the adapter's)")
     beta: float | None = field(None, help="beta for the prediction (default: the adapter's)")
-    out: str = field("eval_out", help="output folder (report.json, plots)")
+    out: str = field("eval_out", help="output folder (report.json, plots; base_samples.jsonl, the base samples, "
+                     "reused by a later eval into it with the same base model, prompts, samples, max_new_tokens, "
+                     "stop set, dtype and seed)")
     device: str | None = field(None, help="torch device, e.g. cuda or cpu (default: cuda if available)")
     dtype: str = field("auto", help="model dtype", choices=DTYPES)
     plots: bool = field(True, help="write the PNG plots")
@@ -60,8 +76,20 @@ class EvalConfig:
                                 + VERIFY_HELP)
 
     def __post_init__(self):
-        if not self.policy:
-            raise InfalignError("eval: policy must be an adapter folder, got an empty value")
+        self.policy = [self.policy] if isinstance(self.policy, str) else list(self.policy or [])
+        if not self.policy or any(not str(p).strip() for p in self.policy):
+            raise InfalignError(f"eval: policy must be an adapter folder, got {self.policy!r}")
+        names = [name for name, _ in self.policies()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InfalignError(f"eval: two policies named {twice[0]!r}; name them: --policy NAME=FOLDER")
+        if self.baseline is not None and self.baseline not in names:
+            raise InfalignError(f"eval: baseline {self.baseline!r} is not one of the policies ({', '.join(names)})")
+        if len(self.policy) > 1 and (self.transform is not None or self.beta is not None):
+            raise InfalignError("eval: --transform and --beta set one policy's prediction; with several policies "
+                                "each takes its own from its training record")
+        if not (isinstance(self.kl_tolerance, (int, float)) and 0 <= float(self.kl_tolerance) < float("inf")):
+            raise InfalignError(f"eval: kl_tolerance must be a number >= 0, got {self.kl_tolerance!r}")
         for name in ("samples", "max_new_tokens", "batch_size", "score_batch_size", "num_bootstrap"):
             positive_int("eval", name, getattr(self, name))
         positive_int("eval", "limit", self.limit, optional=True)
@@ -98,3 +126,21 @@ class EvalConfig:
                 raise InfalignError(
                     f"eval: n {bad or self.n!r} not allowed; each N must be an integer in [1, samples={self.samples}]"
                 )
+
+    def policies(self) -> list[tuple[str, str]]:
+        """[(name, folder)] in the order given: NAME=FOLDER, or FOLDER named by its last path part."""
+        out = []
+        for text in self.policy:
+            text = str(text)
+            name, sep, folder = text.partition("=")
+            if not (sep and folder and _NAME.fullmatch(name)):
+                folder = text
+                name = Path(text).resolve().name or "policy"
+            if not _NAME.fullmatch(name):
+                raise InfalignError(f"eval: policy name {name!r} (from {text!r}) must be letters, digits, '_', '.' "
+                                    "or '-'; name it: --policy NAME=FOLDER")
+            out.append((name, folder))
+        return out
+
+    def baseline_name(self) -> str:
+        return self.baseline if self.baseline is not None else self.policies()[0][0]

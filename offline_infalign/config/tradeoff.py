@@ -33,6 +33,10 @@ class TradeoffConfig:
     optimal: bool = field(False, help="the optimal transform at --kl")
     choose: bool = field(False, help="best exp tilt and its beta at --kl, beside identity, log and the optimum")
     kl_max: float | None = field(None, help="right end of the --plot KL axis (default: twice the KL shown)")
+    num_samples: int | None = field(None, help="K, base samples per prompt of the training data: also show the "
+                                    "beta at which a learner on K samples pays the KL (the tilt restricted to K "
+                                    "samples, docs/math.md §10) and the win rate that restricted tilt reaches; "
+                                    "with a transform or --choose")
 
     def __post_init__(self):
         if self.procedure not in list(PROCEDURES):
@@ -42,6 +46,10 @@ class TradeoffConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
                 raise InfalignError(f"tradeoff: {name} must be a finite number > 0, got {value!r}")
+        if self.num_samples is not None:
+            positive_int("tradeoff", "num_samples (K)", self.num_samples, 2)
+            if self.optimal:
+                raise InfalignError("tradeoff: --num-samples applies to a transform or --choose, not --optimal")
         if self.optimal and self.choose:
             raise InfalignError("tradeoff: give one of --optimal and --choose, not both")
         if self.optimal or self.choose:

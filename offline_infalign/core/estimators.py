@@ -7,6 +7,11 @@ twice as two draws, and reads 1–2.5 points low for N near M). Computed in clos
 sorted, each side's pick is its j-th value with the procedure's `pick_weights` (core/procedures.py), so a
 prompt costs O(M log M). Prompts are averaged, with a seeded percentile bootstrap over prompts for the
 interval.
+
+Two policies measured against the same base samples on the same prompts are compared by the per-prompt
+difference of their win rates (docs/math.md §10): its mean is unbiased for the difference of win rates, and
+one bootstrap that resamples the same prompts for both (paired) has the variance of the difference, far below
+the sum of the two policies' own variances when they share the base side.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from .checks import check_finite
 from .errors import InfalignError
 from .procedures import check_n, get_procedure
 
-__all__ = ["WinRateEstimate", "KLEstimate", "inference_win_rate", "per_prompt_win_rates", "estimate_win_rate",
-           "estimate_kl"]
+__all__ = ["WinRateEstimate", "KLEstimate", "PairedDifference", "inference_win_rate", "per_prompt_win_rates",
+           "estimate_win_rate", "estimate_kl", "paired_difference", "compare_win_rates"]
 
 @dataclass(frozen=True)
 class WinRateEstimate:
@@ -29,6 +34,14 @@ class WinRateEstimate:
     ci_low: float  # percentile bootstrap interval over prompts
     ci_high: float
     per_prompt: np.ndarray  # (P,) unbiased win rate of each prompt
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    difference: float  # mean over prompts of d(x) = w_A(x) − w_B(x)
+    ci_low: float  # percentile bootstrap interval over prompts, the same prompts resampled for both policies
+    ci_high: float
+    per_prompt: np.ndarray  # (P,) d(x)
 
 
 @dataclass(frozen=True)
@@ -86,18 +99,17 @@ def inference_win_rate(policy_rewards, base_rewards, n: int, procedure: str = "b
     return float(per_prompt_win_rates(pol[None], base[None], n, procedure)[0])
 
 
-def estimate_win_rate(policy_rewards, base_rewards, n: int, procedure: str = "bon", num_bootstrap: int = 1000,
-                      confidence: float = 0.95, seed: int = 0) -> WinRateEstimate:
-    """Mean over prompts of the unbiased per-prompt win rate, with a percentile bootstrap interval over prompts.
-
-    Args: policy_rewards (P, M), base_rewards (P, M'); n the inference-time N; the bootstrap draws P prompts
-    with replacement `num_bootstrap` times from a numpy Generator seeded with `seed` (reproducible).
-    """
+def _check_bootstrap(num_bootstrap, confidence) -> None:
     if isinstance(num_bootstrap, bool) or not isinstance(num_bootstrap, (int, np.integer)) or num_bootstrap < 1:
         raise InfalignError(f"num_bootstrap must be an integer >= 1, got {num_bootstrap!r}")
     if not (0.0 < float(confidence) < 1.0):
         raise InfalignError(f"confidence must be in (0, 1), got {confidence!r}")
-    per_prompt = per_prompt_win_rates(policy_rewards, base_rewards, n, procedure)  # (P,)
+
+
+def _bootstrap_interval(per_prompt: np.ndarray, num_bootstrap: int, confidence: float, seed: int
+                        ) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the per-prompt values and its percentile bootstrap interval over prompts
+    (P prompts drawn with replacement `num_bootstrap` times from a numpy Generator seeded with `seed`)."""
     rng = np.random.default_rng(seed)
     num_p = per_prompt.size
     means = np.empty(int(num_bootstrap))
@@ -109,7 +121,50 @@ def estimate_win_rate(policy_rewards, base_rewards, n: int, procedure: str = "bo
     lo_q, hi_q = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     mean = float(per_prompt.mean())
     # The percentile interval of a skewed statistic can miss its point estimate by rounding; keep it inside.
-    return WinRateEstimate(mean, float(min(lo_q, mean)), float(max(hi_q, mean)), per_prompt)
+    return mean, float(min(lo_q, mean)), float(max(hi_q, mean))
+
+
+def estimate_win_rate(policy_rewards, base_rewards, n: int, procedure: str = "bon", num_bootstrap: int = 1000,
+                      confidence: float = 0.95, seed: int = 0) -> WinRateEstimate:
+    """Mean over prompts of the unbiased per-prompt win rate, with a percentile bootstrap interval over prompts.
+
+    Args: policy_rewards (P, M), base_rewards (P, M'); n the inference-time N; the bootstrap draws P prompts
+    with replacement `num_bootstrap` times from a numpy Generator seeded with `seed` (reproducible).
+    """
+    _check_bootstrap(num_bootstrap, confidence)
+    per_prompt = per_prompt_win_rates(policy_rewards, base_rewards, n, procedure)  # (P,)
+    return WinRateEstimate(*_bootstrap_interval(per_prompt, num_bootstrap, confidence, seed), per_prompt)
+
+
+def paired_difference(per_prompt_a, per_prompt_b, num_bootstrap: int = 1000, confidence: float = 0.95,
+                      seed: int = 0) -> PairedDifference:
+    """Difference of two policies' win rates measured on the same prompts, with a paired bootstrap interval.
+
+    per_prompt_a, per_prompt_b: (P,) per-prompt win rates of policies A and B against the same base samples,
+    prompt i of one being prompt i of the other (per_prompt_win_rates). d = a − b per prompt; the estimate is
+    mean(d) and the interval resamples prompts, so both policies move together in every resample
+    (docs/math.md §10). Prompts are the independent units; within a prompt anything may be correlated.
+    """
+    _check_bootstrap(num_bootstrap, confidence)
+    a = check_finite(np.asarray(per_prompt_a, dtype=np.float64), "per-prompt win rates of A")
+    b = check_finite(np.asarray(per_prompt_b, dtype=np.float64), "per-prompt win rates of B")
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise InfalignError(f"paired_difference needs two (P,) arrays over the same prompts, got shapes {a.shape} "
+                            f"and {b.shape}")
+    d = a - b
+    return PairedDifference(*_bootstrap_interval(d, num_bootstrap, confidence, seed), d)
+
+
+def compare_win_rates(policy_a_rewards, policy_b_rewards, base_rewards, n: int, procedure: str = "bon",
+                      num_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> PairedDifference:
+    """W_A − W_B for the procedure and N, both against the same base rewards (P, M'), paired by prompt.
+
+    policy_a_rewards (P, M_A), policy_b_rewards (P, M_B): judge rewards of each policy's samples on the same P
+    prompts, in the same order as base_rewards.
+    """
+    a = per_prompt_win_rates(policy_a_rewards, base_rewards, n, procedure)
+    b = per_prompt_win_rates(policy_b_rewards, base_rewards, n, procedure)
+    return paired_difference(a, b, num_bootstrap, confidence, seed)
 
 
 def estimate_kl(log_ratios) -> KLEstimate:

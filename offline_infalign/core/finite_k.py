@@ -19,6 +19,12 @@ empirical base is Σ w_i log(K w_i). As K → ∞ both tend to the docs/math.md 
 exp tilts that win best-of-N lose most, because they weight the top few percent that K samples barely resolve.
 This is what `benchmarks/README.md` uses to explain measured shortfalls, and what "Choosing K" in the
 README is computed from.
+
+The same model says which β brings such a learner to a KL budget (`finite_k_beta`, docs/math.md §10): the β at
+which Σ w log(K w) equals the budget. It is below the exact tilt's β (`tradeoff.beta_for_kl`) because the
+restricted tilt cannot resolve the top of the distribution and so pays less KL at the same β; the gap grows
+with the tilt's concentration and shrinks as K grows. Its elasticity, s = −d log KL / d log β = Var_w(Φ)/(β² KL),
+is what the first correction on a measured KL uses (core/kl_match.py).
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from .errors import InfalignError
 from .procedures import Procedure, check_n, get_procedure
 from .transforms import Transform
 
-__all__ = ["FiniteK", "sample_weights", "finite_k_tilt", "finite_k_at_kl"]
+__all__ = ["FiniteK", "sample_weights", "restricted_kl", "finite_k_beta", "kl_elasticity", "finite_k_tilt",
+           "finite_k_at_kl"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,7 @@ class FiniteK:
 
 
 def _check(k, procedure, n) -> tuple[Procedure, int]:
-    if not isinstance(k, (int, np.integer)) or k < 2:
-        raise InfalignError(f"num_samples K must be an integer >= 2, got {k!r}")
+    _check_k(k)
     return get_procedure(procedure), check_n(n)
 
 
@@ -76,19 +82,71 @@ def finite_k_tilt(transform: Transform, beta: float, k: int, procedure: str = "b
     return FiniteK(float(wins.mean()), float(wins.std(ddof=1) / np.sqrt(draws)), _kl(w), float(beta))
 
 
-def finite_k_at_kl(transform: Transform, kl: float, k: int, procedure: str = "bon", n: int = 4,
-                   draws: int = 4000, seed: int = 0) -> FiniteK | None:
-    """finite_k_tilt at the β whose restricted KL Σ w log(K w) equals `kl`; None when no β reaches it (the
-    restricted KL is below log K, and a transform flat at the top, like log, may stay further below)."""
-    _check(k, procedure, n)
-    kl = check_positive(kl, "kl")
+def restricted_kl(transform: Transform, beta: float, k: int) -> float:
+    """Σ w log(K w): the KL of the tilt restricted to K samples against the K-sample empirical base."""
+    _check_k(k)
+    return _kl(sample_weights(transform, beta, int(k)))
+
+
+def kl_elasticity(transform: Transform, beta: float, k: int) -> float:
+    """s = −d log KL / d log β of the restricted tilt at β: Var_w(Φ(c)) / (β² · KL).
+
+    With a = 1/β and w ∝ exp(aΦ): KL = a E_w[Φ] − log Σ exp(aΦ) + log K, so dKL/da = a Var_w(Φ) and
+    d KL / d log β = −a² Var_w(Φ). s ≈ 2 for a gentle tilt (KL ≈ Var(Φ)/(2β²)), less once the weights
+    concentrate on the top samples and KL nears its ceiling log K.
+    """
+    _check_k(k)
+    if not beta > 0:
+        raise InfalignError(f"beta must be > 0, got {beta!r}")
+    w = sample_weights(transform, beta, int(k))
+    phi = transform((np.arange(1, int(k) + 1) - 0.5) / int(k))
+    var = float(np.sum(w * (phi - np.sum(w * phi)) ** 2))
+    kl = _kl(w)
+    if not kl > 0:
+        raise InfalignError(f"the restricted tilt {transform} at beta={beta:g} has KL 0; no elasticity")
+    return var / (beta * beta * kl)
+
+
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise InfalignError(f"num_samples K must be an integer >= 2, got {k!r}")
+
+
+# The restricted KL is searched over β in [e^-15, e^15]: wider than any β the tradeoff tool gives (1e-6 ... 1e6).
+_LOG_BETA_RANGE = (-15.0, 15.0)
+
+
+def finite_k_beta(transform: Transform, kl: float, k: int) -> float:
+    """The β at which the tilt restricted to K samples has KL Σ w log(K w) = kl (docs/math.md §10).
+
+    That is the β an offline learner on K samples per prompt needs to pay `kl`, under the finite-K model; the
+    exact tilt's β (tradeoff.beta_for_kl) is larger. Raises InfalignError when no β reaches `kl`: the restricted
+    KL is below log K (all weight on the top sample), and a transform flat at the top may stay further below.
+    """
+    _check_k(k)
+    kl = check_positive(kl, "KL budget (nats)", name="kl")
 
     def gap(log_beta: float) -> float:
-        return _kl(sample_weights(transform, float(np.exp(log_beta)), k)) - kl
+        return _kl(sample_weights(transform, float(np.exp(log_beta)), int(k))) - kl
 
-    # KL falls as β grows (the weights flatten); bracket over a wide range of log β.
-    lo, hi = -15.0, 15.0
-    if gap(lo) < 0 or gap(hi) > 0:
+    lo, hi = _LOG_BETA_RANGE
+    g_lo, g_hi = gap(lo), gap(hi)
+    if g_lo < 0 or g_hi > 0:  # KL falls as β grows (the weights flatten)
+        raise InfalignError(
+            f"KL budget kl={kl:g} is not reachable by {transform} restricted to K={int(k)} samples: its KL lies in "
+            f"({g_hi + kl:.3g}, {g_lo + kl:.4g}) (at most log K = {np.log(int(k)):.4g}); lower kl or raise K")
+    return float(np.exp(brentq(gap, lo, hi, xtol=1e-12)))
+
+
+def finite_k_at_kl(transform: Transform, kl: float, k: int, procedure: str = "bon", n: int = 4,
+                   draws: int = 4000, seed: int = 0) -> FiniteK | None:
+    """finite_k_tilt at the β whose restricted KL Σ w log(K w) equals `kl` (finite_k_beta); None when no β
+    reaches it (the restricted KL is below log K, and a transform flat at the top, like log, may stay further
+    below)."""
+    _check(k, procedure, n)
+    kl = check_positive(kl, "kl")
+    try:
+        beta = finite_k_beta(transform, kl, k)
+    except InfalignError:  # not reachable at this K
         return None
-    log_beta = brentq(gap, lo, hi, xtol=1e-12)
-    return finite_k_tilt(transform, float(np.exp(log_beta)), k, procedure, n, draws=draws, seed=seed)
+    return finite_k_tilt(transform, beta, k, procedure, n, draws=draws, seed=seed)

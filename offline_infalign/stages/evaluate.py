@@ -1,23 +1,30 @@
-"""`eval` stage: measure a trained adapter — inference-time win rates against its base model, and the KL it cost.
+"""`eval` stage: measure trained adapters — inference-time win rates against their base model, the KL each cost,
+and with several policies their paired differences against a baseline.
 
-For each held-out prompt, M completions are drawn from the aligned policy (base + adapter) and M from the base,
-at temperature 1, with the same stop set (the model's, and the one its training samples used) and
-max_new_tokens, and every completion is scored by the judge reward. From these two empirical distributions
-`report.summarize` computes the best-of-N / worst-of-N win rates and the KL (docs/math.md §8), next to what the tradeoff
-tool predicts for the adapter's transform, tilt and β (docs/math.md §4). Settings the command line leaves out come from
-the adapter's training record (training_record.py). Writes `report.json`, `samples.jsonl` and the plots.
+For each held-out prompt, M completions are drawn from each aligned policy (base + adapter) and M from the base,
+at temperature 1, with the same stop set (the model's, and the ones the training samples used) and
+max_new_tokens, and every completion is scored by the judge reward. The base samples are drawn once for all
+policies and kept in the folder (stages/base_samples.py): every policy is judged against the same base samples
+on the same prompts, which is what makes the paired comparison of docs/math.md §10 valid, and a later eval into
+the folder reuses them. `report.summarize` computes each policy's best-of-N / worst-of-N win rates and KL
+(docs/math.md §8) next to what the tradeoff tool predicts for its transform, tilt and β (§4);
+`report.compare` the paired differences. Settings the command line leaves out come from each adapter's
+training record (training_record.py). Writes `report.json`, the samples and the plots.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
+import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import InfalignError
+from . import base_samples as cache
+from .eval_report import union, write_reports
 
 __all__ = ["evaluate", "load_eval_prompts"]
 
@@ -50,31 +57,96 @@ def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None,
     return [{"prompt_id": str(r["prompt_id"]), "prompt": r["prompt"]} for r in rows]
 
 
-def _draw(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> dict[str, Any]:
-    """M policy and M base samples per prompt, and log π − log π_ref of the policy samples (docs/math.md §8, §9).
+# ------------------------------------------------------------------------------------------ the policies
+@dataclasses.dataclass
+class _Policy:
+    name: str
+    folder: str
+    info: dict[str, Any]
+    settings: dict[str, Any]
+    draws: dict[str, Any] | None = None
+    rewards: np.ndarray | None = None
 
-    Both sides stop on the same stop set and max_new_tokens. The log-probs are of the ids exactly as sampled
-    (stop token included iff it ended the completion; a cut completion has no stop term), never of re-encoded
-    text. log π and log π_ref are both teacher-forced on those ids, by the same code in the same batches with
-    the adapter on and off: their rounding is then the same, and a KL of a few tenths of a nat is not measured
-    as the difference of two differently computed sums of hundreds of terms.
-    Returns prompt_ids (P lists), policy_samples / base_samples (P dicts from sample_completions), and for the
-    policy samples policy_logps, ref_logps and log_ratios, each (P, M).
+
+def _resolve(cfg) -> list[_Policy]:
+    """Each policy's settings from the command line and its training record; they must share one base model and
+    one judge (a comparison against one base, by one judge)."""
+    from ..fingerprint import fingerprint_model
+    from ..training_record import read_training_info, resolve_settings
+
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    policies = []
+    for name, folder in cfg.policies():
+        view = types.SimpleNamespace(**{**values, "policy": folder})  # resolve_settings reads one policy
+        info = read_training_info(folder)
+        policies.append(_Policy(name, folder, info, resolve_settings(view, info)))
+    first = policies[0]
+    for p in policies[1:]:
+        for what, key in (("judge", "reward_model"), ("judge label", "reward_label")):
+            if p.settings[key] != first.settings[key]:
+                raise InfalignError(f"policies {first.name!r} and {p.name!r} name different {what}s "
+                                    f"({first.settings[key]!r}, {p.settings[key]!r}); pass --reward-model (and "
+                                    "--reward-label) to judge every policy with one")
+        if p.settings["model"] != first.settings["model"] and (
+                fingerprint_model(p.settings["model"]) != fingerprint_model(first.settings["model"])):
+            raise InfalignError(f"policies {first.name!r} and {p.name!r} were trained on different base models "
+                                f"({first.settings['model']!r}, {p.settings['model']!r}); a comparison needs one "
+                                "base model (pass --model to name it)")
+    return policies
+
+
+def _prompts(cfg, policies: list[_Policy]) -> list[dict[str, Any]]:
+    """The evaluation prompts: --prompts, else the held-out split of the policies' prepared datasets, which must
+    hold out the same prompts (every policy is judged on the same prompts)."""
+    first = policies[0]
+    rows = load_eval_prompts(first.settings, cfg.split, cfg.limit, cfg.verify)
+    if cfg.prompts is None:
+        for p in policies[1:]:
+            if p.settings["dataset"] == first.settings["dataset"]:
+                continue
+            other = load_eval_prompts(p.settings, cfg.split, cfg.limit, cfg.verify)
+            if [r["prompt_id"] for r in other] != [r["prompt_id"] for r in rows]:
+                raise InfalignError(f"policies {first.name!r} and {p.name!r} hold out different prompts (the "
+                                    f"{cfg.split!r} splits of {first.settings['dataset']!r} and "
+                                    f"{p.settings['dataset']!r}); pass --prompts to judge them on one set")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ the draws
+def _gen(cfg, stop_ids: list[int]) -> dict[str, Any]:
+    return dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                batch_size=cfg.batch_size, stop_token_ids=stop_ids)
+
+
+def _draw_base(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> list[dict[str, Any]]:
+    """M base samples per prompt: the policy model with its adapter off, seed + 1."""
+    from ..sampling import sample_completions
+
+    # Another seed than the policies': with the same random stream a policy close to the base would produce the
+    # same completions, coupling the two sides that the estimator treats as independent.
+    with model.disable_adapter():
+        return sample_completions(model, tokenizer, [r["prompt"] for r in rows], [r["prompt_id"] for r in rows],
+                                  seed=cfg.seed + 1, **_gen(cfg, stop_ids))
+
+
+def _draw_policy(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> dict[str, Any]:
+    """M policy samples per prompt and log π − log π_ref of each (docs/math.md §8, §9).
+
+    The log-probs are of the ids exactly as sampled (stop token included iff it ended the completion; a cut
+    completion has no stop term), never of re-encoded text. log π and log π_ref are both teacher-forced on those
+    ids, by the same code in the same batches with the adapter on and off: their rounding is then the same, and a
+    KL of a few tenths of a nat is not measured as the difference of two differently computed sums of hundreds
+    of terms. Every policy uses the same seed (common random numbers: the policies' samples are coupled, which
+    the paired comparison allows — prompts are its independent units). Returns prompt_ids (P lists),
+    policy_samples (P dicts from sample_completions), policy_logps, ref_logps and log_ratios, each (P, M).
     """
     from ..logprobs import ids_logps
     from ..sampling import sample_completions
     from ..tokenization import encode_prompt
 
     prompts = [r["prompt"] for r in rows]
-    ids_of_prompts = [r["prompt_id"] for r in rows]
-    gen = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-               batch_size=cfg.batch_size, stop_token_ids=stop_ids)
-    policy_samples = sample_completions(model, tokenizer, prompts, ids_of_prompts, seed=cfg.seed, **gen)
-    # The base draws use another seed: with the same random stream a policy close to the base would produce
-    # the same completions, coupling the two sides that the estimator treats as independent.
-    with model.disable_adapter():
-        base_samples = sample_completions(model, tokenizer, prompts, ids_of_prompts, seed=cfg.seed + 1, **gen)
-
+    policy_samples = sample_completions(model, tokenizer, prompts, [r["prompt_id"] for r in rows], seed=cfg.seed,
+                                        **_gen(cfg, stop_ids))
     # The prompt exactly as the sampler encoded it (its record, else the same encoding).
     prompt_ids = [list(s.get("prompt_ids") or encode_prompt(tokenizer, p)) for s, p in zip(policy_samples, prompts)]
     flat_prompts = [p for p in prompt_ids for _ in range(cfg.samples)]
@@ -85,49 +157,26 @@ def _draw(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> dict[
     shape = (len(rows), cfg.samples)
     policy_logps = policy_logps.astype(np.float64).reshape(shape)  # float32 sums
     ref_logps = ref_logps.astype(np.float64).reshape(shape)
-    return {"prompt_ids": prompt_ids, "policy_samples": policy_samples, "base_samples": base_samples,
-            "policy_logps": policy_logps, "ref_logps": ref_logps, "log_ratios": policy_logps - ref_logps}
+    return {"prompt_ids": prompt_ids, "policy_samples": policy_samples, "policy_logps": policy_logps,
+            "ref_logps": ref_logps, "log_ratios": policy_logps - ref_logps}
 
 
-def _judge(settings: dict[str, Any], rows: list[dict], draws: dict[str, Any], device: str,
-           cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Judge rewards of the policy and base samples, each (P, M); the judge reads the decoded text."""
-    from ..scoring import load_scorer, score_in_chunks
+def _judge(scorer, rows: list[dict], samples: list[dict[str, Any]], cfg, side: str) -> np.ndarray:
+    """Judge rewards (P, M) of one side's samples; the judge reads the decoded text."""
+    from ..scoring import score_in_chunks
 
-    # settings["reward_model"] names code only when the user gave it (training_record.resolve_settings).
-    scorer = load_scorer(settings["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
-                         trust_remote_code=cfg.trust_remote_code, reward_label=settings["reward_label"],
-                         allow_pickle_weights=cfg.allow_pickle_weights)
     flat_prompts = [r["prompt"] for r in rows for _ in range(cfg.samples)]
-    chunk = 8 * cfg.score_batch_size
-    out = []
-    for side in ("policy", "base"):
-        completions = [c for s in draws[f"{side}_samples"] for c in s["completions"]]
-        rewards = score_in_chunks(scorer, flat_prompts, completions, chunk, f"judge ({side})")
-        out.append(rewards.reshape(len(rows), -1))
-    return out[0], out[1]
+    completions = [c for s in samples for c in s["completions"]]
+    rewards = score_in_chunks(scorer, flat_prompts, completions, 8 * cfg.score_batch_size, f"judge ({side})")
+    return rewards.reshape(len(rows), -1)
 
 
-def _write_samples(path: Path, rows, draws, policy_rewards, base_rewards) -> None:
-    """One line per prompt: both sides' text, ids and finish reasons, the judge's rewards, the log-ratios."""
-    with open(path, "w") as fh:
-        for i, r in enumerate(rows):
-            row = {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "prompt_ids": draws["prompt_ids"][i]}
-            for side, rewards in (("policy", policy_rewards), ("base", base_rewards)):
-                s = draws[f"{side}_samples"][i]
-                row.update({f"{side}_completions": s["completions"],
-                            f"{side}_completion_ids": [list(c) for c in s["completion_ids"]],
-                            f"{side}_finish_reasons": list(s["finish_reasons"]),
-                            f"{side}_rewards": rewards[i].tolist()})
-            for key in ("policy_logps", "ref_logps", "log_ratios"):  # of the policy samples
-                row[key] = draws[key][i].tolist()
-            fh.write(json.dumps(row) + "\n")
-
-
+# ------------------------------------------------------------------------------------------ the stage
 def evaluate(cfg) -> dict[str, Any]:
-    """Run the evaluation of `cfg` (config.EvalConfig); write `out/report.json`, `out/samples.jsonl`, plots.
+    """Run the evaluation of `cfg` (config.EvalConfig); write `out/report.json`, the samples and the plots.
 
-    Returns the report dict (see `report.summarize` for the measured keys). The folder is locked for the run
+    One policy: the report of `report.summarize` plus the run's facts. Several: {"policies": {name: that
+    report}, "baseline", "comparisons": report.compare(...), ...}. The folder is locked for the run
     (storage.output_lock): a second run into it is refused at once.
     """
     from ..storage import output_lock
@@ -137,97 +186,69 @@ def evaluate(cfg) -> dict[str, Any]:
 
 
 def _evaluate(cfg) -> dict[str, Any]:
-    from .. import __version__
-    from ..config import config_to_dict
+    from ..fingerprint import fingerprint_model, fingerprint_reward
     from ..modeling import default_device, free_memory, load_adapted, resolve_dtype, stop_token_ids
-    from ..plots import plot_tradeoff, plot_win_rate_vs_n
-    from ..report import PREDICTION_NOTE, cut_note, length_summary, make_predict_fn, summarize
+    from ..preflight import check_model
     from ..sampling import context_length, fit_prompts
-    from ..training_record import read_training_info, resolve_settings
+    from ..scoring import check_reward, load_scorer
 
     t0 = time.perf_counter()
-    info = read_training_info(cfg.policy)
-    settings = resolve_settings(cfg, info)
+    policies = _resolve(cfg)
+    first = policies[0].settings
     # A bad base model or judge is one line now, not after minutes of sampling (the tokenizer is the adapter's).
-    from ..preflight import check_model
-    from ..scoring import check_reward
-
-    check_model(settings["model"], "base model", cfg.trust_remote_code, tokenizer=False)
-    check_reward(settings["reward_model"], cfg.trust_remote_code)
+    check_model(first["model"], "base model", cfg.trust_remote_code, tokenizer=False)
+    check_reward(first["reward_model"], cfg.trust_remote_code)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = load_eval_prompts(settings, cfg.split, cfg.limit, cfg.verify)
-    timings: dict[str, float] = {}
+    rows = _prompts(cfg, policies)
+    timings: dict[str, float] = {"sample_and_kl_s": 0.0}
 
     device = default_device(cfg.device)
-    model, tokenizer = load_adapted(settings["model"], cfg.policy, dtype=resolve_dtype(cfg.dtype, device),
-                                    trust_remote_code=cfg.trust_remote_code,
-                                    allow_pickle_weights=cfg.allow_pickle_weights)
-    model = model.to(device).eval()
-    context = context_length(model)
-    if context is not None:
-        rows, _, skipped = fit_prompts(tokenizer, rows, context - cfg.max_new_tokens, cfg.on_long_prompt)
-        if not rows:
-            raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
-                                "use --on-long-prompt truncate or lower --max-new-tokens")
-    stop_ids = stop_token_ids(model, tokenizer, extra=settings["stop_token_ids"])
-    t = time.perf_counter()
-    draws = _draw(model, tokenizer, rows, cfg, stop_ids)
-    timings["sample_and_kl_s"] = time.perf_counter() - t
-    del model
-    free_memory()  # the judge may need the memory the policy held
-
-    t = time.perf_counter()
-    policy_rewards, base_rewards = _judge(settings, rows, draws, device, cfg)
-    timings["score_s"] = time.perf_counter() - t
-    free_memory()
-    _write_samples(out / "samples.jsonl", rows, draws, policy_rewards, base_rewards)
-
-    transform, beta = settings["transform"], settings["beta"]
-    predict_fn = make_predict_fn(transform, beta, settings["loss"])
-    report = summarize(policy_rewards, base_rewards, draws["log_ratios"], settings["procedures"], settings["ns"],
-                       predict_fn=predict_fn, num_bootstrap=cfg.num_bootstrap, confidence=cfg.confidence,
-                       seed=cfg.seed)
-    lengths = length_summary({"policy": draws["policy_samples"], "base": draws["base_samples"]})
-    # Warnings training passed on (e.g. samples drawn tempered: docs/math.md §9) come first: they qualify
-    # every number below.
-    notes = list(settings["warnings"])
-    notes.append(PREDICTION_NOTE if predict_fn is not None else
-                 "no prediction: the adapter has no transform/beta (or was trained with a DPO/IPO baseline loss); "
-                 "pass --transform and --beta to compare with a tilt")
-    cut = cut_note(lengths["cut_fraction"], cfg.max_new_tokens)
-    if cut:
-        notes.append(cut)
-    report.update({
-        "policy": str(cfg.policy),
-        "model": settings["model"],
-        "reward_model": settings["reward_model"],
-        "reward_label": settings["reward_label"],
-        "prompts": settings["prompts"] or f"{settings['dataset']} [{cfg.split}]",
-        "transform": None if transform is None else str(transform),
-        "tilt": None if transform is None else transform.tilt,
-        "beta": beta,
-        "loss": settings["loss"],
-        "trained_for": {"procedure": info.get("procedure"), "n": info.get("n")},
-        **lengths,  # cut_fraction and mean_length, each {"policy", "base"}
-        "max_new_tokens": cfg.max_new_tokens,
-        "stop_token_ids": stop_ids,
-        "confidence": cfg.confidence,
-        "num_bootstrap": cfg.num_bootstrap,
-        "notes": notes,
-        "package_version": __version__,
-        "config": config_to_dict(cfg),
-        "timings": timings,
-    })
-    # Written before plotting, so a plotting problem never costs the measurement; rewritten with the plot list.
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if cfg.plots:
+    dtype = resolve_dtype(cfg.dtype, device)
+    base, base_note, stop_ids = None, "", None
+    for i, p in enumerate(policies):
         t = time.perf_counter()
-        report["plots"] = [
-            str(plot_win_rate_vs_n(report, out / "win_rate_vs_n.png", predict_fn)),
-            *(str(p) for p in plot_tradeoff(report, out, transform if predict_fn else None)),
-        ]
-        timings["plot_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+        model, tokenizer = load_adapted(first["model"], p.folder, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                        allow_pickle_weights=cfg.allow_pickle_weights)
+        model = model.to(device).eval()
+        if i == 0:
+            context = context_length(model)
+            if context is not None:
+                rows, _, skipped = fit_prompts(tokenizer, rows, context - cfg.max_new_tokens, cfg.on_long_prompt)
+                if not rows:
+                    raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
+                                        "use --on-long-prompt truncate or lower --max-new-tokens")
+            stop_ids = stop_token_ids(model, tokenizer, extra=union(q.settings["stop_token_ids"] for q in policies))
+            key = cache.cache_key(fingerprint_model(first["model"]), rows, cfg.samples, cfg.max_new_tokens, stop_ids,
+                                  str(dtype).removeprefix("torch."), cfg.seed)
+            base, base_note = cache.load(out, key)
+            if base is None:
+                base = _draw_base(model, tokenizer, rows, cfg, stop_ids)
+                cache.save(out, key, rows, base)
+        p.draws = _draw_policy(model, tokenizer, rows, cfg, stop_ids)
+        if p.draws["prompt_ids"] != [list(s["prompt_ids"]) for s in base]:
+            raise InfalignError(f"policy {p.name!r} encodes the prompts differently from the base samples (another "
+                                "tokenizer or chat template); evaluate it in another folder")
+        timings["sample_and_kl_s"] += time.perf_counter() - t
+        del model
+        free_memory()  # the next policy, or the judge, may need the memory
+
+    t = time.perf_counter()
+    scorer = load_scorer(first["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
+                         trust_remote_code=cfg.trust_remote_code, reward_label=first["reward_label"],
+                         allow_pickle_weights=cfg.allow_pickle_weights)
+    judge = cache.judge_key(fingerprint_reward(first["reward_model"]), first["reward_label"])
+    cached = cache.cached_rewards(out, judge)
+    if cached is not None and np.asarray(cached).shape == (len(rows), cfg.samples):
+        base_rewards = np.asarray(cached, dtype=np.float64)
+    else:
+        base_rewards = _judge(scorer, rows, base, cfg, "base")
+        cache.save_rewards(out, judge, base_rewards.tolist())
+    for p in policies:
+        p.rewards = _judge(scorer, rows, p.draws["policy_samples"], cfg, f"policy {p.name}" if len(policies) > 1
+                           else "policy")
+    del scorer
+    free_memory()
+    timings["score_s"] = time.perf_counter() - t
+
+    return write_reports(cfg, out, policies, rows, base, base_rewards, base_note, stop_ids, timings, t0)

@@ -1,0 +1,120 @@
+"""KL matching by design (docs/math.md §10): the finite-K β against closed forms and the exact tilt's limit,
+its elasticity against a finite difference, and the corrections on synthetic measured-KL curves."""
+
+import math
+
+import numpy as np
+import pytest
+
+from offline_infalign.core import tradeoff
+from offline_infalign.core.errors import InfalignError
+from offline_infalign.core.finite_k import finite_k_beta, kl_elasticity, restricted_kl
+from offline_infalign.core.kl_match import MAX_STEP, Try, first_beta, match_kl, nearest, next_beta
+from offline_infalign.core.transforms import Transform
+
+IDENTITY, EXP = Transform("identity"), Transform("exp", 11.0)
+
+
+def _identity_restricted_kl(beta: float, k: int) -> float:
+    """Closed form for Φ(u) = u: w_i ∝ e^{a i}, a = 1/(Kβ) (the −½/K shift cancels in the normalization), so
+    KL = a E_w[i] − log S + log K with S = Σ_{i=1..K} e^{a i} = e^a (e^{aK} − 1)/(e^a − 1) and
+    E_w[i] = d log S / da = 1 + K e^{aK}/(e^{aK} − 1) − e^a/(e^a − 1)."""
+    a = 1.0 / (k * beta)
+    log_s = a + math.log(math.expm1(a * k)) - math.log(math.expm1(a))
+    mean_i = 1 + k * math.exp(a * k) / math.expm1(a * k) - math.exp(a) / math.expm1(a)
+    return a * mean_i - log_s + math.log(k)
+
+
+@pytest.mark.parametrize("beta,k", [(0.3, 8), (0.1, 32), (1.5, 16), (0.02, 64)])
+def test_restricted_kl_closed_form(beta, k):
+    assert restricted_kl(IDENTITY, beta, k) == pytest.approx(_identity_restricted_kl(beta, k), rel=1e-10)
+
+
+@pytest.mark.parametrize("transform", [IDENTITY, EXP, Transform("log")])
+@pytest.mark.parametrize("kl", [0.1, 0.3, 1.0])
+def test_finite_k_beta_pays_the_budget_and_sits_below_the_exact_beta(transform, kl):
+    k = 32
+    beta = finite_k_beta(transform, kl, k)
+    assert restricted_kl(transform, beta, k) == pytest.approx(kl, rel=1e-9)
+    # The restricted tilt pays less KL at the same β, so it needs a smaller β (or the same, for a gentle tilt).
+    assert beta <= tradeoff.beta_for_kl(transform, kl) * (1 + 1e-6)
+
+
+def test_finite_k_beta_values_and_large_k_limit():
+    # The demo's setting: exp t = 11 at KL 0.3 and K = 32 needs β ≈ 0.37, the exact tilt 0.38; identity barely moves.
+    exact = tradeoff.beta_for_kl(EXP, 0.3)
+    at_32 = finite_k_beta(EXP, 0.3, 32)
+    assert 0.02 < (exact - at_32) / exact < 0.04
+    assert finite_k_beta(IDENTITY, 0.3, 32) == pytest.approx(tradeoff.beta_for_kl(IDENTITY, 0.3), rel=2e-3)
+    # As K grows the restricted tilt becomes the exact one.
+    assert finite_k_beta(EXP, 0.3, 5000) == pytest.approx(exact, rel=2e-3)
+
+
+def test_unreachable_budget_names_it():
+    with pytest.raises(InfalignError, match=r"kl=3\.5 .*K=32.*log K = 3\.466"):
+        finite_k_beta(EXP, 3.5, 32)
+    with pytest.raises(InfalignError, match="K must be an integer >= 2"):
+        finite_k_beta(EXP, 0.3, 1)
+
+
+@pytest.mark.parametrize("transform,beta", [(IDENTITY, 0.34), (EXP, 0.37), (EXP, 0.05), (Transform("log"), 0.8)])
+def test_elasticity_is_the_derivative(transform, beta):
+    h = 1e-5
+    fd = -(math.log(restricted_kl(transform, beta * math.exp(h), 32))
+           - math.log(restricted_kl(transform, beta * math.exp(-h), 32))) / (2 * h)
+    assert kl_elasticity(transform, beta, 32) == pytest.approx(fd, rel=1e-5)
+
+
+def test_elasticity_of_a_gentle_tilt_is_two():
+    # KL ≈ Var(Φ)/(2β²) when the tilt is gentle: s → 2.
+    assert kl_elasticity(IDENTITY, 50.0, 64) == pytest.approx(2.0, abs=1e-3)
+
+
+def test_first_try_is_the_finite_k_beta_and_a_close_one_stops():
+    beta0 = next_beta(EXP, 0.3, 32, [])
+    assert beta0 == first_beta(EXP, 0.3, 32) == finite_k_beta(EXP, 0.3, 32)
+    assert next_beta(EXP, 0.3, 32, [Try(beta0, 0.315)]) is None  # within ±0.02
+    assert next_beta(EXP, 0.3, 32, [Try(beta0, 0.285)]) is None
+    assert next_beta(EXP, 0.3, 32, [Try(beta0, 0.35)]) is not None
+
+
+def test_first_correction_uses_the_model_slope():
+    beta0 = first_beta(EXP, 0.3, 32)
+    s = kl_elasticity(EXP, beta0, 32)
+    beta1 = next_beta(EXP, 0.3, 32, [Try(beta0, 0.4)])
+    assert math.log(beta1 / beta0) == pytest.approx(math.log(0.4 / 0.3) / s)  # too much KL: a larger β
+
+
+def test_secant_lands_a_power_law_exactly():
+    # A learner whose KL is c·β^-s (a straight line in log-log): after one model-slope step, the secant
+    # through two measurements has slope s exactly, so the second correction hits the budget.
+    for c, s in [(0.05, 2.0), (0.02, 2.6), (0.05, 1.5)]:
+        tries = match_kl(lambda beta: c * beta ** -s, IDENTITY, 0.3, 32, tolerance=1e-12)
+        assert len(tries) <= 3
+        assert tries[-1].kl == pytest.approx(0.3, rel=1e-9)
+
+
+def test_learner_off_the_model_by_a_constant_factor():
+    # Measured KL = r · (the finite-K model's KL): the matching reaches ±0.02 within two corrections.
+    for r in (0.7, 0.85, 1.3, 1.45):
+        tries = match_kl(lambda beta: r * restricted_kl(EXP, beta, 32), EXP, 0.3, 32)
+        assert len(tries) <= 3 and abs(nearest(tries, 0.3).kl - 0.3) <= 0.02, (r, tries)
+
+
+def test_noise_and_caps():
+    beta0 = first_beta(IDENTITY, 0.3, 32)
+    s = kl_elasticity(IDENTITY, beta0 * 1.1, 32)
+    # KL rose with β between the two tries (noise): the secant says nothing, the model's slope is used.
+    tries = [Try(beta0, 0.40), Try(beta0 * 1.1, 0.45)]
+    assert math.log(next_beta(IDENTITY, 0.3, 32, tries) / (beta0 * 1.1)) == pytest.approx(math.log(0.45 / 0.3) / s)
+    # A huge miss moves β by at most MAX_STEP; a measured KL <= 0 is read as a tiny positive one.
+    assert next_beta(IDENTITY, 0.3, 32, [Try(beta0, 50.0)]) == pytest.approx(beta0 * MAX_STEP)
+    assert next_beta(IDENTITY, 0.3, 32, [Try(beta0, -0.01)]) == pytest.approx(beta0 / MAX_STEP)
+    # Never more than two corrections, whatever is measured.
+    calls = []
+    tries = match_kl(lambda beta: calls.append(beta) or 0.9, IDENTITY, 0.3, 32)
+    assert len(tries) == len(calls) == 3
+    assert nearest([Try(1.0, 0.25), Try(2.0, 0.33)], 0.3).beta == 2.0
+    with pytest.raises(InfalignError, match="kl=0"):
+        next_beta(IDENTITY, 0, 32, [])
+    assert np.isfinite(next_beta(IDENTITY, 0.3, 32, [Try(beta0, 0.2), Try(beta0, 0.25)]))
