@@ -54,11 +54,15 @@ def summarize(
     num_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    token_kls=None,
 ) -> dict[str, Any]:
     """The numbers of a report from scored samples (docs/math.md §8).
 
     policy_rewards (P, M): judge rewards of M policy samples per prompt; base_rewards (P, M'): of M' base samples;
-    log_ratios (P, M) or flat: log π(y|x) − log π_ref(y|x) for the policy samples.
+    log_ratios (P, M) or flat: log π(y|x) − log π_ref(y|x) for the policy samples; token_kls (like log_ratios,
+    optional): each policy sample's token-level KL (logprobs.ids_logps_and_kl). With token_kls, "kl" and
+    "kl_stderr" are their mean and its standard error, and "kl_sequence" / "kl_sequence_stderr" those of the
+    log-ratios (the same KL, estimated with more variance); without, "kl" is the log-ratios'.
     predict_fn(procedure, n) returns a core.tradeoff.Prediction (or None when no prediction applies).
     Returns {"kl", "kl_stderr", "predicted_kl", "standard_win_rate": {...}, "results": {proc: {str(n): {...}}},
     "mean_reward": {"policy", "base"}, "num_prompts", "samples"}; each win-rate entry has win_rate, ci_low,
@@ -87,7 +91,14 @@ def summarize(
     def prediction(procedure: str, n: int):
         return predict_fn(procedure, n) if predict_fn is not None else None
 
-    kl = estimate_kl(ratios)
+    sequence_kl = estimate_kl(ratios)
+    if token_kls is not None:
+        tokens = np.asarray(token_kls, dtype=np.float64)
+        if tokens.shape != ratios.shape:
+            raise InfalignError(f"token_kls has shape {tokens.shape} but log_ratios {ratios.shape}")
+        kl = estimate_kl(tokens)
+    else:
+        kl = sequence_kl
     # KL and N = 1 (one draw from each side) do not depend on the procedure: any registered one computes them.
     first = prediction(procedures[0] if procedures else PROCEDURE_NAMES[0], 1)
     results: dict[str, dict[str, Any]] = {}
@@ -99,6 +110,8 @@ def summarize(
     return {
         "kl": float(kl.kl),
         "kl_stderr": float(kl.stderr),
+        **({} if token_kls is None else {"kl_sequence": float(sequence_kl.kl),
+                                         "kl_sequence_stderr": float(sequence_kl.stderr)}),
         "predicted_kl": None if first is None else _float(first.kl),
         "standard_win_rate": entry(PROCEDURE_NAMES[0], 1, None if first is None else first.standard_win_rate),
         "results": results,

@@ -79,7 +79,10 @@ def _table(report) -> None:
     print(f"cut at max_new_tokens={report['max_new_tokens']}: policy {cut['policy']:.1%}, base {cut['base']:.1%}"
           f"   mean length (tokens): policy {length['policy']:.1f}, base {length['base']:.1f}")
     pkl = report.get("predicted_kl")
-    print(f"KL  {report['kl']:.4f} ± {report['kl_stderr']:.4f}" + (f"   predicted {pkl:.4f}" if pkl is not None else ""))
+    seq = (f"   (log-ratio estimate {report['kl_sequence']:.4f} ± {report['kl_sequence_stderr']:.4f})"
+           if report.get("kl_sequence") is not None else "")
+    print(f"KL  {report['kl']:.4f} ± {report['kl_stderr']:.4f}" + (f"   predicted {pkl:.4f}" if pkl is not None else "")
+          + seq)
     rows = [("standard (N=1)", report["standard_win_rate"])]
     for procedure, by_n in report["results"].items():
         rows += [(f"{procedure} N={n}", e) for n, e in sorted(by_n.items(), key=lambda kv: int(kv[0]))]

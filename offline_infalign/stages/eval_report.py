@@ -38,7 +38,7 @@ def write_samples(path: Path, rows, draws, base, policy_rewards, base_rewards) -
                             f"{side}_completion_ids": [list(c) for c in s["completion_ids"]],
                             f"{side}_finish_reasons": list(s["finish_reasons"]),
                             f"{side}_rewards": rewards[i].tolist()})
-            for key in ("policy_logps", "ref_logps", "log_ratios"):  # of the policy samples
+            for key in ("policy_logps", "ref_logps", "log_ratios", "token_kls"):  # of the policy samples
                 row[key] = draws[key][i].tolist()
             fh.write(json.dumps(row) + "\n")
 
@@ -51,7 +51,8 @@ def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tupl
     transform, beta = s["transform"], s["beta"]
     predict_fn = make_predict_fn(transform, beta, s["loss"])
     report = summarize(p.rewards, base_rewards, p.draws["log_ratios"], procedures, ns, predict_fn=predict_fn,
-                       num_bootstrap=cfg.num_bootstrap, confidence=cfg.confidence, seed=cfg.seed)
+                       num_bootstrap=cfg.num_bootstrap, confidence=cfg.confidence, seed=cfg.seed,
+                       token_kls=p.draws["token_kls"])
     lengths = length_summary({"policy": p.draws["policy_samples"], "base": base})
     # Warnings training passed on (e.g. samples drawn tempered: docs/math.md §9) come first: they qualify
     # every number below.

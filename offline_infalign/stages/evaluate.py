@@ -130,17 +130,19 @@ def _draw_base(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> 
 
 
 def _draw_policy(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> dict[str, Any]:
-    """M policy samples per prompt and log π − log π_ref of each (docs/math.md §8, §9).
+    """M policy samples per prompt, log π − log π_ref of each, and its token-level KL (docs/math.md §8, §9).
 
     The log-probs are of the ids exactly as sampled (stop token included iff it ended the completion; a cut
     completion has no stop term), never of re-encoded text. log π and log π_ref are both teacher-forced on those
     ids, by the same code in the same batches with the adapter on and off: their rounding is then the same, and a
     KL of a few tenths of a nat is not measured as the difference of two differently computed sums of hundreds
-    of terms. Every policy uses the same seed (common random numbers: the policies' samples are coupled, which
-    the paired comparison allows — prompts are its independent units). Returns prompt_ids (P lists),
-    policy_samples (P dicts from sample_completions), policy_logps, ref_logps and log_ratios, each (P, M).
+    of terms. The token-level KL of a sample sums the exact KL of the two next-token distributions over its
+    positions (logprobs.ids_logps_and_kl). Every policy uses the same seed (common random numbers: the policies'
+    samples are coupled, which the paired comparison allows — prompts are its independent units). Returns
+    prompt_ids (P lists), policy_samples (P dicts from sample_completions), and policy_logps, ref_logps,
+    log_ratios and token_kls, each (P, M).
     """
-    from ..logprobs import ids_logps
+    from ..logprobs import ids_logps_and_kl
     from ..sampling import sample_completions
     from ..tokenization import encode_prompt
 
@@ -151,14 +153,13 @@ def _draw_policy(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -
     prompt_ids = [list(s.get("prompt_ids") or encode_prompt(tokenizer, p)) for s, p in zip(policy_samples, prompts)]
     flat_prompts = [p for p in prompt_ids for _ in range(cfg.samples)]
     ids = [list(c) for s in policy_samples for c in s["completion_ids"]]
-    policy_logps = ids_logps(model, flat_prompts, ids, tokenizer.pad_token_id, cfg.batch_size, "log pi (policy)")
-    with model.disable_adapter():
-        ref_logps = ids_logps(model, flat_prompts, ids, tokenizer.pad_token_id, cfg.batch_size, "log pi_ref")
+    policy_logps, ref_logps, token_kls = ids_logps_and_kl(model, flat_prompts, ids, tokenizer.pad_token_id,
+                                                          cfg.batch_size, "log pi, log pi_ref, KL")
     shape = (len(rows), cfg.samples)
     policy_logps = policy_logps.astype(np.float64).reshape(shape)  # float32 sums
     ref_logps = ref_logps.astype(np.float64).reshape(shape)
     return {"prompt_ids": prompt_ids, "policy_samples": policy_samples, "policy_logps": policy_logps,
-            "ref_logps": ref_logps, "log_ratios": policy_logps - ref_logps}
+            "ref_logps": ref_logps, "log_ratios": policy_logps - ref_logps, "token_kls": token_kls.reshape(shape)}
 
 
 def _judge(scorer, rows: list[dict], samples: list[dict[str, Any]], cfg, side: str) -> np.ndarray:
