@@ -89,7 +89,7 @@ def test_secant_lands_a_power_law_exactly():
     # A learner whose KL is c·β^-s (a straight line in log-log): after one model-slope step, the secant
     # through two measurements has slope s exactly, so the second correction hits the budget.
     for c, s in [(0.05, 2.0), (0.02, 2.6), (0.05, 1.5)]:
-        tries = match_kl(lambda beta: c * beta ** -s, IDENTITY, 0.3, 32, tolerance=1e-12)
+        tries = match_kl(lambda beta, c=c, s=s: c * beta ** -s, IDENTITY, 0.3, 32, tolerance=1e-12)
         assert len(tries) <= 3
         assert tries[-1].kl == pytest.approx(0.3, rel=1e-9)
 
@@ -97,7 +97,7 @@ def test_secant_lands_a_power_law_exactly():
 def test_learner_off_the_model_by_a_constant_factor():
     # Measured KL = r · (the finite-K model's KL): the matching reaches ±0.02 within two corrections.
     for r in (0.7, 0.85, 1.3, 1.45):
-        tries = match_kl(lambda beta: r * restricted_kl(EXP, beta, 32), EXP, 0.3, 32)
+        tries = match_kl(lambda beta, r=r: r * restricted_kl(EXP, beta, 32), EXP, 0.3, 32)
         assert len(tries) <= 3 and abs(nearest(tries, 0.3).kl - 0.3) <= 0.02, (r, tries)
 
 
