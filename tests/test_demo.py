@@ -14,33 +14,64 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     argv = ["demo", "--out", str(out / "run"), "--cache-dir", str(out / "cache"), "--model-train-steps", "40",
             "--num-prompts", "10", "--num-samples", "4", "--max-new-tokens", "12", "--max-steps", "3",
-            "--eval-prompts", "4", "--eval-samples", "4", "--per-device-train-batch-size", "4"]
+            "--eval-prompts", "4", "--eval-samples", "4", "--per-device-train-batch-size", "4",
+            "--kl-corrections", "1"]
     return out, argv
 
 
 def test_demo_runs_end_to_end_and_resumes(demo_run, capsys):
+    from offline_infalign.core.finite_k import finite_k_beta
+    from offline_infalign.core.kl_match import Try, next_beta
+    from offline_infalign.core.transforms import Transform
+
     out, argv = demo_run
     assert main(argv) == 0
     text = capsys.readouterr().out
     report = json.loads((out / "run" / "demo_report.json").read_text())
     assert [a["name"] for a in report["arms"]] == ["identity", "exp"]
-    exp_arm = report["arms"][1]
+    identity, exp_arm = report["arms"]
     assert exp_arm["tilt"] > 0  # best-of-N wants a positive tilt (docs/math.md §5)
     for arm in report["arms"]:
         assert 0.0 <= arm["ci_low"] <= arm["win_rate"] <= arm["ci_high"] <= 1.0
-        assert arm["predicted_win_rate"] is not None and arm["predicted_kl"] == pytest.approx(0.3, abs=1e-6)
+        assert arm["predicted_win_rate"] is not None
         assert len(arm["examples"]) == 3 and all(ex["policy"]["completion"] for ex in arm["examples"])
-        # One β correction: the second try's β is the first's scaled by sqrt(measured KL / budget).
-        first, second = arm["tries"]
-        assert second["beta"] == pytest.approx(first["beta"] * (max(first["kl"], 1e-3) / 0.3) ** 0.5)
+    # KL matched by design: identity starts at the finite-K beta of the budget, exp at that of identity's KL;
+    # each correction is core.kl_match's step from the tries before it.
+    chosen = min(identity["tries"], key=lambda t: abs(t["kl"] - 0.3))["kl"]
+    targets = {"identity": 0.3, "exp": chosen}
+    for arm in report["arms"]:
+        transform, tries = Transform(arm["transform"].split(":")[0], arm["tilt"]), arm["tries"]
+        assert 1 <= len(tries) <= 2
+        assert tries[0]["beta"] == pytest.approx(finite_k_beta(transform, targets[arm["name"]], 4))
+        for i in range(1, len(tries)):
+            done = [Try(t["beta"], t["kl"]) for t in tries[:i]]
+            assert tries[i]["beta"] == pytest.approx(next_beta(transform, targets[arm["name"]], 4, done, 0.02, 1))
+        # The chosen try, measured again in the comparison (the same draws; float rounding may differ).
+        assert min(abs(arm["kl"] - t["kl"]) for t in tries) < 1e-4
+    # The comparison: both policies in one evaluation, paired by prompt against the same base samples.
+    c = report["comparison"]
+    assert (c["policy"], c["baseline"], c["procedure"], c["n"]) == ("exp", "identity", "bon", 4)
+    assert c["ci"][0] <= c["difference"] <= c["ci"][1]
+    assert c["kl"] == {"exp": exp_arm["kl"], "identity": identity["kl"]}
+    assert c["kl_matched"] == (abs(exp_arm["kl"] - identity["kl"]) <= 0.03)
+    ev = json.loads((out / "run" / "eval" / "report.json").read_text())
+    assert ev["comparisons"]["exp"]["results"]["bon"]["4"]["difference"] == c["difference"]
+    assert c["difference"] == pytest.approx(exp_arm["win_rate"] - identity["win_rate"])
+    # The base samples were drawn once, by the first try's measurement, and reused by every later one.
+    notes = [json.loads(p.read_text())["base_samples"]["note"]
+             for p in sorted((out / "run" / "tries").glob("*/report.json"), key=lambda p: p.stat().st_mtime)]
+    assert notes[0].startswith("drawn") and set(notes[1:]) <= {"reused"} and ev["base_samples"]["note"] == "reused"
     assert (out / "run" / "demo_tradeoff.png").stat().st_size > 10_000
-    assert "best-of-4 win rate" in text and "identity" in text and "samples before" in text
+    first = text.split("\n\n")[1].splitlines()[0]  # the result's first line: the paired difference
+    assert first.startswith("exp − identity: best-of-4 win rate ") and "paired bootstrap" in first
+    assert "identity" in text and "samples before" in text
 
     # A rerun with the same command finds every stage finished and reproduces the same numbers.
     (out / "run" / "demo_report.json").unlink()
     assert main(argv) == 0
     again = json.loads((out / "run" / "demo_report.json").read_text())
-    assert [a["win_rate"] for a in again["arms"]] == [a["win_rate"] for a in report["arms"]]
+    assert again["comparison"] == c and [a["win_rate"] for a in again["arms"]] == [a["win_rate"] for a in
+                                                                                  report["arms"]]
 
 
 def test_demo_refuses_other_settings_in_the_same_folder(demo_run, capsys):
@@ -59,7 +90,9 @@ def test_demo_refuses_other_settings_in_the_same_folder(demo_run, capsys):
 
 
 @pytest.mark.parametrize("bad, needle", [({"num_samples": 1}, "num_samples"), ({"n": 32, "eval_samples": 16}, "n=32"),
-                                         ({"procedure": "mean"}, "procedure"), ({"kl": 0}, "kl")])
+                                         ({"procedure": "mean"}, "procedure"), ({"kl": 0}, "kl"),
+                                         ({"kl_corrections": -1}, "kl_corrections"),
+                                         ({"kl_tolerance": 0}, "kl_tolerance")])
 def test_demo_config_rejects_bad_values(bad, needle):
     with pytest.raises(InfalignError, match=needle):
         DemoConfig(**bad)

@@ -1,9 +1,12 @@
-"""The embedded demo's assets: cached tiny LM folder, prompts, sentiment reward.
+"""The embedded demo's assets: the shipped tiny LM (and the cache for other recipes), prompts, sentiment reward.
 
-The model is built once per module with a reduced training budget (a few seconds); the full recipe is measured
-by hand (see the demo_assets docstring), not here.
+The shipped model is checked against the recipe that trains it: the recipe's hash, the weights' hash, and a
+retraining of its first steps, which must give the recorded losses (the whole recipe takes 67 s of a CPU core;
+`python -m offline_infalign.demo.assets` reruns it). The cache is exercised with a 3-step recipe.
 """
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -14,11 +17,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.demo import assets as demo_assets
-from offline_infalign.demo.assets import demo_model_dir, demo_prompts, demo_reward, sentiment_data
+from offline_infalign.demo.assets import (
+    SHIPPED_MODEL,
+    demo_model_dir,
+    demo_prompts,
+    demo_reward,
+    recipe_hash,
+    sentiment_data,
+    train_losses,
+)
 from offline_infalign.demo.corpus import review_corpus, sentiment_lines
 from offline_infalign.tokenization import encode_completion, encode_prompt
 
-SMALL_STEPS = 150
+SMALL_STEPS = 3
+RETRAINED_STEPS = 60
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +44,32 @@ def small_model_dir(cache_root):
 
 
 @pytest.fixture(scope="module")
-def loaded(small_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(small_model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(small_model_dir)
+def loaded():
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL).eval()
+    tokenizer = AutoTokenizer.from_pretrained(SHIPPED_MODEL)
     return model, tokenizer
+
+
+def test_the_default_recipe_is_the_shipped_model_and_never_trains(tmp_path, monkeypatch):
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the shipped demo model was retrained")
+
+    monkeypatch.setattr(demo_assets, "_build", must_not_build)
+    assert demo_model_dir(cache_dir=tmp_path / "empty") == SHIPPED_MODEL
+    assert not (tmp_path / "empty").exists()  # nothing written on a fresh machine
+
+
+def test_shipped_model_is_what_its_recipe_trains():
+    info = json.loads((SHIPPED_MODEL / "infalign_demo.json").read_text())
+    # The recipe, corpus and build version it was trained with are today's ...
+    assert info["recipe_hash"] == recipe_hash() and info["recipe"] == demo_assets.DEMO_RECIPE
+    # ... these are the weights that training wrote ...
+    assert hashlib.sha256((SHIPPED_MODEL / "model.safetensors").read_bytes()).hexdigest() == info["weights_sha256"]
+    assert len(info["losses"]) == info["recipe"]["train_steps"]
+    # ... and training today retraces it: the first steps' losses (same data order, initialization, schedule and
+    # code) are the recorded ones.
+    retrained = train_losses(steps=RETRAINED_STEPS)
+    assert retrained == pytest.approx(info["losses"][:RETRAINED_STEPS], abs=2e-5)
 
 
 def _sample(model, tokenizer, prompt, num, seed=0, max_new_tokens=60):

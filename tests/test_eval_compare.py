@@ -93,7 +93,7 @@ def test_three_policies_draw_the_base_samples_once(three, tmp_path, counted, cap
     assert sorted(counted.seeds) == [0, 0, 0, 1]
     assert counted.judged.count("judge (base)") == 1
     assert set(report["policies"]) == {"identity", "exp", "log"} and report["baseline"] == "identity"
-    assert set(report["comparisons"]) == {"exp", "log"} and report["base_samples"].startswith("drawn")
+    assert set(report["comparisons"]) == {"exp", "log"} and report["base_samples"]["note"].startswith("drawn")
 
     # Every policy was judged on the same prompts against the same base samples: the ones in base_samples.jsonl.
     cached = _rows(out / "base_samples.jsonl")
@@ -133,28 +133,40 @@ def test_a_later_eval_reuses_the_base_samples_or_says_why_not(three, tmp_path, c
     # Another policy into the same folder, same settings: no base draw, no base judging; same base rewards.
     again = _eval(three, out, "--baseline", "log", policies=("exp", "log"))
     assert counted.seeds == [0, 0] and "judge (base)" not in counted.judged
-    assert again["base_samples"] == "reused" and set(again["comparisons"]) == {"exp"}
+    assert again["base_samples"]["note"] == "reused" and set(again["comparisons"]) == {"exp"}
     assert any(note.startswith("base samples reused") for note in again["notes"])
     old = _rows(out / "identity" / "samples.jsonl")
     assert [r["base_rewards"] for r in _rows(out / "log" / "samples.jsonl")] == [r["base_rewards"] for r in old]
 
     # One policy alone reuses them too; its report is the one-policy report.
     single = _eval(three, out, policies=("log",))
-    assert counted.seeds == [0, 0, 0] and single["base_samples"] == "reused" and "kl" in single
+    assert counted.seeds == [0, 0, 0] and single["base_samples"]["note"] == "reused" and "kl" in single
     counted.seeds.clear()
 
     # Another length limit: the base samples are redrawn, and the report says why.
     changed = _eval(three, out, "--max-new-tokens", "4", policies=("identity", "exp"))
     assert sorted(counted.seeds) == [0, 0, 1]
-    assert changed["base_samples"] == "redrawn: max_new_tokens: 5 -> 4"
+    assert changed["base_samples"]["note"] == "redrawn: max_new_tokens: 5 -> 4"
     counted.seeds.clear()
     # Another seed or number of samples too.
-    assert _eval(three, out, "--seed", "3", "--max-new-tokens", "4", policies=("exp",))["base_samples"] == (
+    assert _eval(three, out, "--seed", "3", "--max-new-tokens", "4", policies=("exp",))["base_samples"]["note"] == (
         "redrawn: seed: 0 -> 3")
     # A damaged cache is never trusted.
     (out / "base_samples.jsonl").write_text((out / "base_samples.jsonl").read_text().replace("[", "[ ", 1))
     damaged = _eval(three, out, "--seed", "3", "--max-new-tokens", "4", policies=("exp",))
-    assert damaged["base_samples"].startswith("redrawn: base_samples.jsonl is missing or changed")
+    assert damaged["base_samples"]["note"].startswith("redrawn: base_samples.jsonl is missing or changed")
+
+
+def test_base_samples_kept_in_another_folder_serve_evaluations_in_several(three, tmp_path, counted):
+    shared = tmp_path / "shared"
+    one = _eval(three, tmp_path / "one", "--base-samples", str(shared), policies=("identity",))
+    two = _eval(three, tmp_path / "two", "--base-samples", str(shared), policies=("exp",))
+    assert counted.seeds == [1, 0, 0] and (shared / "base_samples.jsonl").is_file()
+    assert not (tmp_path / "one" / "base_samples.jsonl").exists()
+    assert (one["base_samples"], two["base_samples"]["note"]) == ({"folder": str(shared), "note":
+                                                                  "drawn (none in the folder)"}, "reused")
+    assert ([r["base_rewards"] for r in _rows(tmp_path / "one" / "samples.jsonl")]
+            == [r["base_rewards"] for r in _rows(tmp_path / "two" / "samples.jsonl")])
 
 
 def test_another_judge_rescores_the_same_base_samples(three, tmp_path, counted):
@@ -166,7 +178,7 @@ def test_another_judge_rescores_the_same_base_samples(three, tmp_path, counted):
     counted.seeds.clear(), counted.judged.clear()
     report = _eval(three, out, "--reward-model", str(other), policies=("identity", "exp"))
     assert sorted(counted.seeds) == [0, 0] and counted.judged.count("judge (base)") == 1
-    assert report["base_samples"] == "reused" and report["reward_model"] == str(other)
+    assert report["base_samples"]["note"] == "reused" and report["reward_model"] == str(other)
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -26,8 +26,11 @@ class DemoConfig:
     max_steps: int = field(250, help="optimizer steps per policy")
     learning_rate: float = field(5e-3, help="LoRA learning rate")
     per_device_train_batch_size: int = field(4, help="prompts (or rows) per step")
-    kl_match_rounds: int = field(1, help="retrainings per policy with beta corrected toward the KL budget from the "
-                                 "measured KL (0: keep the tradeoff tool's beta)")
+    kl_corrections: int = field(2, help="at most this many retrainings per policy, beta corrected by a secant step "
+                                "in log beta on the measured KL (docs/math.md §10; 0: keep the finite-K beta)")
+    kl_tolerance: float = field(0.02, help="a policy whose measured KL is within this many nats of its target "
+                                "needs no correction (targets: the budget for identity, identity's KL for exp)")
+    kl_match: float = field(0.03, help="the two policies' KLs within this many nats are reported as matched")
     eval_prompts: int = field(64, help="held-out prompts evaluated")
     eval_samples: int = field(16, help="M: samples per prompt and side at eval")
     seed: int = field(0, help="seed of every stage")
@@ -42,7 +45,11 @@ class DemoConfig:
         for name in ("n", "num_prompts", "max_new_tokens", "max_steps", "per_device_train_batch_size",
                      "eval_prompts", "eval_samples"):
             positive_int("demo", name, getattr(self, name))
-        positive_int("demo", "kl_match_rounds", self.kl_match_rounds, 0)
+        positive_int("demo", "kl_corrections", self.kl_corrections, 0)
+        for name in ("kl_tolerance", "kl_match"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise InfalignError(f"demo: {name} must be a number > 0, got {value!r}")
         if not isinstance(self.num_samples, int) or self.num_samples < 2:
             raise InfalignError(f"demo: num_samples (K) must be an integer >= 2, got {self.num_samples!r}")
         if self.n > self.eval_samples:

@@ -1,10 +1,14 @@
 """Assets of the embedded demo: a tiny review-writing causal LM, its prompts, and a sentiment reward.
 
-- `demo_model_dir()` trains a small Llama-architecture LM (2 layers, hidden 128, 214 words, 0.36M parameters)
-  on generated restaurant/cafe/hotel reviews at first use (about a minute on one CPU thread: 61 s measured on a
-  shared 2-core machine) and caches it as an ordinary Hugging Face folder, so
-  `AutoModelForCausalLM.from_pretrained(path)` and `AutoTokenizer.from_pretrained(path)` load it like any real
-  model. Reviews mix positive, neutral, negative and mixed tones, so samples vary in sentiment.
+- `demo_model_dir()` is a small Llama-architecture LM (2 layers, hidden 128, 214 words, 0.36M parameters, 1.4 MB
+  of safetensors) trained on generated restaurant/cafe/hotel reviews. The package ships it trained
+  (`demo/data/demo-lm/`, an ordinary Hugging Face folder: `AutoModelForCausalLM.from_pretrained(path)` and
+  `AutoTokenizer.from_pretrained(path)` load it like any real model), so a fresh machine does not train it. The
+  code that trained it is here: `python -m offline_infalign.demo.assets` retrains it into the package (67 s of
+  one CPU core) and its marker records the recipe's hash, every step's training loss and the weights' sha256;
+  tests/test_demo_assets.py checks the shipped model against the recipe. Another recipe (`train_steps`, or a
+  changed corpus) is trained at first use and cached. Reviews mix positive, neutral, negative and mixed tones, so
+  samples vary in sentiment.
 - `demo_prompts(split)` gives plain-text prompts like "review of the cozy cafe near the station:"; the train and
   test splits are disjoint.
 - `demo_reward(prompts, completions)` is the logit of a TF-IDF + logistic-regression sentiment classifier
@@ -33,10 +37,11 @@ from .. import __version__
 from ..core.errors import InfalignError
 from .corpus import all_prompts, review_corpus, template_texts
 
-__all__ = ["DEMO_RECIPE", "demo_model_dir", "demo_prompts", "demo_reward", "sentiment_data"]
+__all__ = ["DEMO_RECIPE", "SHIPPED_MODEL", "demo_model_dir", "recipe_hash", "rebuild_shipped_model", "demo_prompts",
+           "demo_reward", "sentiment_data"]
 
-# Everything that decides the trained model. Its hash (with the corpus and package version) names the cache
-# folder, so changing any of it trains a new model instead of reusing a stale one.
+# Everything that decides the trained model. Its hash (with the corpus) names the cache folder and is recorded in
+# the shipped model's marker, so changing any of it trains a new model instead of reusing a stale one.
 DEMO_RECIPE = {
     "build_version": 1,  # bump when the build code (tokenizer, model, training loop) changes meaning
     "num_reviews": 6000,
@@ -56,6 +61,7 @@ DEMO_RECIPE = {
 _NUM_TRAIN_PROMPTS, _NUM_TEST_PROMPTS, _PROMPT_SPLIT_SEED = 200, 64, 17
 _SPECIALS = {"pad": "<pad>", "unk": "<unk>", "bos": "<bos>", "eos": "<eos>"}
 _MARKER = "infalign_demo.json"  # written last inside the folder; its presence means "complete"
+SHIPPED_MODEL = Path(__file__).resolve().parent / "data" / "demo-lm"  # the default recipe, trained
 # A minimal template so message-list prompts also work: contents joined by spaces after BOS.
 _CHAT_TEMPLATE = "{{ bos_token }}{% for message in messages %}{{ message['content'] }} {% endfor %}"
 
@@ -122,53 +128,90 @@ def _default_cache_dir() -> Path:
 
 
 def _recipe_hash(recipe: dict, corpus: list[tuple[str, str]]) -> str:
+    # build_version in the recipe stands for the build code; the package version is left out so that a release
+    # does not make the shipped model stale.
     digest = hashlib.sha256()
-    digest.update(json.dumps({"recipe": recipe, "version": __version__}, sort_keys=True).encode())
+    digest.update(json.dumps({"recipe": recipe}, sort_keys=True).encode())
     for prompt, review in corpus:
         digest.update(f"{prompt}\t{review}\n".encode())
     digest.update("\n".join(template_texts()).encode())
     return digest.hexdigest()[:16]
 
 
+def _recipe(train_steps: int | None) -> dict:
+    recipe = dict(DEMO_RECIPE)
+    if train_steps is not None:
+        if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
+            raise InfalignError(f"train_steps must be a positive int, got {train_steps!r}")
+        recipe["train_steps"] = train_steps
+    return recipe
+
+
+def recipe_hash(train_steps: int | None = None) -> str:
+    """The hash of the recipe (DEMO_RECIPE, with `train_steps` if given), its corpus and its templates."""
+    recipe = _recipe(train_steps)
+    return _recipe_hash(recipe, review_corpus(recipe["num_reviews"], seed=recipe["corpus_seed"]))
+
+
+def _shipped(digest: str) -> bool:
+    """The package's trained model is there, complete, and was trained by this recipe."""
+    try:
+        info = json.loads((SHIPPED_MODEL / _MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("recipe_hash") == digest
+
+
 def demo_model_dir(
     cache_dir: str | os.PathLike | None = None, train_steps: int | None = None, progress: bool = True
 ) -> Path:
-    """Path of the demo base model folder, training and caching it on first use.
+    """Path of the demo base model folder: the shipped one for the default recipe, else trained and cached.
 
     cache_dir: default `$INFALIGN_CACHE` or `~/.cache/offline_infalign`. train_steps: overrides the recipe's
-    (tests use a small budget; the folder name changes with it). The model is built in a temporary folder and
-    renamed into place when complete, under a file lock, so a killed run never leaves a half-written model
-    and concurrent first runs train it once.
+    (tests use a small budget; the folder name changes with it). A model that is not shipped is built in a
+    temporary folder and renamed into place when complete, under a file lock, so a killed run never leaves a
+    half-written model and concurrent first runs train it once.
     """
-    recipe = dict(DEMO_RECIPE)
-    if train_steps is not None:
-        if not isinstance(train_steps, int) or train_steps < 1:
-            raise InfalignError(f"train_steps must be a positive int, got {train_steps!r}")
-        recipe["train_steps"] = train_steps
+    recipe = _recipe(train_steps)
     corpus = review_corpus(recipe["num_reviews"], seed=recipe["corpus_seed"])
+    digest = _recipe_hash(recipe, corpus)
+    if _shipped(digest):
+        return SHIPPED_MODEL
     root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    final = root / f"demo-lm-{_recipe_hash(recipe, corpus)}"
+    final = root / f"demo-lm-{digest}"
     if (final / _MARKER).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
     with _file_lock(root / f"{final.name}.lock"):
         if (final / _MARKER).is_file():  # another process finished it while we waited
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-        try:
-            _build(tmp, recipe, corpus, progress)
-            if final.exists():  # a stale incomplete folder (no marker) from a foreign writer
-                shutil.rmtree(final)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                # Without flock (non-POSIX) a concurrent writer may have won the race; theirs is as good.
-                if not (final / _MARKER).is_file():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        _build_into(final, recipe, corpus, progress)
     return final
+
+
+def _build_into(final: Path, recipe: dict, corpus: list[tuple[str, str]], progress: bool) -> None:
+    """Build in a temporary folder beside `final`, then rename it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        _build(tmp, recipe, corpus, progress)
+        if final.exists():  # a stale incomplete folder (no marker) from a foreign writer, or the old shipped model
+            shutil.rmtree(final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Without flock (non-POSIX) a concurrent writer may have won the race; theirs is as good.
+            if not (final / _MARKER).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rebuild_shipped_model(progress: bool = True) -> Path:
+    """Train the default recipe into the package's `demo/data/demo-lm` (for maintainers, after a recipe change)."""
+    recipe = _recipe(None)
+    _build_into(SHIPPED_MODEL, recipe, review_corpus(recipe["num_reviews"], seed=recipe["corpus_seed"]), progress)
+    return SHIPPED_MODEL
 
 
 @contextlib.contextmanager
@@ -213,15 +256,13 @@ def _build_tokenizer(texts: list[str]):
     return tokenizer
 
 
-def _build(out: Path, recipe: dict, corpus: list[tuple[str, str]], progress: bool) -> None:
-    """Train the tiny LM on `corpus` and save model + tokenizer + marker into `out` (marker last)."""
+def _prepare(recipe: dict, corpus: list[tuple[str, str]]):
+    """The tokenizer, the encoded training sequences and the untrained model (seeded) of a recipe."""
     import torch
-    from tqdm.auto import tqdm
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from ..tokenization import encode_completion, encode_prompt
 
-    start = time.perf_counter()
     tokenizer = _build_tokenizer(template_texts() + [text for pair in corpus for text in pair])
     sequences = [encode_prompt(tokenizer, p) + encode_completion(tokenizer, c) for p, c in corpus]
     config = LlamaConfig(
@@ -237,12 +278,40 @@ def _build(out: Path, recipe: dict, corpus: list[tuple[str, str]], progress: boo
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
+    torch.manual_seed(recipe["seed"])
+    return tokenizer, sequences, LlamaForCausalLM(config)
+
+
+def train_losses(recipe: dict | None = None, steps: int | None = None, progress: bool = False) -> list[float]:
+    """The per-step training losses of the first `steps` steps of `recipe` (default DEMO_RECIPE), trained as the
+    build trains it (the same schedule over all its steps); what the shipped marker records, to check against."""
+    import torch
+    from tqdm.auto import tqdm
+
+    recipe = dict(DEMO_RECIPE if recipe is None else recipe)
+    corpus = review_corpus(recipe["num_reviews"], seed=recipe["corpus_seed"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            tokenizer, sequences, model = _prepare(recipe, corpus)
+            return _train(model, sequences, recipe, tokenizer.pad_token_id, progress, tqdm, stop_after=steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out: Path, recipe: dict, corpus: list[tuple[str, str]], progress: bool) -> None:
+    """Train the tiny LM on `corpus` and save model + tokenizer + marker into `out` (marker last)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: bit-identical results across machines, and fair on shared CPUs
     try:
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
-            torch.manual_seed(recipe["seed"])
-            model = LlamaForCausalLM(config)
+            tokenizer, sequences, model = _prepare(recipe, corpus)
             losses = _train(model, sequences, recipe, tokenizer.pad_token_id, progress, tqdm)
     finally:
         torch.set_num_threads(threads)
@@ -258,16 +327,22 @@ def _build(out: Path, recipe: dict, corpus: list[tuple[str, str]], progress: boo
     info = {
         "what": "offline-infalign embedded demo base model (tiny Llama trained on generated reviews)",
         "recipe": recipe,
+        "recipe_hash": _recipe_hash(recipe, corpus),
         "package_version": __version__,
         "final_train_loss": float(np.mean(losses[-20:])),
         "train_seconds": round(time.perf_counter() - start, 2),
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "weights_sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
+        "losses": [round(x, 6) for x in losses],
     }
     (out / _MARKER).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _train(model, sequences: list[list[int]], recipe: dict, pad_id: int, progress: bool, tqdm) -> list[float]:
-    """Plain next-token training on whole sequences (prompt + review + EOS); returns per-step losses."""
+def _train(model, sequences: list[list[int]], recipe: dict, pad_id: int, progress: bool, tqdm,
+           stop_after: int | None = None) -> list[float]:
+    """Plain next-token training on whole sequences (prompt + review + EOS); returns per-step losses.
+
+    stop_after: stop after that many steps, on the schedule of the recipe's full run (train_losses)."""
     import torch
 
     model.train()
@@ -292,7 +367,8 @@ def _train(model, sequences: list[list[int]], recipe: dict, pad_id: int, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     order = np.random.default_rng(recipe["seed"])
     batch_size, losses, perm, cursor = recipe["batch_size"], [], order.permutation(len(sequences)), 0
-    bar = tqdm(range(steps), desc="training demo LM", unit="step", disable=not progress)
+    bar = tqdm(range(steps if stop_after is None else min(steps, stop_after)), desc="training demo LM", unit="step",
+               disable=not progress)
     for _ in bar:
         if cursor + batch_size > len(perm):
             perm, cursor = order.permutation(len(sequences)), 0
@@ -314,3 +390,7 @@ def _train(model, sequences: list[list[int]], recipe: dict, pad_id: int, progres
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     return losses
+
+
+if __name__ == "__main__":  # python -m offline_infalign.demo.assets: retrain the shipped model
+    print(f"wrote {rebuild_shipped_model()}")

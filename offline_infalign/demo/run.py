@@ -1,23 +1,26 @@
 """The embedded demo: sample → score → prepare → train → eval on a tiny base model and reward, no download.
 
-The base model is a small review-writing LM trained at first use (demo.assets); the reward is a sentiment
+The base model is a small review-writing LM shipped with the package (demo.assets); the reward is a sentiment
 classifier, so "better" is something a reader sees in the samples. Two policies are trained from ONE sampling
-run, at the same KL budget:
+run, at matched KL:
   identity — calibrated RLHF, the paper's strong baseline;
   exp      — the exp tilt that `infalign tradeoff --choose` picks for the served procedure and N.
-Both are evaluated against the base with the served procedure (best-of-N by default) on held-out prompts.
-β starts at the tradeoff tool's value for the budget (exact for the exact tilted policy, docs/math.md §7); a trained
-policy lands elsewhere (finite K, finite optimization), so each policy is retrained `kl_match_rounds` times with
-β scaled by sqrt(measured KL / budget), and the try whose measured KL is nearest the budget is reported.
+KL is matched by design (docs/math.md §10, core/kl_match.py): each policy is first trained at the β where the
+tilt restricted to K samples pays the KL (the finite-K model), then retrained at most `kl_corrections` times with
+a secant step in log β on its measured KL, until within `kl_tolerance` nats of its target. Identity's target is
+the budget; exp's is the KL identity measured, so the two end up matched to each other. Both chosen policies
+are then evaluated together (one `infalign eval`, identity as baseline): the same held-out prompts, the same
+base samples, and the paired difference exp − identity with its interval over prompts — the demo's first line.
 
 Every stage writes under `out/` and is skipped when its output is complete, so a killed demo rerun with the
-same command resumes; a rerun with other settings into the same folder is refused by the stages themselves.
+same command resumes; a rerun with other settings into the same folder is refused.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,16 +40,12 @@ __all__ = ["run_demo", "arms", "showcase"]
 
 
 def arms(cfg: DemoConfig) -> list[dict[str, Any]]:
-    """The two transforms and their β at the KL budget: identity and the chosen exp tilt (docs/math.md §7)."""
+    """The two transforms: identity (the baseline) and the chosen exp tilt at the budget (docs/math.md §7)."""
     from ..core import tradeoff
     from ..core.transforms import Transform
 
-    identity = Transform("identity")
-    choice = tradeoff.choose(cfg.procedure, cfg.n, cfg.kl)
-    return [
-        {"name": "identity", "transform": identity, "beta": tradeoff.beta_for_kl(identity, cfg.kl)},
-        {"name": "exp", "transform": choice.transform, "beta": choice.beta},
-    ]
+    return [{"name": "identity", "transform": Transform("identity")},
+            {"name": "exp", "transform": tradeoff.choose(cfg.procedure, cfg.n, cfg.kl, with_optimum=False).transform}]
 
 
 def showcase(samples_path: Path, k: int = 3) -> list[dict[str, Any]]:
@@ -88,17 +87,14 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
         write_json_atomic(path, now)
 
 
-def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int):
-    """Prepare, train and evaluate one policy (each step skipped when its output is already complete)."""
-    from ..core import tradeoff
+def _train(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int) -> Path:
+    """Prepare and train one try (each step skipped when its output is already complete); its adapter folder."""
     from ..stages import train as trainer
-    from ..stages.evaluate import evaluate
     from ..stages.prepare import run_prepare
     from ..training_record import TRAIN_INFO
 
-    data, suffix = Path(cfg.out) / "data", f"_r{round_}" if round_ else ""
-    prepared, adapter, ev = data / f"prepared_{name}{suffix}", Path(cfg.out) / f"adapter_{name}{suffix}", \
-        Path(cfg.out) / f"eval_{name}{suffix}"
+    data, tag = Path(cfg.out) / "data", f"{name}_r{round_}"
+    prepared, adapter = data / f"prepared_{tag}", Path(cfg.out) / f"adapter_{tag}"
     run_prepare(load_config(PrepareConfig, None, dict(
         input=str(data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
         tilt=transform.tilt, beta=beta, procedure=cfg.procedure, n=cfg.n, seed=cfg.seed)))
@@ -108,13 +104,54 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
             dataset=str(prepared), model=model, loss=cfg.loss, out=str(adapter), max_steps=cfg.max_steps,
             learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
             num_train_epochs=1000.0, logging_steps=max(1, cfg.max_steps // 5), seed=cfg.seed)))
+    return adapter
+
+
+def _eval_config(cfg: DemoConfig, model: str, policies: list[str], out: Path) -> EvalConfig:
+    # The base samples live in out/eval, drawn by the first evaluation and reused by every later one.
+    return load_config(EvalConfig, None, dict(
+        policy=policies, model=model, reward_model="demo", prompts="demo", split="test", limit=cfg.eval_prompts,
+        procedure=[cfg.procedure], n=sorted({1, cfg.n}), samples=cfg.eval_samples,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(out), base_samples=str(Path(cfg.out) / "eval"),
+        plots=False, kl_tolerance=cfg.kl_match))
+
+
+def _measure(cfg: DemoConfig, model: str, adapter: Path, name: str, round_: int) -> dict[str, Any]:
+    """Evaluate one try (skipped when done): its report."""
+    from ..stages.evaluate import evaluate
+
+    ev = Path(cfg.out) / "tries" / f"{name}_r{round_}"
     if (ev / "report.json").is_file():
-        report = json.loads((ev / "report.json").read_text())
-    else:
-        report = evaluate(load_config(EvalConfig, None, dict(
-            policy=str(adapter), model=model, reward_model="demo", prompts="demo", split="test",
-            limit=cfg.eval_prompts, procedure=[cfg.procedure], n=sorted({1, cfg.n}),
-            samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(ev))))
+        return json.loads((ev / "report.json").read_text())
+    return evaluate(_eval_config(cfg, model, [str(adapter)], ev))
+
+
+def _match(cfg: DemoConfig, model: str, kind: str, arm: dict[str, Any], target: float,
+           log: Callable[[str], None], step: str) -> list[dict[str, Any]]:
+    """Train and measure until the measured KL is within kl_tolerance of `target` (core/kl_match.py)."""
+    from ..core.kl_match import Try, next_beta
+
+    name, transform, tries = arm["name"], arm["transform"], []
+    while (beta := next_beta(transform, target, cfg.num_samples, [Try(t["beta"], t["kl"]) for t in tries],
+                             cfg.kl_tolerance, cfg.kl_corrections)) is not None:
+        why = (f"where the tilt restricted to K={cfg.num_samples} samples pays KL {target:.3f}" if not tries else
+               f"a secant step from the measured KL {tries[-1]['kl']:.3f}")
+        log(f"[{step}] {name}: {transform}, beta={beta:.4f} ({why}) → prepare, train {cfg.max_steps} steps "
+            f"({cfg.loss}), measure")
+        adapter = _train(cfg, model, kind, name, transform, beta, len(tries))
+        report = _measure(cfg, model, adapter, name, len(tries))
+        served = report["results"][cfg.procedure][str(cfg.n)]
+        tries.append({"beta": beta, "kl": report["kl"], "kl_stderr": report["kl_stderr"],
+                      "win_rate": served["win_rate"], "adapter": str(adapter)})
+        log(f"       measured KL {report['kl']:.3f} ± {report['kl_stderr']:.3f} (target {target:.3f}), "
+            f"{cfg.procedure}-{cfg.n} win rate {served['win_rate']:.3f}")
+    return tries
+
+
+def _arm_summary(cfg: DemoConfig, name: str, transform, report: dict[str, Any], tries, folder: Path) -> dict:
+    """One policy's row of the demo report, from the comparison's evaluation."""
+    from ..core import tradeoff
+
     served = report["results"][cfg.procedure][str(cfg.n)]
     try:  # where the measured point would sit on its transform's predicted curve (docs/math.md §4)
         at_kl = tradeoff.predict(transform, tradeoff.beta_for_kl(transform, max(report["kl"], 1e-4)),
@@ -122,13 +159,14 @@ def _train_and_eval(cfg: DemoConfig, model: str, kind: str, name: str, transform
     except InfalignError:
         at_kl = None
     return {
-        "name": name, "transform": str(transform), "tilt": transform.tilt, "beta": beta,
+        "name": name, "transform": str(transform), "tilt": transform.tilt, "beta": report["beta"],
         "kl": report["kl"], "kl_stderr": report["kl_stderr"], "predicted_kl": report["predicted_kl"],
         "win_rate": served["win_rate"], "ci_low": served["ci_low"], "ci_high": served["ci_high"],
         "predicted_win_rate": served["predicted"], "predicted_at_measured_kl": at_kl,
         "standard_win_rate": report["standard_win_rate"]["win_rate"],
         "mean_reward": report["mean_reward"]["policy"], "base_mean_reward": report["mean_reward"]["base"],
-        "examples": showcase(ev / "samples.jsonl"), "adapter": str(adapter),
+        "examples": showcase(folder / "samples.jsonl"), "adapter": report["policy"],
+        "tries": [{k: t[k] for k in ("beta", "kl", "kl_stderr", "win_rate")} for t in tries],
     }
 
 
@@ -146,8 +184,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
 
 
 def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    from ..core.kl_match import nearest
     from ..core.losses import get_loss
     from ..plots import plot_demo
+    from ..stages.evaluate import evaluate
     from ..stages.sample import run_sample
     from ..stages.score import run_score
     from .assets import demo_model_dir
@@ -156,38 +196,67 @@ def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     kind = get_loss(cfg.loss).kind
     _claim(out, cfg)
+    clock, timings = time.perf_counter(), {}
 
-    log("[1/5] base model (trained and cached at first use, about a minute)")
+    def lap(what: str) -> None:  # wall seconds per part (a resumed run counts only what it redid)
+        nonlocal clock
+        now = time.perf_counter()
+        timings[what], clock = round(now - clock, 2), now
+
     model = str(demo_model_dir(cache_dir=cfg.cache_dir, train_steps=cfg.model_train_steps))
-
-    log(f"[2/5] sample K={cfg.num_samples} completions for {cfg.num_prompts} prompts and score them")
+    log(f"[1/4] sample K={cfg.num_samples} completions for {cfg.num_prompts} prompts from the demo base model "
+        "and score them")
     data = out / "data"
     run_sample(load_config(SampleConfig, None, dict(
         prompts="demo", model=model, out=str(data / "samples"), num_samples=cfg.num_samples,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, limit=cfg.num_prompts, batch_size=16)))
     run_score(load_config(ScoreConfig, None, dict(
         input=str(data / "samples"), reward_model="demo", out=str(data / "scored"))))
+    lap("sample_and_score_s")
 
-    results = []
-    for i, arm in enumerate(arms(cfg)):
-        name, transform, beta = arm["name"], arm["transform"], arm["beta"]
-        tries = []
-        for round_ in range(1 + cfg.kl_match_rounds):
-            if round_:  # KL ∝ β⁻² for small tilts: one multiplicative step toward the measured budget
-                beta = beta * math.sqrt(max(tries[-1]["kl"], 1e-3) / cfg.kl)
-            log(f"[{3 + i}/5] {name}: {transform}, beta={beta:.4f} "
-                + ("(the tradeoff tool's beta for KL " + f"{cfg.kl})" if not round_ else
-                   f"(corrected: measured KL was {tries[-1]['kl']:.3f})")
-                + f" → prepare, train {cfg.max_steps} steps ({cfg.loss}), evaluate")
-            tries.append(_train_and_eval(cfg, model, kind, name, transform, beta, round_))
-        best = min(tries, key=lambda r: abs(math.log(max(r["kl"], 1e-3) / cfg.kl)))
-        best["tries"] = [{"beta": t["beta"], "kl": t["kl"], "win_rate": t["win_rate"]} for t in tries]
-        results.append(best)
+    identity, tilted = arms(cfg)
+    identity_tries = _match(cfg, model, kind, identity, cfg.kl, log, "2/4")
+    lap("identity_s")
+    chosen = {"identity": nearest([_as_try(t) for t in identity_tries], cfg.kl)}
+    # The exp policy is matched to the KL identity measured: the comparison is at matched KL.
+    exp_tries = _match(cfg, model, kind, tilted, chosen["identity"].kl, log, "3/4")
+    chosen["exp"] = nearest([_as_try(t) for t in exp_tries], chosen["identity"].kl)
+    lap("exp_s")
+    adapters = {name: next(t["adapter"] for t in tries if t["beta"] == chosen[name].beta)
+                for name, tries in (("identity", identity_tries), ("exp", exp_tries))}
 
-    log("[5/5] report and plot")
-    summary = {"procedure": cfg.procedure, "n": cfg.n, "kl_budget": cfg.kl, "loss": cfg.loss, "model": model,
-               "arms": results, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
-    summary["plot"] = str(plot_demo(results, cfg.procedure, cfg.n, cfg.kl, out / "demo_tradeoff.png"))
+    log("[4/4] evaluate both together: the same prompts, the same base samples, the paired difference")
+    ev = out / "eval"
+    if (ev / "report.json").is_file() and "comparisons" in json.loads((ev / "report.json").read_text()):
+        report = json.loads((ev / "report.json").read_text())
+    else:
+        for leftover in ("identity", "exp"):  # a comparison killed midway starts over
+            shutil.rmtree(ev / leftover, ignore_errors=True)
+        report = evaluate(_eval_config(cfg, model, [f"identity={adapters['identity']}",
+                                                    f"exp={adapters['exp']}"], ev))
+    lap("comparison_s")
+    c = report["comparisons"]["exp"]
+    served, standard = c["results"][cfg.procedure][str(cfg.n)], c["standard"]
+    comparison = {
+        "policy": "exp", "baseline": "identity", "procedure": cfg.procedure, "n": cfg.n,
+        "num_prompts": report["num_prompts"], "difference": served["difference"],
+        "ci": [served["ci_low"], served["ci_high"]], "kl": c["kl"], "kl_stderr": c["kl_stderr"],
+        "kl_matched": c["kl_matched"], "kl_tolerance": c["kl_tolerance"], "confidence": report["confidence"],
+        "standard": {"difference": standard["difference"], "ci": [standard["ci_low"], standard["ci_high"]]},
+    }
+    results = [_arm_summary(cfg, name, arm["transform"], report["policies"][name], tries, ev / name)
+               for name, arm, tries in (("identity", identity, identity_tries), ("exp", tilted, exp_tries))]
+    summary = {"comparison": comparison, "procedure": cfg.procedure, "n": cfg.n, "kl_budget": cfg.kl,
+               "loss": cfg.loss, "model": model, "arms": results,
+               "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    summary["plot"] = str(plot_demo(results, cfg.procedure, cfg.n, cfg.kl, out / "demo_tradeoff.png", comparison))
+    lap("plot_s")
+    summary["timings"] = timings
     (out / "demo_report.json").write_text(json.dumps(summary, indent=2))
     return summary
 
+
+def _as_try(t: dict[str, Any]):
+    from ..core.kl_match import Try
+
+    return Try(t["beta"], t["kl"])

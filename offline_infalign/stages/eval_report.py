@@ -95,9 +95,12 @@ def _write(out: Path, report: dict[str, Any]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_note: str, stop_ids, timings,
-                  t0: float) -> dict[str, Any]:
-    """Write report.json, the samples and the plots; return the report (stages/evaluate.py, `evaluate`)."""
+def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_samples: dict[str, str], stop_ids,
+                  timings, t0: float) -> dict[str, Any]:
+    """Write report.json, the samples and the plots; return the report (stages/evaluate.py, `evaluate`).
+
+    base_samples: {"folder": where they are kept, "note": "reused", "drawn (...)" or "redrawn: <why>"}.
+    """
     from .. import __version__
     from ..config import config_to_dict
     from ..report import compare
@@ -105,7 +108,7 @@ def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_note:
     single = len(policies) == 1
     procedures = union(p.settings["procedures"] for p in policies)
     ns = sorted(set(union(p.settings["ns"] for p in policies)))
-    base_line = f"base samples {base_note}" + ("" if base_note.startswith("drawn") else f" ({out})")
+    base_line = f"base samples {base_samples['note']} ({base_samples['folder']})"
     facts = {"package_version": __version__, "config": config_to_dict(cfg), "timings": timings}
     made = {}
     for p in policies:
@@ -114,8 +117,8 @@ def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_note:
         made[p.name] = _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids)
     if single:
         report, plotting = made[policies[0].name][0], {policies[0].name: made[policies[0].name][1]}
-        report.update({"base_samples": base_note, **facts})
-        if not base_note.startswith("drawn"):
+        report.update({"base_samples": base_samples, **facts})
+        if not base_samples["note"].startswith("drawn"):
             report["notes"].append(base_line)
     else:
         baseline = cfg.baseline_name()
@@ -140,7 +143,7 @@ def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_note:
             **{k: first[k] for k in ("model", "reward_model", "reward_label", "prompts", "num_prompts", "samples",
                                      "max_new_tokens", "stop_token_ids", "confidence", "num_bootstrap")},
             "kl_tolerance": cfg.kl_tolerance,
-            "base_samples": base_note,
+            "base_samples": base_samples,
             "notes": notes,
             **facts,
         }

@@ -201,6 +201,8 @@ def _evaluate(cfg) -> dict[str, Any]:
     check_reward(first["reward_model"], cfg.trust_remote_code)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    kept = Path(cfg.base_samples) if cfg.base_samples else out  # where the base samples are kept
+    kept.mkdir(parents=True, exist_ok=True)
     rows = _prompts(cfg, policies)
     timings: dict[str, float] = {"sample_and_kl_s": 0.0}
 
@@ -222,10 +224,10 @@ def _evaluate(cfg) -> dict[str, Any]:
             stop_ids = stop_token_ids(model, tokenizer, extra=union(q.settings["stop_token_ids"] for q in policies))
             key = cache.cache_key(fingerprint_model(first["model"]), rows, cfg.samples, cfg.max_new_tokens, stop_ids,
                                   str(dtype).removeprefix("torch."), cfg.seed)
-            base, base_note = cache.load(out, key)
+            base, base_note = cache.load(kept, key)
             if base is None:
                 base = _draw_base(model, tokenizer, rows, cfg, stop_ids)
-                cache.save(out, key, rows, base)
+                cache.save(kept, key, rows, base)
         p.draws = _draw_policy(model, tokenizer, rows, cfg, stop_ids)
         if p.draws["prompt_ids"] != [list(s["prompt_ids"]) for s in base]:
             raise InfalignError(f"policy {p.name!r} encodes the prompts differently from the base samples (another "
@@ -239,12 +241,12 @@ def _evaluate(cfg) -> dict[str, Any]:
                          trust_remote_code=cfg.trust_remote_code, reward_label=first["reward_label"],
                          allow_pickle_weights=cfg.allow_pickle_weights)
     judge = cache.judge_key(fingerprint_reward(first["reward_model"]), first["reward_label"])
-    cached = cache.cached_rewards(out, judge)
+    cached = cache.cached_rewards(kept, judge)
     if cached is not None and np.asarray(cached).shape == (len(rows), cfg.samples):
         base_rewards = np.asarray(cached, dtype=np.float64)
     else:
         base_rewards = _judge(scorer, rows, base, cfg, "base")
-        cache.save_rewards(out, judge, base_rewards.tolist())
+        cache.save_rewards(kept, judge, base_rewards.tolist())
     for p in policies:
         p.rewards = _judge(scorer, rows, p.draws["policy_samples"], cfg, f"policy {p.name}" if len(policies) > 1
                            else "policy")
@@ -252,4 +254,5 @@ def _evaluate(cfg) -> dict[str, Any]:
     free_memory()
     timings["score_s"] = time.perf_counter() - t
 
-    return write_reports(cfg, out, policies, rows, base, base_rewards, base_note, stop_ids, timings, t0)
+    return write_reports(cfg, out, policies, rows, base, base_rewards, {"folder": str(kept), "note": base_note},
+                         stop_ids, timings, t0)
