@@ -124,49 +124,73 @@ def test_three_policies_draw_the_base_samples_once(three, tmp_path, counted, cap
     assert "paired differences against identity" in printed and "== log" in printed
 
 
-def test_a_later_eval_reuses_the_base_samples_or_says_why_not(three, tmp_path, counted):
+def test_a_later_eval_reuses_the_samples_or_says_why_not(three, tmp_path, counted):
     out = tmp_path / "ev"
     first = _eval(three, out, policies=("identity", "exp"))
     assert sorted(counted.seeds) == [0, 0, 1] and first["baseline"] == "identity"  # the first policy by default
     counted.seeds.clear(), counted.judged.clear()
 
-    # Another policy into the same folder, same settings: no base draw, no base judging; same base rewards.
+    # Another policy beside a kept one, same settings: only the new policy is sampled; no base judging.
     again = _eval(three, out, "--baseline", "log", policies=("exp", "log"))
-    assert counted.seeds == [0, 0] and "judge (base)" not in counted.judged
+    assert counted.seeds == [0] and "judge (base)" not in counted.judged
     assert again["base_samples"]["note"] == "reused" and set(again["comparisons"]) == {"exp"}
+    assert (again["policies"]["exp"]["policy_samples"], again["policies"]["log"]["policy_samples"]) == (
+        "reused", "drawn (none kept)")
     assert any(note.startswith("base samples reused") for note in again["notes"])
     old = _rows(out / "identity" / "samples.jsonl")
     assert [r["base_rewards"] for r in _rows(out / "log" / "samples.jsonl")] == [r["base_rewards"] for r in old]
+    # The kept policy gives the same measurement as when it was drawn.
+    assert again["policies"]["exp"]["kl"] == first["policies"]["exp"]["kl"]
+    assert again["policies"]["exp"]["results"] == first["policies"]["exp"]["results"]
+    counted.seeds.clear()
 
     # One policy alone reuses them too; its report is the one-policy report.
     single = _eval(three, out, policies=("log",))
-    assert counted.seeds == [0, 0, 0] and single["base_samples"]["note"] == "reused" and "kl" in single
-    counted.seeds.clear()
+    assert counted.seeds == [] and single["base_samples"]["note"] == "reused" and "kl" in single
+    assert "policy samples reused" in single["notes"]
 
-    # Another length limit: the base samples are redrawn, and the report says why.
+    # Another length limit: everything is redrawn, and the report says why.
     changed = _eval(three, out, "--max-new-tokens", "4", policies=("identity", "exp"))
     assert sorted(counted.seeds) == [0, 0, 1]
     assert changed["base_samples"]["note"] == "redrawn: max_new_tokens: 5 -> 4"
+    assert changed["policies"]["exp"]["policy_samples"] == "redrawn: max_new_tokens: 5 -> 4"
     counted.seeds.clear()
-    # Another seed or number of samples too.
+    # Another seed too.
     assert _eval(three, out, "--seed", "3", "--max-new-tokens", "4", policies=("exp",))["base_samples"]["note"] == (
         "redrawn: seed: 0 -> 3")
-    # A damaged cache is never trusted.
+    assert counted.seeds == [4, 3]
+    # A damaged file is never trusted.
     (out / "base_samples.jsonl").write_text((out / "base_samples.jsonl").read_text().replace("[", "[ ", 1))
     damaged = _eval(three, out, "--seed", "3", "--max-new-tokens", "4", policies=("exp",))
     assert damaged["base_samples"]["note"].startswith("redrawn: base_samples.jsonl is missing or changed")
 
 
-def test_base_samples_kept_in_another_folder_serve_evaluations_in_several(three, tmp_path, counted):
+def test_a_changed_adapter_is_sampled_again(three, tmp_path, counted):
+    root = tmp_path / "adapters"
+    folder = _adapter(root, "adapter_x", three.base, three.rm, seed=11)
+    setup = SimpleNamespace(**{**vars(three), "adapters": {"x": folder}})
+    first = _eval(setup, tmp_path / "ev", policies=("x",))
+    _adapter(root, "adapter_x", three.base, three.rm, seed=12)  # other weights in the same folder
+    counted.seeds.clear()
+    again = _eval(setup, tmp_path / "ev", policies=("x",))
+    assert counted.seeds == [0] and again["policy_samples"] == "drawn (none kept)"
+    assert again["kl"] != first["kl"] and again["base_samples"]["note"] == "reused"
+
+
+def test_samples_kept_in_another_folder_serve_evaluations_in_several(three, tmp_path, counted):
     shared = tmp_path / "shared"
-    one = _eval(three, tmp_path / "one", "--base-samples", str(shared), policies=("identity",))
-    two = _eval(three, tmp_path / "two", "--base-samples", str(shared), policies=("exp",))
+    one = _eval(three, tmp_path / "one", "--samples-cache", str(shared), policies=("identity",))
+    two = _eval(three, tmp_path / "two", "--samples-cache", str(shared), policies=("exp",))
     assert counted.seeds == [1, 0, 0] and (shared / "base_samples.jsonl").is_file()
     assert not (tmp_path / "one" / "base_samples.jsonl").exists()
     assert (one["base_samples"], two["base_samples"]["note"]) == ({"folder": str(shared), "note":
-                                                                  "drawn (none in the folder)"}, "reused")
+                                                                  "drawn (none kept)"}, "reused")
     assert ([r["base_rewards"] for r in _rows(tmp_path / "one" / "samples.jsonl")]
             == [r["base_rewards"] for r in _rows(tmp_path / "two" / "samples.jsonl")])
+    # Both kept policies, compared in a third folder, are not sampled again.
+    counted.seeds.clear()
+    both = _eval(three, tmp_path / "three", "--samples-cache", str(shared), policies=("identity", "exp"))
+    assert counted.seeds == [] and both["policies"]["exp"]["kl"] == two["kl"]
 
 
 def test_another_judge_rescores_the_same_base_samples(three, tmp_path, counted):
@@ -177,7 +201,7 @@ def test_another_judge_rescores_the_same_base_samples(three, tmp_path, counted):
     other = save_tiny_reward_model(tmp_path / "rm_other", seed=5)
     counted.seeds.clear(), counted.judged.clear()
     report = _eval(three, out, "--reward-model", str(other), policies=("identity", "exp"))
-    assert sorted(counted.seeds) == [0, 0] and counted.judged.count("judge (base)") == 1
+    assert counted.seeds == [] and counted.judged.count("judge (base)") == 1  # nothing sampled again
     assert report["base_samples"]["note"] == "reused" and report["reward_model"] == str(other)
 
 

@@ -58,9 +58,10 @@ def add_parser(subparsers) -> None:
         "transform, beta) come from the adapter's infalign_train.json. With several --policy, every policy is "
         "judged on the same prompts against base samples drawn once, and report.json adds, per policy against "
         "--baseline, the difference of each win rate with a paired bootstrap interval over prompts, beside both "
-        "KLs and whether they are matched (--kl-tolerance). The base samples stay in DIR (base_samples.jsonl): a "
-        "later eval into DIR with the same base model, prompts, --samples, --max-new-tokens, stop set, dtype and "
-        "seed reuses them.",
+        "KLs and whether they are matched (--kl-tolerance). The samples stay in DIR (base_samples.jsonl, and each "
+        "policy's under policy_samples/ by the adapter's content): a later eval into DIR (or with --samples-cache "
+        "DIR) with the same base model, prompts, --samples, --max-new-tokens, stop set, dtype and seed samples only "
+        "what it has not sampled yet.",
         config_help=CONFIG_HELP_LONG,
         skip=("n", "procedure", "policy"), more_flags=_list_flags)
 

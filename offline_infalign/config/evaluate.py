@@ -64,11 +64,11 @@ class EvalConfig:
     transform: str | None = field(None, help="transform for the prediction, e.g. 'exp:tilt=10' "
                                   "(default: the adapter's)")
     beta: float | None = field(None, help="beta for the prediction (default: the adapter's)")
-    out: str = field("eval_out", help="output folder (report.json, plots; base_samples.jsonl, the base samples, "
-                     "reused by a later eval into it with the same base model, prompts, samples, max_new_tokens, "
-                     "stop set, dtype and seed)")
-    base_samples: str | None = field(None, help="folder that keeps the base samples (base_samples.jsonl) for "
-                                     "reuse, e.g. one shared by evaluations in several folders (default: --out)")
+    out: str = field("eval_out", help="output folder (report.json, plots; the drawn samples, reused by a later eval "
+                     "into it with the same base model, prompts, samples, max_new_tokens, stop set, dtype and seed)")
+    samples_cache: str | None = field(None, help="folder that keeps the drawn samples for reuse — the base side's "
+                                      "(base_samples.jsonl) and each policy's (policy_samples/, by the adapter's "
+                                      "content) — e.g. one shared by evaluations in several folders (default: --out)")
     device: str | None = field(None, help="torch device, e.g. cuda or cpu (default: cuda if available)")
     dtype: str = field("auto", help="model dtype", choices=DTYPES)
     plots: bool = field(True, help="write the PNG plots")

@@ -108,11 +108,12 @@ def _train(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: f
 
 
 def _eval_config(cfg: DemoConfig, model: str, policies: list[str], out: Path) -> EvalConfig:
-    # The base samples live in out/eval, drawn by the first evaluation and reused by every later one.
+    # The samples are kept in out/eval: the base side's, drawn by the first evaluation and reused by every later
+    # one, and each try's, which the comparison reuses for the two it compares.
     return load_config(EvalConfig, None, dict(
         policy=policies, model=model, reward_model="demo", prompts="demo", split="test", limit=cfg.eval_prompts,
         procedure=[cfg.procedure], n=sorted({1, cfg.n}), samples=cfg.eval_samples,
-        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(out), base_samples=str(Path(cfg.out) / "eval"),
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=str(out), samples_cache=str(Path(cfg.out) / "eval"),
         plots=False, kl_tolerance=cfg.kl_match))
 
 

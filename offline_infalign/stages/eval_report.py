@@ -63,6 +63,8 @@ def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tupl
     cut = cut_note(lengths["cut_fraction"], cfg.max_new_tokens)
     if cut:
         notes.append(cut)
+    if not p.samples_note.startswith("drawn"):
+        notes.append(f"policy samples {p.samples_note}")
     report.update({
         "policy": str(p.folder),
         "model": s["model"],
@@ -80,6 +82,7 @@ def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tupl
         "confidence": cfg.confidence,
         "num_bootstrap": cfg.num_bootstrap,
         "notes": notes,
+        "policy_samples": p.samples_note,
     })
     return report, (transform if predict_fn is not None else None, predict_fn)
 

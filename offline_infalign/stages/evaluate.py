@@ -4,7 +4,7 @@ and with several policies their paired differences against a baseline.
 For each held-out prompt, M completions are drawn from each aligned policy (base + adapter) and M from the base,
 at temperature 1, with the same stop set (the model's, and the ones the training samples used) and
 max_new_tokens, and every completion is scored by the judge reward. The base samples are drawn once for all
-policies and kept in the folder (stages/base_samples.py): every policy is judged against the same base samples
+policies and kept in the folder (stages/eval_cache.py): every policy is judged against the same base samples
 on the same prompts, which is what makes the paired comparison of docs/math.md §10 valid, and a later eval into
 the folder reuses them. `report.summarize` computes each policy's best-of-N / worst-of-N win rates and KL
 (docs/math.md §8) next to what the tradeoff tool predicts for its transform, tilt and β (§4);
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InfalignError
-from . import base_samples as cache
+from . import eval_cache as cache
 from .eval_report import union, write_reports
 
 __all__ = ["evaluate", "load_eval_prompts"]
@@ -65,6 +65,7 @@ class _Policy:
     info: dict[str, Any]
     settings: dict[str, Any]
     draws: dict[str, Any] | None = None
+    samples_note: str = ""  # whether its samples were drawn now or reused (eval_cache)
     rewards: np.ndarray | None = None
 
 
@@ -201,40 +202,49 @@ def _evaluate(cfg) -> dict[str, Any]:
     check_reward(first["reward_model"], cfg.trust_remote_code)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    kept = Path(cfg.base_samples) if cfg.base_samples else out  # where the base samples are kept
+    kept = Path(cfg.samples_cache) if cfg.samples_cache else out  # where the drawn samples are kept
     kept.mkdir(parents=True, exist_ok=True)
     rows = _prompts(cfg, policies)
-    timings: dict[str, float] = {"sample_and_kl_s": 0.0}
+    timings: dict[str, float] = {}
 
     device = default_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    base, base_note, stop_ids = None, "", None
-    for i, p in enumerate(policies):
-        t = time.perf_counter()
+
+    def load(p: _Policy):
         model, tokenizer = load_adapted(first["model"], p.folder, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
                                         allow_pickle_weights=cfg.allow_pickle_weights)
-        model = model.to(device).eval()
-        if i == 0:
-            context = context_length(model)
-            if context is not None:
-                rows, _, skipped = fit_prompts(tokenizer, rows, context - cfg.max_new_tokens, cfg.on_long_prompt)
-                if not rows:
-                    raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
-                                        "use --on-long-prompt truncate or lower --max-new-tokens")
-            stop_ids = stop_token_ids(model, tokenizer, extra=union(q.settings["stop_token_ids"] for q in policies))
-            key = cache.cache_key(fingerprint_model(first["model"]), rows, cfg.samples, cfg.max_new_tokens, stop_ids,
-                                  str(dtype).removeprefix("torch."), cfg.seed)
-            base, base_note = cache.load(kept, key)
-            if base is None:
-                base = _draw_base(model, tokenizer, rows, cfg, stop_ids)
-                cache.save(kept, key, rows, base)
-        p.draws = _draw_policy(model, tokenizer, rows, cfg, stop_ids)
+        return model.to(device).eval(), tokenizer
+
+    t = time.perf_counter()
+    # The first policy's model fits the prompts to the context, gives the stop set and draws the base side.
+    model, tokenizer = load(policies[0])
+    context = context_length(model)
+    if context is not None:
+        rows, _, skipped = fit_prompts(tokenizer, rows, context - cfg.max_new_tokens, cfg.on_long_prompt)
+        if not rows:
+            raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
+                                "use --on-long-prompt truncate or lower --max-new-tokens")
+    stop_ids = stop_token_ids(model, tokenizer, extra=union(q.settings["stop_token_ids"] for q in policies))
+    key = cache.cache_key(fingerprint_model(first["model"]), rows, cfg.samples, cfg.max_new_tokens, stop_ids,
+                          str(dtype).removeprefix("torch."), cfg.seed)
+    base, base_note = cache.load_base(kept, key)
+    if base is None:
+        base = _draw_base(model, tokenizer, rows, cfg, stop_ids)
+        cache.save_base(kept, key, rows, base)
+    for p in policies:
+        fingerprint = cache.policy_fingerprint(p.folder)
+        p.draws, p.samples_note = cache.load_policy(kept, key, fingerprint)
+        if p.draws is None:
+            if model is None:  # the first policy's model is loaded already (above)
+                model, tokenizer = load(p)
+            p.draws = _draw_policy(model, tokenizer, rows, cfg, stop_ids)
+            cache.save_policy(kept, key, fingerprint, rows, p.draws)
         if p.draws["prompt_ids"] != [list(s["prompt_ids"]) for s in base]:
             raise InfalignError(f"policy {p.name!r} encodes the prompts differently from the base samples (another "
                                 "tokenizer or chat template); evaluate it in another folder")
-        timings["sample_and_kl_s"] += time.perf_counter() - t
-        del model
+        model = None
         free_memory()  # the next policy, or the judge, may need the memory
+    timings["sample_and_kl_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     scorer = load_scorer(first["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
