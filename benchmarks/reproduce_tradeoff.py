@@ -1,4 +1,4 @@
-"""Issue 6: the paper's effect end to end on the demo's base model and reward, next to the theory.
+"""The paper's effect end to end on the demo's base model and reward, next to the theory, compared as a paper would.
 
 One sampling run (demo train prompts × K base samples, scored by the demo sentiment reward) feeds every arm:
   dpo       DPO on (best, worst) raw-reward pairs — the usual offline baseline
@@ -6,14 +6,16 @@ One sampling run (demo train prompts × K base samples, scored by the demo senti
   log       Φ(u) = log u (best-of-N distillation shape)
   exp_bon   the exp tilt `infalign tradeoff --choose` picks for best-of-N at the budget (t > 0)
   exp_won   the same for worst-of-N (t < 0)
-Each arm's β is matched to the KL budget by measurement: β0 from the tradeoff tool (the exact-tilt β), one
-training and evaluation, then β1 = β0 · sqrt(KL0 / budget) (KL ∝ β⁻² for small tilts) and a second training;
-the run whose measured KL is nearest the budget is reported, every try is kept in results.json. DPO's KL does
-not follow β on deterministic pairs (it overfits them at any β), so DPO keeps β = 0.1 and its KL is matched by
-early stopping: the step count is corrected three times (KL ∝ steps², then bisection).
-Every arm is evaluated for best-of-N and worst-of-N at once (the same policy samples serve both), against the
-same base samples, so differences between arms are paired by prompt; the interval of "exp − identity" is a
-bootstrap over prompts of the per-prompt differences.
+Each arm's β is matched to the KL budget by design (docs/math.md §10, core/kl_match.py): β0 where the tilt
+restricted to K samples pays the budget (the finite-K model), then at most two secant corrections in log β on
+the measured (token-level) KL, stopping within ±0.02 nats; the try nearest the budget is reported, every try is
+kept in results.json. DPO's KL does not follow β on deterministic pairs (it overfits them at any β), so DPO keeps
+β = 0.1 and its KL is matched by early stopping: the step count is corrected three times (KL ∝ steps², then
+bisection).
+Every arm is evaluated for best-of-N and worst-of-N at once (the same policy samples serve both), all against one
+set of base samples (one samples cache for the whole run), and the chosen arms of a budget are compared in one
+`infalign eval` of several policies with identity as the baseline: each arm's paired difference from identity
+(docs/math.md §10), for N and for the standard win rate, beside both KLs.
 
 Also reported: the finite-K ceiling — the win rate of the exact tilt restricted to the K base samples of a
 prompt, at the measured KL (what an offline learner that fits its data perfectly, but does not generalize past
@@ -44,14 +46,15 @@ def _args():
     p.add_argument("--num-prompts", type=int, default=200)
     p.add_argument("--num-samples", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--eval-prompts", type=int, default=64)
+    p.add_argument("--eval-prompts", type=int, default=128)
     p.add_argument("--eval-samples", type=int, default=24)
     p.add_argument("--loss", default="listwise")
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--learning-rate", type=float, default=5e-3)
-    p.add_argument("--batch-size", type=int, default=4, help="listwise prompts per step; pairs and bon batches hold as many sequences")
+    p.add_argument("--batch-size", type=int, default=2, help="listwise prompts per step; pairs and bon batches hold as many sequences")
     p.add_argument("--arms", nargs="+", default=["dpo", "identity", "log", "exp_bon", "exp_won"])
-    p.add_argument("--match-iters", type=int, default=1, help="β corrections after the first training")
+    p.add_argument("--match-iters", type=int, default=2, help="at most this many β corrections after the first "
+                   "training (stopping within 0.02 nats of the budget)")
     p.add_argument("--dpo-extra-iters", type=int, default=2, help="more step-count corrections for DPO")
     p.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's β (its KL is matched by the step count)")
     p.add_argument("--dpo-steps", type=int, default=16, help="DPO's first step count")
@@ -73,8 +76,8 @@ def main() -> int:
     )
     from offline_infalign.core import tradeoff
     from offline_infalign.core.errors import InfalignError
-    from offline_infalign.core.estimators import per_prompt_win_rates
     from offline_infalign.core.finite_k import finite_k_at_kl
+    from offline_infalign.core.kl_match import Try, nearest, next_beta
     from offline_infalign.core.losses import get_loss
     from offline_infalign.core.transforms import Transform
     from offline_infalign.demo.assets import demo_model_dir
@@ -111,6 +114,7 @@ def main() -> int:
         steps = steps or a.steps
         tag = f"{name}_{loss}_{beta:.5f}" + ("" if steps == a.steps else f"_s{steps}")
         adapter, ev = out / "adapters" / tag, out / "evals" / tag
+        cache = out / "evals" / "_samples"  # every evaluation's base samples are one draw
         t0 = time.perf_counter()
         if not (adapter / "infalign_train.json").is_file():
             trainer.train(load_config(TrainConfig, None, dict(
@@ -126,17 +130,23 @@ def main() -> int:
             evaluate(load_config(EvalConfig, None, dict(
                 policy=str(adapter), model=model, reward_model="demo", prompts="demo", split="test",
                 limit=a.eval_prompts, procedure=["bon", "won"], n=[1, a.n], samples=a.eval_samples,
-                max_new_tokens=a.max_new_tokens, seed=0, out=str(ev), plots=False,
-                transform=None if name == "dpo" else str(transform), beta=None if name == "dpo" else beta)))
+                max_new_tokens=a.max_new_tokens, seed=0, out=str(ev), plots=False, samples_cache=str(cache))))
         rep = json.loads((ev / "report.json").read_text())
-        rows = [json.loads(line) for line in open(ev / "samples.jsonl")]
-        pol = np.array([r["policy_rewards"] for r in rows])
-        base = np.array([r["base_rewards"] for r in rows])
         return {"name": name, "loss": loss, "transform": str(transform), "beta": beta, "steps": steps,
-                "kl": rep["kl"],
-                "kl_stderr": rep["kl_stderr"], "standard": rep["standard_win_rate"], "results": rep["results"],
-                "train_s": train_s, "wall_s": time.perf_counter() - t0,
-                "per_prompt": {p: per_prompt_win_rates(pol, base, a.n, p).tolist() for p in ("bon", "won")}}
+                "kl": rep["kl"], "kl_stderr": rep["kl_stderr"], "standard": rep["standard_win_rate"],
+                "results": rep["results"], "train_s": train_s, "wall_s": time.perf_counter() - t0,
+                "adapter": str(adapter)}
+
+    def compare(budget: float, arms: dict) -> dict:
+        """One evaluation of the budget's chosen arms, identity the baseline: the paired differences (§10)."""
+        ev = out / f"compare_{budget}"
+        if not (ev / "report.json").is_file():
+            evaluate(load_config(EvalConfig, None, dict(
+                policy=[f"{name}={r['adapter']}" for name, r in arms.items()], baseline="identity", model=model,
+                reward_model="demo", prompts="demo", split="test", limit=a.eval_prompts, procedure=["bon", "won"],
+                n=[1, a.n], samples=a.eval_samples, max_new_tokens=a.max_new_tokens, seed=0, out=str(ev),
+                plots=False, samples_cache=str(out / "evals" / "_samples"))))
+        return json.loads((ev / "report.json").read_text())["comparisons"]
 
     def transform_of(name: str, budget: float) -> Transform:
         if name in ("identity", "log"):
@@ -159,11 +169,12 @@ def main() -> int:
                     tries.append(run(name, "dpo", transform, a.dpo_beta, best_worst=True,
                                      steps=_next_steps(tries, budget)))
             else:
-                beta = tradeoff.beta_for_kl(transform, budget)
-                tries = [run(name, a.loss, transform, beta)]
-                for _ in range(a.match_iters):
-                    tries.append(run(name, a.loss, transform, _next_beta(tries, budget)))
-            best = min(tries, key=lambda r: abs(np.log(max(r["kl"], 1e-3) / budget)))
+                tries = []
+                while (beta := next_beta(transform, budget, a.num_samples, [Try(t["beta"], t["kl"]) for t in tries],
+                                         max_corrections=a.match_iters)) is not None:
+                    tries.append(run(name, a.loss, transform, beta))
+            chosen = nearest([Try(t["beta"], t["kl"]) for t in tries], budget)
+            best = next(t for t in tries if (t["beta"], t["kl"]) == (chosen.beta, chosen.kl))
             for proc in ("bon", "won"):
                 if name != "dpo":
                     # The theory's value for this transform at the KL the trained policy actually paid: the
@@ -181,6 +192,9 @@ def main() -> int:
             print(f"[{time.perf_counter() - t_start:7.0f}s] KL {budget}: {name:9s} beta={best['beta']:.4f} "
                   f"KL={best['kl']:.3f} bon{a.n}={best['results']['bon'][str(a.n)]['win_rate']:.3f} "
                   f"won{a.n}={best['results']['won'][str(a.n)]['win_rate']:.3f}", flush=True)
+        if "identity" in per_arm:
+            for name, c in compare(budget, per_arm).items():
+                per_arm[name]["vs_identity"] = c
         results["budgets"][str(budget)] = per_arm
         (out / "results.json").write_text(json.dumps(results, indent=1))
 
@@ -201,27 +215,6 @@ def main() -> int:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     report(results, out, a.n)
     return 0
-
-
-def _next_beta(tries: list[dict], budget: float) -> float:
-    """Next β toward the KL budget. Once two tries bracket the budget: the geometric midpoint of the nearest
-    bracketing pair (bisection on log β). Before that: a step on log KL = a − s·log β with s = 2 (small-tilt
-    regime) after one try, the secant slope of the last two after that, clamped to [0.5, 4], and the step in β
-    limited to a factor of 30 (measured KLs are noisy, and DPO's KL responds weakly to β)."""
-    above = [t for t in tries if t["kl"] > budget]  # β too small
-    below = [t for t in tries if t["kl"] <= budget]  # β too large
-    if above and below:
-        lo = max(above, key=lambda t: t["beta"])["beta"]
-        hi = min(below, key=lambda t: t["beta"])["beta"]
-        return float(np.sqrt(lo * hi))
-    last, slope = tries[-1], 2.0
-    if len(tries) >= 2:
-        prev = tries[-2]
-        d_beta = np.log(last["beta"] / prev["beta"])
-        if abs(d_beta) > 1e-9:
-            slope = float(np.clip(-np.log(max(last["kl"], 1e-3) / max(prev["kl"], 1e-3)) / d_beta, 0.5, 4.0))
-    step = float(np.clip(np.log(max(last["kl"], 1e-3) / budget) / slope, -np.log(30.0), np.log(30.0)))
-    return float(last["beta"] * np.exp(step))
 
 
 def _theory_at_kl(transform, kl: float, procedure: str, n: int) -> float | None:
@@ -246,12 +239,8 @@ def _next_steps(tries: list[dict], budget: float) -> int:
     return max(1, int(round(last["steps"] * factor)))
 
 
-def _paired_diff(x, y, seed=0, num_bootstrap=2000):
-    """Mean of per-prompt differences x − y and its 95% percentile bootstrap interval over prompts."""
-    d = np.asarray(x) - np.asarray(y)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(num_bootstrap, len(d)))].mean(1)
-    return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def _diff(d: dict) -> str:
+    return f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
 def report(results: dict, out: Path, n: int) -> None:
@@ -263,31 +252,30 @@ def report(results: dict, out: Path, n: int) -> None:
     lines = []
     for proc in ("bon", "won"):
         label = f"{'best' if proc == 'bon' else 'worst'}-of-{n}"
-        lines += [f"\n### {label}\n", f"| budget | arm | β | KL (± se) | {label} win rate [95% CI] | theory at measured KL | "
-                  "finite-K ceiling at measured KL | optimum at measured KL | standard win rate |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"\n### {label}\n", f"| budget | arm | β | KL (± se) | {label} win rate [95% CI] | − identity, "
+                  "paired [95% CI] | standard win rate | − identity, paired | theory at measured KL | finite-K "
+                  "ceiling at measured KL | optimum at measured KL |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         points = []
         for budget, arms in results["budgets"].items():
             for name, r in arms.items():
                 e = r["results"][proc][str(n)]
                 pred = r.get("predicted", {}).get(proc)
                 fk = r.get("finite_k", {}).get(proc)
+                vs = r.get("vs_identity")
+                diff = "" if vs is None else _diff(vs["results"][proc][str(n)]) + (
+                    "" if vs["kl_matched"] else " (KL not matched)")
+                std_diff = "" if vs is None else _diff(vs["standard"])
                 lines.append(
                     f"| {budget} | {name} | {r['beta']:.4f} | {r['kl']:.3f} ± {r['kl_stderr']:.3f} | "
-                    f"{e['win_rate']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}] | "
+                    f"{e['win_rate']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}] | {diff} | "
+                    f"{r['standard']['win_rate']:.3f} | {std_diff} | "
                     f"{'' if pred is None else f'{pred:.3f}'} | {'' if fk is None else f'{fk:.3f}'} | "
-                    f"{'' if r['optimal'][proc] is None else format(r['optimal'][proc], '.3f')} | "
-                    f"{r['standard']['win_rate']:.3f} |")
+                    f"{'' if r['optimal'][proc] is None else format(r['optimal'][proc], '.3f')} |")
                 # Color = the arm's curve (identity C0, log C1, exp C2; other arms C3/C4), marker = the budget.
                 color = {"identity": "C0", "log": "C1", f"exp_{proc}": "C2"}.get(name, "C3" if name == "dpo" else "C4")
                 marker = "os^v"[list(results["budgets"]).index(budget) % 4]
                 points.append((r["kl"], e["win_rate"], f"{name} @ {budget}", (e["ci_low"], e["ci_high"]),
                                {"color": color, "marker": marker}))
-            exp_name = f"exp_{proc}"
-            if exp_name in arms and "identity" in arms:
-                m, lo, hi = _paired_diff(arms[exp_name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
-                lines.append(f"| {budget} | **{exp_name} − identity** | | | **{m:+.3f} [{lo:+.3f}, {hi:+.3f}]** "
-                             "(paired by prompt) | | | | |")
         kl_max = 1.3 * max(max(r["kl"] for r in arms.values()) for arms in results["budgets"].values())
         some = next(iter(results["budgets"].values()))
         exp_t = parse_transform(some[f"exp_{proc}"]["transform"]) if f"exp_{proc}" in some else None

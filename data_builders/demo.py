@@ -1,6 +1,6 @@
 """The embedded demo's prompts ("review of the cozy cafe near the station:"), generated, no download.
 
-Splits "train" (200 prompts) and "test" (64), disjoint; see `offline_infalign.demo.assets.demo_prompts`.
+Splits "train" (200 prompts) and "test" (128), disjoint; see `offline_infalign.demo.assets.demo_prompts`.
 """
 
 from __future__ import annotations

@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # peft imports bitsandbytes whenever it is installed, and on an AVX512-bf16 CPU bitsandbytes then warns that an
-    # optional kernels package is missing — on every command, QLoRA or not. The fallback it uses is correct.
+    # optional kernels package is missing — on every command, QLoRA or not. The fallback it uses is correct. Where the
+    # kernels package is installed, it logs instead that it cannot check its hub repository offline: the same noise.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -291,13 +291,27 @@ def load_policy(model_path: str, *, lora_r: int = 16, lora_alpha: int | None = N
     model.config.use_cache = False
     check_target_modules(model, target_modules, model_path)
     try:
-        peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, target_modules))
+        with _peft_reads_deprecated_property():
+            peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, target_modules))
     except ValueError as exc:  # e.g. a target module of a type LoRA cannot wrap (peft names it)
         raise InfalignError(f"cannot add LoRA layers to model {str(model_path)!r} (target_modules "
                             f"{target_modules}): {one_line(exc)}") from None
     if qlora:
         _disable_cpu_bf16_kernels(peft_model)
     return peft_model, tok
+
+
+_PEFT_NOISE = "`is_gradient_checkpointing` is deprecated"
+
+
+@contextmanager
+def _peft_reads_deprecated_property():
+    """peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model, and
+    transformers warns (FutureWarning) each time: third-party noise about third-party code, silenced here for this
+    message only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_NOISE, category=FutureWarning)
+        yield
 
 
 def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map=None,
@@ -339,6 +353,8 @@ def load_adapted(base_path: str, adapter_dir: str | Path, dtype=None, device_map
                     if type(exc).__name__ == "SafetensorError" else "")
             raise InfalignError(f"cannot load {where}: {type(exc).__name__}: {one_line(exc)}{hint}") from None
     for w in caught:
+        if _PEFT_NOISE in str(w.message) and issubclass(w.category, FutureWarning):
+            continue  # see _peft_reads_deprecated_property
         # peft only warns when the adapter file lacks weights of the LoRA layers its config adds (they would
         # stay at their initialization, B = 0: the base model); that adapter is refused.
         if "missing adapter keys" in str(w.message):

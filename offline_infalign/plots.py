@@ -108,6 +108,11 @@ def _draw_differences(ax, items: Sequence[tuple[str, float, float, float]], titl
         ax.annotate(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]", (diff, y), textcoords="offset points", xytext=(0, 8),
                     ha="center", fontsize=8)
     ax.axvline(0.0, color="k", lw=0.9)
+    # Room for the labels above the points on both sides of 0.
+    lo = min([0.0] + [item[2] for item in items])
+    hi = max([0.0] + [item[3] for item in items])
+    pad = 0.35 * max(hi - lo, 1e-3)
+    ax.set_xlim(lo - pad, hi + pad)
     ax.set_yticks(ys)
     ax.set_yticklabels([label for label, *_ in items], fontsize=8)
     ax.set_ylim(-0.7, len(items) - 0.3)

@@ -183,8 +183,8 @@ def test_bad_train_steps_is_rejected(tmp_path):
 
 def test_prompts_are_distinct_disjoint_and_fixed():
     train, test = demo_prompts("train"), demo_prompts("test")
-    assert len(train) == 200 and len(test) == 64
-    assert len(set(train)) == 200 and len(set(test)) == 64
+    assert len(train) == 200 and len(test) == 128
+    assert len(set(train)) == 200 and len(set(test)) == 128
     assert not set(train) & set(test)
     assert demo_prompts("train") == train
     assert demo_prompts("test", limit=5) == test[:5]

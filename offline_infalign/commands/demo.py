@@ -24,12 +24,16 @@ def _one_line(text: str, width: int = 96) -> str:
 
 
 def run(args) -> int:
+    import logging
     import time
 
     from ..config import DemoConfig
     from ..demo.run import run_demo
 
     cfg = load(args, DemoConfig)
+    # prepare logs the finite-K guidance of every try it writes (docs/math.md §7); the prepared manifests keep it,
+    # and the demo's own lines say what K costs (theory@KL and the tries).
+    logging.getLogger("offline_infalign.stages.prepare").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     report = run_demo(cfg, log=lambda s: print(s, flush=True))
     label = served(cfg.procedure, cfg.n)

@@ -58,7 +58,7 @@ DEMO_RECIPE = {
     "weight_decay": 0.01,
     "seed": 0,
 }
-_NUM_TRAIN_PROMPTS, _NUM_TEST_PROMPTS, _PROMPT_SPLIT_SEED = 200, 64, 17
+_NUM_TRAIN_PROMPTS, _NUM_TEST_PROMPTS, _PROMPT_SPLIT_SEED = 200, 128, 17
 _SPECIALS = {"pad": "<pad>", "unk": "<unk>", "bos": "<bos>", "eos": "<eos>"}
 _MARKER = "infalign_demo.json"  # written last inside the folder; its presence means "complete"
 SHIPPED_MODEL = Path(__file__).resolve().parent / "data" / "demo-lm"  # the default recipe, trained
@@ -68,7 +68,8 @@ _CHAT_TEMPLATE = "{{ bos_token }}{% for message in messages %}{{ message['conten
 
 # ----------------------------------------------------------------------------------------------- prompts
 def demo_prompts(split: str = "train", limit: int | None = None) -> list[str]:
-    """Distinct review prompts; "train" (200) and "test" (64) are disjoint and fixed across runs."""
+    """Distinct review prompts; "train" (200) and "test" (128) are disjoint and fixed across runs (the first 64
+    test prompts are those of earlier versions, whose test split had 64)."""
     if split not in ("train", "test"):
         raise InfalignError(f"demo prompt split must be 'train' or 'test', got {split!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
