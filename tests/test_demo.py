@@ -62,8 +62,9 @@ def test_demo_runs_end_to_end_and_resumes(demo_run, capsys):
              for p in sorted((out / "run" / "tries").glob("*/report.json"), key=lambda p: p.stat().st_mtime)]
     assert notes[0].startswith("drawn") and set(notes[1:]) <= {"reused"} and ev["base_samples"]["note"] == "reused"
     assert (out / "run" / "demo_tradeoff.png").stat().st_size > 10_000
-    first = text.split("\n\n")[1].splitlines()[0]  # the result's first line: the paired difference
-    assert first.startswith("exp − identity: best-of-4 win rate ") and "paired bootstrap" in first
+    first, second = text.split("\n\n")[1].splitlines()[:2]  # the result's first line: the paired difference
+    assert first.startswith("exp − identity: best-of-4 win rate ") and "at KL" in first
+    assert f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" in first and "paired bootstrap" in second
     assert "identity" in text and "samples before" in text
 
     # A rerun with the same command finds every stage finished and reproduces the same numbers.

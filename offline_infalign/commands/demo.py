@@ -43,12 +43,12 @@ def run(args) -> int:
     kl = c["kl"]
     verdict = (f"{c['policy']} beats {c['baseline']}" if lo > 0 else f"{c['baseline']} beats {c['policy']}"
                if hi < 0 else "no difference shown at this size")
-    print(f"\n{c['policy']} − {c['baseline']}: {label} win rate {c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-          f"({c['confidence']:.0%} paired bootstrap over {c['num_prompts']} held-out prompts), at KL "
-          f"{kl[c['policy']]:.3f} vs {kl[c['baseline']]:.3f} ("
-          + ("matched" if c["kl_matched"] else "NOT matched") + f" within {c['kl_tolerance']:g}): {verdict}; "
-          f"standard (N=1) win rate {c['standard']['difference']:+.3f} [{c['standard']['ci'][0]:+.3f}, "
-          f"{c['standard']['ci'][1]:+.3f}]")
+    print(f"\n{c['policy']} − {c['baseline']}: {label} win rate {c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] at KL "
+          f"{kl[c['policy']]:.3f} vs {kl[c['baseline']]:.3f} (" + ("matched" if c["kl_matched"] else "NOT matched")
+          + f" within {c['kl_tolerance']:g}): {verdict}")
+    print(f"  ({c['confidence']:.0%} paired bootstrap over {c['num_prompts']} held-out prompts, both policies judged "
+          f"against the same base samples; standard (N=1) win rate {c['standard']['difference']:+.3f} "
+          f"[{c['standard']['ci'][0]:+.3f}, {c['standard']['ci'][1]:+.3f}])")
     print(f"\n{label} win rate against the base model on {cfg.eval_prompts} held-out prompts "
           f"(95% bootstrap interval):")
     print(f"{'policy':10s} {'transform':18s} {'beta':>7s} {'KL':>12s} {label + ' win rate':>28s} "
