@@ -336,7 +336,13 @@ def _build(out: Path, recipe: dict, corpus: list[tuple[str, str]], progress: boo
         "weights_sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
         "losses": [round(x, 6) for x in losses],
     }
-    (out / _MARKER).write_text(json.dumps(info, indent=2) + "\n")
+    (out / _MARKER).write_text(_marker_text(info))
+
+
+def _marker_text(info: dict) -> str:
+    """The marker's JSON, its long list of per-step losses on one line."""
+    head = json.dumps({k: v for k, v in info.items() if k != "losses"}, indent=2)
+    return head[:-2] + ',\n  "losses": ' + json.dumps(info["losses"]) + "\n}\n"
 
 
 def _train(model, sequences: list[list[int]], recipe: dict, pad_id: int, progress: bool, tqdm,
