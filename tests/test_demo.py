@@ -21,7 +21,7 @@ def demo_run(tmp_path_factory):
 
 def test_demo_runs_end_to_end_and_resumes(demo_run, capsys):
     from offline_infalign.core.finite_k import finite_k_beta
-    from offline_infalign.core.kl_match import Try, next_beta
+    from offline_infalign.core.kl_match import Try, matched_pair, next_beta
     from offline_infalign.core.transforms import Transform
 
     out, argv = demo_run
@@ -48,6 +48,9 @@ def test_demo_runs_end_to_end_and_resumes(demo_run, capsys):
             assert tries[i]["beta"] == pytest.approx(next_beta(transform, targets[arm["name"]], 4, done, 0.02, 1))
         # The chosen try, measured again in the comparison (the same draws; float rounding may differ).
         assert min(abs(arm["kl"] - t["kl"]) for t in tries) < 1e-4
+    # The pair compared: of all pairs of tries, the matched one nearest the budget (KLs only).
+    pair = matched_pair(*[[Try(t["beta"], t["kl"]) for t in arm["tries"]] for arm in report["arms"]], 0.3, 0.03)
+    assert [arm["beta"] for arm in report["arms"]] == pytest.approx([pair[0].beta, pair[1].beta])
     # The comparison: both policies in one evaluation, paired by prompt against the same base samples.
     c = report["comparison"]
     assert (c["policy"], c["baseline"], c["procedure"], c["n"]) == ("exp", "identity", "bon", 4)

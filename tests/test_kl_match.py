@@ -9,7 +9,15 @@ import pytest
 from offline_infalign.core import tradeoff
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.finite_k import finite_k_beta, kl_elasticity, restricted_kl
-from offline_infalign.core.kl_match import MAX_STEP, Try, first_beta, match_kl, nearest, next_beta
+from offline_infalign.core.kl_match import (
+    MAX_STEP,
+    Try,
+    first_beta,
+    match_kl,
+    matched_pair,
+    nearest,
+    next_beta,
+)
 from offline_infalign.core.transforms import Transform
 
 IDENTITY, EXP = Transform("identity"), Transform("exp", 11.0)
@@ -85,13 +93,21 @@ def test_first_correction_uses_the_model_slope():
     assert math.log(beta1 / beta0) == pytest.approx(math.log(0.4 / 0.3) / s)  # too much KL: a larger β
 
 
-def test_secant_lands_a_power_law_exactly():
-    # A learner whose KL is c·β^-s (a straight line in log-log): after one model-slope step, the secant
-    # through two measurements has slope s exactly, so the second correction hits the budget.
-    for c, s in [(0.05, 2.0), (0.02, 2.6), (0.05, 1.5)]:
-        tries = match_kl(lambda beta, c=c, s=s: c * beta ** -s, IDENTITY, 0.3, 32, tolerance=1e-12)
-        assert len(tries) <= 3
-        assert tries[-1].kl == pytest.approx(0.3, rel=1e-9)
+def test_corrections_reach_a_power_law_learner():
+    # A learner whose KL is c·β^-s (a straight line in log-log), its slope off the model's (1.65 at β_0): two
+    # corrections reach ±0.02 of the budget.
+    for c, s in [(0.05, 2.0), (0.02, 2.6), (0.05, 1.5), (0.04, 1.2)]:
+        tries = match_kl(lambda beta, c=c, s=s: c * beta ** -s, IDENTITY, 0.3, 32)
+        assert len(tries) <= 3 and abs(tries[-1].kl - 0.3) <= 0.02, (c, s, tries)
+
+
+def test_second_correction_is_the_secant_shrunk_toward_the_model():
+    tries = [Try(0.40, 0.20), Try(0.33, 0.26)]
+    secant = -(math.log(0.26) - math.log(0.20)) / math.log(0.33 / 0.40)
+    s_model = kl_elasticity(EXP, 0.33, 32)
+    assert s_model / 3 < secant < 3 * s_model
+    step = math.log(next_beta(EXP, 0.3, 32, tries) / 0.33)
+    assert step == pytest.approx((math.log(0.26) - math.log(0.3)) / math.sqrt(secant * s_model))
 
 
 def test_learner_off_the_model_by_a_constant_factor():
@@ -118,3 +134,20 @@ def test_noise_and_caps():
     with pytest.raises(InfalignError, match="kl=0"):
         next_beta(IDENTITY, 0, 32, [])
     assert np.isfinite(next_beta(IDENTITY, 0.3, 32, [Try(beta0, 0.2), Try(beta0, 0.25)]))
+
+
+def test_matched_pair_looks_at_kls_only():
+    # The demo's seed-1 tries: identity nearest the budget (0.320) has no exp try within 0.03; the pair
+    # (0.266, 0.273) is matched and is the one compared.
+    identity = [Try(0.34, 0.402), Try(0.40, 0.320), Try(0.42, 0.266)]
+    exp = [Try(0.37, 0.237), Try(0.32, 0.273), Try(0.28, 0.365)]
+    a, b = matched_pair(identity, exp, 0.3, 0.03)
+    assert (a.kl, b.kl) == (0.266, 0.273)
+    # Several matched pairs: the one whose mean KL is nearest the budget.
+    a, b = matched_pair([Try(1, 0.25), Try(2, 0.31)], [Try(3, 0.26), Try(4, 0.30)], 0.3, 0.03)
+    assert (a.kl, b.kl) == (0.31, 0.30)
+    # None matched: the closest KLs.
+    a, b = matched_pair([Try(1, 0.10), Try(2, 0.45)], [Try(3, 0.30)], 0.3, 0.03)
+    assert (a.kl, b.kl) == (0.45, 0.30)
+    with pytest.raises(InfalignError, match="no tries"):
+        matched_pair([], [Try(1, 0.3)], 0.3, 0.03)

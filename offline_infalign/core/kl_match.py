@@ -8,10 +8,15 @@ finite-K model (`finite_k.finite_k_beta`), and the measured KL corrects it:
     log β_{i+1} = log β_i + (log KL_i − log ε) / s_i,
 
 a step on log KL against log β, which is close to a straight line (KL ≈ Var(Φ)/(2β²) for a gentle tilt). The
-slope s_0 is the finite-K model's own elasticity at β_0 (finite_k.kl_elasticity); after two measurements it is
-the secant through the last two, kept within a factor SLOPE_RANGE of the model's (a measured KL is noisy, and a
-secant through two close, noisy points can point anywhere). Each step is capped at a factor MAX_STEP in β.
-At most MAX_CORRECTIONS corrections; the matching stops as soon as a measured KL is within TOLERANCE nats of ε.
+slope s_i is the finite-K model's own elasticity at β_i (finite_k.kl_elasticity). After two measurements the
+secant through the last two enters too, as the geometric mean of the secant's slope and the model's: a trained
+policy's KL carries the noise of its training (on the demo the same β trained with other seeds paid KLs up to
+0.07 apart), so a secant through two tries a few tenths apart in log β is itself noisy (one such secant read 1.1
+where the slope was 2.2 and sent the next try past the budget), while the model's elasticity tracked every slope
+measured there (identity 1.65 against 1.0–1.6, exp 2.6 against 2.2–2.4). A secant of the wrong sign (KL rose
+with β) is dropped; the secant is kept within a factor SLOPE_RANGE of the model's first. Each step is capped at a
+factor MAX_STEP in β. At most MAX_CORRECTIONS corrections; the matching stops as soon as a measured KL is within
+TOLERANCE nats of ε.
 
 Pure: the caller trains and measures (`match_kl` takes the measurement as a function, `next_beta` the tries so
 far), so a resumed run that re-measures the same tries takes the same steps.
@@ -28,7 +33,7 @@ from .errors import InfalignError
 from .finite_k import finite_k_beta, kl_elasticity
 from .transforms import Transform
 
-__all__ = ["Try", "TOLERANCE", "MAX_CORRECTIONS", "first_beta", "next_beta", "nearest", "match_kl"]
+__all__ = ["Try", "TOLERANCE", "MAX_CORRECTIONS", "first_beta", "next_beta", "nearest", "matched_pair", "match_kl"]
 
 TOLERANCE = 0.02  # nats: a measured KL this close to the budget needs no further correction
 MAX_CORRECTIONS = 2
@@ -73,7 +78,8 @@ def next_beta(transform: Transform, kl: float, k: int, tries: Sequence[Try], tol
             secant = -(_log_kl(last.kl) - _log_kl(prev.kl)) / d_log_beta
             # A secant of the wrong sign (KL rose with β: noise) says nothing; fall back to the model's slope.
             if secant > 0:
-                slope = min(max(secant, s_model / SLOPE_RANGE), s_model * SLOPE_RANGE)
+                secant = min(max(secant, s_model / SLOPE_RANGE), s_model * SLOPE_RANGE)
+                slope = math.sqrt(secant * s_model)  # the noisy secant shrunk toward the model (module docstring)
     step = (_log_kl(last.kl) - math.log(kl)) / slope
     step = min(max(step, -math.log(MAX_STEP)), math.log(MAX_STEP))
     return float(last.beta * math.exp(step))
@@ -84,6 +90,18 @@ def nearest(tries: Sequence[Try], kl: float) -> Try:
     if not tries:
         raise InfalignError("no tries to choose from")
     return min(tries, key=lambda t: abs(t.kl - kl))
+
+
+def matched_pair(tries_a: Sequence[Try], tries_b: Sequence[Try], kl: float, tolerance: float) -> tuple[Try, Try]:
+    """The try of each policy to compare: of the pairs whose KLs are within `tolerance` of each other, the one
+    whose mean KL is nearest `kl`; when no pair is, the pair with the closest KLs. Only KLs are looked at."""
+    if not tries_a or not tries_b:
+        raise InfalignError("no tries to choose from")
+    pairs = [(a, b) for a in tries_a for b in tries_b]
+    matched = [(a, b) for a, b in pairs if abs(a.kl - b.kl) <= tolerance]
+    if matched:
+        return min(matched, key=lambda p: abs((p[0].kl + p[1].kl) / 2 - kl))
+    return min(pairs, key=lambda p: abs(p[0].kl - p[1].kl))
 
 
 def match_kl(measure: Callable[[float], float], transform: Transform, kl: float, k: int,

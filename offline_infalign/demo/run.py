@@ -8,9 +8,10 @@ run, at matched KL:
 KL is matched by design (docs/math.md §10, core/kl_match.py): each policy is first trained at the β where the
 tilt restricted to K samples pays the KL (the finite-K model), then retrained at most `kl_corrections` times with
 a secant step in log β on its measured KL, until within `kl_tolerance` nats of its target. Identity's target is
-the budget; exp's is the KL identity measured, so the two end up matched to each other. Both chosen policies
-are then evaluated together (one `infalign eval`, identity as baseline): the same held-out prompts, the same
-base samples, and the paired difference exp − identity with its interval over prompts — the demo's first line.
+the budget; exp's is the KL identity measured nearest it; of all the pairs of tries, the one whose KLs are
+matched (within `kl_match`) and nearest the budget is compared. The two policies are then evaluated together (one
+`infalign eval`, identity as baseline): the same held-out prompts, the same base samples, and the paired
+difference exp − identity with its interval over prompts — the demo's first line.
 
 Every stage writes under `out/` and is skipped when its output is complete, so a killed demo rerun with the
 same command resumes; a rerun with other settings into the same folder is refused.
@@ -185,7 +186,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
 
 
 def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    from ..core.kl_match import nearest
+    from ..core.kl_match import matched_pair, nearest
     from ..core.losses import get_loss
     from ..plots import plot_demo
     from ..stages.evaluate import evaluate
@@ -218,13 +219,15 @@ def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
     identity, tilted = arms(cfg)
     identity_tries = _match(cfg, model, kind, identity, cfg.kl, log, "2/4")
     lap("identity_s")
-    chosen = {"identity": nearest([_as_try(t) for t in identity_tries], cfg.kl)}
-    # The exp policy is matched to the KL identity measured: the comparison is at matched KL.
-    exp_tries = _match(cfg, model, kind, tilted, chosen["identity"].kl, log, "3/4")
-    chosen["exp"] = nearest([_as_try(t) for t in exp_tries], chosen["identity"].kl)
+    # The exp policy is matched to the KL identity measured nearest the budget; then, of all the pairs of tries,
+    # the matched one nearest the budget is compared (core.kl_match.matched_pair: KLs only, never win rates).
+    exp_tries = _match(cfg, model, kind, tilted, nearest([_as_try(t) for t in identity_tries], cfg.kl).kl, log,
+                       "3/4")
     lap("exp_s")
-    adapters = {name: next(t["adapter"] for t in tries if t["beta"] == chosen[name].beta)
-                for name, tries in (("identity", identity_tries), ("exp", exp_tries))}
+    pair = matched_pair([_as_try(t) for t in identity_tries], [_as_try(t) for t in exp_tries], cfg.kl,
+                        cfg.kl_match)
+    adapters = {name: next(t["adapter"] for t in tries if t["beta"] == chosen.beta)
+                for name, tries, chosen in (("identity", identity_tries, pair[0]), ("exp", exp_tries, pair[1]))}
 
     log("[4/4] evaluate both together: the same prompts, the same base samples, the paired difference")
     ev = out / "eval"
