@@ -217,6 +217,28 @@ def main() -> int:
     return 0
 
 
+def _next_beta(tries: list[dict], budget: float) -> float:
+    """Next β toward the KL budget from measurements alone (benchmarks/real/effect.py matches its arms with it;
+    this script uses core.kl_match, which starts from the finite-K model). Once two tries bracket the budget: the geometric midpoint of the nearest
+    bracketing pair (bisection on log β). Before that: a step on log KL = a − s·log β with s = 2 (small-tilt
+    regime) after one try, the secant slope of the last two after that, clamped to [0.5, 4], and the step in β
+    limited to a factor of 30 (measured KLs are noisy, and DPO's KL responds weakly to β)."""
+    above = [t for t in tries if t["kl"] > budget]  # β too small
+    below = [t for t in tries if t["kl"] <= budget]  # β too large
+    if above and below:
+        lo = max(above, key=lambda t: t["beta"])["beta"]
+        hi = min(below, key=lambda t: t["beta"])["beta"]
+        return float(np.sqrt(lo * hi))
+    last, slope = tries[-1], 2.0
+    if len(tries) >= 2:
+        prev = tries[-2]
+        d_beta = np.log(last["beta"] / prev["beta"])
+        if abs(d_beta) > 1e-9:
+            slope = float(np.clip(-np.log(max(last["kl"], 1e-3) / max(prev["kl"], 1e-3)) / d_beta, 0.5, 4.0))
+    step = float(np.clip(np.log(max(last["kl"], 1e-3) / budget) / slope, -np.log(30.0), np.log(30.0)))
+    return float(last["beta"] * np.exp(step))
+
+
 def _theory_at_kl(transform, kl: float, procedure: str, n: int) -> float | None:
     """Win rate of the exact tilt of `transform` whose KL equals `kl` (None where no β reaches it)."""
     from offline_infalign.core import tradeoff

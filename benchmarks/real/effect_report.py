@@ -8,7 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from reproduce_tradeoff import _paired_diff  # effect.py puts benchmarks/ on sys.path
+
+from offline_infalign.core.estimators import paired_difference
+
+
+def _paired_diff(x, y) -> tuple[float, float, float]:
+    """Mean of the per-prompt differences x − y and its 95% paired bootstrap interval (docs/math.md §10)."""
+    d = paired_difference(x, y, num_bootstrap=2000, seed=0)
+    return d.difference, d.ci_low, d.ci_high
+
 
 JUDGE = "benchmarks.real.rewards:tfidf_judge"  # the held-out judge (effect.py scores with it)
 # The table's blocks: the arms shown under each served procedure.
