@@ -23,6 +23,10 @@ def _one_line(text: str, width: int = 96) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _not_finite_k_guidance(record) -> bool:
+    return "finite-K ceiling" not in record.getMessage()
+
+
 def run(args) -> int:
     import logging
     import time
@@ -31,11 +35,17 @@ def run(args) -> int:
     from ..demo.run import run_demo
 
     cfg = load(args, DemoConfig)
-    # prepare logs the finite-K guidance of every try it writes (docs/math.md §7); the prepared manifests keep it,
-    # and the demo's own lines say what K costs (theory@KL and the tries).
-    logging.getLogger("offline_infalign.stages.prepare").setLevel(logging.ERROR)
+    # prepare logs the finite-K guidance of every try it writes (docs/math.md §7) and train repeats it: the prepared
+    # manifests keep it, and the demo's own lines say what K costs (theory@KL, the tries). Other warnings show.
+    loggers = [logging.getLogger(f"offline_infalign.stages.{name}") for name in ("prepare", "train")]
+    for logger in loggers:
+        logger.addFilter(_not_finite_k_guidance)
     t0 = time.perf_counter()
-    report = run_demo(cfg, log=lambda s: print(s, flush=True))
+    try:
+        report = run_demo(cfg, log=lambda s: print(s, flush=True))
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_not_finite_k_guidance)
     label = served(cfg.procedure, cfg.n)
 
     c = report["comparison"]
