@@ -37,7 +37,8 @@ def _args():
                    help="gemma or smollm2 (fetched and converted on first use), or a converted model folder")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 24; 48 for a chat model, whose one-sentence turns end after a median 28 tokens")
     p.add_argument("--stop-token-ids", type=int, nargs="*", default=None,
                    help="extra stop ids beside the generation config's (default: the named model's; Gemma 106, "
                         "<end_of_turn>; SmolLM2 none, its eos is <|im_end|>)")
@@ -83,14 +84,17 @@ def main() -> int:
         model_dir, stop_extra = args.model, args.stop_token_ids or []
     timings["fetch_and_convert_s"] = time.perf_counter() - t
     chat = real is not None and real.chat
-    prompt_source = "demo"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 48 if chat else 24
+    sources = {"train": "demo", "test": "demo"}
     if chat:  # the demo's openings as chat requests, one user turn each, rendered by the model's template
         from offline_infalign.demo.assets import demo_prompts
 
-        prompt_source = str(out / "chat_prompts.jsonl")
-        Path(prompt_source).write_text("".join(
-            json.dumps({"prompt": models.prompt(args.model, f"Write a short customer {p[:-1]}.")}) + "\n"
-            for p in demo_prompts("train", limit=args.prompts)))
+        for split, limit in (("train", args.prompts), ("test", args.eval_prompts)):
+            sources[split] = str(out / f"chat_prompts_{split}.jsonl")
+            Path(sources[split]).write_text("".join(
+                json.dumps({"prompt": models.prompt(args.model, models.review_request(p))}) + "\n"
+                for p in demo_prompts(split, limit=limit)))
 
     def stage(name, fn):
         t0 = time.perf_counter()
@@ -100,7 +104,7 @@ def main() -> int:
         return result
 
     sample_cfg = load_config(SampleConfig, None, dict(
-        prompts=prompt_source, split="train", limit=args.prompts, model=model_dir, out=str(out / "samples"),
+        prompts=sources["train"], split="train", limit=args.prompts, model=model_dir, out=str(out / "samples"),
         num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.prompts,
         stop_token_ids=stop_extra or None, seed=0))
     samples_manifest = stage("sample", lambda: run_sample(sample_cfg))
@@ -173,7 +177,7 @@ def main() -> int:
     if record["reference"] != "stored":
         problems.append(f"trainer used the {record['reference']} reference: {record['reference_reason']}")
     report = stage("eval", lambda: evaluate(load_config(EvalConfig, None, dict(
-        policy=str(adapter), prompts="demo", split="test", limit=args.eval_prompts, samples=args.num_samples,
+        policy=str(adapter), prompts=sources["test"], split="test" if not chat else "train", limit=args.eval_prompts, samples=args.num_samples,
         max_new_tokens=args.max_new_tokens, n=[1, 2], procedure=["bon"], out=str(out / "eval"),
         num_bootstrap=200, plots=False))))
 

@@ -64,7 +64,7 @@ ARMS = ["dpo", "identity", "log", "exp_bon", "exp_won"]
 PROMPT_STYLES = {
     "continue": lambda p: f"Customer {p}\n",
     "toy": lambda p: p,
-    "chat": lambda p: f"Write a short customer {p[:-1]}.",
+    "chat": models.review_request,
 }
 PROFILES = {
     # One H100/H200: Gemma 3 270M, 300 prompts × 32 samples, 10 trainings of ≤ 120 steps and their evaluations.

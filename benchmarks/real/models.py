@@ -41,6 +41,12 @@ def get(name: str) -> RealModel:
     return MODELS[name]
 
 
+def review_request(opening: str) -> str:
+    """A demo opening ("review of the cozy cafe in town:") as a request to an instruct model. One sentence: SmolLM2
+    then ends its turn after a median 28 tokens (97% within 80; "a short review" ran past 80 tokens 84% of the time)."""
+    return f"Write a one-sentence customer {opening.rstrip(':').strip()}."
+
+
 def prompt(name: str, text: str):
     """One prompt in the form the model takes: chat messages (one user turn) for a chat model, else the text."""
     return [{"role": "user", "content": text}] if get(name).chat else text
