@@ -69,10 +69,11 @@ PROFILES = {
                       dpo_tries=2, **_MATCH, sample_batch_size=32, eval_batch_size=16,
                       stop_token_ids=[106, 108], model_train_steps=None),  # <end_of_turn>, "\n\n": one paragraph
     # This 2-core CPU, about an hour: SmolLM2-135M-Instruct asked for one-sentence reviews in a chat turn,
-    # identity and the best-of-4 tilt, one KL correction each. Sizes from the per-token costs cost.py measured
-    # (benchmarks/README.md, "The paper's effect on SmolLM2-135M-Instruct"); the stop set is the model's own.
+    # identity and the best-of-4 tilt, one KL correction each; each training one epoch over the 16 prompts. Sizes
+    # from the per-token costs cost.py measured (benchmarks/README.md, "The paper's effect on
+    # SmolLM2-135M-Instruct"); the stop set is the model's own.
     "smollm2-cpu": dict(base="smollm2", prompt_style="chat", arms=["identity", "exp_bon"], budgets=[0.2], n=4,
-                        num_prompts=48, num_samples=16, max_new_tokens=40, eval_prompts=32, eval_samples=12,
+                        num_prompts=16, num_samples=16, max_new_tokens=40, eval_prompts=32, eval_samples=8,
                         steps=16, learning_rate=5e-3, warmup_steps=2, batch_size=1, lora_r=16, dpo_beta=0.1,
                         dpo_steps=4, dpo_tries=2, **{**_MATCH, "kl_corrections": 1}, sample_batch_size=8,
                         eval_batch_size=8, stop_token_ids=[], model_train_steps=None),

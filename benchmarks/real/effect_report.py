@@ -109,7 +109,7 @@ def report(results: dict, out: Path) -> str:
                 for side in ("base", "policy"):
                     text = ex[side]["completion"].replace("\n", " ")
                     lines.append(f"    {side:6s} [{ex[side]['reward']:+.2f}] {text[:110]}{'…' if len(text) > 110 else ''}")
-    lines += _tries(results)
+    lines += _power_lines(results, n) + _tries(results)
     t = results["timings"]
     lines.append(f"\nTotal {t['total_s'] / 60:.1f} min ({results['device']}; backend {t.get('backend')}; sampling "
                  f"{t.get('sample_s', 0):.0f} s, scoring {t.get('score_s', 0):.0f} s; model conversion "
@@ -118,6 +118,38 @@ def report(results: dict, out: Path) -> str:
     (out / "results.md").write_text(text + "\n")
     results["plot"] = str(_plot(results, out))
     return text
+
+
+def power(results: dict, n: int) -> list[dict]:
+    """What the comparison could resolve: per tilted arm, the spread of its per-prompt differences from identity,
+    the interval's half-width it gives (1.96 sd / √P), the gap the finite-K ceilings predict at the arms' KLs, and
+    the prompts a half-width of that gap would need ((1.96 sd / gap)², same samples per prompt)."""
+    out = []
+    for budget, arms in results["budgets"].items():
+        for proc, name in (("bon", "exp_bon"), ("won", "exp_won")):
+            if name not in arms or "identity" not in arms:
+                continue
+            d = np.subtract(arms[name]["per_prompt"][proc], arms["identity"]["per_prompt"][proc])
+            sd = float(np.std(d, ddof=1))
+            fk = [arms[x].get("finite_k", {}).get(proc) for x in (name, "identity")]
+            gap = None if None in fk else fk[0] - fk[1]
+            out.append({"budget": budget, "arm": name, "procedure": proc, "prompts": len(d), "sd": sd,
+                        "half_width": 1.96 * sd / np.sqrt(len(d)), "finite_k_gap": gap,
+                        "prompts_needed": None if not gap or gap <= 0 else int(np.ceil((1.96 * sd / gap) ** 2))})
+    return out
+
+
+def _power_lines(results: dict, n: int) -> list[str]:
+    lines = []
+    for p in power(results, n):
+        gap = "" if p["finite_k_gap"] is None else (
+            f"; the finite-K ceilings at the two KLs differ by {p['finite_k_gap']:+.3f}"
+            + (f", which a half-width that small would need ≈ {p['prompts_needed']} prompts to resolve"
+               if p["prompts_needed"] else ""))
+        lines.append(f"- KL {p['budget']}, {p['arm']} − identity ({p['procedure']}{n}): per-prompt differences "
+                     f"sd {p['sd']:.3f} over {p['prompts']} prompts → interval half-width ±{p['half_width']:.3f}"
+                     f"{gap}.")
+    return ["\nWhat the comparison can resolve:"] + lines if lines else []
 
 
 def _tries(results: dict) -> list[str]:
