@@ -40,7 +40,7 @@ def test_toy_mode_writes_the_table_plot_and_results(toy_run):
     for row in ("| best-of-4 @ KL 0.3 | dpo |", "| best-of-4 @ KL 0.3 | log |", "| best-of-4 @ KL 0.3 | exp_bon |",
                 "| worst-of-4 @ KL 0.3 | identity |", "| worst-of-4 @ KL 0.3 | exp_won |",
                 "**exp_bon − identity**", "**exp_won − identity**", "Samples before (base) and after",
-                "KL matching (every try"):
+                "KL matching (every try", "What the comparison can resolve"):
         assert row in table and row in stdout
     assert (out / "effect.png").stat().st_size > 20_000
 
@@ -173,3 +173,18 @@ def test_minilm_reward_head_is_stored_as_json_and_scores_sentiment(tmp_path, mon
     assert len(head["coef"]) == 384 and head["num_sentences"] == 480 and head["cv_accuracy"] > 0.9
     assert scores.shape == (4,) and scores[:2].min() > scores[2:].max()
     rewards.load_head.cache_clear()
+
+
+def test_power_reads_the_spread_of_paired_differences():
+    import effect_report
+
+    # Per-prompt differences exp_bon − identity: [0.1, -0.1, 0.3, 0.1] → mean 0.1, sd 0.163299 (ddof 1).
+    arms = {"identity": {"per_prompt": {"bon": [0.5, 0.6, 0.4, 0.5]}, "finite_k": {"bon": 0.65}},
+            "exp_bon": {"per_prompt": {"bon": [0.6, 0.5, 0.7, 0.6]}, "finite_k": {"bon": 0.69}}}
+    (p,) = effect_report.power({"budgets": {"0.2": arms}}, 4)
+    sd = np.std([0.1, -0.1, 0.3, 0.1], ddof=1)
+    assert p["sd"] == pytest.approx(sd) and p["half_width"] == pytest.approx(1.96 * sd / 2)
+    assert p["finite_k_gap"] == pytest.approx(0.04)
+    assert p["prompts_needed"] == int(np.ceil((1.96 * sd / 0.04) ** 2)) == 65
+    arms["exp_bon"]["finite_k"]["bon"] = 0.6  # a ceiling below identity's: nothing to resolve
+    assert effect_report.power({"budgets": {"0.2": arms}}, 4)[0]["prompts_needed"] is None
