@@ -74,7 +74,7 @@ PROFILES = {
     # SmolLM2-135M-Instruct"); the stop set is the model's own.
     "smollm2-cpu": dict(base="smollm2", prompt_style="chat", arms=["identity", "exp_bon"], budgets=[0.2], n=4,
                         num_prompts=16, num_samples=16, max_new_tokens=40, eval_prompts=32, eval_samples=8,
-                        steps=16, learning_rate=5e-3, warmup_steps=2, batch_size=1, lora_r=16, dpo_beta=0.1,
+                        steps=16, learning_rate=5e-4, warmup_steps=2, batch_size=1, lora_r=16, dpo_beta=0.1,
                         dpo_steps=4, dpo_tries=2, **{**_MATCH, "kl_corrections": 1}, sample_batch_size=8,
                         eval_batch_size=8, stop_token_ids=[], model_train_steps=None),
     # CPU, seconds: checks the plumbing and the report, not the effect.
