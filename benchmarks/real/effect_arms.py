@@ -7,7 +7,7 @@ at the β where the tilt restricted to K samples pays the budget (finite_k.finit
 `kl_corrections` secant corrections in log β on its measured KL, until within `kl_tolerance` nats; every other
 listwise arm is matched the same way to the KL identity measured, so the comparison is at matched KL. DPO keeps its
 β and is matched by its step count (its KL does not follow β on deterministic pairs). Every try is evaluated on
-the same held-out prompts against ONE set of base samples (kept in OUT/evals/base and reused by every
+the same held-out prompts against ONE set of base samples (kept in OUT/evals/cache and reused by every
 evaluation), so the chosen tries' samples give the paired comparison directly (report.compare) without drawing
 them again.
 """
@@ -125,7 +125,7 @@ class Effect:
                 policy=str(adapter), model=self.model, reward_model=self.reward, prompts=str(eval_file),
                 limit=a.eval_prompts, procedure=["bon", "won"], n=sorted({1, a.n}), samples=a.eval_samples,
                 max_new_tokens=a.max_new_tokens, seed=0, out=str(ev), plots=False, batch_size=a.eval_batch_size,
-                base_samples=str(self.out / "evals" / "base"),  # one set of base samples for every try
+                samples_cache=str(self.out / "evals" / "cache"),  # one set of base samples for every try
                 transform=None if dpo else str(transform), beta=None if dpo else beta)))
         t2 = time.perf_counter()
         rep = json.loads((ev / "report.json").read_text())
