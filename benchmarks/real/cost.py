@@ -1,6 +1,6 @@
 """Per-token costs of the effect benchmark's stages on a real model, measured through the stages themselves.
 
-What sizes the CPU profile of effect.py (benchmarks/README.md, "The paper's effect on SmolLM2"): on a few prompts
+What sizes the CPU profile of effect.py (benchmarks/README.md, "Real model on a CPU"): on a few prompts
 in the profile's form and shapes (chat prompts, K samples, max_new_tokens, LoRA rank, batch of prompts),
   sample  base completions with the hf sampler (shared prefill): generated tokens/s;
   score   the MiniLM reward: completions/s;

@@ -16,7 +16,7 @@ Profiles (--profile; auto: gemma-gpu with a GPU, smollm2-cpu without):
                300 prompts, vLLM when importable (in a subprocess, so its GPU memory is returned)
   smollm2-cpu  SmolLM2-135M-Instruct (smollm2.py), asked in a chat turn for a one-sentence review, identity and
                exp_bon, sized for about an hour on a 2-core CPU from measured per-token costs (cost.py,
-               benchmarks/README.md "The paper's effect on SmolLM2-135M-Instruct")
+               benchmarks/README.md "Real model on a CPU")
   toy (--toy)  the demo's base model and reward, a dozen prompts, K = 8, a few steps: plumbing, not the effect
 Both real profiles: reward benchmarks.real.rewards:minilm_sentiment (all-MiniLM-L6-v2 + a logistic head on the
 demo's labelled sentences, stored as JSON), judge benchmarks.real.rewards:tfidf_judge (character n-gram TF-IDF +
@@ -70,8 +70,8 @@ PROFILES = {
                       stop_token_ids=[106, 108], model_train_steps=None),  # <end_of_turn>, "\n\n": one paragraph
     # This 2-core CPU, about an hour: SmolLM2-135M-Instruct asked for one-sentence reviews in a chat turn,
     # identity and the best-of-4 tilt, one KL correction each; each training one epoch over the 16 prompts. Sizes
-    # from the per-token costs cost.py measured (benchmarks/README.md, "The paper's effect on
-    # SmolLM2-135M-Instruct"); the stop set is the model's own.
+    # from the per-token costs cost.py measured (benchmarks/README.md, "Real model on a CPU"); lr 5e-3 diverged
+    # (KL 27 nats in 16 steps). The stop set is the model's own.
     "smollm2-cpu": dict(base="smollm2", prompt_style="chat", arms=["identity", "exp_bon"], budgets=[0.2], n=4,
                         num_prompts=16, num_samples=16, max_new_tokens=40, eval_prompts=32, eval_samples=8,
                         steps=16, learning_rate=5e-4, warmup_steps=2, batch_size=1, lora_r=16, dpo_beta=0.1,
