@@ -30,8 +30,12 @@ reference implementation) and saves the second forward. It is the base policy's 
 docs/math.md §6 loss need — not the log-density of a tempered or truncated proposal.
 
 Backends: `sample_completions` (a Hugging Face model: each prompt prefilled once, its KV cache repeated for its K
-draws, ended rows dropped; see decoding.py) and `sample_completions_vllm` (optional extra, imported only when
-called; teacher-forced `ref_logps` on the ids with vLLM's prompt_logprobs).
+draws, ended rows dropped; see decoding.py) and `vllm_sampling.sample_completions_vllm` (the same record from a
+vLLM engine; vLLM is an optional extra, imported only there).
+
+Which numbers become the stored `ref_logps` (the sampler's, or `forward_ref_logps`: a teacher-forced transformers
+pass over the sampled ids in a named precision, what the trainer's own forward computes) is the sample stage's
+choice (stages/sample.py, `--ref-logps-from`; docs/math.md §9, "one precision for the reference").
 """
 
 from __future__ import annotations
@@ -45,11 +49,11 @@ from typing import Any
 import torch
 
 from .core.errors import InfalignError
-from .logprobs import sequence_logps
+from .logprobs import ids_logps, sequence_logps
 from .tokenization import check_tokenizer, encode_prompt
 
-__all__ = ["sample_completions", "sample_completions_vllm", "prompt_seed", "sample_tokens", "fit_prompts",
-           "context_length", "compute_ref_logps", "truncated_probs", "record_completion"]
+__all__ = ["sample_completions", "prompt_seed", "sample_tokens", "fit_prompts", "context_length",
+           "compute_ref_logps", "forward_ref_logps", "truncated_probs", "record_completion"]
 
 log = logging.getLogger("offline_infalign")
 LONG_PROMPT_POLICIES = ("truncate", "skip", "fail")
@@ -200,6 +204,36 @@ def compute_ref_logps(model, tokenizer, prompts: Sequence[Any], completion_ids: 
     return sequence_logps(model, tokenizer, prompts, completion_ids, batch_size).tolist()
 
 
+# Logits one teacher-forced batch may hold: the per-row forward computes (sequences × length × vocabulary) of them,
+# so at V = 262k a batch of 8 sequences of 300 tokens is already 2.5 GB in float32.
+_FORWARD_LOGITS = 2**27
+
+
+def forward_ref_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[Sequence[int]]],
+                      pad_token_id: int, batch_size: int = 8, desc: str | None = None) -> list[list[float]]:
+    """Teacher-forced Σ log π(y|x) of each prompt's completions, on the ids as sampled, in the model's dtype
+    (log-softmax in float32): what the trainer's own forward of these weights computes (docs/math.md §9).
+
+    prompt_ids: P prompts' ids; completion_ids: per prompt, its completions' ids. Returns per prompt a list of
+    floats, one per completion. `batch_size` prompts' completions per forward pass at most, fewer when their
+    logits would pass `_FORWARD_LOGITS`."""
+    flat_p = [p for p, group in zip(prompt_ids, completion_ids) for _ in group]
+    flat_c = [c for group in completion_ids for c in group]
+    if not flat_c:
+        return [[] for _ in prompt_ids]
+    longest = max(len(p) + len(c) for p, c in zip(flat_p, flat_c))
+    vocab = model.get_output_embeddings().weight.shape[0]
+    per_prompt = max(len(g) for g in completion_ids)
+    rows = max(1, min(batch_size * per_prompt, _FORWARD_LOGITS // max(1, longest * vocab)))
+    # The one teacher-forced call of the sample stage: switch to the group forward (each prompt once) here.
+    logps = ids_logps(model, flat_p, flat_c, pad_token_id, rows, desc).tolist()
+    out, at = [], 0
+    for group in completion_ids:
+        out.append([float(x) for x in logps[at : at + len(group)]])
+        at += len(group)
+    return out
+
+
 def _stop_set(model, tokenizer, stop_token_ids) -> list[int]:
     from .modeling import stop_token_ids as model_stop_set
 
@@ -219,9 +253,13 @@ def record_completion(tokenizer, ids: Sequence[int], stop: Sequence[int], finish
 
 
 def _group(records: list[dict[str, Any]], prompt_ids: list[int], logps) -> dict[str, list]:
-    return {"prompt_ids": list(prompt_ids), "completion_ids": [r["completion_ids"] for r in records],
-            "finish_reasons": [r["finish_reason"] for r in records],
-            "completions": [r["completion"] for r in records], "ref_logps": [float(x) for x in logps]}
+    """One prompt's record; without `logps` (None) it has no "ref_logps" (a forward pass adds them later)."""
+    group = {"prompt_ids": list(prompt_ids), "completion_ids": [r["completion_ids"] for r in records],
+             "finish_reasons": [r["finish_reason"] for r in records],
+             "completions": [r["completion"] for r in records]}
+    if logps is not None:
+        group["ref_logps"] = [float(x) for x in logps]
+    return group
 
 
 def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], num_samples: int,
@@ -309,79 +347,3 @@ def _generate_batch(model, tokenizer, encoded, ids, k, max_new_tokens, temperatu
     rows, finishes, logps = out
     stop_set = set(stop)
     return [record_completion(tokenizer, r, stop_set, f) for r, f in zip(rows, finishes)], logps
-
-
-def sample_completions_vllm(llm, tokenizer, prompts: list, prompt_ids: list[str], num_samples: int,
-                            max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                            seed: int = 0, batch_size: int = 8, progress: bool = True,
-                            stop_token_ids: Sequence[int] | None = None) -> list[dict[str, list]]:
-    """Same interface and record with a `vllm.LLM` (tensor parallelism is set when it is built, see `load_vllm`).
-
-    Each request carries its own seed `prompt_seed(seed, prompt_id)`, so draws are per prompt as in the hf
-    backend (vLLM's own sampler: the same seed gives different completions than the hf backend). The stop set
-    goes to SamplingParams (`stop_token_ids`, ignore_eos=False); ids and finish reasons are vLLM's, normalized
-    to the record's rule (`_vllm_record`). `ref_logps` come from a second vLLM pass scoring prompt + completion
-    ids with `prompt_logprobs` at temperature 1. `batch_size` is unused: vLLM schedules its own batches.
-    """
-    _check_params(num_samples, max_new_tokens, temperature, top_p, top_k, batch_size)
-    check_tokenizer(tokenizer)
-    from vllm import SamplingParams  # optional extra: only imported here
-    from vllm.inputs import TokensPrompt
-
-    if stop_token_ids is None:
-        path = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "model", None)
-        stop = _stop_set(path or tokenizer.name_or_path, tokenizer, None)
-    else:
-        stop = _stop_set(None, tokenizer, stop_token_ids)
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    params = [SamplingParams(n=num_samples, temperature=temperature, top_p=top_p,
-                             top_k=top_k if top_k > 0 else -1, max_tokens=max_new_tokens,
-                             stop_token_ids=list(stop), ignore_eos=False,
-                             seed=prompt_seed(seed, pid) % (2**31)) for pid in prompt_ids]
-    outs = llm.generate([TokensPrompt(prompt_token_ids=e) for e in encoded], params, use_tqdm=progress)
-    records = [[_vllm_record(tokenizer, c, stop) for c in o.outputs] for o in outs]
-    full, starts = [], []
-    for e, group in zip(encoded, records):
-        for r in group:
-            full.append(TokensPrompt(prompt_token_ids=e + r["completion_ids"]))
-            starts.append(len(e))
-    scored = llm.generate(full, SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0), use_tqdm=progress)
-    logps = []
-    for o, start in zip(scored, starts):
-        # prompt_logprobs[t] maps token ids to Logprob objects and always includes the actual token at t.
-        logps.append(float(sum(o.prompt_logprobs[t][tok].logprob
-                               for t, tok in enumerate(o.prompt_token_ids) if t >= start)))
-    return [_group(group, e, logps[j * num_samples : (j + 1) * num_samples])
-            for j, (e, group) in enumerate(zip(encoded, records))]
-
-
-def _vllm_record(tokenizer, c, stop: Sequence[int]) -> dict[str, Any]:
-    """A vLLM CompletionOutput as the record: ids ending with the stop token when one ended it.
-
-    vLLM keeps a stop token it generated in `token_ids`; should a version leave it out, it is put back from
-    `stop_reason` (the stop id; None means EOS). vLLM checks the length cap before the stop ids, so a completion
-    whose last allowed token is a stop token reads "length" there; it is "stop" here, as in the hf backend."""
-    ids, finish, stop_set = [int(t) for t in c.token_ids], c.finish_reason, set(stop)
-    if ids and ids[-1] in stop_set:
-        finish = "stop"
-    elif finish == "stop":
-        reason = getattr(c, "stop_reason", None)
-        if reason is not None and not isinstance(reason, int):
-            raise InfalignError(f"vLLM stopped a completion on {reason!r}, not a stop token id")
-        ids.append(tokenizer.eos_token_id if reason is None else int(reason))
-    elif finish != "length":
-        raise InfalignError(f"vLLM ended a completion with finish_reason {finish!r} (expected stop or length)")
-    return record_completion(tokenizer, ids, stop_set, finish)
-
-
-def load_vllm(model_path: str, tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0,
-              trust_remote_code: bool = False, max_model_len: int | None = None, allow_pickle_weights: bool = False):
-    from vllm import LLM
-
-    from .modeling import check_safetensors
-
-    # Safetensors only unless allowed, as modeling.from_pretrained: vLLM's "auto" falls back to pickle files.
-    check_safetensors(model_path, allow_pickle_weights)
-    return LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
-               trust_remote_code=trust_remote_code, max_model_len=max_model_len,
-               load_format="auto" if allow_pickle_weights else "safetensors")

@@ -282,7 +282,7 @@ class _FakeVLLM:
 
             tokenizer, model = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model)
         self.model, self.tok, self.kwargs, self.calls, self.drop_stop = model.eval(), tokenizer, kwargs, [], drop_stop
-        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=128))
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=128, dtype=torch.float32))
 
     def generate(self, prompts, params, use_tqdm=False):
         from types import SimpleNamespace
@@ -325,19 +325,21 @@ def fake_vllm(monkeypatch):
     import sys
     from types import ModuleType, SimpleNamespace
 
-    vllm, inputs = ModuleType("vllm"), ModuleType("vllm.inputs")
+    vllm, inputs, platforms = ModuleType("vllm"), ModuleType("vllm.inputs"), ModuleType("vllm.platforms")
     defaults = {"prompt_logprobs": None, "n": 1, "stop_token_ids": None, "ignore_eos": False}
     vllm.SamplingParams = lambda **kw: SimpleNamespace(**{**defaults, **kw})
     vllm.LLM = _FakeVLLM
     inputs.TokensPrompt = lambda **kw: dict(kw)
-    vllm.inputs = inputs
+    platforms.current_platform = SimpleNamespace(is_cpu=lambda: True)
+    vllm.inputs, vllm.platforms = inputs, platforms
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
 
 
 @pytest.mark.parametrize("drop_stop", [False, True])
 def test_vllm_backend_glue_with_a_fake_engine(fixture, fake_vllm, drop_stop):
-    from offline_infalign.sampling import sample_completions_vllm
+    from offline_infalign.vllm_sampling import sample_completions_vllm
 
     name, tok, model, prompts = fixture
     stop = stop_token_ids(model, tok)
@@ -368,7 +370,7 @@ def test_vllm_backend_glue_with_a_fake_engine(fixture, fake_vllm, drop_stop):
 def test_vllm_record_rules():
     from types import SimpleNamespace
 
-    from offline_infalign.sampling import _vllm_record
+    from offline_infalign.vllm_sampling import _vllm_record
 
     tok = tiny_tokenizer()
     eos, stop = tok.eos_token_id, [tok.eos_token_id, 7]

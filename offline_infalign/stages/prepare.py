@@ -16,6 +16,7 @@ from ..core.errors import InfalignError
 from ..integrity import check_finite_rows
 from ..preparation import guidance, prepare
 from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
+from .sample import REF_FACTS
 
 __all__ = ["run_prepare", "resolve_transform", "sampling_settings", "tempered_settings"]
 
@@ -138,7 +139,7 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
                     reward_fingerprint=upstream.get("reward_fingerprint"),
                     tokenizer=upstream.get("tokenizer"), model_revision=upstream.get("model_revision"),
                     reward_model=upstream.get("reward_model"), reward_label=upstream.get("reward_label"),
-                    seed=upstream.get("seed"), prepare_seed=cfg.seed, ref_dtype=upstream.get("ref_dtype"),
+                    seed=upstream.get("seed"), prepare_seed=cfg.seed, **{k: upstream.get(k) for k in REF_FACTS},
                     prompts=upstream.get("prompts"), input_hash=upstream["content_hash"],
                     num_prompts={s: len(set(d["prompt_id"])) for s, d in data.items()})
     return save_artifact(data, cfg.out, manifest)

@@ -10,6 +10,7 @@ from ..engines import ENGINE_FIELDS, open_engine
 from ..fingerprint import fingerprint_reward
 from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
+from .sample import REF_FACTS
 
 # Config fields that cannot change the rewards (the engine only says where chunks are computed).
 _SCORE_FREE = ("batch_size", "device", "allow_pickle_weights", "verify", *ENGINE_FIELDS)
@@ -108,7 +109,7 @@ def _run_score(cfg: ScoreConfig, engine, progress: bool) -> dict[str, Any]:
     # The sampling facts travel downstream (docs/math.md §9): prepare refuses tempered samples, eval reuses the
     # stop set, reports carry the cut fraction.
     for key in ("model", "model_fingerprint", "tokenizer", "tokenizer_fingerprint", "model_revision", "prompts",
-                "split", "seed", "num_samples", "backend", "ref_dtype", "stop_token_ids", "cut_fraction", "tempered",
+                "split", "seed", "num_samples", "backend", *REF_FACTS, "stop_token_ids", "cut_fraction", "tempered",
                 "temperature", "top_p", "top_k"):
         manifest[key] = upstream.get(key)
     manifest.update(whole)
