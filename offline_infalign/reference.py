@@ -1,21 +1,46 @@
 """Where the trainer gets log π_ref(y|x): the dataset's stored columns, a live forward, or nowhere.
 
 - stored: the kind's reference columns (`ref_chosen_logps`/`ref_rejected_logps`, `ref_logps`, `ref_logp`),
-  computed by the sampler; no reference forward at all.
+  written by the sample stage; no reference forward at all.
 - live: the policy itself with its LoRA adapter disabled.
 - none: a loss that never reads the reference (`LossSpec.needs_reference` False) on a dataset without stored
   columns; the reference then feeds no metric either.
+
+Stored columns must be what the trainer's own forward of the base weights computes on the same ids (docs/math.md
+§9): a reference off by e(y) moves the fitted policy by e(y). Two checks stand before they are used:
+`choose_reference` reads the manifests (the model's fingerprint, the precision `ref_dtype` they were computed in),
+then `check_stored_reference` recomputes a seeded sample of them with the trainer's forward and measures the gap;
+`decide_reference` turns an `auto` choice live above the tolerance and warns for `stored`.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .core.errors import InfalignError
 from .core.losses import get_loss
 from .kinds import get_kind
 
-__all__ = ["choose_reference", "same_model"]
+__all__ = ["choose_reference", "same_model", "check_stored_reference", "decide_reference", "reference_tolerance",
+           "CHECK_SEQUENCES"]
+
+logger = logging.getLogger(__name__)
+
+# Sequences the self-check recomputes by default (seeded sample of the training rows).
+CHECK_SEQUENCES = 32
+# Default tolerance on the mean gap per token (nats), by the precision of the base weights. float32: 30x the
+# float32 teacher-forced pass against the sampler's own numbers on Gemma 3 270M (2e-5 mean, 3.6e-5 max per
+# token), 7x under a bfloat16 reference read by float32 training (6.7e-3). 16-bit: the bf16 forward's own
+# rounding moves with the batch shape by 7.8e-3 per token on average there (up to 2.2e-2), so 3e-2 passes a bf16
+# reference of these weights and catches a foreign one (vLLM and transformers disagree by up to ~0.3 per token
+# in bf16). benchmarks/README.md, "One precision for the reference".
+_TOLERANCE = {"float32": 1e-3, "float64": 1e-3}
+_TOLERANCE_16BIT = 3e-2
 
 
 def same_model(a: str, b: str) -> bool:
@@ -70,3 +95,67 @@ def choose_reference(requested: str, loss: str, kind: str, columns, manifest: di
     same = " by the same model (fingerprint " + str(recorded) + ")" if recorded and fingerprint else ""
     return "stored", (f"stored columns present and base weights are {weights_dtype}, as when they were "
                       f"computed{same}")
+
+
+def reference_tolerance(weights_dtype: str) -> float:
+    """The default tolerance (nats per token, mean over the checked sequences) for base weights of this dtype."""
+    return _TOLERANCE.get(weights_dtype, _TOLERANCE_16BIT)
+
+
+def check_stored_reference(model, dataset, kind, pad_token_id: int, num_sequences: int = CHECK_SEQUENCES,
+                           seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
+    """Recompute the stored log π_ref of a seeded sample of the dataset's sequences with `model` and compare.
+
+    model: the base weights as the trainer runs them (the policy with its adapter disabled; the caller does
+    that). dataset: tokenized training rows of `kind` with its reference columns. Up to `num_sequences`
+    sequences, drawn from up to as many rows. The forward is the trainer's per-row one (`logprobs.ids_logps`:
+    float32 log-softmax over the model's logits), the exact reference of its group forward.
+    Returns {sequences, tokens, gap_per_sequence: {mean, max}, gap_per_token: {mean (Σ|gap| / Σ tokens), max
+    (largest |gap| / tokens of one sequence)}, seconds}.
+    """
+    import torch
+
+    from .logprobs import ids_logps
+
+    rng = np.random.default_rng(seed)
+    picked = sorted(int(i) for i in rng.choice(len(dataset), size=min(num_sequences, len(dataset)), replace=False))
+    rows = [dataset[i] for i in picked]
+    collator = kind.collator(pad_token_id)
+    prompts, completions = collator.sequences(rows)
+    stored = kind.stored_reference(collator(rows)).double().numpy()
+    pick = np.sort(rng.choice(len(prompts), size=min(num_sequences, len(prompts)), replace=False))
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            live = ids_logps(model, [prompts[i] for i in pick], [completions[i] for i in pick], pad_token_id,
+                             batch_size).astype(np.float64)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    gap = np.abs(live - stored[pick])
+    tokens = np.array([max(1, len(completions[i])) for i in pick], dtype=np.float64)
+    return {"sequences": int(len(pick)), "tokens": int(tokens.sum()),
+            "gap_per_sequence": {"mean": float(gap.mean()), "max": float(gap.max())},
+            "gap_per_token": {"mean": float(gap.sum() / tokens.sum()), "max": float((gap / tokens).max())},
+            "seconds": round(seconds, 3)}
+
+
+def decide_reference(requested: str, reference: str, why: str, check: dict[str, Any], tolerance: float
+                     ) -> tuple[str, str]:
+    """The reference after the self-check: `auto` goes live when the stored columns are off by more than
+    `tolerance` nats per token on average (saying by how much); `stored` stays stored with a warning."""
+    per_token, per_seq = check["gap_per_token"], check["gap_per_sequence"]
+    measured = (f"recomputed on {check['sequences']} sampled sequences, the stored reference log-probs differ from "
+                f"this model's own forward by {per_token['mean']:.2e} nats per token on average (up to "
+                f"{per_seq['max']:.3g} nats per sequence)")
+    if per_token["mean"] <= tolerance:
+        return reference, f"{why}; {measured}, within the tolerance {tolerance:g}"
+    if requested == "stored":
+        logger.warning("reference='stored' as requested, but %s, above the tolerance %g: the fitted policy moves by "
+                       "that error (docs/math.md §9)", measured, tolerance)
+        return reference, f"requested; {measured}, above the tolerance {tolerance:g}"
+    return "live", (f"{measured}, above the tolerance {tolerance:g} (e.g. computed in another precision or by "
+                    "another implementation); the reference is computed live (pass reference='stored' to use them "
+                    "anyway)")

@@ -61,8 +61,15 @@ class TrainConfig:
                                              "at most this many rows, or one prompt's rows when it has more")
     gradient_accumulation_steps: int = field(1, help="micro-batches per step")
     reference: str = field("auto", help="reference log-probs: stored (dataset columns, no reference forward), live "
-                           "(policy with the adapter disabled), auto (stored when present and the base weights are "
-                           "in the dtype they were computed in)", choices=_REFERENCES)
+                           "(policy with the adapter disabled), auto (stored when present, computed by this model "
+                           "in the dtype of its base weights, and within reference_tolerance of its own forward "
+                           "on reference_check sampled sequences)", choices=_REFERENCES)
+    reference_check: int = field(32, help="with stored reference log-probs: sequences (seeded sample) recomputed "
+                                 "with the base weights before training; the gap goes to the log and "
+                                 "infalign_train.json, and decides auto (0: no check)")
+    reference_tolerance: float | None = field(None, help="largest mean gap per token (nats) between stored and "
+                                              "recomputed reference log-probs that auto accepts (default: 1e-3 for "
+                                              "float32 base weights, 3e-2 for 16-bit ones)")
     seed: int = field(0, help="seed for LoRA init and data order")
     logging_steps: int = field(10, help="log metrics every this many steps")
     save_steps: int | None = field(500, help="checkpoint every this many steps into OUT/checkpoints (null: never)")
@@ -106,6 +113,10 @@ class TrainConfig:
             positive_int("train", name, getattr(self, name))
         for name in ("max_steps", "save_steps", "max_length", "lora_alpha", "save_total_limit"):
             positive_int("train", name, getattr(self, name), optional=True)
+        positive_int("train", "reference_check", self.reference_check, 0)
+        if self.reference_tolerance is not None and not 0.0 <= float(self.reference_tolerance) < float("inf"):
+            raise InfalignError(f"train: reference_tolerance must be a finite number >= 0, got "
+                                f"{self.reference_tolerance!r}")
         if not float(self.learning_rate) > 0.0:
             raise InfalignError(f"train: learning_rate must be > 0, got {self.learning_rate!r}")
         if not float(self.num_train_epochs) > 0.0:

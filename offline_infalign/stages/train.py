@@ -6,9 +6,13 @@
 The loss (`core.losses.LossSpec`) names the dataset kind it trains on (`kinds/`); the kind says which columns
 the dataset needs and how rows become batches. The reference log-probs log π_ref(y|x) come either from the
 dataset's stored columns (no reference forward at all) or from the policy itself with its LoRA adapter disabled
-("live"). `reference="auto"` picks stored columns when they exist and the base weights are in the dtype the
-columns were computed in (manifest key `ref_dtype`, else `dtype`, else assumed float32); 4-bit (QLoRA) or bf16
-weights against float32 columns give live. The choice (`reference.choose_reference`) is logged.
+("live"). `reference="auto"` picks stored columns when they exist, were computed by this model (fingerprint) and
+the base weights are in the dtype the columns were computed in (manifest key `ref_dtype`, else `dtype`, else
+assumed float32); 4-bit (QLoRA) or bf16 weights against float32 columns give live. Then the self-check
+(`reference.check_stored_reference`, `reference_check` sequences, 32 by default) recomputes a seeded sample of the
+stored columns with the base weights and records the gap (mean and max, per sequence and per token) as
+`reference_check` in infalign_train.json; above `reference_tolerance` auto goes live and stored warns. The choice
+and its reason are logged and recorded.
 
 Rows carry the sampled token ids when the dataset was prepared from samples that have them (docs/math.md §9):
 the trainer computes log-probs on exactly those ids, the ones the sampler summed for `ref_logps` (a completion
@@ -256,6 +260,10 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
         logger.warning("dropped %d row(s) longer than max_length=%d", dropped, cfg.max_length)
     if len(dataset) == 0:
         raise InfalignError(f"no training rows left in {cfg.dataset!r} (split {cfg.split!r})")
+    check = None
+    if reference == "stored" and cfg.reference_check:
+        reference, why, check = _check_reference(cfg, model, dataset, kind, tokenizer.pad_token_id, reference, why,
+                                                 weights_dtype)
     trainer = InfalignTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=kind.collator(tokenizer.pad_token_id),
         processing_class=tokenizer, loss=cfg.loss, beta=beta, reference=reference, log_z=log_z,
@@ -264,8 +272,30 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     trainer.add_callback(CheckpointMarker(config, cfg.save_total_limit))
     trainer.add_callback(NonFiniteGuard())  # a NaN loss or gradient stops the run before it reaches the weights
     info = {"manifest": manifest, "beta": beta, "kind": kind.name, "reference": reference,
-            "reference_reason": why, "log_z": log_z, "run_config": config}
+            "reference_reason": why, "reference_check": check, "log_z": log_z, "run_config": config}
     return trainer, info
+
+
+def _check_reference(cfg, model, dataset, kind, pad_token_id: int, reference: str, why: str, weights_dtype: str):
+    """The self-check of stored reference log-probs (`reference.check_stored_reference`) on the base weights as
+    the trainer runs them; returns (reference, reason, the check's record for infalign_train.json)."""
+    import contextlib
+
+    from ..reference import check_stored_reference, decide_reference, reference_tolerance
+
+    tolerance = cfg.reference_tolerance if cfg.reference_tolerance is not None else reference_tolerance(weights_dtype)
+    # The policy with its adapter disabled is the base model; full fine-tuning has not changed its weights yet.
+    base = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with base:
+        check = check_stored_reference(model, dataset, kind, pad_token_id, cfg.reference_check, seed=cfg.seed,
+                                       batch_size=cfg.per_device_train_batch_size)
+    check.update(tolerance_per_token=tolerance, weights_dtype=weights_dtype)
+    reference, why = decide_reference(cfg.reference, reference, why, check, tolerance)
+    logger.info("reference self-check: %s (%s)", reference, why)
+    if reference == "live" and cfg.full_finetune:
+        raise InfalignError(f"full_finetune needs the dataset's stored reference log-probs, but reference=auto "
+                            f"chose live: {why}")
+    return reference, why, check
 
 
 def _is_main_process() -> bool:
@@ -337,6 +367,7 @@ def _train(cfg) -> Path:
             "reward_model": manifest.get("reward_model"),
             "reference": reference,
             "reference_reason": why,
+            "reference_check": info["reference_check"],
             "log_z": info["log_z"],
             "warnings": _warnings(manifest),
             "global_step": trainer.state.global_step,
