@@ -4,7 +4,8 @@ every stage locks its output folder for the run (README: Reliability).
 The kill is storage.fault_point: $INFALIGN_FAULT names the instant and the stage unwinds with InjectedFault, a
 BaseException that no `except Exception` in a stage can swallow, as a kill would. Chunked stages (sample,
 score) are killed after each chunk is saved (before and after its rename); every stage inside its finishing
-save. train's kill inside a checkpoint write is in tests/test_train_resume.py (its checkpoints, not
+save; sample's forward pass (a bfloat16 sampler, float32 ref_logps) after each of its chunks too. train's kill
+inside a checkpoint write is in tests/test_train_resume.py (its checkpoints, not
 storage's points).
 """
 
@@ -67,8 +68,15 @@ def _merge_cfg(setup, out):
     return load_config(MergeConfig, None, dict(inputs=[str(s) for s in setup.shards], out=str(out)))
 
 
+# A bfloat16 sampler stores float32 teacher-forced ref_logps: a second pass after sampling, over the written
+# chunks, with points of its own (`forward:i`: before its chunk i is written); one kill inside the sampling
+# phase and one in the finishing save stand for the points the plain sample run already covers.
+FORWARD = ["after-chunk:1"] + [f"forward:{i}" for i in range(CHUNKS)] + ["finish:before-manifest"]
+
 STAGES = {
     "sample": (CHUNKED, lambda setup, out: run_sample(_sample_cfg(setup, out), progress=False)),
+    "sample_forward": (FORWARD, lambda setup, out: run_sample(_sample_cfg(setup, out, dtype="bfloat16"),
+                                                              progress=False)),
     "score": (CHUNKED, lambda setup, out: run_score(_score_cfg(setup, out), progress=False)),
     "prepare": (FINISH, lambda setup, out: run_prepare(_prepare_cfg(setup, out))),
     "merge": (FINISH, lambda setup, out: run_merge(_merge_cfg(setup, out))),
