@@ -108,14 +108,15 @@ def check_stored_reference(model, dataset, kind, pad_token_id: int, num_sequence
 
     model: the base weights as the trainer runs them (the policy with its adapter disabled; the caller does
     that). dataset: tokenized training rows of `kind` with its reference columns. Up to `num_sequences`
-    sequences, drawn from up to as many rows. The forward is the trainer's per-row one (`logprobs.ids_logps`:
-    float32 log-softmax over the model's logits), the exact reference of its group forward.
+    sequences, drawn from up to as many rows. The forward is the sample stage's teacher-forced pass
+    (`sampling.forward_ref_logps`: the trainer's forward, float32 log-softmax over the model's logits), so a
+    reference that pass stored checks to rounding.
     Returns {sequences, tokens, gap_per_sequence: {mean, max}, gap_per_token: {mean (Σ|gap| / Σ tokens), max
     (largest |gap| / tokens of one sequence)}, seconds}.
     """
     import torch
 
-    from .logprobs import ids_logps
+    from .sampling import forward_ref_logps
 
     rng = np.random.default_rng(seed)
     picked = sorted(int(i) for i in rng.choice(len(dataset), size=min(num_sequences, len(dataset)), replace=False))
@@ -129,8 +130,9 @@ def check_stored_reference(model, dataset, kind, pad_token_id: int, num_sequence
     model.eval()
     try:
         with torch.no_grad():
-            live = ids_logps(model, [prompts[i] for i in pick], [completions[i] for i in pick], pad_token_id,
-                             batch_size).astype(np.float64)
+            live = np.array([x for (x,) in forward_ref_logps(model, [prompts[i] for i in pick],
+                                                              [[completions[i]] for i in pick], pad_token_id,
+                                                              batch_size)], dtype=np.float64)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start

@@ -222,7 +222,7 @@ def forward_ref_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids
     if not flat_c:
         return [[] for _ in prompt_ids]
     longest = max(len(p) + len(c) for p, c in zip(flat_p, flat_c))
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = int(model.config.get_text_config().vocab_size)
     per_prompt = max(len(g) for g in completion_ids)
     rows = max(1, min(batch_size * per_prompt, _FORWARD_LOGITS // max(1, longest * vocab)))
     # The one teacher-forced call of the sample stage: switch to the group forward (each prompt once) here.

@@ -158,8 +158,8 @@ def test_a_kill_in_the_forward_pass_resumes_without_the_sampler(assets, tmp_path
     assert not (tmp_path / "s" / "_work").exists()
 
 
-def test_vllm_default_is_a_float32_forward_pass_and_the_engine_dtype_is_read(assets, tmp_path, fake_vllm,
-                                                                           monkeypatch):
+@pytest.mark.usefixtures("fake_vllm")
+def test_vllm_default_is_a_float32_forward_pass_and_the_engine_dtype_is_read(assets, tmp_path, monkeypatch):
     engines = []
 
     class Bf16Engine(_FakeVLLM):  # vLLM's auto dtype on a float32 checkpoint

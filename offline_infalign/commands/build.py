@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._common import add_command, load
 from .prepare import describe, describe_guidance
+from .sample import describe_ref_logps
 
 
 def add_parser(subparsers) -> None:
@@ -23,6 +24,7 @@ def run(args) -> int:
     ms = run_build(cfg)
     paths = cfg.paths()
     print(f"samples: {ms['samples']['num_rows']} prompts x {ms['samples']['num_samples']} -> {paths['samples']}")
+    print(describe_ref_logps(ms["samples"]))
     print(f"scored with {ms['scored']['reward_model']} -> {paths['scored']}")
     if "prepared" in ms:
         print(describe(ms["prepared"]) + f" -> {paths['prepared']}")

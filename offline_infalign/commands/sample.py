@@ -26,9 +26,18 @@ def run(args) -> int:
           f" (truncated {m['num_truncated']}, skipped as too long {m['num_skipped_long']})")
     print(f"cut at max_new_tokens={cfg.max_new_tokens}: {m['cut_fraction']:.1%} of completions; "
           f"stop token ids {m['stop_token_ids']}")
+    print(describe_ref_logps(m))
     for line in sample_warnings(m, cfg.max_new_tokens):
         print(f"warning: {line}", file=sys.stderr)
     return 0
+
+
+def describe_ref_logps(m: dict) -> str:
+    """Where the samples' ref_logps came from, as the manifest resolved it (docs/design.md, one precision)."""
+    sampler = f"{m.get('backend')} in {m.get('sampler_dtype')}"
+    if m.get("ref_logps_from") == "forward":
+        return f"ref_logps: a {m.get('ref_dtype')} teacher-forced pass over the sampled ids (sampler: {sampler})"
+    return f"ref_logps: the sampler's own ({sampler})"
 
 
 # Above this fraction of cut completions the samples mostly describe the length cap, not the model's answers.
