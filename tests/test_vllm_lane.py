@@ -12,7 +12,8 @@ ids), with head_dim 32 (vLLM's CPU attention kernels take 32..512):
   artifact;
 - `build --backend vllm` through prepare, then two training steps on it.
 In this process engines run in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0: a start takes ~15 s instead of ~80 s);
-the CLI run uses vLLM's own multiprocess engine.
+the CLI run uses vLLM's full defaults (its multiprocess engine, inductor-compiled graphs even where the Makefile
+sets VLLM_CPU_CI_ENV).
 """
 
 import json
@@ -151,10 +152,11 @@ def test_vllm_own_numbers_float32_and_bfloat16(lane, tmp_path):
 
 
 def test_the_same_command_in_a_fresh_process_gives_the_same_ids(lane, tmp_path):
-    """`infalign sample --backend vllm` with vLLM's defaults (its multiprocess engine, the CPU memory default)."""
+    """`infalign sample --backend vllm` with vLLM's defaults (its multiprocess engine and compiled graphs, our CPU
+    memory default)."""
     _sample(lane, "bpe", "bpe_default")
     out = tmp_path / "cli"
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_CI_ENV")}
     cmd = [sys.executable, "-m", "offline_infalign.cli", "sample", "--prompts", str(lane["prompts"]), "--model",
            str(lane["bpe"]), "--out", str(out), "--num-samples", str(K), "--max-new-tokens", str(NEW),
            "--chunk-size", "5", "--backend", "vllm", "--seed", "3"]

