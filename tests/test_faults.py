@@ -69,9 +69,10 @@ def _merge_cfg(setup, out):
 
 
 # A bfloat16 sampler stores float32 teacher-forced ref_logps: a second pass after sampling, over the written
-# chunks, with points of its own (`forward:i`: before its chunk i is written); one kill inside the sampling
-# phase and one in the finishing save stand for the points the plain sample run already covers.
-FORWARD = ["after-chunk:1"] + [f"forward:{i}" for i in range(CHUNKS)] + ["finish:before-manifest"]
+# chunks, with points of its own (`forward:i`: before its chunk i is written; forward:0 resumes through the
+# sampling phase, a later one without it: tests/test_ref_logps.py); one kill inside the sampling phase and one
+# in the finishing save stand for the points the plain sample run already covers.
+FORWARD = ["after-chunk:1", "forward:0", f"forward:{CHUNKS - 1}", "finish:before-manifest"]
 
 STAGES = {
     "sample": (CHUNKED, lambda setup, out: run_sample(_sample_cfg(setup, out), progress=False)),

@@ -75,12 +75,20 @@ def test_resolution_table(assets, tmp_path, backend, source, sampler_dtype, expe
     assert resolved["sampler_dtype"] == sampler_dtype
 
 
-def test_bf16_sampler_stores_float32_teacher_forced_sums(assets, tmp_path):
-    m = sample_stage.run_sample(_cfg(assets, tmp_path / "s", model=assets["bpe"], dtype="bfloat16"), progress=False)
+@pytest.fixture(scope="module")
+def bf16_run(assets):
+    """A bfloat16 hf sampler with the default --ref-logps-from auto: (its config's keywords, manifest, folder)."""
+    kw = dict(model=assets["bpe"], dtype="bfloat16")
+    out = assets["root"] / "bf16_run"
+    return kw, sample_stage.run_sample(_cfg(assets, out, **kw), progress=False), out
+
+
+def test_bf16_sampler_stores_float32_teacher_forced_sums(assets, bf16_run, tmp_path):
+    _, m, folder = bf16_run
     assert (m["ref_logps_from"], m["ref_dtype"], m["ref_backend"], m["sampler_dtype"], m["backend"]) == (
         "forward", "float32", "hf", "bfloat16", "hf")
     assert m["config"]["resolved"]["ref_dtype"] == "float32"
-    rows = datasets.load_from_disk(str(tmp_path / "s")).to_list()
+    rows = datasets.load_from_disk(str(folder)).to_list()
     assert list(rows[0]) == ["prompt_id", "prompt", "prompt_ids", "completions", "completion_ids", "finish_reasons",
                              "ref_logps"]
     assert _flat(rows) == pytest.approx(_flat([{"ref_logps": x} for x in _teacher_forced(assets["bpe"], rows)]),
@@ -89,7 +97,7 @@ def test_bf16_sampler_stores_float32_teacher_forced_sums(assets, tmp_path):
     bf16 = _flat([{"ref_logps": x} for x in _teacher_forced(assets["bpe"], rows, torch.bfloat16)])
     assert max(abs(a - b) for a, b in zip(bf16, _flat(rows))) > 1e-4
     # score and prepare repeat what train reads
-    run_score(load_config(ScoreConfig, None, dict(input=str(tmp_path / "s"), out=str(tmp_path / "sc"),
+    run_score(load_config(ScoreConfig, None, dict(input=str(folder), out=str(tmp_path / "sc"),
                                                   reward_model="demo")), progress=False)
     prep = run_prepare(load_config(PrepareConfig, None, dict(input=str(tmp_path / "sc"), out=str(tmp_path / "p"),
                                                              kind="listwise", transform="identity", beta=1.0)))
@@ -140,8 +148,9 @@ def test_merge_refuses_shards_that_resolved_otherwise(assets, tmp_path, monkeypa
                                                       out=str(tmp_path / "m"))))
 
 
-def test_a_kill_in_the_forward_pass_resumes_without_the_sampler(assets, tmp_path, monkeypatch):
-    cfg = _cfg(assets, tmp_path / "s", dtype="bfloat16")
+def test_a_kill_in_the_forward_pass_resumes_without_the_sampler(assets, bf16_run, tmp_path, monkeypatch):
+    kw, whole, _ = bf16_run
+    cfg = _cfg(assets, tmp_path / "s", **kw)
     monkeypatch.setenv("INFALIGN_FAULT", "forward:1")
     with pytest.raises(InjectedFault):
         sample_stage.run_sample(cfg, progress=False)
@@ -152,8 +161,6 @@ def test_a_kill_in_the_forward_pass_resumes_without_the_sampler(assets, tmp_path
 
     monkeypatch.setattr(sample_stage, "_load_sampler", no_sampler)
     resumed = sample_stage.run_sample(cfg, progress=False)
-    monkeypatch.undo()
-    whole = sample_stage.run_sample(_cfg(assets, tmp_path / "w", dtype="bfloat16"), progress=False)
     assert resumed["content_hash"] == whole["content_hash"]
     assert not (tmp_path / "s" / "_work").exists()
 
@@ -171,7 +178,7 @@ def test_vllm_default_is_a_float32_forward_pass_and_the_engine_dtype_is_read(ass
     import sys
 
     monkeypatch.setattr(sys.modules["vllm"], "LLM", Bf16Engine)
-    m = sample_stage.run_sample(_cfg(assets, tmp_path / "f", backend="vllm"), progress=False)
+    m = sample_stage.run_sample(_cfg(assets, tmp_path / "f", backend="vllm", limit=3), progress=False)
     assert (m["ref_logps_from"], m["ref_dtype"], m["ref_backend"], m["sampler_dtype"]) == (
         "forward", "float32", "hf", "bfloat16")
     # no vLLM scoring pass when its numbers are not stored; the CPU engine started without chunked prefill and
@@ -184,7 +191,7 @@ def test_vllm_default_is_a_float32_forward_pass_and_the_engine_dtype_is_read(ass
                                         abs=1e-5)
 
     m = sample_stage.run_sample(_cfg(assets, tmp_path / "v", backend="vllm", ref_logps_from="sampler",
-                                     vllm_memory_fraction=0.3), progress=False)
+                                     vllm_memory_fraction=0.3, limit=3), progress=False)
     assert (m["ref_logps_from"], m["ref_dtype"], m["ref_backend"]) == ("sampler", "bfloat16", "vllm")
     assert engines[1].kwargs["gpu_memory_utilization"] == 0.3 and "kv_cache_memory_bytes" not in engines[1].kwargs
     assert any(p.prompt_logprobs == 0 for call in engines[1].calls for p in call)
