@@ -7,8 +7,8 @@ about the same sequences), side by side in one run:
   - float32 teacher forcing: one sequence per batch vs batched (float32's own rounding with the batch shape);
   - bfloat16 teacher forcing: one sequence per batch vs batched (bf16's own rounding with the batch shape);
   - bfloat16 vs float32 teacher forcing (what a bf16 reference read by float32 training is off by);
-  - the self-check's cost (`reference.check_stored_reference`, 32 sequences, float32 and bf16 weights) beside
-    one forward of a training micro-batch of the same sequences (no backward).
+  - the self-check's cost (`reference.check_stored_reference`, 32 sequences through the group forward, float32
+    and bf16 weights) beside one per-row no-grad forward of all the sequences.
 Gaps are |a - b| in nats: mean and max per sequence, and per token (Σ|gap| / Σ tokens; max of |gap| / tokens).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reference.py              # Gemma 3 270M (cached)
@@ -90,8 +90,8 @@ def main() -> int:
         "bfloat16 teacher forcing: 1 per batch vs batched": _gaps(b16_1, b16_b, n),
         "bfloat16 vs float32 teacher forcing": _gaps(b16_b, f32_b, n),
     }
-    # The self-check on a listwise dataset of these rows (stored = the sampler's numbers), against one forward
-    # of a training micro-batch (8 rows x K completions) without backward.
+    # The self-check on a listwise dataset of these rows (stored = the sampler's numbers), against one per-row
+    # no-grad forward of all the sequences.
     data = Dataset.from_list([{"prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"],
                                "ref_logps": r["ref_logps"], "targets": [0.0] * len(r["completion_ids"]),
                                "weight": 1.0} for r in res])

@@ -110,8 +110,8 @@ def check_stored_reference(model, dataset, kind, pad_token_id: int, num_sequence
     model: the base weights as the trainer runs them (the policy with its adapter disabled; the caller does
     that). dataset: tokenized training rows of `kind` with its reference columns. Up to `num_sequences`
     sequences, drawn from up to as many rows. The forward is the sample stage's teacher-forced pass
-    (`sampling.forward_ref_logps`: the trainer's forward, float32 log-softmax over the model's logits), so a
-    reference that pass stored checks to rounding.
+    (`sampling.forward_ref_logps`: the trainer's group forward, float32 log-softmax), so a reference that pass
+    stored checks to rounding.
     Returns {sequences, tokens, gap_per_sequence: {mean, max}, gap_per_token: {mean (Σ|gap| / Σ tokens), max
     (largest |gap| / tokens of one sequence)}, seconds}.
     """

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from .core.errors import InfalignError
-from .logprobs import ids_logps, sequence_logps
+from .logprobs import grouped_ids_logps, sequence_logps
 from .tokenization import check_tokenizer, encode_prompt
 
 __all__ = ["sample_completions", "prompt_seed", "sample_tokens", "fit_prompts", "context_length",
@@ -204,19 +204,21 @@ def compute_ref_logps(model, tokenizer, prompts: Sequence[Any], completion_ids: 
     return sequence_logps(model, tokenizer, prompts, completion_ids, batch_size).tolist()
 
 
-# Logits one teacher-forced batch may hold: the per-row forward computes (sequences × length × vocabulary) of them,
-# so at V = 262k a batch of 8 sequences of 300 tokens is already 2.5 GB in float32.
+# Logits one teacher-forced batch may hold per row (the first batch's check and a model that does not pack compute
+# sequences × length × vocabulary of them): at V = 262k, 8 sequences of 300 tokens are already 2.5 GB in float32.
 _FORWARD_LOGITS = 2**27
 
 
 def forward_ref_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[Sequence[int]]],
                       pad_token_id: int, batch_size: int = 8, desc: str | None = None) -> list[list[float]]:
     """Teacher-forced Σ log π(y|x) of each prompt's completions, on the ids as sampled, in the model's dtype
-    (log-softmax in float32): what the trainer's own forward of these weights computes (docs/math.md §9).
+    (log-softmax in float32): what the trainer's own forward of these weights computes (docs/math.md §9), by
+    the same code (`logprobs.grouped_ids_logps`: each prompt once, packed after its first-batch check).
 
     prompt_ids: P prompts' ids; completion_ids: per prompt, its completions' ids. Returns per prompt a list of
-    floats, one per completion. `batch_size` prompts' completions per forward pass at most, fewer when their
-    logits would pass `_FORWARD_LOGITS`."""
+    floats, one per completion. `batch_size` prompts' completions per forward pass at most, fewer when the
+    per-row logits of a batch (the first batch is also computed per row, to check the packed forward) would
+    pass `_FORWARD_LOGITS`."""
     flat_p = [p for p, group in zip(prompt_ids, completion_ids) for _ in group]
     flat_c = [c for group in completion_ids for c in group]
     if not flat_c:
@@ -225,8 +227,8 @@ def forward_ref_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids
     vocab = int(model.config.get_text_config().vocab_size)
     per_prompt = max(len(g) for g in completion_ids)
     rows = max(1, min(batch_size * per_prompt, _FORWARD_LOGITS // max(1, longest * vocab)))
-    # The one teacher-forced call of the sample stage: switch to the group forward (each prompt once) here.
-    logps = ids_logps(model, flat_p, flat_c, pad_token_id, rows, desc).tolist()
+    # The group forward, as the trainer computes: each prompt once (packed when its first-batch check passes).
+    logps = grouped_ids_logps(model, flat_p, flat_c, pad_token_id, rows, desc).tolist()
     out, at = [], 0
     for group in completion_ids:
         out.append([float(x) for x in logps[at : at + len(group)]])
