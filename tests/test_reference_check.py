@@ -121,6 +121,10 @@ def test_stored_warns_and_train_records_the_check(data, tmp_path, caplog):
     assert set(record["reference_check"]) >= {"gap_per_sequence", "gap_per_token", "tokens", "seconds",
                                               "tolerance_per_token", "weights_dtype"}
     assert record["reference_check"]["gap_per_token"]["mean"] == pytest.approx(OFF, abs=1e-5)
+    # the group forward's first-batch decision is recorded beside it: a tiny Llama packs, measured in float32
+    check = record["packed_check"]
+    assert check["packed"] is True and check["dtype"] == "float32" and check["sequences"] > 0
+    assert check["gap"] <= check["tolerance"] == 1e-3
 
 
 def test_bfloat16_weights_on_cpu(data, tmp_path):

@@ -368,6 +368,8 @@ def _train(cfg) -> Path:
             "reference": reference,
             "reference_reason": why,
             "reference_check": info["reference_check"],
+            # the group forward's first-batch decision (packed, or per row with the reason / measured gap)
+            "packed_check": trainer.packed_check.as_dict() if trainer.packed_check else None,
             "log_z": info["log_z"],
             "warnings": _warnings(manifest),
             "global_step": trainer.state.global_step,
