@@ -70,7 +70,7 @@ def test_recipe_stages_chain(name):
 @pytest.mark.parametrize("name", RECIPE_NAMES)
 def test_run_script_commands_parse(name):
     """Every `$INFALIGN cmd ...` line of run.sh names a real subcommand whose flags parse and whose config loads."""
-    script = (RECIPES / name / "run.sh").read_text()
+    script = (RECIPES / name / "run.sh").read_text().replace("\\\n", " ")  # continued lines joined
     assert subprocess.run(["bash", "-n", str(RECIPES / name / "run.sh")]).returncode == 0
     variables = dict(re.findall(r"^(R|OUT)=(\S+)$", script, flags=re.M))
     lines = [line.split("#")[0] for line in script.splitlines() if line.startswith("$INFALIGN ")]
@@ -93,7 +93,7 @@ def test_run_script_commands_parse(name):
 @pytest.mark.parametrize("name", RECIPE_NAMES)
 def test_dpo_baseline_trains_on_best_worst_pairs(name):
     """docs/math.md §6: the DPO/IPO baselines train on (best, worst) raw-reward pairs, never on all pairs."""
-    script = (RECIPES / name / "run.sh").read_text()
+    script = (RECIPES / name / "run.sh").read_text().replace("\\\n", " ")  # continued lines joined
     variables = dict(re.findall(r"^(R|OUT)=(\S+)$", script, flags=re.M))
     parser = build_parser()
     prepared = {}
@@ -142,8 +142,10 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
                  "--out", str(run / "prepared_identity")]) == 0
     assert main(["train", str(r / "train.yaml"), "--dataset", str(run / "prepared"), "--model", str(base),
                  "--out", str(run / "adapter")]) == 0
-    assert main(["eval", "--config", str(r / "eval.yaml"), "--policy", str(run / "adapter"),
-                 "--out", str(run / "eval")]) == 0
+    assert main(["train", str(r / "train.yaml"), "--dataset", str(run / "prepared_identity"), "--model", str(base),
+                 "--out", str(run / "adapter_identity")]) == 0
+    evaluate = ["eval", "--config", str(r / "eval.yaml"), "--samples-cache", str(run / "eval_cache")]
+    assert main([*evaluate, "--policy", str(run / "adapter"), "--out", str(run / "eval")]) == 0
     # run.sh's DPO baseline: best_worst pairs, one per prompt whose rewards are not all tied.
     assert main(["prepare", "--input", str(run / "scored"), "--out", str(run / "prepared_dpo"), "--kind", "pairs",
                  "--pairs", "best_worst", "--transform", "identity", "--beta", "0.1", "--test-fraction", "0.25"]) == 0
@@ -152,6 +154,17 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
     dpo = json.loads((run / "adapter_dpo" / "infalign_train.json").read_text())
     assert dpo["loss"] == "dpo" and dpo["beta"] == 0.1 and dpo["dataset_manifest"]["pairs"] == "best_worst"
     assert sum(dpo["dataset_manifest"]["num_rows"].values()) + dpo["dataset_manifest"]["skipped_tied_prompts"] == 16
+    assert "bon N=4" in capsys.readouterr().out  # the evaluation's table
+    # run.sh's paired comparison: the three arms against the identity baseline, the cached base samples reused.
+    assert main([*evaluate, "--policy", f"exp={run / 'adapter'}", "--policy", f"identity={run / 'adapter_identity'}",
+                 "--policy", f"dpo={run / 'adapter_dpo'}", "--baseline", "identity", "--out", str(run / "compare")]) == 0
+    assert f"base samples reused ({run / 'eval_cache'})" in capsys.readouterr().out
+    compared = json.loads((run / "compare" / "report.json").read_text())
+    assert set(compared["policies"]) == {"exp", "identity", "dpo"} and compared["baseline"] == "identity"
+    assert set(compared["comparisons"]) == {"exp", "dpo"}
+    for c in compared["comparisons"].values():
+        assert c["baseline"] == "identity" and set(c["results"]["bon"]) == {"1", "2", "4"}
+        assert c["kl_matched"] == (abs(c["kl_difference"]) <= c["kl_tolerance"])
 
     report = json.loads((run / "eval" / "report.json").read_text())
     info = json.loads((run / "adapter" / "infalign_train.json").read_text())
@@ -170,4 +183,3 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
     eval_ids = {json.loads(line)["prompt_id"] for line in (run / "eval" / "samples.jsonl").read_text().splitlines()}
     assert eval_ids and eval_ids <= set(data["test"]["prompt_id"])
     assert not eval_ids & set(data["train"]["prompt_id"])
-    assert "bon N=4" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reddit TL;DR, best-of-8: build -> prepare (identity baseline) -> train both -> eval both.
+# Reddit TL;DR, best-of-8: build -> prepare (identity baseline) -> train all three -> eval, then one paired comparison.
 # Run from anywhere: `bash recipes/tldr_bon/run.sh`. Outputs go to runs/tldr_bon/ in the repo root.
 # Every stage resumes or is skipped-safe on rerun (build resumes finished chunks; train: add
 # `--resume-from-checkpoint latest`). Set INFALIGN to another launcher if needed, e.g.
@@ -15,8 +15,11 @@ $INFALIGN prepare --config "$R/prepare.yaml"                # prepared_identity/
 $INFALIGN train "$R/train.yaml"                             # adapter/
 $INFALIGN train "$R/train.yaml" --dataset "$OUT/prepared_identity" --out "$OUT/adapter_identity"
 $INFALIGN eval --config "$R/eval.yaml"                      # eval/report.json + plots
-$INFALIGN eval --config "$R/eval.yaml" --policy "$OUT/adapter_identity" --out "$OUT/eval_identity"
 # DPO baseline (docs/math.md §6): one (best, worst) raw-reward pair per prompt, beta 0.1, from the same samples.
 $INFALIGN prepare --input "$OUT/scored" --out "$OUT/prepared_dpo" --kind pairs --pairs best_worst --transform identity --beta 0.1 --test-fraction 0.1
 $INFALIGN train "$R/train.yaml" --dataset "$OUT/prepared_dpo" --loss dpo --out "$OUT/adapter_dpo"
-$INFALIGN eval --config "$R/eval.yaml" --policy "$OUT/adapter_dpo" --out "$OUT/eval_dpo"
+# The three arms on the same prompts, paired (docs/math.md §10): each arm's table and its difference from the
+# calibrated-RLHF baseline with an interval, both KLs and whether they match. The base samples and the exp
+# arm's samples come from eval_cache/ (drawn by the evaluation above); only the two baselines are sampled.
+$INFALIGN eval --config "$R/eval.yaml" --policy exp="$OUT/adapter" --policy identity="$OUT/adapter_identity" \
+    --policy dpo="$OUT/adapter_dpo" --baseline identity --out "$OUT/compare"   # compare/report.json, comparison.png
