@@ -9,7 +9,8 @@
   another's: each artifact's integrity check, resume and cleanup see only their own files. The demo, which
   writes its stages into subfolders of its own folder, passes `own_subfolders=True`; a folder this process
   holds itself is never "another run";
-- **an unusable --out** (an existing file, a path below a file, a dangling symlink, no permission) is one line;
+- **an unusable --out** (an existing file, a path below a file, a dangling symlink, no permission, the root of
+  the filesystem) is one line;
 - **nothing left behind when refused**: a folder the run created and left empty is removed, and a lock file it
   created in a folder where it wrote nothing else (`--out /`, a refused input) is removed too;
 - **a full disk** (ENOSPC, a quota, torch's "[enforce fail at inline_container.cc]" of a checkpoint write) is
@@ -227,6 +228,10 @@ def output_lock(out: str | Path, own_subfolders: bool = False):
     refused. (fcntl.flock: on platforms without it the folder is not locked.)
     """
     out = Path(out)
+    real = os.path.realpath(out)
+    if os.path.dirname(real) == real:  # a lock there, however brief, would refuse every run below it on the machine
+        raise InfalignError(f"--out {str(out)!r} is the root of the filesystem; a run writes into a folder of its own: "
+                            "choose another --out")
     _check_not_inside(out)
     created = _make_folder(out)
     try:
