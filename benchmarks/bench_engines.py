@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.bench_sampling import word_tokenizer  # noqa: E402
-from offline_infalign import storage  # noqa: E402
+from offline_infalign.artifacts import storage  # noqa: E402
 from offline_infalign.config import SampleConfig, load_config  # noqa: E402
 from offline_infalign.stages.sample import run_sample  # noqa: E402
 from tests.tiny_models import tiny_causal_lm  # noqa: E402

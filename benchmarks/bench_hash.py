@@ -37,8 +37,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from offline_infalign.integrity import find_non_finite  # noqa: E402
-from offline_infalign.storage import HASH_ALWAYS_BYTES, load_artifact, save_artifact  # noqa: E402
+from offline_infalign.artifacts.integrity import find_non_finite  # noqa: E402
+from offline_infalign.artifacts.storage import HASH_ALWAYS_BYTES, load_artifact, save_artifact  # noqa: E402
 
 WORDS = np.array("the service was slow but the food was lovely and we would come back again for the view".split())
 

@@ -60,7 +60,7 @@ def _faults(model):
 
     import torch
 
-    from offline_infalign.logprobs import causal_lm
+    from offline_infalign.models.logprobs import causal_lm
 
     base = causal_lm(model)
 
@@ -106,9 +106,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks.real.gemma import gemma_dir
-    from offline_infalign.groups import pack_sequences
-    from offline_infalign.logprobs import pad_pairs
-    from offline_infalign.packed_check import check_packed
+    from offline_infalign.models.groups import pack_sequences
+    from offline_infalign.models.logprobs import pad_pairs
+    from offline_infalign.models.packed_check import check_packed
 
     torch.set_num_threads(1)
     folder = gemma_dir()
@@ -121,7 +121,7 @@ def main() -> None:
           f"tokens, sampled in {time.time() - t0:.0f} s")
     batch = {**pad_pairs(p_ids, c_ids, tok.pad_token_id), **pack_sequences(p_ids, c_ids, tok.pad_token_id)}
     # the per-sequence values the check compares, for the columns beyond its own
-    import offline_infalign.packed_check as PC
+    import offline_infalign.models.packed_check as PC
 
     seen = {}
 

@@ -57,9 +57,9 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from offline_infalign.kinds import get_kind
-    from offline_infalign.logprobs import ids_logps
-    from offline_infalign.reference import check_stored_reference
-    from offline_infalign.sampling import sample_completions
+    from offline_infalign.models.logprobs import ids_logps
+    from offline_infalign.models.sampling import sample_completions
+    from offline_infalign.training.reference import check_stored_reference
 
     if args.tiny:
         from tiny_models import save_tiny_lm

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from offline_infalign.sampling import compute_ref_logps, sample_completions  # noqa: E402
+from offline_infalign.models.sampling import compute_ref_logps, sample_completions  # noqa: E402
 from tests.tiny_models import SPECIAL, WORDS, tiny_causal_lm, tiny_tokenizer  # noqa: E402
 
 

@@ -129,8 +129,8 @@ def _ref_logps(model_dir: Path, prompts, completions) -> list[float]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from offline_infalign.groups import pack_sequences
-    from offline_infalign.logprobs import packed_logps
+    from offline_infalign.models.groups import pack_sequences
+    from offline_infalign.models.logprobs import packed_logps
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     out = []
@@ -149,7 +149,7 @@ def build_data(root: Path, model_dir: Path, kind: str, num_prompts: int, k: int,
     import numpy as np
     from datasets import Dataset, DatasetDict
 
-    from offline_infalign.storage import save_artifact
+    from offline_infalign.artifacts.storage import save_artifact
 
     groups = _groups(num_prompts, k, seed, **shape)
     text = lambda ids: " ".join("</s>" if i == 3 else f"w{i - 4}" for i in ids)  # noqa: E731
@@ -204,7 +204,7 @@ def worker(args) -> dict:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import DPOConfig, DPOTrainer
 
-        from offline_infalign.modeling import lora_config
+        from offline_infalign.models.modeling import lora_config
 
         original = DPOTrainer._precompute_ref_logps
 

@@ -23,7 +23,7 @@ def error_line(capsys, argv) -> str:
 
 def nothing_written(out) -> bool:
     """`out` holds no data: absent, or only the lock file of the refused run (storage.LOCK)."""
-    from offline_infalign.storage import LOCK
+    from offline_infalign.artifacts.storage import LOCK
 
     return not out.exists() or {p.name for p in out.iterdir()} <= {LOCK}
 

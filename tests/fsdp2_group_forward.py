@@ -12,8 +12,8 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
-from offline_infalign.groups import pack_sequences
-from offline_infalign.logprobs import packed_logps
+from offline_infalign.models.groups import pack_sequences
+from offline_infalign.models.logprobs import packed_logps
 
 # Three prompts (one shared by two rows) and completions of several lengths; the ids are in any tiny vocabulary.
 PROMPTS = [[5, 6, 7, 8], [9, 10], [5, 6, 7, 8], [11, 12, 13]]

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 from tiny_models import save_tiny_lm, save_tiny_reward_model
 
+from offline_infalign.artifacts.storage import load_artifact
 from offline_infalign.config import SampleConfig, ScoreConfig, load_config
 from offline_infalign.engines import ENGINE_FIELDS
 from offline_infalign.stages.sample import run_sample
 from offline_infalign.stages.score import run_score
-from offline_infalign.storage import load_artifact
 
 TESTS = Path(__file__).parent
 # Words of the tiny vocabularies; 7 prompts in chunks of 2: 4 chunks, the last one short.

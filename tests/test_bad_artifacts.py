@@ -48,14 +48,14 @@ def test_out_onto_another_stages_folder(assets, scored, tmp_path, capsys):
     assert f"output folder {assets['lm']!r} exists and is not an artifact of this stage (it holds a model " \
            "(config.json))" in err
     # Nothing of the refused folders changed: the samples artifact still opens and verifies.
-    from offline_infalign.storage import load_artifact
+    from offline_infalign.artifacts.storage import load_artifact
 
     load_artifact(scored / "samples", stage="samples", verify=True)
 
 
 def test_a_killed_run_records_its_stage(assets, scored, tmp_path, capsys, monkeypatch):
     """The stage marker is written with the config, before any data: a kill after the first chunk leaves it."""
-    from offline_infalign.storage import InjectedFault
+    from offline_infalign.artifacts.storage import InjectedFault
 
     monkeypatch.setenv("INFALIGN_FAULT", "after-chunk:0")
     with pytest.raises(InjectedFault):
@@ -103,7 +103,7 @@ def test_verify_default_small_inputs_and_no_verify(scored, tmp_path, capsys):
 
 
 def test_verify_forces_the_hash_for_every_stage_that_opens_an_input(assets, scored, tmp_path, capsys, monkeypatch):
-    from offline_infalign import storage
+    from offline_infalign.artifacts import storage
 
     monkeypatch.setattr(storage, "HASH_ALWAYS_BYTES", 0)  # every input is "large": the default does not hash
     samples = _tampered_copy(scored / "samples", tmp_path / "samples")
@@ -122,7 +122,7 @@ def test_verify_forces_the_hash_for_every_stage_that_opens_an_input(assets, scor
 def test_verify_in_merge_and_eval(assets, scored, tmp_path_factory, tmp_path, capsys, monkeypatch):
     import shutil
 
-    from offline_infalign import storage
+    from offline_infalign.artifacts import storage
 
     shards = []
     for i in (0, 1):

@@ -190,7 +190,7 @@ def _adapter(scored, tmp_path_factory):
     """A one-step adapter on the scored fixture's prepared dataset, trained once per module."""
     if "path" not in _ADAPTER:
         out = tmp_path_factory.mktemp("adapter") / "a"
-        from offline_infalign.storage import read_manifest
+        from offline_infalign.artifacts.storage import read_manifest
 
         model = read_manifest(scored / "samples")["model"]
         assert main(["train", "--dataset", str(scored / "prepared"), "--model", model, "--loss", "tilted_pairwise",
@@ -233,7 +233,7 @@ def scalar_reward(prompts, completions):
 def test_raising_reward_names_prompt_id_and_completion(scored, tmp_path, capsys):
     import datasets
 
-    from offline_infalign.scoring import load_scorer, score_texts
+    from offline_infalign.models.scoring import load_scorer, score_texts
 
     samples = datasets.load_from_disk(str(scored / "samples"))
     completions = [list(c) for c in samples["completions"]]
@@ -247,7 +247,7 @@ def test_raising_reward_names_prompt_id_and_completion(scored, tmp_path, capsys)
 
 
 def test_raising_reward_through_the_cli(scored, tmp_path, capsys):
-    from offline_infalign.storage import load_artifact
+    from offline_infalign.artifacts.storage import load_artifact
 
     first = load_artifact(scored / "samples")[0]["prompt_id"][0]
     err = error_line(capsys, ["score", "--input", str(scored / "samples"), "--reward-model",

@@ -151,7 +151,7 @@ def test_a_train_split_whose_prompts_are_all_tied():
 
     from offline_infalign.core.errors import InfalignError
     from offline_infalign.core.transforms import Transform
-    from offline_infalign.preparation import is_test_prompt, prepare
+    from offline_infalign.kinds.preparation import is_test_prompt, prepare
 
     ids = [f"q{i}" for i in range(40)]
     held_out = [is_test_prompt(pid, 0.5) for pid in ids]

@@ -102,7 +102,7 @@ def test_one_target_module_name_is_a_name(build):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from offline_infalign.modeling import lora_config
+    from offline_infalign.models.modeling import lora_config
 
     for names in (["q_proj"], "q_proj"):
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(build["lm"]), lora_config(2, target_modules=names))

@@ -7,8 +7,8 @@ import datasets
 import numpy as np
 import pytest
 
+from offline_infalign.artifacts.storage import read_manifest
 from offline_infalign.cli import main
-from offline_infalign.storage import read_manifest
 from tests.tiny_models import save_tiny_lm, save_tiny_reward_model, tiny_causal_lm, tiny_tokenizer
 
 WORDS = "the movie was very good . tell me about the cat please".split()
@@ -143,7 +143,7 @@ def test_bad_inputs_each_give_one_clear_line(assets, tmp_path, capsys):
 
 
 def test_score_reward_label_and_the_copied_sampling_facts(assets, tmp_path, capsys):
-    from offline_infalign.scoring import load_scorer
+    from offline_infalign.models.scoring import load_scorer
 
     labels = {0: "negative", 1: "positive"}
     rm2 = str(save_tiny_reward_model(tmp_path / "rm2", num_labels=2, id2label=labels,

@@ -35,7 +35,7 @@ def _gpt2_folder(path, tokenizer: str) -> str:
 
 def _prompt_of(tok, n: int) -> str:
     """A text prompt that encodes (tokenization.encode_prompt) to exactly n tokens."""
-    from offline_infalign.tokenization import encode_prompt
+    from offline_infalign.models.tokenization import encode_prompt
 
     pieces = "the movie was very good and the cat was happy".split() + list("abcdefgh")
     text = ""
@@ -73,7 +73,7 @@ def _boundary_sample(boundary, out, policy):
 
 
 def _rows(out):
-    from offline_infalign.storage import load_artifact
+    from offline_infalign.artifacts.storage import load_artifact
 
     data, manifest = load_artifact(out)
     return {pid: (len(p), [len(c) for c in cs]) for pid, p, cs in
@@ -108,7 +108,7 @@ def test_exact_context_prompt_truncate(boundary, tmp_path, capsys):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from offline_infalign.storage import load_artifact
+    from offline_infalign.artifacts.storage import load_artifact
 
     data, _ = load_artifact(tmp_path / "o")
     longest = max((p + c for p, cs in zip(data["prompt_ids"], data["completion_ids"]) for c in cs), key=len)
@@ -118,8 +118,8 @@ def test_exact_context_prompt_truncate(boundary, tmp_path, capsys):
 
 
 def test_fit_prompts_boundary_and_chat_truncation(boundary):
-    from offline_infalign.sampling import fit_prompts
-    from offline_infalign.tokenization import encode_prompt
+    from offline_infalign.models.sampling import fit_prompts
+    from offline_infalign.models.tokenization import encode_prompt
 
     tok, limit = boundary["tok"], CONTEXT - NEW
     exact = {"prompt_id": "e", "prompt": _prompt_of(tok, limit)}

@@ -33,8 +33,8 @@ from train_fixtures import save_prepared
 from offline_infalign.config import TrainConfig
 from offline_infalign.core.calibration import calibrate
 from offline_infalign.core.transforms import Transform
-from offline_infalign.logprobs import completion_logps, pad_pairs
-from offline_infalign.tokenization import encode_completion, encode_prompt
+from offline_infalign.models.logprobs import completion_logps, pad_pairs
+from offline_infalign.models.tokenization import encode_completion, encode_prompt
 
 PROMPT = "tell me about the movie"
 WORDS8 = ["good", "bad", "great", "awful", "fine", "ok", "nice", "boring"]
@@ -126,7 +126,7 @@ def build_datasets(root: Path):
 
 def train_and_measure(loss, model_dir, dirs, out):
     from offline_infalign.core.losses import LOSSES
-    from offline_infalign.modeling import load_adapted
+    from offline_infalign.models.modeling import load_adapted
     from offline_infalign.stages.train import train
 
     lr, steps, batch = SETTINGS[loss]

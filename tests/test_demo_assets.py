@@ -27,7 +27,7 @@ from offline_infalign.demo.assets import (
     train_losses,
 )
 from offline_infalign.demo.corpus import review_corpus, sentiment_lines
-from offline_infalign.tokenization import encode_completion, encode_prompt
+from offline_infalign.models.tokenization import encode_completion, encode_prompt
 
 SMALL_STEPS = 3
 RETRAINED_STEPS = 60

@@ -13,9 +13,9 @@ import json
 import datasets
 import pytest
 
+from offline_infalign.artifacts.output_folder import is_disk_full
+from offline_infalign.artifacts.storage import read_manifest
 from offline_infalign.cli import main
-from offline_infalign.output_folder import is_disk_full
-from offline_infalign.storage import read_manifest
 from tests.bad_input_helpers import error_line, make_assets, make_build, sample_argv
 
 TORCH_ENOSPC = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"

@@ -52,8 +52,8 @@ def three(tmp_path_factory):
 @pytest.fixture
 def counted(monkeypatch):
     """Every sampler call (its seed) and every judge call (its progress label)."""
-    import offline_infalign.sampling as sampling
-    import offline_infalign.scoring as scoring
+    import offline_infalign.models.sampling as sampling
+    import offline_infalign.models.scoring as scoring
 
     calls = SimpleNamespace(seeds=[], judged=[])
     real_sample, real_score = sampling.sample_completions, scoring.score_in_chunks

@@ -124,8 +124,8 @@ def test_eval_cli_end_to_end(tiny_setup, tmp_path, capsys):
     # directly with the base seed (seed + 1); the policy side differs from it.
     from transformers import AutoModelForCausalLM
 
-    from offline_infalign.modeling import load_tokenizer
-    from offline_infalign.sampling import sample_completions
+    from offline_infalign.models.modeling import load_tokenizer
+    from offline_infalign.models.sampling import sample_completions
 
     base_lm = AutoModelForCausalLM.from_pretrained(tiny_setup.base).eval()
     direct = sample_completions(base_lm, load_tokenizer(str(tiny_setup.base)), [r["prompt"] for r in rows],
@@ -175,7 +175,7 @@ def test_eval_bpe_end_to_end_on_the_sampled_ids(bpe_setup, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     from offline_infalign.cli import main
-    from offline_infalign.scoring import load_scorer
+    from offline_infalign.models.scoring import load_scorer
 
     out = tmp_path / "ev"
     argv = ["eval", "--policy", str(bpe_setup.adapter), "--prompts", str(bpe_setup.prompts), "--samples", "4",
@@ -241,7 +241,7 @@ def test_eval_long_prompts_skip_or_fail(tiny_setup, tmp_path, capsys):
 
 
 def _teacher_forced(model, prompt_ids, completion_ids) -> float:
-    """Σ log p over completion_ids, one unpadded sequence at a time: independent of offline_infalign.logprobs."""
+    """Σ log p over completion_ids, one unpadded sequence at a time: independent of offline_infalign.models.logprobs."""
     import torch
 
     with torch.no_grad():
@@ -270,8 +270,8 @@ def test_token_kl_is_unbiased_and_less_noisy_than_the_log_ratio():
     one with a smaller variance; a zero adapter gives exactly 0."""
     from tiny_models import tiny_tokenizer
 
-    from offline_infalign.logprobs import ids_logps_and_kl
-    from offline_infalign.sampling import sample_completions
+    from offline_infalign.models.logprobs import ids_logps_and_kl
+    from offline_infalign.models.sampling import sample_completions
 
     tok = tiny_tokenizer()
     model = _lora_lm(tok, seed=0)
@@ -339,7 +339,7 @@ def test_draw_scores_the_sampled_ids_cut_and_stopped_alike(fixture):
     # ids make both kinds common in a few draws.
     from tiny_models import tiny_bpe_tokenizer, tiny_tokenizer
 
-    from offline_infalign.modeling import stop_token_ids
+    from offline_infalign.models.modeling import stop_token_ids
     from offline_infalign.stages.evaluate import _draw_base, _draw_policy
 
     tok = tiny_bpe_tokenizer() if fixture == "bpe" else tiny_tokenizer()

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from offline_infalign.artifacts.report import default_ns, summarize
+from offline_infalign.artifacts.training_record import resolve_settings
 from offline_infalign.config import EvalConfig, load_config
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.report import default_ns, summarize
-from offline_infalign.training_record import resolve_settings
 
 
 def brute_force_win_rate(policy_rewards, base_rewards, n, procedure):
@@ -169,7 +169,7 @@ def test_default_ns():
 
 
 def test_length_summary_and_cut_note():
-    from offline_infalign.report import cut_note, length_summary
+    from offline_infalign.artifacts.report import cut_note, length_summary
 
     policy = [{"completion_ids": [[5, 6, 2], [7, 8, 9]], "finish_reasons": ["stop", "length"]},
               {"completion_ids": [[2], [4, 4, 4]], "finish_reasons": ["stop", "length"]}]

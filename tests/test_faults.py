@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 from tiny_models import save_tiny_lm
 
+from offline_infalign.artifacts.storage import InjectedFault, load_artifact, output_lock
 from offline_infalign.config import (
     DemoConfig,
     EvalConfig,
@@ -34,7 +35,6 @@ from offline_infalign.stages.merge import run_merge
 from offline_infalign.stages.prepare import run_prepare
 from offline_infalign.stages.sample import run_sample
 from offline_infalign.stages.score import run_score
-from offline_infalign.storage import InjectedFault, load_artifact, output_lock
 
 PROMPTS = ["tell me about the movie", "how was the food ?", "what is a good day", "why is the cat sad",
            "please tell me a review"]

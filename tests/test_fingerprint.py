@@ -8,13 +8,13 @@ import datasets
 import pytest
 from tiny_models import save_tiny_lm
 
+from offline_infalign.artifacts.fingerprint import SLICE_BYTES, fingerprint_model, fingerprint_reward
+from offline_infalign.artifacts.storage import InjectedFault, read_manifest, save_artifact
 from offline_infalign.config import PrepareConfig, SampleConfig, ScoreConfig, load_config
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.fingerprint import SLICE_BYTES, fingerprint_model, fingerprint_reward
 from offline_infalign.stages.prepare import run_prepare
 from offline_infalign.stages.sample import run_sample
 from offline_infalign.stages.score import run_score
-from offline_infalign.storage import InjectedFault, read_manifest, save_artifact
 
 REWARD_SRC = "def reward(prompts, completions):\n    return [{sign}float(len(c)) for c in completions]\n"
 
@@ -166,8 +166,8 @@ def test_prepare_carries_the_fingerprints(tmp_path, monkeypatch):
 def test_tokenizer_fingerprint_is_the_vocabulary(lm, tmp_path):
     from tiny_models import tiny_bpe_tokenizer, tiny_tokenizer
 
-    from offline_infalign.fingerprint import fingerprint_tokenizer
-    from offline_infalign.modeling import load_tokenizer
+    from offline_infalign.artifacts.fingerprint import fingerprint_tokenizer
+    from offline_infalign.models.modeling import load_tokenizer
 
     word = fingerprint_tokenizer(load_tokenizer(str(lm)))
     assert word.startswith(f"vocab:{len(tiny_tokenizer())}:")

@@ -43,7 +43,7 @@ def test_trains_every_weight_saves_a_model_folder_and_eval_loads_it(data, tmp_pa
     assert set(changed) == set(before)  # every weight trained, embeddings and norms included
     assert "full fine-tuning" in (out / "README.md").read_text()
 
-    from offline_infalign.modeling import FullPolicy, load_adapted
+    from offline_infalign.models.modeling import FullPolicy, load_adapted
 
     policy, tok = load_adapted(str(data["model"]), out)
     assert isinstance(policy, FullPolicy)

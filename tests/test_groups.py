@@ -18,15 +18,15 @@ from train_fixtures import make_prepared_with_ids
 from offline_infalign.config import TrainConfig
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.losses import LOSSES
-from offline_infalign.groups import GroupBatchSampler, pack_sequences, prompt_groups
-from offline_infalign.logprobs import (
+from offline_infalign.models.groups import GroupBatchSampler, pack_sequences, prompt_groups
+from offline_infalign.models.logprobs import (
     causal_lm,
     completion_logps,
     packed_logps,
     pad_pairs,
     target_logps,
 )
-from offline_infalign.packed_check import check_packed, packed_refusal
+from offline_infalign.models.packed_check import check_packed, packed_refusal
 from offline_infalign.stages import train as T
 
 KINDS = {"pairs": "tilted_pairwise", "listwise": "listwise", "bon": "weighted_sft"}
@@ -102,7 +102,7 @@ def test_pack_sequences_layout_dedups_and_restarts_positions():
 
 
 def test_attention_layout_keeps_completions_apart_and_applies_the_window():
-    from offline_infalign.packed_attention import _masks, unit_layout
+    from offline_infalign.models.packed_attention import _masks, unit_layout
 
     # prompt [1, 2], completions [5, 6, 8] and [7]: positions 0 1 | 2 3 4 | 2
     (unit,) = pack_sequences([[1, 2], [1, 2]], [[5, 6, 8], [7]], pad_token_id=0)["group_units"]
@@ -171,7 +171,7 @@ def test_packed_equals_per_row_for_each_model_family(family, attn, dtype, monkey
     gradients; the others to 1e-7 (their RMSNorm, and eager softmax, compute in float32 whatever the weights)."""
     from peft import get_peft_model
 
-    from offline_infalign.modeling import lora_config
+    from offline_infalign.models.modeling import lora_config
 
     if dtype == "float64":
         monkeypatch.setattr(torch.Tensor, "float", lambda self: self)  # no float32 log-softmax in float64
@@ -318,7 +318,7 @@ def test_a_wrong_packed_forward_is_caught_at_the_first_batch_and_the_run_goes_pe
         return args, kwargs
 
     handle = base.register_forward_pre_hook(no_restart, with_kwargs=True)
-    with caplog.at_level(logging.INFO, logger="offline_infalign.trainer"):
+    with caplog.at_level(logging.INFO, logger="offline_infalign.training.trainer"):
         values = [trainer.compute_loss(trainer.model, batch) for _ in range(2)]
     handle.remove()
     check = trainer.packed_check

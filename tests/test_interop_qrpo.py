@@ -18,14 +18,14 @@ from bad_input_helpers import error_line, nothing_written
 from train_fixtures import ids_logps, save_scored, scored_with_ids
 from transformers import AutoTokenizer
 
+from offline_infalign.artifacts.storage import InjectedFault, load_artifact
 from offline_infalign.cli import main
 from offline_infalign.config import ExportConfig, ImportConfig, PrepareConfig, load_config
 from offline_infalign.core.errors import InfalignError
+from offline_infalign.models.tokenization import encode_prompt
 from offline_infalign.stages.export import run_export
 from offline_infalign.stages.import_ import IDS_REENCODED, run_import
 from offline_infalign.stages.prepare import run_prepare
-from offline_infalign.storage import InjectedFault, load_artifact
-from offline_infalign.tokenization import encode_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures" / "qrpo"
 LAYOUTS = ("original", "verl")
@@ -94,7 +94,7 @@ def test_import_gives_a_scored_artifact_that_prepare_takes(model, tmp_path, layo
                                                           kind="listwise", transform="identity", beta=0.5)))
     assert any("encoded again" in w for w in p["warnings"])  # prepare carries the note on (model card, record, eval)
     # The ids' tokenizer travels with them (train refuses a model whose tokenizer reads them otherwise).
-    from offline_infalign.fingerprint import fingerprint_tokenizer
+    from offline_infalign.artifacts.fingerprint import fingerprint_tokenizer
 
     assert p["tokenizer_fingerprint"] == m["tokenizer_fingerprint"] == fingerprint_tokenizer(tok)
     data, _ = load_artifact(tmp_path / "prep")

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
+from offline_infalign.artifacts.storage import load_artifact, read_manifest
 from offline_infalign.cli import main
-from offline_infalign.storage import load_artifact, read_manifest
 from tests.bad_input_helpers import error_line, make_assets, sample_argv
 from tests.tiny_models import save_tiny_lm
 

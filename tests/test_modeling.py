@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import save_tiny_lm
 
-from offline_infalign import modeling
 from offline_infalign.core.errors import InfalignError
+from offline_infalign.models import modeling
 
 
 @pytest.fixture(scope="module")

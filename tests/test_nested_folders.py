@@ -18,8 +18,14 @@ from pathlib import Path
 import datasets
 import pytest
 
+from offline_infalign.artifacts.storage import (
+    ChunkStore,
+    content_hash,
+    load_artifact,
+    read_manifest,
+    save_artifact,
+)
 from offline_infalign.cli import main
-from offline_infalign.storage import ChunkStore, content_hash, load_artifact, read_manifest, save_artifact
 from tests.bad_input_helpers import error_line, make_assets, make_build, sample_argv
 
 
@@ -102,7 +108,7 @@ def test_out_inside_another_artifact_or_run_is_refused(assets, built, tmp_path, 
                               "tilted_pairwise", "--out", str(built / "prepared" / "adapter")])
     assert "which holds a finished artifact" in err and not (built / "prepared" / "adapter").exists()
     # An unfinished run (killed after its first chunk) and a train output are other runs' folders too.
-    from offline_infalign.storage import InjectedFault
+    from offline_infalign.artifacts.storage import InjectedFault
 
     monkeypatch.setenv("INFALIGN_FAULT", "after-chunk:0")
     with pytest.raises(InjectedFault):
@@ -126,7 +132,7 @@ def test_out_around_another_artifact_is_refused(built, capsys):
 def _holder(folder):
     """Another process holding the output lock of `folder` until its stdin closes."""
     proc = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from offline_infalign.storage import output_lock\n"
+        "import sys; from offline_infalign.artifacts.storage import output_lock\n"
         f"with output_lock({str(folder)!r}):\n    print('locked', flush=True); sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from offline_infalign.artifacts.integrity import find_non_finite
+from offline_infalign.artifacts.storage import load_artifact, save_artifact
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.integrity import find_non_finite
-from offline_infalign.storage import load_artifact, save_artifact
-from offline_infalign.training_guard import NonFiniteGuard
+from offline_infalign.training.guard import NonFiniteGuard
 from tests.bad_input_helpers import error_line, make_assets, make_build
 
 NAN, INF = float("nan"), float("inf")
@@ -92,7 +92,7 @@ def test_listwise_targets_and_prepare_output(built, tmp_path, capsys, monkeypatc
     with pytest.raises(InfalignError, match="column 'targets': inf at row 1 of split 'train'"):
         load_artifact(bad, stage="prepared")
     # What prepare would write is checked too (a kind whose rows overflow): refused before anything is written.
-    from offline_infalign.preparation import Prepared
+    from offline_infalign.kinds.preparation import Prepared
     from offline_infalign.stages import prepare as prepare_stage
 
     real = prepare_stage.prepare

@@ -14,17 +14,17 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, tiny_causal_lm, tiny_decoder, tiny_tokenizer
 
-from offline_infalign.groups import pack_sequences
-from offline_infalign.logprobs import (
+from offline_infalign.models.grouped_logps import grouped_ids_logps
+from offline_infalign.models.groups import pack_sequences
+from offline_infalign.models.logprobs import (
     causal_lm,
     completion_logps,
-    grouped_ids_logps,
     ids_logps,
     packed_logps,
     pad_pairs,
 )
-from offline_infalign.packed_attention import PREFIX
-from offline_infalign.packed_check import check_packed, packed_refusal, packing_tolerance
+from offline_infalign.models.packed_attention import PREFIX
+from offline_infalign.models.packed_check import check_packed, packed_refusal, packing_tolerance
 
 VOCAB = 64
 WINDOW = 5
@@ -274,13 +274,13 @@ def _interleaved():
 
 
 def test_grouped_ids_logps_is_ids_logps_packed(monkeypatch):
-    import offline_infalign.logprobs as L
+    import offline_infalign.models.grouped_logps as G
 
     model = tiny_decoder("gpt2", VOCAB)
     p_ids, c_ids = _interleaved()
     calls = []
-    original = L.packed_logps
-    monkeypatch.setattr(L, "packed_logps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = G.packed_logps
+    monkeypatch.setattr(G, "packed_logps", lambda *a, **k: calls.append(1) or original(*a, **k))
     want = ids_logps(model, p_ids, c_ids, 0, batch_size=4)
     got = grouped_ids_logps(model, p_ids, c_ids, 0, batch_size=4)
     assert got.dtype == np.float32 and got.shape == (len(p_ids),)
@@ -295,7 +295,7 @@ def test_grouped_ids_logps_runs_per_row_when_the_check_fails(caplog):
     model = tiny_decoder("gpt2", VOCAB)
     p_ids, c_ids = _interleaved()
     handle = _plant(model, _positions_do_not_restart)
-    with caplog.at_level(logging.WARNING, logger="offline_infalign.logprobs"):
+    with caplog.at_level(logging.WARNING, logger="offline_infalign.models.grouped_logps"):
         got = grouped_ids_logps(model, p_ids, c_ids, 0, batch_size=4)
     handle.remove()
     warnings = [r for r in caplog.records if "running per row" in r.getMessage()]

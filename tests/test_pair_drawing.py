@@ -15,7 +15,7 @@ from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.transforms import Transform
 from offline_infalign.kinds import pairs as pairs_kind
 from offline_infalign.kinds.pairs import UntiedPairs, _all_pairs, untied_counts
-from offline_infalign.preparation import prepare
+from offline_infalign.kinds.preparation import prepare
 
 
 def _listed(rewards, pairs_per_prompt, seed, ids):

@@ -7,6 +7,7 @@ import os
 import datasets
 import pytest
 
+from offline_infalign.artifacts.storage import read_manifest
 from offline_infalign.config import (
     BuildConfig,
     MergeConfig,
@@ -20,7 +21,6 @@ from offline_infalign.stages import merge as merge_stage
 from offline_infalign.stages import prepare as prepare_stage
 from offline_infalign.stages import sample as sample_stage
 from offline_infalign.stages import score as score_stage
-from offline_infalign.storage import read_manifest
 from tests.tiny_models import save_tiny_lm
 
 WORDS = "the movie was very good . tell me about the cat please".split()
@@ -271,8 +271,8 @@ def test_sharded_scoring_merges_to_the_unsharded_scores(assets, tmp_path):
 def test_samples_record_token_ids_stop_set_and_cut_fraction(assets, tmp_path, which):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from offline_infalign.sampling import compute_ref_logps
-    from offline_infalign.tokenization import encode_prompt
+    from offline_infalign.models.sampling import compute_ref_logps
+    from offline_infalign.models.tokenization import encode_prompt
 
     tok = AutoTokenizer.from_pretrained(assets[which])
     model = AutoModelForCausalLM.from_pretrained(assets[which]).eval()

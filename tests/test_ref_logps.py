@@ -11,15 +11,15 @@ import datasets
 import pytest
 import torch
 
-from offline_infalign import modeling
+from offline_infalign.artifacts.storage import InjectedFault
 from offline_infalign.config import MergeConfig, PrepareConfig, SampleConfig, ScoreConfig, load_config
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.logprobs import ids_logps
+from offline_infalign.models import modeling
+from offline_infalign.models.logprobs import ids_logps
 from offline_infalign.stages import sample as sample_stage
 from offline_infalign.stages.merge import run_merge
 from offline_infalign.stages.prepare import run_prepare
 from offline_infalign.stages.score import run_score
-from offline_infalign.storage import InjectedFault
 from tests.test_sampling import _FakeVLLM, fake_vllm  # noqa: F401 - the fixture is used by name
 from tests.tiny_models import save_tiny_lm
 

@@ -11,14 +11,14 @@ import pytest
 from tiny_models import save_tiny_lm
 from train_fixtures import make_prepared
 
+from offline_infalign.artifacts.storage import load_artifact, save_artifact
 from offline_infalign.config import PrepareConfig, SampleConfig, ScoreConfig, TrainConfig, load_config
 from offline_infalign.kinds import get_kind
-from offline_infalign.reference import check_stored_reference, reference_tolerance
 from offline_infalign.stages import train as T
 from offline_infalign.stages.prepare import run_prepare
 from offline_infalign.stages.sample import run_sample
 from offline_infalign.stages.score import run_score
-from offline_infalign.storage import load_artifact, save_artifact
+from offline_infalign.training.reference import check_stored_reference, reference_tolerance
 
 PROMPTS = ["tell me about the movie", "how was the food ?", "what is a good day", "why is the cat sad",
            "please tell me a review", "the cat was very good", "a day", "what is it"]

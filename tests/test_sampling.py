@@ -8,16 +8,15 @@ import pytest
 import torch
 
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.modeling import stop_token_ids
-from offline_infalign.sampling import (
+from offline_infalign.models.decoding import sample_tokens, truncated_probs
+from offline_infalign.models.modeling import stop_token_ids
+from offline_infalign.models.sampling import (
     compute_ref_logps,
     fit_prompts,
     prompt_seed,
     sample_completions,
-    sample_tokens,
-    truncated_probs,
 )
-from offline_infalign.tokenization import encode_completion, encode_prompt
+from offline_infalign.models.tokenization import encode_completion, encode_prompt
 from tests.tiny_models import save_tiny_lm, tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["how was the movie", "tell me about the cat", [{"role": "user", "content": "why is it good"}],
@@ -339,7 +338,7 @@ def fake_vllm(monkeypatch):
 
 @pytest.mark.parametrize("drop_stop", [False, True])
 def test_vllm_backend_glue_with_a_fake_engine(fixture, fake_vllm, drop_stop):
-    from offline_infalign.vllm_sampling import sample_completions_vllm
+    from offline_infalign.models.vllm_sampling import sample_completions_vllm
 
     name, tok, model, prompts = fixture
     stop = stop_token_ids(model, tok)
@@ -370,7 +369,7 @@ def test_vllm_backend_glue_with_a_fake_engine(fixture, fake_vllm, drop_stop):
 def test_vllm_record_rules():
     from types import SimpleNamespace
 
-    from offline_infalign.vllm_sampling import _vllm_record
+    from offline_infalign.models.vllm_sampling import _vllm_record
 
     tok = tiny_tokenizer()
     eos, stop = tok.eos_token_id, [tok.eos_token_id, 7]

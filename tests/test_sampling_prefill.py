@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.sampling import sample_completions
+from offline_infalign.models.sampling import sample_completions
 from tests.tiny_models import save_tiny_lm, tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["how was the movie", "tell me about the cat", [{"role": "user", "content": "why is it good"}],
@@ -101,7 +101,7 @@ def test_unknown_decoder():
 def test_sample_tokens_equals_the_clamped_searchsorted_rule():
     # sample_tokens computes the fallback (last positive-probability token) only for rows whose x reached the
     # total; the result must be the old rule min(searchsorted, last positive) everywhere, edge rows included.
-    from offline_infalign.sampling import sample_tokens, truncated_probs
+    from offline_infalign.models.decoding import sample_tokens, truncated_probs
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(512, 300, generator=gen) * 3

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.scoring import CallableScorer, HFRewardScorer, load_scorer, score_texts
+from offline_infalign.models.scoring import CallableScorer, HFRewardScorer, load_scorer, score_texts
 from tests.tiny_models import save_tiny_reward_model, tiny_reward_model, tiny_tokenizer
 
 PROMPTS = ["how was the movie", [{"role": "user", "content": "tell me about the cat"}], "the food was"]

@@ -10,7 +10,6 @@ import sys
 import pytest
 from tiny_models import save_tiny_lm, tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 
-from offline_infalign import modeling
 from offline_infalign.config import (
     BuildConfig,
     EvalConfig,
@@ -20,6 +19,7 @@ from offline_infalign.config import (
     load_config,
 )
 from offline_infalign.core.errors import InfalignError
+from offline_infalign.models import modeling
 
 PLUGIN = '''
 from pathlib import Path
@@ -71,7 +71,7 @@ def _refused(exc, folder) -> None:
 
 
 def test_every_model_load_refuses_pickle_only_weights(folders):
-    from offline_infalign.scoring import HFRewardScorer, load_scorer
+    from offline_infalign.models.scoring import HFRewardScorer, load_scorer
 
     with pytest.raises(InfalignError, match="has no safetensors weights") as exc:
         modeling.load_causal_lm(str(folders["pickle_lm"]), device="cpu")
@@ -100,7 +100,7 @@ def test_every_model_load_refuses_pickle_only_weights(folders):
 
 
 def test_the_opt_in_loads_pickle_weights_and_safetensors_load_without_it(folders):
-    from offline_infalign.scoring import load_scorer
+    from offline_infalign.models.scoring import load_scorer
 
     model, _ = modeling.load_causal_lm(str(folders["pickle_lm"]), device="cpu", allow_pickle_weights=True)
     reference, _ = modeling.load_causal_lm(str(folders["safe"]), device="cpu")
@@ -210,7 +210,7 @@ def test_eval_imports_the_judge_the_user_names(plugin_cwd):
 def test_a_recorded_model_folder_or_demo_judge_still_applies(tmp_path, folders):
     from types import SimpleNamespace
 
-    from offline_infalign.training_record import names_code, resolve_settings
+    from offline_infalign.artifacts.training_record import names_code, resolve_settings
 
     fields = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING}
     for judge in (str(folders["pickle_rm"]), "demo", "org/reward-model"):  # weights (or built in), not code

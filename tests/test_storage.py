@@ -3,8 +3,14 @@
 import datasets
 import pytest
 
+from offline_infalign.artifacts.storage import (
+    ChunkStore,
+    content_hash,
+    load_artifact,
+    read_manifest,
+    save_artifact,
+)
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.storage import ChunkStore, content_hash, load_artifact, read_manifest, save_artifact
 
 
 def _ds(n, start=0):
@@ -62,7 +68,7 @@ def test_refuses_foreign_folder(tmp_path):
 
 
 def test_crash_while_finishing_leaves_a_resumable_folder(tmp_path, monkeypatch):
-    import offline_infalign.storage as storage
+    import offline_infalign.artifacts.storage as storage
 
     out = tmp_path / "out"
     store = ChunkStore(out)
@@ -169,7 +175,7 @@ POINTS += [(p, False) for p in FINISH]
 
 @pytest.mark.parametrize("point,chunked", POINTS)
 def test_killed_at_each_point_the_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch, point, chunked):
-    from offline_infalign.storage import InjectedFault
+    from offline_infalign.artifacts.storage import InjectedFault
 
     clean = _tiny_stage(tmp_path / "clean", {"seed": 0}, chunked)
     monkeypatch.setenv("INFALIGN_FAULT", point)
@@ -188,11 +194,11 @@ def test_output_lock_refuses_a_second_writer_naming_the_holder(tmp_path):
     import subprocess
     import sys
 
-    from offline_infalign.storage import output_lock
+    from offline_infalign.artifacts.storage import output_lock
 
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from offline_infalign.storage import output_lock\n"
+        "import sys, time; from offline_infalign.artifacts.storage import output_lock\n"
         f"with output_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -208,7 +214,7 @@ def test_output_lock_refuses_a_second_writer_naming_the_holder(tmp_path):
 
 
 def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path):
-    from offline_infalign.storage import output_lock
+    from offline_infalign.artifacts.storage import output_lock
 
     with pytest.raises(InfalignError, match="bad input"):
         with output_lock(tmp_path / "new"):

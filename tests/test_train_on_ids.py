@@ -28,8 +28,8 @@ def test_stored_ids_are_what_training_and_the_reference_score(id_models, tmp_pat
     from train_fixtures import ids_logps, make_prepared_with_ids
     from transformers import AutoTokenizer
 
-    from offline_infalign.logprobs import completion_logps
-    from offline_infalign.tokenization import encode_completion
+    from offline_infalign.models.logprobs import completion_logps
+    from offline_infalign.models.tokenization import encode_completion
 
     model_dir = id_models[tokenizer]
     tok = AutoTokenizer.from_pretrained(str(model_dir))

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 from tiny_models import save_tiny_lm
 from train_fixtures import make_prepared
 
-from offline_infalign.checkpoints import COMPLETE, RUN_CONFIG, resume_checkpoint
+from offline_infalign.artifacts.checkpoints import COMPLETE, RUN_CONFIG, resume_checkpoint
+from offline_infalign.artifacts.fingerprint import fingerprint_model
+from offline_infalign.artifacts.storage import InjectedFault, output_lock
+from offline_infalign.artifacts.training_record import read_training_info, resolve_settings
 from offline_infalign.config import EvalConfig, TrainConfig
 from offline_infalign.core.errors import InfalignError
-from offline_infalign.fingerprint import fingerprint_model
 from offline_infalign.stages import train as T
-from offline_infalign.storage import InjectedFault, output_lock
-from offline_infalign.training_record import read_training_info, resolve_settings
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from offline_infalign.config import TrainConfig, load_config
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.losses import LOSSES
 from offline_infalign.kinds.listwise import ListwiseCollator
-from offline_infalign.reference import choose_reference
 from offline_infalign.stages import train as T
+from offline_infalign.training.reference import choose_reference
 
 BETA = 0.5
 
@@ -104,7 +104,7 @@ def test_training_changes_lora_only_and_writes_outputs(data, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "infalign_train.json",
             "tokenizer_config.json"} <= files
     record = json.loads((out / "infalign_train.json").read_text())
-    from offline_infalign.storage import content_hash, read_manifest
+    from offline_infalign.artifacts.storage import content_hash, read_manifest
 
     # the input artifact is left as it was: no datasets cache files written into it
     assert not list(data["pairs"].rglob("cache-*"))
@@ -120,8 +120,8 @@ def test_training_changes_lora_only_and_writes_outputs(data, tmp_path):
     for needle in ("manifest.json", "exp", "3.0", "beta | 0.5", "tilted_sigmoid"):
         assert needle in card
 
-    from offline_infalign.modeling import load_adapted
-    from offline_infalign.storage import load_artifact
+    from offline_infalign.artifacts.storage import load_artifact
+    from offline_infalign.models.modeling import load_adapted
 
     policy, tok = load_adapted(cfg.model, out)
     from transformers import AutoModelForCausalLM
@@ -136,7 +136,7 @@ def test_training_changes_lora_only_and_writes_outputs(data, tmp_path):
     assert lora_b and all(p.abs().max() > 0 for p in lora_b)
     ds, _ = load_artifact(cfg.dataset)
     batch, _ = first_batch(T.make_trainer(cfg)[0], 4)
-    from offline_infalign.logprobs import completion_logps
+    from offline_infalign.models.logprobs import completion_logps
 
     with torch.no_grad():
         lp = completion_logps(policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
@@ -235,7 +235,7 @@ def test_config_errors(data, tmp_path):
 
 
 def test_qlora_unavailable_is_a_clear_error(data, tmp_path, monkeypatch):
-    from offline_infalign import modeling
+    from offline_infalign.models import modeling
 
     monkeypatch.setattr(modeling, "bitsandbytes_problem", lambda: "bitsandbytes cannot be imported (test)")
     with pytest.raises(InfalignError, match="qlora=True needs bitsandbytes.*cannot be imported"):
@@ -243,7 +243,7 @@ def test_qlora_unavailable_is_a_clear_error(data, tmp_path, monkeypatch):
 
 
 def test_qlora_trains_on_cpu_with_live_reference(data, tmp_path):
-    from offline_infalign import modeling
+    from offline_infalign.models import modeling
 
     if modeling.bitsandbytes_problem() is not None:
         pytest.skip(f"bitsandbytes cannot run here: {modeling.bitsandbytes_problem()}")
@@ -261,8 +261,8 @@ def test_trains_on_prepare_dataset_output(data, tmp_path, kind, loss):
     from datasets import Dataset
     from train_fixtures import TRANSFORM, groups, ref_logps
 
-    from offline_infalign.preparation import prepare_dataset
-    from offline_infalign.storage import save_artifact
+    from offline_infalign.artifacts.storage import save_artifact
+    from offline_infalign.kinds.preparation import prepare_dataset
 
     gs = groups(num_prompts=10, k=4)
     for g in gs:
@@ -296,10 +296,10 @@ def test_a_new_dataset_kind_is_one_registry_entry(data, tmp_path):
     from train_fixtures import TRANSFORM, groups, ref_logps
 
     from offline_infalign import kinds
+    from offline_infalign.artifacts.storage import save_artifact
     from offline_infalign.core import losses as L
     from offline_infalign.kinds.bon import BonKind
-    from offline_infalign.preparation import prepare_dataset
-    from offline_infalign.storage import save_artifact
+    from offline_infalign.kinds.preparation import prepare_dataset
 
     class WeightedRows(BonKind):
         name = "weighted_rows"

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.losses import dpo
 from offline_infalign.integrations import trl as T
-from offline_infalign.logprobs import completion_logps, pad_pairs
+from offline_infalign.models.logprobs import completion_logps, pad_pairs
 
 BETA = 0.1
 

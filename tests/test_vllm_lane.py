@@ -75,7 +75,7 @@ def _teacher_forced(model_dir, rows):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from offline_infalign.logprobs import ids_logps
+    from offline_infalign.models.logprobs import ids_logps
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -92,7 +92,7 @@ def _flat(rows, col):
 def test_the_record_and_the_float32_reference(lane, model):
     from transformers import AutoTokenizer
 
-    from offline_infalign.modeling import stop_token_ids
+    from offline_infalign.models.modeling import stop_token_ids
 
     m = _sample(lane, model, f"{model}_default")
     tok = AutoTokenizer.from_pretrained(str(lane[model]))
@@ -187,8 +187,8 @@ def test_shards_and_merge_equal_one_run(lane):
 
 @pytest.mark.parametrize("point", ["after-chunk:1", "forward:1"])
 def test_killed_and_resumed_equals_uninterrupted(lane, tmp_path, monkeypatch, point):
+    from offline_infalign.artifacts.storage import InjectedFault
     from offline_infalign.stages import sample as sample_stage
-    from offline_infalign.storage import InjectedFault
 
     whole = _sample(lane, "bpe", "bpe_default")
     cfg = _cfg(lane, "bpe", tmp_path / "s")

@@ -20,11 +20,11 @@ from datasets import Dataset, DatasetDict
 from tiny_models import BPE_CORPUS, WORDS, save_tiny_lm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from offline_infalign.artifacts.storage import save_artifact
 from offline_infalign.core.calibration import calibrate
 from offline_infalign.core.transforms import Transform
-from offline_infalign.logprobs import completion_logps, pad_pairs
-from offline_infalign.storage import save_artifact
-from offline_infalign.tokenization import encode_completion, encode_prompt
+from offline_infalign.models.logprobs import completion_logps, pad_pairs
+from offline_infalign.models.tokenization import encode_completion, encode_prompt
 
 TRANSFORM = Transform("exp", 3.0)
 
@@ -188,7 +188,7 @@ def save_scored(out, scored, model_dir, **manifest_extra) -> Path:
 
 def make_prepared_with_ids(root, kind: str, model_dir, beta=0.5, num_prompts=6, k=4, chat=False) -> Path:
     """A prepared dataset of `kind` made by `prepare_dataset` from `scored_with_ids` (so its rows carry ids)."""
-    from offline_infalign.preparation import prepare_dataset
+    from offline_infalign.kinds.preparation import prepare_dataset
 
     scored = scored_with_ids(model_dir, num_prompts=num_prompts, k=k, chat=chat)
     data = prepare_dataset(scored, kind, TRANSFORM, beta, test_fraction=0.0)

@@ -120,10 +120,10 @@ def pairs_dataset(folder: Path, root: Path, shape: dict, device: str, dtype) -> 
     computed by the model in `dtype`; returns (folder, real tokens per pair row)."""
     from datasets import Dataset, DatasetDict
 
-    from offline_infalign.logprobs import sequence_logps
-    from offline_infalign.modeling import load_causal_lm
-    from offline_infalign.storage import save_artifact
-    from offline_infalign.tokenization import encode_completion, encode_prompt
+    from offline_infalign.artifacts.storage import save_artifact
+    from offline_infalign.models.logprobs import sequence_logps
+    from offline_infalign.models.modeling import load_causal_lm
+    from offline_infalign.models.tokenization import encode_completion, encode_prompt
 
     rng = np.random.default_rng(0)
     rows = []
@@ -216,7 +216,7 @@ def section_trainer(ctx) -> list[tuple]:
         from datasets import Dataset, load_from_disk
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from offline_infalign.modeling import lora_config
+        from offline_infalign.models.modeling import lora_config
 
         tok = AutoTokenizer.from_pretrained(str(ctx.folder))
         model = AutoModelForCausalLM.from_pretrained(str(ctx.folder), dtype=ctx.torch_dtype)
@@ -246,7 +246,7 @@ def section_trainer(ctx) -> list[tuple]:
 
 
 def section_memory(ctx) -> list[tuple]:
-    from offline_infalign.modeling import bitsandbytes_problem
+    from offline_infalign.models.modeling import bitsandbytes_problem
 
     shape = {**ctx.shape, "steps": ctx.shape["warmup"] + 2}
     if ctx.lora_peak is None and ctx.gpu:
@@ -265,9 +265,9 @@ def section_memory(ctx) -> list[tuple]:
 
 
 def section_sampling(ctx) -> list[tuple]:
-    from offline_infalign.logprobs import ids_logps
-    from offline_infalign.modeling import load_causal_lm
-    from offline_infalign.sampling import sample_completions
+    from offline_infalign.models.logprobs import ids_logps
+    from offline_infalign.models.modeling import load_causal_lm
+    from offline_infalign.models.sampling import sample_completions
 
     shape = ctx.shape
     rng = np.random.default_rng(1)
@@ -303,7 +303,7 @@ def section_sampling(ctx) -> list[tuple]:
     del model
     _free()
     try:
-        from offline_infalign.sampling import load_vllm, sample_completions_vllm
+        from offline_infalign.models.sampling import load_vllm, sample_completions_vllm
 
         llm = load_vllm(str(ctx.folder), dtype="bfloat16" if ctx.bf16 else "float32", max_model_len=1024)
     except ImportError as exc:
@@ -322,7 +322,7 @@ def section_exactness(ctx) -> list[tuple]:
     import dataclasses
 
     from offline_infalign.config import TrainConfig
-    from offline_infalign.logprobs import completion_logps
+    from offline_infalign.models.logprobs import completion_logps
 
     rows = []
     if "group_forward" not in {f.name for f in dataclasses.fields(TrainConfig)}:

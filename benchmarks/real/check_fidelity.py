@@ -69,6 +69,7 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from offline_infalign.artifacts.storage import load_artifact
     from offline_infalign.config import (
         EvalConfig,
         PrepareConfig,
@@ -77,14 +78,13 @@ def main() -> int:
         TrainConfig,
         load_config,
     )
-    from offline_infalign.logprobs import completion_logps, pad_pairs
-    from offline_infalign.modeling import load_tokenizer
+    from offline_infalign.models.logprobs import completion_logps, pad_pairs
+    from offline_infalign.models.modeling import load_tokenizer
     from offline_infalign.stages.evaluate import evaluate
     from offline_infalign.stages.prepare import run_prepare
     from offline_infalign.stages.sample import run_sample
     from offline_infalign.stages.score import run_score
     from offline_infalign.stages.train import train
-    from offline_infalign.storage import load_artifact
 
     torch.set_num_threads(1)
     out = Path(args.out)

@@ -48,7 +48,7 @@ def _cli(command: str, settings: dict) -> list[str]:
 
 def token_counts(samples: Path) -> dict:
     """Real tokens of the base samples (no padding): what the per-token costs are measured against."""
-    from offline_infalign.storage import load_artifact
+    from offline_infalign.artifacts.storage import load_artifact
 
     rows, _ = load_artifact(samples)
     comp = [len(ids) for r in rows for ids in r["completion_ids"]]
@@ -148,7 +148,7 @@ class Effect:
     def judge(self, ev: Path, rows: list[dict]) -> dict:
         """The held-out judge's scores and win rates of one evaluation's samples (cached in judge.json)."""
         from offline_infalign.core.estimators import estimate_win_rate
-        from offline_infalign.scoring import load_scorer
+        from offline_infalign.models.scoring import load_scorer
 
         path = ev / "judge.json"
         if path.is_file():
@@ -233,8 +233,8 @@ def run_budget(effect: Effect, budget: float, eval_file: Path, log) -> tuple[dic
 def compare_arms(effect: Effect, per_arm: dict) -> dict:
     """Each arm − identity, paired by prompt (report.compare), by the training reward and by the judge, from the
     chosen tries' own samples: all were judged against the same base samples on the same prompts (checked)."""
+    from offline_infalign.artifacts.report import compare
     from offline_infalign.core.errors import InfalignError
-    from offline_infalign.report import compare
 
     a, rows = effect.a, {name: _load_rows(Path(r["eval"])) for name, r in per_arm.items()}
     base = {name: np.array([r["base_rewards"] for r in rs]) for name, rs in rows.items()}

@@ -76,7 +76,7 @@ def _encoder():
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from offline_infalign.modeling import default_device, from_pretrained
+    from offline_infalign.models.modeling import default_device, from_pretrained
 
     folder = encoder_dir()
     device = default_device(os.environ.get("INFALIGN_REWARD_DEVICE"))

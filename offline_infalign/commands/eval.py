@@ -94,7 +94,7 @@ def _table(report) -> None:
 
 
 def _notes(notes) -> None:
-    from ..report import PREDICTION_NOTE
+    from ..artifacts.report import PREDICTION_NOTE
 
     for note in notes:
         if note != PREDICTION_NOTE:  # the same every run; it stays in report.json

@@ -12,6 +12,7 @@ from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
 from ..engines import ENGINE_FIELDS, ENGINE_NAMES
 from ..kinds import KIND_NAMES, PAIR_CHOICES
+from ..models.scorers import quoted_names
 from .base import (
     ALLOW_PICKLE_HELP,
     BACKENDS,
@@ -141,7 +142,7 @@ def _check_device(device: str | None, engine: str = "local") -> None:
     """A --device torch cannot use here (`banana`, `cuda` on a CPU-only build) is refused when the config is read.
     With --engine ray the device is the workers' (a CPU-only driver with GPU workers), so it is not checked here."""
     if device is not None and engine == "local":
-        from ..load_checks import check_device  # torch: only when a device is named, never for --help
+        from ..models.load_checks import check_device  # torch: only when a device is named, never for --help
 
         check_device(device)
 
@@ -168,7 +169,7 @@ class ScoreConfig:
 
     input: str = field(help="samples artifact folder (from `infalign sample`)")
     reward_model: str = field(help="reward: HF sequence-classification folder/hub id, 'module:function', "
-                              "or 'demo'")
+                              f"or {quoted_names()}")
     out: str = field(help="output artifact folder")
     batch_size: int = field(16, help="(prompt, completion) pairs per reward-model batch")
     chunk_size: int = field(256, help="prompts per resumable chunk written to disk")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
+from ..models.scorers import quoted_names
 from .base import ALLOW_PICKLE_HELP, DTYPES, LONG_PROMPT_POLICIES, VERIFY_HELP, field, positive_int, spell
 
 __all__ = ["EvalConfig", "KL_MATCH_TOLERANCE"]
@@ -35,7 +36,7 @@ class EvalConfig:
                                 "matched; a comparison at unmatched KL is flagged (more KL buys win rate)")
     model: str | None = field(None, help="base model path or hub id (default: the model the adapter was trained on)")
     reward_model: str | None = field(None, help="judge: HF sequence-classification path, 'module:function' or "
-                                     "'demo' (default: the adapter's training reward model)")
+                                     f"{quoted_names()} (default: the adapter's training reward model)")
     reward_label: str | None = field(None, help="a judge with several outputs: the one whose raw logit is the "
                                      "reward, an index or a label name from its id2label (default: the training "
                                      "reward's, when the judge is the training reward model)")

@@ -262,7 +262,7 @@ def _prepare(recipe: dict, corpus: list[tuple[str, str]]):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ..tokenization import encode_completion, encode_prompt
+    from ..models.tokenization import encode_completion, encode_prompt
 
     tokenizer = _build_tokenizer(template_texts() + [text for pair in corpus for text in pair])
     sequences = [encode_prompt(tokenizer, p) + encode_completion(tokenizer, c) for p, c in corpus]

@@ -75,8 +75,8 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
     The stages skip finished outputs, so without this a rerun with, say, more steps would silently reuse the
     old adapters; the sampling stages refuse on their own, training and evaluation would not.
     """
+    from ..artifacts.storage import write_json_atomic
     from ..config import config_diff, config_to_dict
-    from ..storage import write_json_atomic
 
     path, now = out / "demo_config.json", config_to_dict(cfg)
     if path.is_file():
@@ -90,9 +90,9 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
 
 def _train(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int) -> Path:
     """Prepare and train one try (each step skipped when its output is already complete); its adapter folder."""
+    from ..artifacts.training_record import TRAIN_INFO
     from ..stages import train as trainer
     from ..stages.prepare import run_prepare
-    from ..training_record import TRAIN_INFO
 
     data, tag = Path(cfg.out) / "data", f"{name}_r{round_}"
     prepared, adapter = data / f"prepared_{tag}", Path(cfg.out) / f"adapter_{tag}"
@@ -179,7 +179,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
     stage also locks its own subfolder (different files: no stage waits on the demo's lock); the demo's
     folder holds its stages' folders by design (own_subfolders).
     """
-    from ..storage import output_lock
+    from ..artifacts.storage import output_lock
 
     with output_lock(cfg.out, own_subfolders=True):
         return _run_demo(cfg, log)

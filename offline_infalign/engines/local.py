@@ -16,7 +16,7 @@ class LocalEngine:
     def __exit__(self, *exc) -> None:
         if self.job is not None and getattr(self, "_loaded", False):
             self.job = None  # the model goes with the job: free its memory for what loads next (build's score)
-            from ..modeling import free_memory
+            from ..models.modeling import free_memory
 
             free_memory()
 

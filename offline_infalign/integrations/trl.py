@@ -91,7 +91,7 @@ def load_pairs(path: str, split: str = "train", verify: bool | None = None):
     artifact's folder and the next open refuses the changed artifact."""
     from datasets import DatasetDict
 
-    from ..storage import load_artifact
+    from ..artifacts.storage import load_artifact
 
     data, manifest = load_artifact(path, stage="prepared", verify=verify)
     if manifest.get("kind") != PairsKind.name:
@@ -145,7 +145,7 @@ class SampledIdsDPOTrainer(DPOTrainer):
         """The stored ids as they are (no EOS added, no tokenization), checked; rows over max_length dropped."""
         from datasets import Dataset
 
-        from ..tokenization import check_stored_ids
+        from ..models.tokenization import check_stored_ids
 
         if not isinstance(dataset, Dataset):
             raise InfalignError(f"SampledIdsDPOTrainer needs a map-style datasets.Dataset for {dataset_name}, got "

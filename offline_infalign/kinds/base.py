@@ -21,7 +21,7 @@ import torch
 
 from ..core.errors import InfalignError
 from ..core.losses import LossSpec
-from ..logprobs import pad_pairs
+from ..models.logprobs import pad_pairs
 
 __all__ = ["DatasetKind", "ScoredMatrices", "Rows", "Collator", "floats", "ID_TYPES"]
 

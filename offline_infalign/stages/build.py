@@ -48,8 +48,8 @@ def check_reward_before_sampling(cfg: BuildConfig) -> None:
 
 def run_build(cfg: BuildConfig, progress: bool = True) -> dict[str, dict[str, Any]]:
     """sample → score → prepare below `cfg.out` (prepare only without --shard); manifests by stage."""
-    from ..preflight import check_model
-    from ..scoring import check_reward
+    from ..models.preflight import check_model
+    from ..models.scoring import check_reward
 
     check_model(cfg.model, "model", cfg.trust_remote_code)  # the cheap checks of both models first
     check_reward(cfg.reward_model, cfg.trust_remote_code)

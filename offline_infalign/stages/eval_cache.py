@@ -59,7 +59,7 @@ def policy_fingerprint(folder) -> str:
     files = [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
     if all(f.is_file() for f in files):
         return "adapter:" + hashlib.sha256("".join(_sha256(f) for f in files).encode()).hexdigest()[:32]
-    from ..fingerprint import fingerprint_model
+    from ..artifacts.fingerprint import fingerprint_model
 
     return fingerprint_model(folder)
 

@@ -45,7 +45,7 @@ def write_samples(path: Path, rows, draws, base, policy_rewards, base_rewards) -
 
 def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tuple[dict[str, Any], Any]:
     """One policy's report (without the run's facts) and its prediction function."""
-    from ..report import PREDICTION_NOTE, cut_note, length_summary, make_predict_fn, summarize
+    from ..artifacts.report import PREDICTION_NOTE, cut_note, length_summary, make_predict_fn, summarize
 
     s = p.settings
     transform, beta = s["transform"], s["beta"]
@@ -105,8 +105,8 @@ def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_sampl
     base_samples: {"folder": where they are kept, "note": "reused", "drawn (...)" or "redrawn: <why>"}.
     """
     from .. import __version__
+    from ..artifacts.report import compare
     from ..config import config_to_dict
-    from ..report import compare
 
     single = len(policies) == 1
     procedures = union(p.settings["procedures"] for p in policies)

@@ -38,7 +38,7 @@ def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None,
         # Hub datasets repeat some prompts (HH does); evaluate each once.
         rows = list(get_prompt_source(settings["prompts"], split=split, limit=limit, on_duplicate="skip"))
     else:
-        from ..storage import load_artifact
+        from ..artifacts.storage import load_artifact
 
         dataset, _ = load_artifact(settings["dataset"], verify=verify)
         if not hasattr(dataset, "keys") or split not in dataset:
@@ -72,8 +72,8 @@ class _Policy:
 def _resolve(cfg) -> list[_Policy]:
     """Each policy's settings from the command line and its training record; they must share one base model and
     one judge (a comparison against one base, by one judge)."""
-    from ..fingerprint import fingerprint_model
-    from ..training_record import read_training_info, resolve_settings
+    from ..artifacts.fingerprint import fingerprint_model
+    from ..artifacts.training_record import read_training_info, resolve_settings
 
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     policies = []
@@ -121,7 +121,7 @@ def _gen(cfg, stop_ids: list[int]) -> dict[str, Any]:
 
 def _draw_base(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> list[dict[str, Any]]:
     """M base samples per prompt: the policy model with its adapter off, seed + 1."""
-    from ..sampling import sample_completions
+    from ..models.sampling import sample_completions
 
     # Another seed than the policies': with the same random stream a policy close to the base would produce the
     # same completions, coupling the two sides that the estimator treats as independent.
@@ -143,9 +143,9 @@ def _draw_policy(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -
     prompt_ids (P lists), policy_samples (P dicts from sample_completions), and policy_logps, ref_logps,
     log_ratios and token_kls, each (P, M).
     """
-    from ..logprobs import ids_logps_and_kl
-    from ..sampling import sample_completions
-    from ..tokenization import encode_prompt
+    from ..models.logprobs import ids_logps_and_kl
+    from ..models.sampling import sample_completions
+    from ..models.tokenization import encode_prompt
 
     prompts = [r["prompt"] for r in rows]
     policy_samples = sample_completions(model, tokenizer, prompts, [r["prompt_id"] for r in rows], seed=cfg.seed,
@@ -165,7 +165,7 @@ def _draw_policy(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -
 
 def _judge(scorer, rows: list[dict], samples: list[dict[str, Any]], cfg, side: str) -> np.ndarray:
     """Judge rewards (P, M) of one side's samples; the judge reads the decoded text."""
-    from ..scoring import score_in_chunks
+    from ..models.scoring import score_in_chunks
 
     flat_prompts = [r["prompt"] for r in rows for _ in range(cfg.samples)]
     completions = [c for s in samples for c in s["completions"]]
@@ -181,18 +181,18 @@ def evaluate(cfg) -> dict[str, Any]:
     report}, "baseline", "comparisons": report.compare(...), ...}. The folder is locked for the run
     (storage.output_lock): a second run into it is refused at once.
     """
-    from ..storage import output_lock
+    from ..artifacts.storage import output_lock
 
     with output_lock(cfg.out):
         return _evaluate(cfg)
 
 
 def _evaluate(cfg) -> dict[str, Any]:
-    from ..fingerprint import fingerprint_model, fingerprint_reward
-    from ..modeling import default_device, free_memory, load_adapted, resolve_dtype, stop_token_ids
-    from ..preflight import check_model
-    from ..sampling import context_length, fit_prompts
-    from ..scoring import check_reward, load_scorer
+    from ..artifacts.fingerprint import fingerprint_model, fingerprint_reward
+    from ..models.modeling import default_device, free_memory, load_adapted, resolve_dtype, stop_token_ids
+    from ..models.preflight import check_model
+    from ..models.sampling import context_length, fit_prompts
+    from ..models.scoring import check_reward, load_scorer
 
     t0 = time.perf_counter()
     policies = _resolve(cfg)

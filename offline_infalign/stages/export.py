@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..artifacts.storage import (
+    ChunkStore,
+    base_manifest,
+    load_artifact,
+    output_lock,
+    read_manifest,
+    save_artifact,
+)
 from ..config import config_to_dict
 from ..core.errors import InfalignError
 from ..integrations import Imported, get_format
-from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 from .common import progress_bar
 
 __all__ = ["run_export"]

@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.integrity import check_manifest
+from ..artifacts.storage import ChunkStore, load_artifact, output_lock, read_manifest, save_artifact
 from ..config import MergeConfig, config_diff
 from ..core.errors import InfalignError
 from ..engines import ENGINE_FIELDS
-from ..integrity import check_manifest
-from ..storage import ChunkStore, load_artifact, output_lock, read_manifest, save_artifact
 
 # Config keys that legitimately differ between the shards of one run (where chunks were computed among them).
 _SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "chunk_size", "device", *ENGINE_FIELDS)

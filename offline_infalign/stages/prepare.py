@@ -11,11 +11,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..artifacts.integrity import check_finite_rows
+from ..artifacts.storage import (
+    ChunkStore,
+    base_manifest,
+    load_artifact,
+    output_lock,
+    read_manifest,
+    save_artifact,
+)
 from ..config import PrepareConfig, config_to_dict
 from ..core.errors import InfalignError
-from ..integrity import check_finite_rows
-from ..preparation import guidance, prepare
-from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
+from ..kinds.preparation import guidance, prepare
 from .sample import REF_FACTS
 
 __all__ = ["run_prepare", "resolve_transform", "sampling_settings", "tempered_settings"]

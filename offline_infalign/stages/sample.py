@@ -29,11 +29,19 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.fingerprint import fingerprint_model, fingerprint_tokenizer
+from ..artifacts.storage import (
+    WORK,
+    ChunkStore,
+    base_manifest,
+    fault_point,
+    output_lock,
+    read_manifest,
+    save_artifact,
+)
 from ..config import SampleConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
 from ..engines import ENGINE_FIELDS, open_engine
-from ..fingerprint import fingerprint_model, fingerprint_tokenizer
-from ..storage import WORK, ChunkStore, base_manifest, fault_point, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 
 # Config fields that cannot change the result, so a resume may change them (allow_pickle_weights only lets a
@@ -73,13 +81,13 @@ def _model_id(model) -> dict[str, Any]:
 def _load_sampler(cfg: SampleConfig):
     """(sampling function, model, tokenizer, context length or None, model ids for the manifest, stop set,
     the dtype the sampler runs in)."""
-    from ..modeling import base_weights_dtype, load_causal_lm, load_tokenizer, stop_token_ids
-    from ..sampling import context_length, sample_completions
-    from ..tokenization import check_tokenizer
+    from ..models.modeling import base_weights_dtype, load_causal_lm, load_tokenizer, stop_token_ids
+    from ..models.sampling import context_length, sample_completions
+    from ..models.tokenization import check_tokenizer
 
     # Without --pad-token-as-eos a tokenizer lacking a pad token is refused below (check_tokenizer).
     if cfg.backend == "vllm":
-        from ..vllm_sampling import load_vllm, sample_completions_vllm, vllm_dtype
+        from ..models.vllm_sampling import load_vllm, sample_completions_vllm, vllm_dtype
 
         tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, pad_token_as_eos=cfg.pad_token_as_eos)
         model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code,
@@ -121,7 +129,7 @@ class SampleJob:
         self.cfg = cfg
 
     def load(self) -> dict[str, Any]:
-        from ..load_checks import check_device
+        from ..models.load_checks import check_device
 
         check_device(self.cfg.device)  # where the model runs (with --engine ray: on the worker, not the driver)
         self.sampler, self.model, self.tokenizer, ctx, ids, self.stop, dtype = _load_sampler(self.cfg)
@@ -135,7 +143,7 @@ class SampleJob:
         return len(part)
 
     def run(self, part, bar=None) -> list[dict[str, list]]:
-        from ..sampling import forward_ref_logps
+        from ..models.sampling import forward_ref_logps
 
         out = _sample_chunk(self.sampler, self.model, self.tokenizer, part, self.cfg, bar, self.stop,
                             sampler_logps=not self.forward)
@@ -152,12 +160,12 @@ class SampleJob:
     def release(self) -> None:
         """Free the sampler this process loaded (none with --engine ray: the workers end with the engine); a
         vLLM engine is shut down, its KV cache with it."""
-        from ..modeling import free_memory
+        from ..models.modeling import free_memory
 
         model = self.__dict__.pop("model", None)
         self.__dict__.pop("sampler", None)
         if model is not None and self.cfg.backend == "vllm":
-            from ..vllm_sampling import release_vllm
+            from ..models.vllm_sampling import release_vllm
 
             release_vllm(model)
         del model
@@ -172,8 +180,8 @@ class ForwardJob:
         self.cfg, self.dtype = cfg, dtype
 
     def load(self) -> dict[str, Any]:
-        from ..load_checks import check_device
-        from ..modeling import load_causal_lm
+        from ..models.load_checks import check_device
+        from ..models.modeling import load_causal_lm
 
         check_device(self.cfg.device)
         self.model, tokenizer = load_causal_lm(self.cfg.model, self.cfg.device, self.dtype,
@@ -186,7 +194,7 @@ class ForwardJob:
         return len(part["prompt_ids"])
 
     def run(self, part, bar=None) -> list[list[float]]:
-        from ..sampling import forward_ref_logps
+        from ..models.sampling import forward_ref_logps
 
         out = forward_ref_logps(self.model, part["prompt_ids"], part["completion_ids"], self.pad,
                                 self.cfg.batch_size)
@@ -211,7 +219,7 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
 
     The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
     """
-    from ..preflight import check_model
+    from ..models.preflight import check_model
 
     check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
     with output_lock(cfg.out):
@@ -295,7 +303,7 @@ def _sample_all(cfg: SampleConfig, rows, store: ChunkStore, config: dict[str, An
     """Sample every chunk not yet written on `engine`. Returns the facts for the manifest and the forward pass."""
     import datasets
 
-    from ..sampling import fit_prompts
+    from ..models.sampling import fit_prompts
 
     started = engine.start()  # the sampler loads here (in each worker with --engine ray)
     tokenizer, ctx, stop, resolved = started["tokenizer"], started["context_length"], started["stop"], \

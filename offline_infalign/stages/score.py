@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..artifacts.fingerprint import fingerprint_reward
+from ..artifacts.storage import (
+    ChunkStore,
+    base_manifest,
+    load_artifact,
+    output_lock,
+    read_manifest,
+    save_artifact,
+)
 from ..config import ScoreConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
 from ..engines import ENGINE_FIELDS, open_engine
-from ..fingerprint import fingerprint_reward
-from ..storage import ChunkStore, base_manifest, load_artifact, output_lock, read_manifest, save_artifact
 from .common import chunk_slices, progress_bar, shard_slice
 from .sample import REF_FACTS
 
@@ -21,7 +28,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
 
     The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
     """
-    from ..scoring import check_reward
+    from ..models.scoring import check_reward
 
     check_reward(cfg.reward_model, cfg.trust_remote_code)  # a bad reward is one line, before anything is read
     with output_lock(cfg.out), open_engine(cfg, ScoreJob(cfg)) as engine:
@@ -36,8 +43,8 @@ class ScoreJob:
         self.cfg = cfg
 
     def load(self) -> dict[str, Any]:
-        from ..load_checks import check_device
-        from ..scoring import load_scorer
+        from ..models.load_checks import check_device
+        from ..models.scoring import load_scorer
 
         c = self.cfg
         check_device(c.device)  # where the reward runs (with --engine ray: on the worker, not the driver)
@@ -50,7 +57,7 @@ class ScoreJob:
         return len(chunk["prompt_id"])
 
     def run(self, chunk, bar=None) -> list[list[float]]:
-        from ..scoring import score_texts
+        from ..models.scoring import score_texts
 
         rewards = score_texts(self.scorer, chunk["prompt"], chunk["completions"], chunk["prompt_id"])
         if bar is not None:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoints import (
+from ..artifacts.checkpoints import (
     CheckpointMarker,
     check_folder,
     dataset_fingerprint,
@@ -48,17 +48,17 @@ from ..checkpoints import (
     run_config,
     start_run,
 )
+from ..artifacts.fingerprint import fingerprint_model
+from ..artifacts.storage import write_json_atomic
+from ..artifacts.training_record import TRAIN_INFO
 from ..core.errors import InfalignError
 from ..core.losses import check_beta, get_loss
 from ..core.tradeoff import log_partition
-from ..fingerprint import fingerprint_model
 from ..kinds import get_kind
-from ..reference import choose_reference
-from ..storage import write_json_atomic
-from ..tokenization import tokenize_dataset
-from ..trainer import InfalignTrainer
-from ..training_guard import NonFiniteGuard, progress_closed_on_error
-from ..training_record import TRAIN_INFO
+from ..models.tokenization import tokenize_dataset
+from ..training.guard import NonFiniteGuard, progress_closed_on_error
+from ..training.reference import choose_reference
+from ..training.trainer import InfalignTrainer
 
 __all__ = ["make_trainer", "train"]
 
@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 def _load_dataset(path: str, split: str, verify: bool | None = None):
     from datasets import DatasetDict
 
-    from ..storage import load_artifact
+    from ..artifacts.storage import load_artifact
 
     data, manifest = load_artifact(path, stage="prepared", verify=verify)
     if isinstance(data, DatasetDict):
@@ -120,7 +120,7 @@ def _model_card(cfg, manifest: dict, beta: float, reference: str, metrics: dict)
         f"targets={', '.join(cfg.target_modules)}{', QLoRA nf4' if cfg.qlora else ''} |",
         f"| offline-infalign | {__version__} |",
         "",
-        "Load it with `offline_infalign.modeling.load_adapted(base_model, adapter_dir)`; evaluate it with "
+        "Load it with `offline_infalign.models.modeling.load_adapted(base_model, adapter_dir)`; evaluate it with "
         "`infalign eval --policy <this folder>`.",
         "",
         "Final training metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
@@ -142,7 +142,7 @@ def _check_stored_ids_model(dataset, kind, manifest: dict, cfg, fingerprint: str
     """Stored token ids are the sampling tokenizer's: training another model on them is right only when its
     tokenizer gives each id the same token. With the sampler's `tokenizer_fingerprint` in the manifest that is
     checked (fingerprint.fingerprint_tokenizer) before the model loads; without it, a warning."""
-    from ..reference import same_model
+    from ..training.reference import same_model
 
     stored = [c for c in ("prompt_ids", *kind.id_columns.values()) if c in dataset.column_names]
     sampled_with = manifest.get("tokenizer") or manifest.get("model")
@@ -150,8 +150,8 @@ def _check_stored_ids_model(dataset, kind, manifest: dict, cfg, fingerprint: str
         return  # no ids, or the very files the samples were drawn with, tokenizer included
     recorded = manifest.get("tokenizer_fingerprint")
     if recorded:
-        from ..fingerprint import fingerprint_tokenizer
-        from ..modeling import load_tokenizer
+        from ..artifacts.fingerprint import fingerprint_tokenizer
+        from ..models.modeling import load_tokenizer
 
         mine = fingerprint_tokenizer(load_tokenizer(cfg.model, cfg.trust_remote_code))
         if mine != recorded:
@@ -177,7 +177,7 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     """
     from transformers import TrainingArguments, set_seed
 
-    from .. import modeling
+    from ..models import modeling
 
     spec = get_loss(cfg.loss)
     kind = get_kind(spec.kind)
@@ -281,7 +281,7 @@ def _check_reference(cfg, model, dataset, kind, pad_token_id: int, reference: st
     the trainer runs them; returns (reference, reason, the check's record for infalign_train.json)."""
     import contextlib
 
-    from ..reference import check_stored_reference, decide_reference, reference_tolerance
+    from ..training.reference import check_stored_reference, decide_reference, reference_tolerance
 
     tolerance = cfg.reference_tolerance if cfg.reference_tolerance is not None else reference_tolerance(weights_dtype)
     # The policy with its adapter disabled is the base model; full fine-tuning has not changed its weights yet.
@@ -310,9 +310,9 @@ def train(cfg) -> Path:
     complete checkpoint; another config is refused (checkpoints.py). The main process locks OUT for the run.
     """
 
-    from ..output_folder import disk_full_as_one_line
-    from ..preflight import check_model
-    from ..storage import output_lock
+    from ..artifacts.output_folder import disk_full_as_one_line
+    from ..artifacts.storage import output_lock
+    from ..models.preflight import check_model
 
     check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
     with output_lock(cfg.out) if _is_main_process() else disk_full_as_one_line(cfg.out):

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 __all__ = ["encode_prompt", "encode_completion", "check_tokenizer", "prompt_text", "apply_chat_template",
            "tokenize_dataset", "check_stored_ids"]
@@ -81,15 +81,11 @@ def tokenize_dataset(dataset, tokenizer, kind, max_length: int | None = None, ca
     """Make sure the dataset has `prompt_ids` and the kind's id columns (e.g. `chosen_ids`, `completion_ids`):
     a column already there (the sampled ids, docs/math.md §9) is used as it is; a missing one is encoded from
     its text with the package's one tokenization. Drop rows longer than `max_length` (never truncate: stored
-    reference log-probs are of whole completions). `kind` is a `kinds.DatasetKind` or its name.
+    reference log-probs are of whole completions). `kind` is a `kinds.DatasetKind` (its `id_columns`).
     Returns (dataset, number of rows dropped).
 
     The tokenized table goes to `cache_dir` (or stays in memory), never next to the input artifact's files:
     `datasets` would otherwise write cache-*.arrow into the prepared folder and change its content hash."""
-    if isinstance(kind, str):
-        from .kinds import get_kind  # here, not at the top: kinds -> logprobs -> tokenization
-
-        kind = get_kind(kind)
     check_tokenizer(tokenizer)
     present = set(dataset.column_names)
     stored = [c for c in ("prompt_ids", *kind.id_columns.values()) if c in present]

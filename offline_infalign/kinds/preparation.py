@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .core.calibration import calibrate
-from .core.checks import check_finite
-from .core.errors import InfalignError
-from .core.transforms import Transform
-from .kinds import PAIR_CHOICES, ScoredMatrices, get_kind
+from ..core.calibration import calibrate
+from ..core.checks import check_finite
+from ..core.errors import InfalignError
+from ..core.transforms import Transform
+from . import PAIR_CHOICES, ScoredMatrices, get_kind
 
 __all__ = ["prepare", "prepare_dataset", "Prepared", "is_test_prompt", "guidance", "Guidance"]
 
@@ -227,9 +227,9 @@ class Guidance:
 def guidance(transform: Transform, beta: float, k: int, procedure: str, n: int) -> Guidance:
     """Predicted win rate at β, the finite-K ceiling at K, and warnings when β is below the floor for this K or
     the ceiling is more than CEILING_GAP below the prediction (see the constants above)."""
-    from .core.finite_k import finite_k_tilt
-    from .core.procedures import get_procedure
-    from .core.tradeoff import predict
+    from ..core.finite_k import finite_k_tilt
+    from ..core.procedures import get_procedure
+    from ..core.tradeoff import predict
 
     pred = predict(transform, beta, procedure, n)
     ceiling = finite_k_tilt(transform, beta, k, procedure, n)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 from .sampling import _check_params, _group, _stop_set, prompt_seed, record_completion
 from .tokenization import check_tokenizer, encode_prompt
 

@@ -48,12 +48,15 @@ from typing import Any
 
 import torch
 
-from .core.errors import InfalignError
-from .logprobs import grouped_ids_logps, sequence_logps
+from ..core.errors import InfalignError
+from .decoding import DECODERS, decode_shared_prefill, decode_with_generate
+from .grouped_logps import grouped_ids_logps
+from .logprobs import sequence_logps
+from .modeling import stop_token_ids as model_stop_set
 from .tokenization import check_tokenizer, encode_prompt
 
-__all__ = ["sample_completions", "prompt_seed", "sample_tokens", "fit_prompts", "context_length",
-           "compute_ref_logps", "forward_ref_logps", "truncated_probs", "record_completion"]
+__all__ = ["sample_completions", "prompt_seed", "fit_prompts", "context_length",
+           "compute_ref_logps", "forward_ref_logps", "record_completion"]
 
 log = logging.getLogger("offline_infalign")
 LONG_PROMPT_POLICIES = ("truncate", "skip", "fail")
@@ -78,46 +81,6 @@ def _check_params(num_samples, max_new_tokens, temperature, top_p, top_k, batch_
         raise InfalignError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InfalignError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-
-
-def truncated_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                    top_p: float = 1.0) -> torch.Tensor:
-    """The sampling distribution (R, V) in vocab order, in transformers' (and vLLM's) order: temperature, then
-    top-k on the tempered logits (ties with the k-th are kept, as TopKLogitsWarper does), renormalize, then
-    top-p on the renormalized probabilities (a token stays while the mass strictly above it is < top_p; the top
-    token always stays). Example: probs .3 .3 .2 .1 .1, top_k 2, top_p .5 → one token (.5 .5 after top-k)."""
-    scores = logits.float()  # (R, V)
-    if temperature != 1.0:  # x / 1 == x exactly: skip a pass over (R, V) per decoding step
-        scores = scores / temperature
-    if 0 < top_k < scores.shape[-1]:
-        kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)  # renormalized over what top-k kept
-    if top_p < 1.0:
-        ranked, order = probs.sort(dim=-1, descending=True, stable=True)
-        before = ranked.cumsum(-1) - ranked  # mass strictly above each token
-        probs = torch.zeros_like(probs).scatter_(1, order, ranked * (before < top_p))
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
-
-
-def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> torch.Tensor:
-    """Inverse-CDF sampling: the token where the CDF of `truncated_probs` (vocab order) first exceeds u.
-
-    logits (R, V), u (R,) uniforms in [0, 1) → token ids (R,). Deterministic given its inputs, row by row.
-    """
-    probs = truncated_probs(logits, temperature, top_k, top_p)
-    cdf = probs.cumsum(-1)  # (R, V)
-    x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # (R, 1)
-    # The first index with cdf > x. cdf only rises at positive-probability tokens, so that index is one of them;
-    # none exists only when x rounds up to the total, and then the last positive-probability token is the draw.
-    j = torch.searchsorted(cdf, x, right=True).squeeze(-1)  # (R,)
-    past = j >= cdf.shape[-1]
-    if bool(past.any()):  # rare: computed for those rows only (a (R, V) pass per step costs as much as the cdf)
-        j = j.clone()
-        j[past] = cdf.shape[-1] - 1 - (probs[past] > 0).flip(-1).int().argmax(-1)
-    return j
 
 
 def context_length(model, tokenizer=None) -> int | None:
@@ -213,7 +176,7 @@ def forward_ref_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids
                       pad_token_id: int, batch_size: int = 8, desc: str | None = None) -> list[list[float]]:
     """Teacher-forced Σ log π(y|x) of each prompt's completions, on the ids as sampled, in the model's dtype
     (log-softmax in float32): what the trainer's own forward of these weights computes (docs/math.md §9), by
-    the same code (`logprobs.grouped_ids_logps`: each prompt once, packed after its first-batch check).
+    the same code (`grouped_logps.grouped_ids_logps`: each prompt once, packed after its first-batch check).
 
     prompt_ids: P prompts' ids; completion_ids: per prompt, its completions' ids. Returns per prompt a list of
     floats, one per completion. `batch_size` prompts' completions per forward pass at most, fewer when the
@@ -237,8 +200,6 @@ def forward_ref_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids
 
 
 def _stop_set(model, tokenizer, stop_token_ids) -> list[int]:
-    from .modeling import stop_token_ids as model_stop_set
-
     # A given set is used as it is (evaluation passes the samples' recorded set); otherwise the model's.
     stop = model_stop_set(model, tokenizer) if stop_token_ids is None else model_stop_set(None, None, stop_token_ids)
     if not stop:
@@ -292,8 +253,6 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
     check_tokenizer(tokenizer)
     from tqdm.auto import tqdm
 
-    from .decoding import DECODERS
-
     if decoder not in DECODERS:
         raise InfalignError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
 
@@ -330,8 +289,6 @@ def sample_completions(model, tokenizer, prompts: list, prompt_ids: list[str], n
 
 def _generate_batch(model, tokenizer, encoded, ids, k, max_new_tokens, temperature, top_p, top_k, seed, stop,
                     device, decoder) -> tuple[list[dict[str, Any]], list[float]]:
-    from .decoding import decode_shared_prefill, decode_with_generate
-
     width = max(len(e) for e in encoded)
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(encoded), width), dtype=torch.long)

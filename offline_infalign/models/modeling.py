@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 from .load_checks import (
     ALL_LINEAR,
     PICKLE_OPT_IN,

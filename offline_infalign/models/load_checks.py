@@ -17,7 +17,7 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 __all__ = ["PICKLE_OPT_IN", "ALL_LINEAR", "check_safetensors", "pickle_refusal", "check_loaded_weights",
            "quiet_load_report", "check_device", "check_target_modules", "check_adapter_config", "check_reachable", "vocabulary_size", "one_line"]

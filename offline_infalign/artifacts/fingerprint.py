@@ -23,8 +23,8 @@ What a fingerprint covers, and what it costs:
   a model whose tokenizer gives another value on those ids. NOT covered: how text is split into tokens
   (normalizer, pre-tokenizer, merges) — stored ids are used as they are, so only their meaning matters.
 - a reward (`fingerprint_reward`): "module:function" → the sha256 of the module's source file plus the name
-  (code the module imports from other files is not covered); "demo" → the package version and the hashes of
-  the demo reward's code and data; anything else is a reward model → `fingerprint_model`.
+  (code the module imports from other files is not covered); a registered scorer's name (`models.scorers`,
+  e.g. "demo") → the package version and the hashes of its module's source and data file; anything else is a reward model → `fingerprint_model`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ import os
 import re
 import struct
 from pathlib import Path
+
+from .. import __version__
+from ..core.errors import InfalignError
+from ..models.scorers import SCORERS
 
 __all__ = ["fingerprint_model", "fingerprint_reward", "fingerprint_tokenizer", "model_files_summary", "SLICE_BYTES"]
 
@@ -144,18 +148,23 @@ def _module_source(module_name: str) -> Path | None:
     return Path(origin) if origin and origin not in ("built-in", "frozen") and Path(origin).is_file() else None
 
 
+def _registered_payload(entry) -> dict[str, str]:
+    source = _module_source(entry.function.partition(":")[0])
+    if source is None:
+        raise InfalignError(f"registered scorer {entry.function!r}: its module is not found")
+    payload = {"version": __version__, "code": _sha256_file(source)}
+    if entry.data is not None:
+        payload["data"] = _sha256_file(source.parent / entry.data)
+    return payload
+
+
 def fingerprint_reward(spec) -> str:
     """A short string that changes when the reward changes: see the module docstring."""
     if callable(spec):  # an in-process callable (the Python API)
         spec = f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', repr(spec))}"
     spec = str(spec)
-    if spec == "demo":
-        from . import __version__
-        from .demo import assets
-
-        data = Path(assets.__file__).parent / "data" / "sentiment.tsv"
-        return "demo:" + _digest({"version": __version__, "code": _sha256_file(Path(assets.__file__)),
-                                  "data": _sha256_file(data)})
+    if spec in SCORERS:
+        return f"{spec}:" + _digest(_registered_payload(SCORERS[spec]))
     if ":" in spec and not Path(spec).exists():
         module_name, _, attr = spec.partition(":")
         source = _module_source(module_name)

@@ -25,7 +25,7 @@ import json
 import os
 from pathlib import Path
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 __all__ = ["output_lock", "LOCK", "disk_full_as_one_line", "is_disk_full"]
 

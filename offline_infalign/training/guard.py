@@ -22,7 +22,7 @@ import math
 import torch
 from transformers import TrainerCallback
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 __all__ = ["NonFiniteGuard", "progress_closed_on_error"]
 

@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from transformers import Trainer
 
-from .core.errors import InfalignError
-from .core.losses import check_beta, get_loss
-from .groups import GroupBatchSampler, GroupCollator, prompt_groups
-from .kinds import get_kind
-from .kinds.base import Collator
-from .logprobs import causal_lm, completion_logps, packed_logps
-from .packed_attention import restore_attention
-from .packed_check import PackedCheck, check_packed
+from ..core.errors import InfalignError
+from ..core.losses import check_beta, get_loss
+from ..kinds import get_kind
+from ..kinds.base import Collator
+from ..models.groups import GroupBatchSampler, GroupCollator, prompt_groups
+from ..models.logprobs import causal_lm, completion_logps, packed_logps
+from ..models.packed_attention import restore_attention
+from ..models.packed_check import PackedCheck, check_packed
 
 __all__ = ["InfalignTrainer"]
 

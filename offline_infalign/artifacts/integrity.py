@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 __all__ = ["dataset_files", "content_hash", "data_bytes", "check_manifest", "check_artifact", "find_non_finite",
            "check_finite_rows"]

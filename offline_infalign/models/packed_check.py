@@ -1,6 +1,6 @@
 """Whether the group forward (`logprobs.packed_logps`) is exact for a model: checked on the model, not listed.
 
-Two steps, once per run (the trainer's first batch; `logprobs.grouped_ids_logps`'s first batch):
+Two steps, once per run (the trainer's first batch; `grouped_logps.grouped_ids_logps`'s first batch):
 
 1. `packed_refusal`: features the packed attention cannot express are refused by name before any forward:
    layers that do not call transformers' attention interface, layer types other than full and sliding-window

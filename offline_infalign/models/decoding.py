@@ -27,11 +27,49 @@ from contextlib import contextmanager
 
 import torch
 
-from .sampling import sample_tokens
-
-__all__ = ["decode_shared_prefill", "decode_with_generate", "DECODERS"]
+__all__ = ["decode_shared_prefill", "decode_with_generate", "DECODERS", "sample_tokens", "truncated_probs"]
 
 DECODERS = ("shared_prefill", "generate")
+
+
+def truncated_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> torch.Tensor:
+    """The sampling distribution (R, V) in vocab order, in transformers' (and vLLM's) order: temperature, then
+    top-k on the tempered logits (ties with the k-th are kept, as TopKLogitsWarper does), renormalize, then
+    top-p on the renormalized probabilities (a token stays while the mass strictly above it is < top_p; the top
+    token always stays). Example: probs .3 .3 .2 .1 .1, top_k 2, top_p .5 → one token (.5 .5 after top-k)."""
+    scores = logits.float()  # (R, V)
+    if temperature != 1.0:  # x / 1 == x exactly: skip a pass over (R, V) per decoding step
+        scores = scores / temperature
+    if 0 < top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # renormalized over what top-k kept
+    if top_p < 1.0:
+        ranked, order = probs.sort(dim=-1, descending=True, stable=True)
+        before = ranked.cumsum(-1) - ranked  # mass strictly above each token
+        probs = torch.zeros_like(probs).scatter_(1, order, ranked * (before < top_p))
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """Inverse-CDF sampling: the token where the CDF of `truncated_probs` (vocab order) first exceeds u.
+
+    logits (R, V), u (R,) uniforms in [0, 1) → token ids (R,). Deterministic given its inputs, row by row.
+    """
+    probs = truncated_probs(logits, temperature, top_k, top_p)
+    cdf = probs.cumsum(-1)  # (R, V)
+    x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # (R, 1)
+    # The first index with cdf > x. cdf only rises at positive-probability tokens, so that index is one of them;
+    # none exists only when x rounds up to the total, and then the last positive-probability token is the draw.
+    j = torch.searchsorted(cdf, x, right=True).squeeze(-1)  # (R,)
+    past = j >= cdf.shape[-1]
+    if bool(past.any()):  # rare: computed for those rows only (a (R, V) pass per step costs as much as the cdf)
+        j = j.clone()
+        j[past] = cdf.shape[-1] - 1 - (probs[past] > 0).flip(-1).int().argmax(-1)
+    return j
 
 
 def _forward_signature(model) -> set[str]:

@@ -34,8 +34,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .config import config_diff, config_to_dict
-from .core.errors import InfalignError
+from ..config import config_diff, config_to_dict
+from ..core.errors import InfalignError
 from .output_folder import is_disk_full
 from .storage import LOCK, fault_point, write_json_atomic
 from .training_record import TRAIN_INFO

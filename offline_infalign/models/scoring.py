@@ -7,7 +7,7 @@
   sentiment/safety classifier) is scored by the raw logit of one label, `reward_label` (an index or a name from
   its `id2label`); not a softmax probability, which saturates at 0/1 and so ties the best completions.
 - `CallableScorer`: any Python callable `(prompts, completions) -> floats`, named "module:function".
-- "demo": the built-in demo reward (`offline_infalign.demo.assets.demo_reward`).
+- a registered name (`scorers.SCORERS`, e.g. "demo", the built-in demo reward): the function registered under it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
+from .scorers import SCORERS, registered_function
 
 __all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "check_reward", "score_texts",
            "score_in_chunks", "label_column", "RewardCallError"]
@@ -261,13 +262,14 @@ class HFRewardScorer(Scorer):
 def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch_size: int = 16,
                 trust_remote_code: bool = False, reward_label: int | str | None = None,
                 allow_pickle_weights: bool = False) -> Scorer:
-    """A scorer from `spec`: "demo", "module:function", a reward-model folder / hub id, or a callable.
+    """A scorer from `spec`: a registered name (`SCORERS`), "module:function", a reward-model folder / hub id, or a
+    callable.
 
     `reward_label` picks the output of a multi-output reward model; it is refused for anything else.
     A "module:function" is imported, which runs its code: callers pass only what the user named (never a
     name read from a downloaded folder; stages/evaluate.py). `allow_pickle_weights`: modeling.from_pretrained.
     """
-    if reward_label is not None and (callable(spec) or isinstance(spec, Scorer) or str(spec) == "demo"
+    if reward_label is not None and (callable(spec) or isinstance(spec, Scorer) or str(spec) in SCORERS
                                      or (":" in str(spec) and not Path(str(spec)).exists())):
         raise InfalignError(f"reward_label {reward_label!r} applies to a Hugging Face reward model; "
                             f"{getattr(spec, 'name', spec)!r} is not one")
@@ -276,10 +278,8 @@ def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch
     if callable(spec):
         return CallableScorer(spec, getattr(spec, "__name__", "callable"))
     spec = str(spec)
-    if spec == "demo":
-        from .demo.assets import demo_reward
-
-        return CallableScorer(demo_reward, "demo")
+    if spec in SCORERS:
+        return CallableScorer(registered_function(spec), spec)
     if _names_callable(spec):
         return CallableScorer(_import_callable(spec), spec)
     from .preflight import check_model
@@ -318,7 +318,7 @@ def check_reward(spec, trust_remote_code: bool = False) -> None:
     """Refuse, in one line and before any work, a reward `load_scorer` could not load: a "module:function" that
     does not import (it is imported: callers pass only names the user gave), a model that `preflight.check_model`
     refuses. Nothing heavy: no weights are read."""
-    if callable(spec) or isinstance(spec, Scorer) or str(spec) == "demo":
+    if callable(spec) or isinstance(spec, Scorer) or str(spec) in SCORERS:
         return
     if _names_callable(str(spec)):
         _import_callable(str(spec))

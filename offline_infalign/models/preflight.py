@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
 
 __all__ = ["check_model"]
 

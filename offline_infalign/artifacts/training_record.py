@@ -22,7 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .core.errors import InfalignError
+from ..core.errors import InfalignError
+from ..models.scorers import SCORERS
 
 __all__ = ["TRAIN_INFO", "read_training_info", "resolve_settings", "names_code"]
 
@@ -44,10 +45,10 @@ def read_training_info(policy_dir) -> dict[str, Any]:
 
 
 def names_code(spec) -> bool:
-    """True when `spec` is a name that scoring.load_scorer would import ('module:function'), rather than the
-    built-in 'demo' or a reward-model folder / hub id (weights)."""
+    """True when `spec` is a name that scoring.load_scorer would import ('module:function'), rather than a
+    registered scorer (`models.scorers.SCORERS`) or a reward-model folder / hub id (weights)."""
     text = str(spec)
-    return text != "demo" and ":" in text and not Path(text).exists()
+    return text not in SCORERS and ":" in text and not Path(text).exists()
 
 
 def _dataset_manifest(info: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +102,8 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     or None), procedures, ns, transform (Transform or None), beta, loss, stop_token_ids (extra stop ids: the
     command line's and the training samples'; the model's own are added when sampling), warnings (list[str]).
     """
-    from .core.procedures import PROCEDURE_NAMES
-    from .core.transforms import Transform, parse_transform
+    from ..core.procedures import PROCEDURE_NAMES
+    from ..core.transforms import Transform, parse_transform
     from .report import default_ns
 
     policy = _policy_folder(cfg)

@@ -35,9 +35,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import config_diff
-from .core.errors import InfalignError
+from .. import __version__
+from ..config import config_diff
+from ..core.errors import InfalignError
 from .integrity import (
     DICT,
     INFO,
