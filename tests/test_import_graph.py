@@ -23,7 +23,7 @@ ALLOWED = {
     "kinds": {"core", "models"},
     "training": {"core", "models", "kinds"},
     "engines": {"core", "models"},
-    "config": {"core", "engines", "integrations", "kinds", "models"},  # registries' names only: see below
+    "config": {"core", "engines", "integrations", "kinds", "models", "data_builders"},  # registries: names
     "artifacts": {"core", "config", "models"},
     "plots": {"core"},
     "data_builders": {"core", "demo"},  # demo: the demo's own prompt source only (checked below)
@@ -31,7 +31,7 @@ ALLOWED = {
     "stages": {"core", "models", "kinds", "training", "engines", "config", "artifacts", "plots", "data_builders",
                "integrations"},
     "demo": {"core", "models", "config", "artifacts", "plots", "stages"},
-    "commands": {"core", "config", "artifacts", "plots", "stages", "demo"},  # demo: commands/demo.py only
+    "commands": {"core", "config", "kinds", "artifacts", "plots", "stages", "demo"},  # demo: commands/demo.py only
     "cli": {"core", "commands"},
     "__main__": {"cli"},
 }

@@ -43,8 +43,8 @@ def _listed(rewards, pairs_per_prompt, seed, ids):
 
 def _matrices(rewards, pairs_per_prompt=None, seed=0, texts=None):
     p, k = rewards.shape
-    return SimpleNamespace(ids=[f"p{a}" for a in range(p)], rewards=rewards, pairs_per_prompt=pairs_per_prompt,
-                           seed=seed, prompts=["a prompt"] * p, completions=texts or [["some text"] * k] * p,
+    return SimpleNamespace(ids=[f"p{a}" for a in range(p)], rewards=rewards,
+                           options={"pairs": "all", "pairs_per_prompt": pairs_per_prompt, "seed": seed}, prompts=["a prompt"] * p, completions=texts or [["some text"] * k] * p,
                            completion_ids=None)
 
 
@@ -70,7 +70,7 @@ def test_drawn_and_listed_pairs_are_the_same_for_every_seed(monkeypatch):
         # blocks of a few prompts (and of one): the result must not depend on how the prompts are blocked
         monkeypatch.setattr(pairs_kind, "_BLOCK_BYTES", int(rng.integers(1, 4000)))
         i, j, owner, counts = _all_pairs(rewards, m)
-        ref = _listed(rewards, m.pairs_per_prompt, m.seed, m.ids)
+        ref = _listed(rewards, m.options["pairs_per_prompt"], m.options["seed"], m.ids)
         for got, want in zip((i, j, owner), ref[:3]):
             np.testing.assert_array_equal(got, want)
         assert counts == {"skipped_tied_pairs": ref[3]}

@@ -1,4 +1,4 @@
-"""prepare_dataset: calibrated columns equal docs/math.md §2 by hand, pair/bon/listwise construction, split, errors,
+"""prepare: calibrated columns equal docs/math.md §2 by hand, pair/bon/listwise construction, split, errors,
 auto transform, and the pairs dataset training one step in TRL's DPOTrainer."""
 
 import datasets
@@ -9,7 +9,7 @@ from offline_infalign.core.errors import InfalignError
 from offline_infalign.core.transforms import Transform
 from offline_infalign.kinds import get_kind
 from offline_infalign.kinds.pairs import to_trl_conversational
-from offline_infalign.kinds.preparation import is_test_prompt, prepare, prepare_dataset
+from offline_infalign.kinds.preparation import is_test_prompt, prepare
 
 # Two prompts, K = 4. Prompt a has a tie (rewards 1, 3, 3, 0); prompt b is a message list.
 SCORED = {
@@ -37,7 +37,7 @@ def _all(dd):
 
 
 def test_listwise_calibrated_and_targets_by_hand():
-    dd = prepare_dataset(_scored(), "listwise", Transform("exp", 2.0), beta=0.5, test_fraction=0.0)
+    dd = prepare(_scored(), "listwise", Transform("exp", 2.0), beta=0.5, test_fraction=0.0).data
     assert len(dd["test"]) == 0 and len(dd["train"]) == 2
     for row in dd["train"]:
         u = np.array(U[row["prompt_id"]])
@@ -68,26 +68,26 @@ def test_all_pairs_orientation_margin_soft_label():
 
 
 def test_sampled_pairs_are_seeded_per_prompt():
-    dd = prepare_dataset(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=2, seed=3,
-                         test_fraction=0.0)
+    dd = prepare(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=2, seed=3,
+                         test_fraction=0.0).data
     rows = dd["train"].to_list()
     assert [r["prompt_id"] for r in rows] == ["a", "a", "b", "b"]
-    again = prepare_dataset(_scored().select([1]), "pairs", Transform("identity"), 1.0, pairs_per_prompt=2, seed=3,
-                            test_fraction=0.0)
+    again = prepare(_scored().select([1]), "pairs", Transform("identity"), 1.0, pairs_per_prompt=2, seed=3,
+                            test_fraction=0.0).data
     assert again["train"].to_list() == rows[2:]  # prompt b's pairs do not depend on prompt a being there
-    other = prepare_dataset(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=2, seed=4,
-                            test_fraction=0.0)["train"].to_list()
+    other = prepare(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=2, seed=4,
+                            test_fraction=0.0).data["train"].to_list()
     assert len({(r["chosen"], r["rejected"]) for r in rows + other}) > 2  # another seed, other pairs
-    big = prepare_dataset(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=50, test_fraction=0.0)
+    big = prepare(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=50, test_fraction=0.0).data
     assert len(big["train"]) == 11  # every untied pair
     # With ties, the M pairs are drawn among the untied ones: prompt a still gets M = 5 of its 5 untied pairs.
-    five = prepare_dataset(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=5, test_fraction=0.0)
+    five = prepare(_scored(), "pairs", Transform("identity"), 1.0, pairs_per_prompt=5, test_fraction=0.0).data
     assert [r["prompt_id"] for r in five["train"]].count("a") == 5
 
 
 def test_bon_weights_softmax_over_prompt():
     beta = 0.25
-    dd = prepare_dataset(_scored(), "bon", Transform("log"), beta=beta, test_fraction=0.0)
+    dd = prepare(_scored(), "bon", Transform("log"), beta=beta, test_fraction=0.0).data
     rows = dd["train"].to_list()
     assert len(rows) == 8
     for pid in ("a", "b"):
@@ -101,7 +101,7 @@ def test_bon_weights_softmax_over_prompt():
 
 
 def test_message_prompts_stay_messages_and_split_by_prompt_id():
-    dd = prepare_dataset(_scored(messages=True), "pairs", Transform("identity"), 1.0, test_fraction=0.5)
+    dd = prepare(_scored(messages=True), "pairs", Transform("identity"), 1.0, test_fraction=0.5).data
     rows = _all(dd).to_list()
     assert all(r["prompt"] == [{"role": "user", "content": SCORED["prompt"][SCORED["prompt_id"].index(r["prompt_id"])]}]
                for r in rows)
@@ -115,15 +115,15 @@ def test_message_prompts_stay_messages_and_split_by_prompt_id():
 def test_bad_inputs():
     data = dict(SCORED, rewards=[[1.0, 2.0, 3.0, 4.0], [0.0, float("inf"), 1.0, 2.0]])
     with pytest.raises(InfalignError, match="non-finite reward inf for prompt_id b \\(completion 1\\)"):
-        prepare_dataset(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0)
+        prepare(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0)
     k1 = {k: ([[v[0]] for v in vals] if k in ("completions", "rewards", "ref_logps") else vals)
           for k, vals in SCORED.items()}
     with pytest.raises(InfalignError, match="num_samples K >= 2 .* got K=1"):
-        prepare_dataset(datasets.Dataset.from_dict(k1), "pairs", Transform("identity"), 1.0)
+        prepare(datasets.Dataset.from_dict(k1), "pairs", Transform("identity"), 1.0)
     with pytest.raises(InfalignError, match="kind 'triples' is not allowed; allowed: pairs, listwise, bon"):
-        prepare_dataset(_scored(), "triples", Transform("identity"), 1.0)
+        prepare(_scored(), "triples", Transform("identity"), 1.0)
     with pytest.raises(InfalignError, match="beta must be > 0, got 0"):
-        prepare_dataset(_scored(), "bon", Transform("identity"), 0)
+        prepare(_scored(), "bon", Transform("identity"), 0)
 
 
 @pytest.mark.parametrize("messages", [False, True], ids=["text", "chat"])
@@ -136,7 +136,7 @@ def test_pairs_train_one_step_in_trl_dpo(tmp_path, messages):
     torch.manual_seed(0)
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok)
-    train = prepare_dataset(_scored(messages), "pairs", Transform("identity"), 1.0, test_fraction=0.0)["train"]
+    train = prepare(_scored(messages), "pairs", Transform("identity"), 1.0, test_fraction=0.0).data["train"]
     if messages:  # TRL wants chat completions next to a chat prompt; text prompts go in unchanged
         train = to_trl_conversational(train)
         assert train[0]["chosen"][0]["role"] == "assistant"
@@ -182,7 +182,7 @@ def test_ids_travel_with_their_completions_in_every_kind(bpe_scored):
     # The fixture is the case the ids exist for: its text does not encode back to its ids.
     assert any(encode_completion(tok, t) != ids for r in scored for t, ids in zip(r["completions"], r["completion_ids"]))
     for kind in ("pairs", "listwise", "bon"):
-        rows = _all(prepare_dataset(scored, kind, Transform("exp", 2.0), 0.5, test_fraction=0.5)).to_list()
+        rows = _all(prepare(scored, kind, Transform("exp", 2.0), 0.5, test_fraction=0.5).data).to_list()
         assert rows
         for r in rows:
             src = scored[scored["prompt_id"].index(r["prompt_id"])]
@@ -199,7 +199,7 @@ def test_ids_travel_with_their_completions_in_every_kind(bpe_scored):
     # Without ids in the scored input, no id columns (training then encodes the text, as before).
     plain = scored.remove_columns(["prompt_ids", "completion_ids"])
     for kind in ("pairs", "listwise", "bon"):
-        cols = prepare_dataset(plain, kind, Transform("identity"), 1.0)["train"].column_names
+        cols = prepare(plain, kind, Transform("identity"), 1.0).data["train"].column_names
         assert not [c for c in cols if c.endswith("_ids")]
 
 
@@ -210,7 +210,7 @@ def test_tokenize_dataset_keeps_stored_ids_and_filters_on_their_length(bpe_score
 
     scored, model = bpe_scored
     tok = AutoTokenizer.from_pretrained(str(model))
-    pairs = prepare_dataset(scored, "pairs", Transform("identity"), 1.0, test_fraction=0.0)["train"]
+    pairs = prepare(scored, "pairs", Transform("identity"), 1.0, test_fraction=0.0).data["train"]
     out, dropped = tokenize_dataset(pairs, tok, get_kind("pairs"))
     assert dropped == 0 and out["chosen_ids"] == pairs["chosen_ids"] and out["prompt_ids"] == pairs["prompt_ids"]
     # max_length counts the stored ids: the longest prompt + completion is the limit that keeps everything.
@@ -249,10 +249,10 @@ def test_best_worst_pairs_by_hand():
     assert rows[0]["target_margin"] == pytest.approx(float(phi(np.array(0.75)) - phi(np.array(0.125))))
     assert rows[1]["ref_chosen_logps"] == -7.0 and rows[1]["ref_rejected_logps"] == -6.0
     with pytest.raises(InfalignError, match="pairs_per_prompt applies to pairs='all' only"):
-        prepare_dataset(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0, pairs="best_worst",
+        prepare(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0, pairs="best_worst",
                         pairs_per_prompt=1)
     with pytest.raises(InfalignError, match="pairs 'some' is not allowed; allowed: all, best_worst"):
-        prepare_dataset(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0, pairs="some")
+        prepare(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0, pairs="some")
 
 
 def test_prepare_config_pairs_checks():

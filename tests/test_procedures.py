@@ -26,7 +26,7 @@ from offline_infalign.core.transforms import Transform
 @pytest.fixture
 def registered():
     """Register procedures for one test and always take them out again."""
-    added = []
+    added, before = [], dict(PROCEDURES)
 
     def add(proc: Procedure) -> Procedure:
         added.append(proc.name)
@@ -37,7 +37,7 @@ def registered():
     finally:
         for name in added:
             PROCEDURES.pop(name, None)
-    assert tuple(PROCEDURES) == PROCEDURE_NAMES == ("bon", "won")
+    assert PROCEDURES == before and tuple(PROCEDURES) == PROCEDURE_NAMES
 
 
 def _rewards(seed=0):

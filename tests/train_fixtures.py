@@ -187,11 +187,11 @@ def save_scored(out, scored, model_dir, **manifest_extra) -> Path:
 
 
 def make_prepared_with_ids(root, kind: str, model_dir, beta=0.5, num_prompts=6, k=4, chat=False) -> Path:
-    """A prepared dataset of `kind` made by `prepare_dataset` from `scored_with_ids` (so its rows carry ids)."""
-    from offline_infalign.kinds.preparation import prepare_dataset
+    """A prepared dataset of `kind` made by `prepare` from `scored_with_ids` (so its rows carry ids)."""
+    from offline_infalign.kinds.preparation import prepare
 
     scored = scored_with_ids(model_dir, num_prompts=num_prompts, k=k, chat=chat)
-    data = prepare_dataset(scored, kind, TRANSFORM, beta, test_fraction=0.0)
+    data = prepare(scored, kind, TRANSFORM, beta, test_fraction=0.0).data
     out = Path(root) / f"prepared_ids_{kind}"
     save_artifact(data, out, {"stage": "prepared", "kind": kind, "transform": TRANSFORM.name, "tilt": TRANSFORM.tilt,
                               "beta": beta, "procedure": "bon", "n": 4, "num_samples": k, "model": str(model_dir),

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from ..config.base import spell
+from ..kinds import KIND_NAMES
 from ._common import add_command, load
 
 
 def add_parser(subparsers) -> None:
     add_command(
         subparsers, "prepare", "PrepareConfig", run,
-        # Written out, not read from kinds.KIND_NAMES: `infalign --help` shows it, and the kinds import torch.
-        help="calibrate, transform and write a training dataset (pairs, listwise or bon)",
+        help=f"calibrate, transform and write a training dataset ({spell(KIND_NAMES)})",
         description="Per prompt: calibrated_rewards (docs/math.md §2), targets = transform(u), then the dataset kind, "
         "split into train/test by prompt_id. --transform auto --procedure bon --n 4 --kl 0.3 takes the transform "
         "and beta from the tradeoff tool.")

@@ -8,8 +8,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from data_builders import source_names
+
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
+from ..core.transforms import TILTED_NAMES, TRANSFORM_NAMES
 from ..engines import ENGINE_FIELDS, ENGINE_NAMES
 from ..kinds import KIND_NAMES, PAIR_CHOICES
 from ..models.scorers import quoted_names
@@ -40,8 +43,8 @@ REF_DTYPES = ("float32", "bfloat16", "float16")
 class SampleConfig:
     """`infalign sample`: K completions per prompt from the base model, with ref_logps (DESIGN: samples/)."""
 
-    prompts: str = field(help="prompt source: a registered builder name (hh_helpful, hh_harmless, tldr, "
-                         "ultrafeedback, demo) or a local .jsonl/.json/.parquet file with a 'prompt' field")
+    prompts: str = field(help=f"prompt source: a registered builder name ({', '.join(source_names())}) or a "
+                         "local .jsonl/.json/.parquet file with a 'prompt' field")
     model: str = field(help="base (reference) causal LM: local folder or hub id")
     out: str = field(help="output artifact folder")
     num_samples: int = field(8, help="K: completions per prompt (>= 2: calibration ranks them)")
@@ -211,9 +214,9 @@ class PrepareConfig:
     input: str = field(help="scored artifact folder (from `infalign score` or `infalign merge`)")
     out: str = field(help="output artifact folder (a DatasetDict with train and test splits)")
     kind: str = field("pairs", help=f"dataset kind: {spell(KIND_NAMES)}", choices=KIND_NAMES)
-    transform: str | None = field(None, help="transform Φ: identity, log, exp, power (or 'exp:tilt=3'), or "
+    transform: str | None = field(None, help=f"transform Φ: {', '.join(TRANSFORM_NAMES)} (or 'exp:tilt=3'), or "
                                   "'auto' to take Φ and beta from the tradeoff tool for --procedure/--n/--kl")
-    tilt: float | None = field(None, help="the transform's parameter t (exp, power)")
+    tilt: float | None = field(None, help=f"the transform's parameter t ({', '.join(TILTED_NAMES)})")
     beta: float | None = field(None, help="KL coefficient beta (not with --transform auto)")
     procedure: str | None = field(None, help=f"inference-time procedure served: {spell(PROCEDURE_NAMES)} "
                                   "(recorded; needed for auto)", choices=PROCEDURE_NAMES)
@@ -256,7 +259,7 @@ class PrepareConfig:
         if not 0 <= float(self.test_fraction) < 1:
             raise InfalignError(f"{owner}: test_fraction must be in [0, 1), got {self.test_fraction!r}")
         if self.transform is None:
-            raise InfalignError(f"{owner}: transform must be given (identity, log, exp, power, or auto)")
+            raise InfalignError(f"{owner}: transform must be given ({', '.join(TRANSFORM_NAMES)}, or auto)")
         if self.transform == "auto":
             missing = [k for k in ("procedure", "n", "kl") if getattr(self, k) is None]
             if missing:

@@ -6,6 +6,7 @@ import dataclasses
 
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURES, get_procedure
+from ..core.transforms import TILTED_NAMES, TRANSFORM_NAMES
 from .base import field, positive_int, spell
 
 __all__ = ["TradeoffConfig"]
@@ -25,9 +26,9 @@ class TradeoffConfig:
     # No argparse `choices` here (the flag shows as PROCEDURE); the check below reads the live registry.
     procedure: str = field("bon", help=_procedure_help())
     n: int = field(4, help="N of best-of-N / worst-of-N (>= 1)")
-    transform: str | None = field(None, help="transform name (identity, log, exp, power) or 'exp:tilt=2.5' "
+    transform: str | None = field(None, help=f"transform name ({', '.join(TRANSFORM_NAMES)}) or 'exp:tilt=2.5' "
                                   "(default: identity)")
-    tilt: float | None = field(None, help="tilt t of the transform (exp, power)")
+    tilt: float | None = field(None, help=f"tilt t of the transform ({', '.join(TILTED_NAMES)})")
     beta: float | None = field(None, help="KL coefficient beta (> 0)")
     kl: float | None = field(None, help="KL budget in nats (> 0); beta is matched")
     optimal: bool = field(False, help="the optimal transform at --kl")

@@ -3,8 +3,9 @@
 Every transform maps u ∈ (0, 1) to Φ(u) and is strictly increasing. β always refers to the transform exactly
 as written here (docs/math.md §5), so a (transform, tilt, β) triple names one tilted policy everywhere in the package.
 
-Adding a transform: write a function `(u, tilt) -> Φ(u)`, then one `register(...)` line below; the parser, the
-CLI choices and the error messages all read the registry, so nothing else changes.
+Adding a transform: write a function `(u, tilt) -> Φ(u)`, then one `register(...)` line below (with, for a
+transform that takes a tilt, `tilt_error`: the message for a tilt outside its domain); the parser, `--help` and the
+error messages all read the registry, so nothing else changes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from .errors import InfalignError
 
-__all__ = ["Transform", "TRANSFORMS", "TRANSFORM_NAMES", "register", "get_transform", "parse_transform"]
+__all__ = ["Transform", "TRANSFORMS", "TRANSFORM_NAMES", "TILTED_NAMES", "register", "get_transform",
+           "parse_transform"]
 
 # log(u) is -inf at 0; calibrated rewards never reach 0 (c ≥ 1/(2K)), but quadrature grids and user input can
 # come arbitrarily close, so log is evaluated on u clipped to this floor.
@@ -31,13 +33,15 @@ class _Spec:
     fn: Callable[[np.ndarray, float | None], np.ndarray]
     needs_tilt: bool
     doc: str
+    tilt_error: Callable[[float], str | None] | None = None  # the message for a finite tilt outside the domain
 
 
 TRANSFORMS: dict[str, _Spec] = {}
 
 
-def register(name: str, fn, *, needs_tilt: bool, doc: str) -> None:
-    TRANSFORMS[name] = _Spec(fn, needs_tilt, doc)
+def register(name: str, fn, *, needs_tilt: bool, doc: str,
+             tilt_error: Callable[[float], str | None] | None = None) -> None:
+    TRANSFORMS[name] = _Spec(fn, needs_tilt, doc, tilt_error)
 
 
 def _identity(u, tilt):
@@ -67,10 +71,14 @@ def _power(u, tilt):
 
 register("identity", _identity, needs_tilt=False, doc="Φ(u) = u (calibrated RLHF)")
 register("log", _log, needs_tilt=False, doc="Φ(u) = log u (best-of-N distillation at β = 1/(N−1))")
-register("exp", _exp, needs_tilt=True, doc="Φ(u) = (exp(t·u) − 1)/(exp(t) − 1), t ≠ 0 (t > 0 BoN, t < 0 WoN)")
-register("power", _power, needs_tilt=True, doc="Φ(u) = u^t, t > 0")
+register("exp", _exp, needs_tilt=True, doc="Φ(u) = (exp(t·u) − 1)/(exp(t) − 1), t ≠ 0 (t > 0 BoN, t < 0 WoN)",
+         tilt_error=lambda t: "exp transform needs tilt t != 0 (t > 0 for best-of-N, t < 0 for worst-of-N), got t=0"
+         if t == 0.0 else None)
+register("power", _power, needs_tilt=True, doc="Φ(u) = u^t, t > 0",
+         tilt_error=lambda t: f"power transform needs tilt t > 0, got t={t}" if t <= 0.0 else None)
 
 TRANSFORM_NAMES: tuple[str, ...] = tuple(TRANSFORMS)
+TILTED_NAMES: tuple[str, ...] = tuple(name for name, spec in TRANSFORMS.items() if spec.needs_tilt)
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,9 @@ class Transform:
             t = float(self.tilt)
             if not np.isfinite(t):
                 raise InfalignError(f"tilt must be finite, got {self.tilt!r}")
-            if self.name == "exp" and t == 0.0:
-                raise InfalignError("exp transform needs tilt t != 0 (t > 0 for best-of-N, t < 0 for worst-of-N), got t=0")
-            if self.name == "power" and t <= 0.0:
-                raise InfalignError(f"power transform needs tilt t > 0, got t={t}")
+            error = spec.tilt_error(t) if spec.tilt_error is not None else None
+            if error:
+                raise InfalignError(error)
             object.__setattr__(self, "tilt", t)
         elif self.tilt is not None:
             raise InfalignError(f"transform {self.name!r} takes no tilt, got tilt={self.tilt!r}")

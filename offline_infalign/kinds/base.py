@@ -35,7 +35,8 @@ class ScoredMatrices:
     rewards, calibrated, targets, ref_logps: (P, K) float64; targets = Φ(calibrated).
     completion_ids: per prompt, the K completions' token ids exactly as sampled (docs/math.md §9), or None when
         the scored artifact has no `completion_ids` column (then training re-encodes the text).
-    beta, pairs, pairs_per_prompt, seed: the prepare options; each kind reads the ones it needs.
+    beta: the KL coefficient the rows are computed at.
+    options: the kind's own prepare options (`DatasetKind.options`, defaults filled in, checked by the kind).
     """
 
     ids: list[str]
@@ -47,9 +48,7 @@ class ScoredMatrices:
     ref_logps: np.ndarray
     beta: float
     completion_ids: list[list[list[int]]] | None = None
-    pairs: str = "all"
-    pairs_per_prompt: int | None = None
-    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +85,8 @@ class DatasetKind:
             text only for datasets without one (`tokenization.tokenize_dataset`).
         grouped: the text columns hold a list of completions per row (one id list each).
         beta_in_rows: the rows hold values computed at the manifest's β (recomputed when training at another).
+        options: the kind's own prepare options and their defaults ({} for none): `prepare` refuses any other,
+            and `check_options` checks their values.
     """
 
     name: str = ""
@@ -95,12 +96,16 @@ class DatasetKind:
     id_columns: dict[str, str] = {}
     grouped: bool = False
     beta_in_rows: bool = False
+    options: dict[str, Any] = {}
 
     @property
     def text_columns(self) -> tuple[str, ...]:
         return tuple(self.id_columns)
 
     # ---- prepare ---------------------------------------------------------------------------------------------
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse option values this kind cannot build rows with (`options`: every one of `self.options`)."""
+
     def build_rows(self, m: ScoredMatrices) -> Rows:
         """This kind's rows of the scored matrices (see `Rows`)."""
         raise NotImplementedError

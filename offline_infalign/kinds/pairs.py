@@ -58,13 +58,22 @@ class PairsKind(DatasetKind):
     margin_columns = ("target_margin",)
     reference_columns = ("ref_chosen_logps", "ref_rejected_logps")
     id_columns = {"chosen": "chosen_ids", "rejected": "rejected_ids"}
+    # pairs: 'all' or 'best_worst' (PAIR_CHOICES); pairs_per_prompt: draw that many of 'all'; seed: of the draw.
+    options = {"pairs": "all", "pairs_per_prompt": None, "seed": 0}
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        pairs = options["pairs"]
+        if pairs not in PAIR_CHOICES:
+            raise InfalignError(f"pairs {pairs!r} is not allowed; allowed: {', '.join(PAIR_CHOICES)}")
+        if options["pairs_per_prompt"] is not None and pairs != "all":
+            raise InfalignError(f"pairs_per_prompt applies to pairs='all' only, got pairs={pairs!r}")
 
     def build_rows(self, m: ScoredMatrices) -> Rows:
-        """`m.pairs` = all: all untied pairs of each prompt, or `pairs_per_prompt` of them drawn without
+        """`pairs` = all: all untied pairs of each prompt, or `pairs_per_prompt` of them drawn without
         replacement; best_worst: (highest, lowest) raw reward per prompt, prompts whose K rewards are all equal
         skipped. Chosen = the larger raw reward."""
         rewards, targets, ref = m.rewards, m.targets, m.ref_logps
-        if m.pairs == "best_worst":
+        if m.options["pairs"] == "best_worst":
             c_idx, r_idx, owner, counts = _best_worst(rewards)
         else:
             c_idx, r_idx, owner, counts = _all_pairs(rewards, m)
@@ -109,7 +118,7 @@ def _all_pairs(rewards: np.ndarray, m: ScoredMatrices):
     """
     counts, tied = untied_counts(rewards)
     _check_size(counts, m)
-    draw = m.pairs_per_prompt is not None and bool((counts > m.pairs_per_prompt).any())
+    draw = m.options["pairs_per_prompt"] is not None and bool((counts > m.options["pairs_per_prompt"]).any())
     parts = []
     for lo, hi in _blocks(rewards.shape, few=draw):
         parts.append(_drawn(rewards[lo:hi], counts[lo:hi], m, lo) if draw else _every(rewards[lo:hi], lo))
@@ -158,9 +167,9 @@ def _drawn(rewards: np.ndarray, counts: np.ndarray, m: ScoredMatrices, offset: i
     """(i, j, owner) of `pairs_per_prompt` untied pairs drawn per prompt of a block (all of them where fewer)."""
     ranks, prompts = [], []
     for a, count in enumerate(counts.tolist()):
-        if m.pairs_per_prompt < count:
+        if m.options["pairs_per_prompt"] < count:
             pid = m.ids[offset + a]
-            ranks.append(np.sort(_pair_rng(m.seed, pid).choice(count, size=m.pairs_per_prompt, replace=False)))
+            ranks.append(np.sort(_pair_rng(m.options["seed"], pid).choice(count, size=m.options["pairs_per_prompt"], replace=False)))
         else:
             ranks.append(np.arange(count))
         prompts.append(np.full(len(ranks[-1]), a))
@@ -235,7 +244,8 @@ def _check_size(counts: np.ndarray, m: ScoredMatrices) -> None:
     """Refuse, before any row exists, a pairs dataset that cannot fit in this machine's memory: all K(K−1)/2 pairs
     grow with K², so K = 100 000 asks for 5e9 rows (terabytes) per prompt. Each row holds its prompt and two
     completions (text and ids); their mean sizes are read from the first prompts."""
-    rows = int(counts.sum() if m.pairs_per_prompt is None else np.minimum(counts, m.pairs_per_prompt).sum())
+    drawn = m.options["pairs_per_prompt"]
+    rows = int(counts.sum() if drawn is None else np.minimum(counts, drawn).sum())
     memory = _physical_memory()
     if memory is None or not rows:
         return
@@ -248,7 +258,7 @@ def _check_size(counts: np.ndarray, m: ScoredMatrices) -> None:
     need = rows * (_ROW_OVERHEAD_BYTES + 2 * completion + 2 * prompt)
     if need > memory:
         k = m.rewards.shape[1]
-        hint = ("lower --pairs-per-prompt" if m.pairs_per_prompt is not None else
+        hint = ("lower --pairs-per-prompt" if m.options["pairs_per_prompt"] is not None else
                 "pass --pairs-per-prompt M (M pairs drawn per prompt) or --pairs best_worst")
         raise InfalignError(f"a pairs dataset of {rows:,} rows (K = {k}: up to K(K-1)/2 = {k * (k - 1) // 2:,} pairs "
                             f"per prompt, {len(m.ids)} prompts) needs about {need / 2**30:,.0f} GiB of memory to "

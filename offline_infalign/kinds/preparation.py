@@ -1,6 +1,6 @@
 """Scored samples → calibrated rewards, targets Φ(u) and a training dataset (docs/math.md §2, §5, §6).
 
-`prepare_dataset` is pure apart from building `datasets` objects: no files, so one scored artifact can be
+`prepare` is pure apart from building `datasets` objects: no files, so one scored artifact can be
 turned into many datasets (transforms, tilts, β) in a notebook as well as by `infalign prepare`
 (stages/prepare.py, which writes the artifact). The part that is the same for every kind lives here: the
 (P, K) matrices, calibration, targets, the train/test split; the rows of each kind come from `kinds/`.
@@ -22,9 +22,9 @@ from ..core.calibration import calibrate
 from ..core.checks import check_finite
 from ..core.errors import InfalignError
 from ..core.transforms import Transform
-from . import PAIR_CHOICES, ScoredMatrices, get_kind
+from . import ScoredMatrices, get_kind
 
-__all__ = ["prepare", "prepare_dataset", "Prepared", "is_test_prompt", "guidance", "Guidance"]
+__all__ = ["prepare", "kind_options", "Prepared", "is_test_prompt", "guidance", "Guidance"]
 
 
 def is_test_prompt(prompt_id: str, test_fraction: float) -> bool:
@@ -94,18 +94,41 @@ def _tied_prompts(rewards: np.ndarray, ids: list[str], kind: str) -> list[str]:
             f"{effect}; a reward that ties this often may be saturated or coarse"]
 
 
-def prepare(scored, kind: str, transform: Transform, beta: float, pairs: str = "all",
-            pairs_per_prompt: int | None = None, seed: int = 0, test_fraction: float = 0.1) -> Prepared:
-    """Build the rows of `kind` from a scored dataset (rows with K completions each); see `prepare_dataset`."""
+def kind_options(dataset_kind, options: dict[str, Any]) -> dict[str, Any]:
+    """The kind's options: its defaults updated with `options`, checked by the kind; an option the kind does not
+    have is refused."""
+    foreign = sorted(set(options) - set(dataset_kind.options))
+    if foreign:
+        own = ", ".join(dataset_kind.options) or "none"
+        raise InfalignError(f"{', '.join(foreign)} does not apply to kind {dataset_kind.name!r} (its options: {own})")
+    merged = {**dataset_kind.options, **options}
+    dataset_kind.check_options(merged)
+    return merged
+
+
+def prepare(scored, kind: str, transform: Transform, beta: float, test_fraction: float = 0.1,
+            **options: Any) -> Prepared:
+    """Build a DatasetDict {train, test} of `kind` from a scored dataset (rows with K completions each), with the
+    counts of what was left out (tied pairs or prompts) and the warnings.
+
+    Args:
+        scored: `datasets.Dataset` with prompt_id, prompt, completions (K), rewards (K), ref_logps (K), and,
+            from the sampler, prompt_ids and completion_ids (K id lists), which the rows then carry (pairs:
+            chosen_ids / rejected_ids; listwise: completion_ids; bon: completion_ids) so that training computes
+            log π on exactly the sampled tokens (docs/math.md §9).
+        kind: a `kinds.KINDS` name (pairs, listwise, bon).
+        transform: Φ (core.transforms.Transform); targets = Φ(calibrated_rewards).
+        beta: KL coefficient > 0 (used by kind=bon weights; recorded by the caller for the others).
+        options: the kind's own (`DatasetKind.options`), e.g. for pairs: `pairs`, 'all' (every untied pair) or
+            'best_worst' (highest vs lowest raw reward per prompt); `pairs_per_prompt`, pairs='all' only: M untied
+            pairs drawn without replacement per prompt (all when fewer); `seed` of that draw.
+    """
     import datasets
 
     dataset_kind = get_kind(kind)
     if not beta > 0:
         raise InfalignError(f"beta must be > 0, got {beta!r}")
-    if pairs not in PAIR_CHOICES:
-        raise InfalignError(f"pairs {pairs!r} is not allowed; allowed: {', '.join(PAIR_CHOICES)}")
-    if pairs_per_prompt is not None and pairs != "all":
-        raise InfalignError(f"pairs_per_prompt applies to pairs='all' only, got pairs={pairs!r}")
+    options = kind_options(dataset_kind, options)
     missing = {"prompt_id", "prompt", "completions", "rewards", "ref_logps"} - set(scored.column_names)
     if missing:
         raise InfalignError(f"scored dataset lacks column(s) {sorted(missing)}; has {scored.column_names}")
@@ -127,8 +150,7 @@ def prepare(scored, kind: str, transform: Transform, beta: float, pairs: str = "
     matrices = ScoredMatrices(
         ids=ids, prompts=list(scored["prompt"]), completions=list(scored["completions"]), rewards=rewards,
         calibrated=u, targets=np.asarray(transform(u), dtype=np.float64),  # (P, K) docs/math.md §5
-        ref_logps=ref, beta=beta, completion_ids=_completion_ids(scored, ids, k), pairs=pairs,
-        pairs_per_prompt=pairs_per_prompt, seed=seed)
+        ref_logps=ref, beta=beta, completion_ids=_completion_ids(scored, ids, k), options=options)
     rows = dataset_kind.build_rows(matrices)
     owner = np.asarray(rows.owner, dtype=np.int64)  # prompt index of each row
     columns = {"prompt_id": [ids[o] for o in owner], "prompt": [matrices.prompts[o] for o in owner]}
@@ -149,26 +171,6 @@ def prepare(scored, kind: str, transform: Transform, beta: float, pairs: str = "
         data = {c: [v[r] for r in keep] if isinstance(v, list) else v[keep].tolist() for c, v in columns.items()}
         splits[name] = datasets.Dataset.from_dict(data, features=features)
     return Prepared(datasets.DatasetDict(splits), dict(rows.counts), tuple(warnings))
-
-
-def prepare_dataset(scored, kind: str, transform: Transform, beta: float, pairs_per_prompt: int | None = None,
-                    seed: int = 0, test_fraction: float = 0.1, pairs: str = "all"):
-    """Build a DatasetDict {train, test} of `kind` from a scored dataset (rows with K completions each).
-
-    Args:
-        scored: `datasets.Dataset` with prompt_id, prompt, completions (K), rewards (K), ref_logps (K), and,
-            from the sampler, prompt_ids and completion_ids (K id lists), which the rows then carry (pairs:
-            chosen_ids / rejected_ids; listwise: completion_ids; bon: completion_ids) so that training computes
-            log π on exactly the sampled tokens (docs/math.md §9).
-        kind: a `kinds.KINDS` name (pairs, listwise, bon).
-        transform: Φ (core.transforms.Transform); targets = Φ(calibrated_rewards).
-        beta: KL coefficient > 0 (used by kind=bon weights; recorded by the caller for the others).
-        pairs: pairs only; 'all' (every untied pair) or 'best_worst' (highest vs lowest raw reward per prompt).
-        pairs_per_prompt: pairs='all' only; M untied pairs drawn without replacement per prompt (all when fewer).
-    `prepare` returns the same data together with the counts of what was left out (tied pairs or prompts).
-    """
-    return prepare(scored, kind, transform, beta, pairs=pairs, pairs_per_prompt=pairs_per_prompt, seed=seed,
-                   test_fraction=test_fraction).data
 
 
 def _features(prompt_feature, types: dict[str, str]):

@@ -22,6 +22,7 @@ from ..artifacts.storage import (
 )
 from ..config import PrepareConfig, config_to_dict
 from ..core.errors import InfalignError
+from ..kinds import get_kind
 from ..kinds.preparation import guidance, prepare
 from .sample import REF_FACTS
 
@@ -116,8 +117,9 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
         return read_manifest(cfg.out)
     chosen = resolve_transform(cfg)
     transform, beta = chosen["transform"], chosen["beta"]
-    prepared = prepare(scored, cfg.kind, transform, beta, pairs=cfg.pairs, pairs_per_prompt=cfg.pairs_per_prompt,
-                       seed=cfg.seed, test_fraction=cfg.test_fraction)
+    # The kind's own options, from the config fields of the same names (pairs: pairs, pairs_per_prompt, seed).
+    options = {name: getattr(cfg, name) for name in get_kind(cfg.kind).options}
+    prepared = prepare(scored, cfg.kind, transform, beta, test_fraction=cfg.test_fraction, **options)
     data = prepared.data
     for split, part in data.items():  # e.g. weights softmax(Φ/β) at a β so small that Φ/β overflows
         check_finite_rows(part, "the prepared dataset", f"beta={beta:g} with transform {transform} gives numbers "
@@ -138,7 +140,7 @@ def _run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     manifest = base_manifest("prepared", config)
     manifest.update(kind=cfg.kind, transform=transform.name, tilt=transform.tilt, beta=beta,
                     procedure=cfg.procedure, n=cfg.n, kl=chosen["kl"], predicted=chosen["predicted"],
-                    guidance=advice, warnings=warnings, pairs=cfg.pairs if cfg.kind == "pairs" else None,
+                    guidance=advice, warnings=warnings, pairs=options.get("pairs"),
                     **prepared.counts, **facts,
                     num_samples=upstream.get("num_samples"), model=upstream.get("model"),
                     model_fingerprint=upstream.get("model_fingerprint"),
