@@ -17,7 +17,7 @@ Rows (README "Trainer" has a measured table):
 - listwise K = 8 and K = 32: ours, one prompt group per step (the listwise loss); TRL has no listwise loss, so
   the ratio is against TRL's pairs rate in tokens/s. K = 32 also on a GPT-2 of the same shape (a second
   architecture: learned absolute positions; its ratios are against TRL on the Llama).
-- memory: listwise K = 8 and K = 64 with chunk_size = 8 (the two-pass step), and K = 64 in one pass.
+- memory: listwise K = 8 and K = 64 with completions_per_forward = 8 (the two-pass step), and K = 64 in one pass.
 
 `--prompt-lengths` runs only what a long prompt costs: listwise K = 32, 16-token completions, prompts of ~10 vs
 ~550 tokens, on Llama, GPT-2, Mistral, Phi-3 and GPT-NeoX of the same shape packed, and on Llama and GPT-2 per
@@ -136,7 +136,7 @@ def _ref_logps(model_dir: Path, prompts, completions) -> list[float]:
     out = []
     with torch.no_grad():
         for lo in range(0, len(prompts), 64):
-            packed = pack_sequences(prompts[lo: lo + 64], completions[lo: lo + 64], 0, chunk_size=16)
+            packed = pack_sequences(prompts[lo: lo + 64], completions[lo: lo + 64], 0, completions_per_forward=16)
             lp = packed_logps(model, packed["group_units"], packed["group_num_seqs"])
             out += lp[packed["group_seq_index"]].tolist()
     return out
@@ -240,7 +240,7 @@ def worker(args) -> dict:
                           lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                           target_modules=[LORA["target_modules"]], per_device_train_batch_size=args.batch,
                           logging_steps=10_000, save_steps=None, reference="stored", bf16=False,
-                          chunk_size=args.chunk_size, group_forward=args.which != "ours_rows")
+                          completions_per_forward=args.completions_per_forward, group_forward=args.which != "ours_rows")
         trainer, _ = make_trainer(cfg)
     step = trainer.training_step
 
@@ -267,11 +267,11 @@ def worker(args) -> dict:
 # ---- the side-by-side run ---------------------------------------------------------------------------------
 
 
-def run(which, model, data, out, steps, warmup, batch, chunk_size=None, env=None) -> dict:
+def run(which, model, data, out, steps, warmup, batch, completions_per_forward=None, env=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", which, "--model", str(model), "--data", str(data), "--out",
            str(out), "--steps", str(steps), "--warmup", str(warmup), "--batch", str(batch)]
-    if chunk_size:
-        cmd += ["--chunk-size", str(chunk_size)]
+    if completions_per_forward:
+        cmd += ["--completions-per-forward", str(completions_per_forward)]
     proc = subprocess.run(cmd, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {})))
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -285,8 +285,8 @@ NAMES = {"trl": "TRL DPOTrainer, precomputed ref (head at every position: its CP
          "ours_pairs": "ours, pairs, group batches (a prompt's 48 pairs per step)",
          "lw8": "ours, listwise K = 8", "lw32": "ours, listwise K = 32",
          "lw32_gpt2": "ours, listwise K = 32, GPT-2 of the same shape (learned positions)",
-         "lw32_chunked": "ours, listwise K = 32, chunk_size 8 (two passes)",
-         "mem8": "memory: ours, listwise K = 8, chunk_size 8", "mem64": "memory: ours, listwise K = 64, chunk_size 8",
+         "lw32_chunked": "ours, listwise K = 32, completions_per_forward 8 (two passes)",
+         "mem8": "memory: ours, listwise K = 8, completions_per_forward 8", "mem64": "memory: ours, listwise K = 64, completions_per_forward 8",
          "mem64_one_pass": "memory: ours, listwise K = 64, one pass"}
 
 
@@ -324,7 +324,7 @@ def report(res: dict) -> None:
         print(f"listwise K = 32, GPT-2 vs Llama tokens/s: "
               f"{res['lw32_gpt2']['tokens_per_s'] / res['lw32']['tokens_per_s']:.2f}x")
     if "mem64" in res:
-        print(f"memory, listwise K = 64 vs K = 8 with chunk_size 8: training's own peak "
+        print(f"memory, listwise K = 64 vs K = 8 with completions_per_forward 8: training's own peak "
               f"{_growth(res['mem64']):.0f} vs {_growth(res['mem8']):.0f} MB = "
               f"{_growth(res['mem64']) / _growth(res['mem8']):.2f}x, process peak RSS "
               f"{res['mem64']['peak_rss_mb'] / res['mem8']['peak_rss_mb']:.2f}x (goal <= 1.2x); one pass: "
@@ -373,7 +373,7 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--chunk-size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--completions-per-forward", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.which:
         print("RESULT " + json.dumps(worker(args)))
@@ -401,13 +401,13 @@ def main() -> None:
     for k in (8, 32):
         res[f"lw{k}"] = run("ours", model, lw[k], root / f"o_lw{k}", steps, 1, 1)
     res["lw32_gpt2"] = run("ours", gpt2, lw_gpt2, root / "o_lw32_gpt2", steps, 1, 1)
-    res["lw32_chunked"] = run("ours", model, lw[32], root / "o_lw32c", steps, 1, 1, chunk_size=8)
+    res["lw32_chunked"] = run("ours", model, lw[32], root / "o_lw32c", steps, 1, 1, completions_per_forward=8)
     if not args.quick:
         # glibc keeps freed blocks below its (growing) mmap threshold cached, so RSS would measure its caching
         # as much as the tensors alive; a fixed threshold returns every block of 64 kB or more when freed
         exact = {"MALLOC_MMAP_THRESHOLD_": "65536"}
         for k in (8, 64):
-            res[f"mem{k}"] = run("ours", model, lw[k], root / f"o_mem{k}", 3, 1, 1, chunk_size=8, env=exact)
+            res[f"mem{k}"] = run("ours", model, lw[k], root / f"o_mem{k}", 3, 1, 1, completions_per_forward=8, env=exact)
         res["mem64_one_pass"] = run("ours", model, lw[64], root / "o_mem64_1", 3, 1, 1, env=exact)
     report(res)
     print(f"total {time.time() - t0:.0f} s")

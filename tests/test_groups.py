@@ -96,7 +96,7 @@ def test_pack_sequences_layout_dedups_and_restarts_positions():
     assert unit["score_index"].tolist() == [1, 2, 1, 5 + 0, 5 + 1]
     assert unit["score_targets"].tolist() == [5, 6, 7, 5, 6]
     assert unit["score_seq"].tolist() == [0, 0, 1, 2, 2]
-    chunked = pack_sequences(prompts, completions, pad_token_id=0, chunk_size=1)
+    chunked = pack_sequences(prompts, completions, pad_token_id=0, completions_per_forward=1)
     assert len(chunked["group_units"]) == 3  # one completion (with its prompt) per forward pass
     assert chunked["group_units"][1]["input_ids"].tolist() == [[1, 2, 7]]
 
@@ -284,21 +284,44 @@ def test_two_pass_chunked_step_has_the_one_pass_gradient(fixtures, tmp_path, los
     one, batch = _trainer(fixtures, "bpe", loss, tmp_path, reference="live")
     loss_one = one.training_step(one.model, batch)
     expected = _grads(one.model)
-    two, batch2 = _trainer(fixtures, "bpe", loss, tmp_path / "two", reference="live", chunk_size=2)
+    two, batch2 = _trainer(fixtures, "bpe", loss, tmp_path / "two", reference="live", completions_per_forward=2)
     assert len(batch2["group_units"]) > 1
     loss_two = two.training_step(two.model, batch2)
     torch.testing.assert_close(loss_two, loss_one, rtol=1e-6, atol=1e-6)
     _assert_grads_close(_grads(two.model), expected)
 
 
-def test_chunk_size_config_checks():
+def test_completions_per_forward_config_checks():
     base = dict(dataset="d", model="m", loss="listwise", out="o")
-    with pytest.raises(InfalignError, match="chunk_size needs group_forward"):
-        TrainConfig(**base, chunk_size=4, group_forward=False)
-    with pytest.raises(InfalignError, match="chunk_size needs lora_dropout 0"):
-        TrainConfig(**base, chunk_size=4, lora_dropout=0.05)
-    with pytest.raises(InfalignError, match="chunk_size must be an integer >= 1"):
-        TrainConfig(**base, chunk_size=0)
+    with pytest.raises(InfalignError, match="completions_per_forward needs group_forward"):
+        TrainConfig(**base, completions_per_forward=4, group_forward=False)
+    with pytest.raises(InfalignError, match="completions_per_forward needs lora_dropout 0"):
+        TrainConfig(**base, completions_per_forward=4, lora_dropout=0.05)
+    with pytest.raises(InfalignError, match="completions_per_forward must be an integer >= 1"):
+        TrainConfig(**base, completions_per_forward=0)
+
+
+def test_the_old_chunk_size_key_of_train_names_its_new_name(tmp_path, capsys):
+    """train's `chunk_size` (completions per forward pass) is now `completions_per_forward`: the old key in a
+    config file, and the old flag, are one error naming the new one; sample and score keep `chunk_size`
+    (prompts per resumable chunk)."""
+    from offline_infalign.cli import main
+    from offline_infalign.config import SampleConfig, load_config
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("dataset: d\nmodel: m\nloss: listwise\nout: o\nchunk_size: 8\n")
+    with pytest.raises(InfalignError, match="'chunk_size' .* is now 'completions_per_forward' "
+                       r"\(--completions-per-forward\)"):
+        load_config(TrainConfig, cfg)
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "is now 'completions_per_forward'" in capsys.readouterr().err
+    assert main(["train", "--dataset", "d", "--model", "m", "--loss", "listwise", "--out", "o",
+                 "--chunk-size", "8"]) == 2
+    assert "is now 'completions_per_forward'" in capsys.readouterr().err
+    assert load_config(TrainConfig, None, {"dataset": "d", "model": "m", "loss": "listwise", "out": "o",
+                                           "completions_per_forward": 8}).completions_per_forward == 8
+    sample = load_config(SampleConfig, None, {"prompts": "demo", "model": "m", "out": "o", "chunk_size": 8})
+    assert sample.chunk_size == 8
 
 
 def test_a_wrong_packed_forward_is_caught_at_the_first_batch_and_the_run_goes_per_row(fixtures, tmp_path, caplog):

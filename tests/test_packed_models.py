@@ -45,8 +45,8 @@ def _sequences(seed=1, prompts=3, k=4):
     return p_ids, c_ids
 
 
-def _batch(p_ids, c_ids, chunk_size=None):
-    return {**pad_pairs(p_ids, c_ids, 0), **pack_sequences(p_ids, c_ids, 0, chunk_size)}
+def _batch(p_ids, c_ids, completions_per_forward=None):
+    return {**pad_pairs(p_ids, c_ids, 0), **pack_sequences(p_ids, c_ids, 0, completions_per_forward)}
 
 
 def _sharpen(model, std=0.3, seed=0):

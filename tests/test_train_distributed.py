@@ -4,11 +4,11 @@ epoch), 4 steps (2 epochs: the data order of the second epoch is compared too), 
 
 Covered, each to float rounding (measured here: losses within 2e-7, weights within 1.4e-6 of weights up to 0.19;
 asserted: 1e-5):
-- LoRA under DDP with the group forward: the per-step loss and the final adapter, with --chunk-size 2 (the
+- LoRA under DDP with the group forward: the per-step loss and the final adapter, with --completions-per-forward 2 (the
   two-pass step, whose backward per unit runs under DDP's no_sync but for the last unit) and without.
 - Full fine-tuning (--full-finetune) under DDP: the per-step loss and the final weights.
-The cases without --chunk-size and --full-finetune run in `make scale-check` only (marker scale_check: 20-40 s
-each here), the --chunk-size one in `make test` too.
+The cases without --completions-per-forward and --full-finetune run in `make scale-check` only (marker scale_check: 20-40 s
+each here), the --completions-per-forward one in `make test` too.
 - FSDP: accelerate runs `--use_fsdp` on CPU as DDP (its FSDP type is for accelerator devices; measured: the
   processes train with DistributedDataParallel), so `train` with FSDP needs GPUs and is not run here. What is
   run: the group forward of a model sharded with torch's FSDP2 (fully_shard per decoder layer and at the root,
@@ -70,7 +70,7 @@ def _weights(out) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("extra", [
     pytest.param(["--lora-r", "4", "--learning-rate", "1e-2"], marks=pytest.mark.scale_check, id="lora"),
-    pytest.param(["--lora-r", "4", "--learning-rate", "1e-2", "--chunk-size", "2"], id="lora-chunked"),
+    pytest.param(["--lora-r", "4", "--learning-rate", "1e-2", "--completions-per-forward", "2"], id="lora-chunked"),
     pytest.param(["--full-finetune", "--learning-rate", "1e-3"], marks=pytest.mark.scale_check, id="full"),
 ])
 def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(data, tmp_path, extra):

@@ -52,10 +52,10 @@ COMPLETE = ".complete"
 # what they name is compared by model_fingerprint and dataset_fingerprint. gradient_checkpointing recomputes the
 # same activations; allow_pickle_weights only lets a folder load; verify only checks the dataset; the others are
 # logging, checkpoint cadence and where the folder is.
-# chunk_size: the two-pass step's gradients equal the one-pass ones (tests/test_groups.py), only memory changes;
+# completions_per_forward: the two-pass step's gradients equal the one-pass ones (tests/test_groups.py), only memory changes;
 # group_forward stays compared: it changes which rows share a batch.
 FREE = ("logging_steps", "report_to", "save_steps", "save_total_limit", "gradient_checkpointing",
-        "allow_pickle_weights", "resume_from_checkpoint", "out", "model", "dataset", "verify", "chunk_size")
+        "allow_pickle_weights", "resume_from_checkpoint", "out", "model", "dataset", "verify", "completions_per_forward")
 # What an explicit --resume-from-checkpoint may change besides: how long to train.
 EXTEND = ("max_steps", "num_train_epochs")
 # Left in OUT by a run that failed before recording its config (the tokenization cache, the lock file).

@@ -117,8 +117,18 @@ def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def renamed_keys(cls) -> dict[str, str]:
+    """{old key: new key} of a config whose field was renamed (the class's `RENAMED`): the old key is refused,
+    naming the new one, rather than taken as unknown."""
+    return dict(getattr(cls, "RENAMED", {}))
+
+
 def _check_keys(cls, keys, where: str) -> None:
     allowed = _field_names(cls)
+    for k, new in renamed_keys(cls).items():
+        if k in keys:
+            flag = "--" + new.replace("_", "-")
+            raise InfalignError(f"config key {k!r} in {where} is now {new!r} ({flag}) for {cls.__name__}: rename it")
     unknown = [k for k in keys if k not in allowed]
     if unknown:
         hints = []
@@ -305,7 +315,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: Iterable[st
             parser.add_argument(flag, type=kind[1], nargs="+", **kw)
         else:
             parser.add_argument(flag, type=kind, **kw)
+    for old in renamed_keys(cls):  # hidden: given, it is refused naming the new flag (`_check_keys`)
+        parser.add_argument("--" + old.replace("_", "-"), dest=old, default=None, help=argparse.SUPPRESS)
 
 
 def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in _field_names(cls) if getattr(args, name, None) is not None}
+    names = [*_field_names(cls), *renamed_keys(cls)]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from ..core.errors import InfalignError
 from ..core.losses import LOSSES
@@ -31,6 +32,10 @@ def _loss_help() -> str:
 @dataclasses.dataclass
 class TrainConfig:
     """`infalign train`: fit the tilted policy (docs/math.md §6) on a prepared dataset with LoRA or QLoRA."""
+
+    # `chunk_size` meant prompts per resumable chunk in sample/score and completions per forward pass here; this
+    # one was renamed (the old key is refused, naming the new one: config/base.py `renamed_keys`).
+    RENAMED: ClassVar[dict[str, str]] = {"chunk_size": "completions_per_forward"}
 
     dataset: str = field(help="prepared dataset folder (`infalign prepare` output)")
     model: str = field(help="base model: local path or hub id (the reference policy)")
@@ -85,9 +90,10 @@ class TrainConfig:
                                 "each completion attending to the prompt and to itself), the LM head only at "
                                 "completion positions; same loss and gradients as one row per sequence (false: "
                                 "that per-row forward, the reference, on batches of rows)")
-    chunk_size: int | None = field(None, help="completions per forward pass: an exact two-pass step (log-probs "
-                                   "without gradients, then backward a chunk at a time) whose memory is a chunk's, "
-                                   "whatever K (null: one pass; needs group_forward and lora_dropout 0)")
+    completions_per_forward: int | None = field(
+        None, help="completions per forward pass: an exact two-pass step (log-probs without gradients, then "
+        "backward a chunk at a time) whose memory is a chunk's, whatever K (null: one pass; needs group_forward and "
+        "lora_dropout 0)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward (less memory, ~30% "
                                          "slower)")
     bf16: bool | None = field(None, help="bf16 weights and autocast (default: on for a bf16-capable GPU, off on "
@@ -123,12 +129,13 @@ class TrainConfig:
             raise InfalignError(f"train: num_train_epochs must be > 0, got {self.num_train_epochs!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise InfalignError(f"train: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        positive_int("train", "chunk_size", self.chunk_size, optional=True)
-        if self.chunk_size is not None and not self.group_forward:
-            raise InfalignError("train: chunk_size needs group_forward (a chunk is part of a prompt's group)")
-        if self.chunk_size is not None and float(self.lora_dropout) > 0.0:
+        positive_int("train", "completions_per_forward", self.completions_per_forward, optional=True)
+        if self.completions_per_forward is not None and not self.group_forward:
+            raise InfalignError("train: completions_per_forward needs group_forward (a chunk is part of a prompt's "
+                                "group)")
+        if self.completions_per_forward is not None and float(self.lora_dropout) > 0.0:
             # the two passes must see the same forward; dropout would draw two different ones
-            raise InfalignError(f"train: chunk_size needs lora_dropout 0 (got {self.lora_dropout}): the two-pass "
+            raise InfalignError(f"train: completions_per_forward needs lora_dropout 0 (got {self.lora_dropout}): the two-pass "
                                 "step recomputes each chunk and dropout would change it")
         if self.full_finetune and self.qlora:
             raise InfalignError("train: full_finetune trains every weight; it cannot be combined with qlora (4-bit "

@@ -16,7 +16,7 @@ log-probs — and their gradients, the prompt's included — are the per-row one
 prompt runs once per group and a completion once per batch.
 
 `pack_sequences` cuts the packed rows into *units* (forward passes): all groups in one unit, or, with
-`chunk_size` (completions per forward pass), pieces of at most that many completions, each with its prompt —
+`completions_per_forward` (completions per forward pass), pieces of at most that many completions, each with its prompt —
 the unit of the trainer's two-pass backward, whose memory is bounded by a chunk, not by K.
 
 `GroupBatchSampler` makes batches of whole prompts for kinds with one row per completion or pair, so that a
@@ -35,7 +35,7 @@ __all__ = ["GroupCollator", "GroupBatchSampler", "pack_sequences", "prompt_group
 
 
 def pack_sequences(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                   pad_token_id: int, chunk_size: int | None = None) -> dict[str, Any]:
+                   pad_token_id: int, completions_per_forward: int | None = None) -> dict[str, Any]:
     """Pack sequences (prompt_ids[n], completion_ids[n]) by prompt into forward units (see the module docstring).
 
     Returns a dict:
@@ -61,11 +61,11 @@ def pack_sequences(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence
     pieces = []  # (prompt, [(distinct id, completion)]): one packed row each
     for prompt, distinct in groups.items():
         items = [(i, c) for c, i in distinct.items()]
-        step = chunk_size or len(items)
+        step = completions_per_forward or len(items)
         pieces += [(prompt, items[lo: lo + step]) for lo in range(0, len(items), step)]
     units, current, count = [], [], 0
-    for piece in pieces:  # one unit without chunk_size; else at most chunk_size completions per unit
-        if chunk_size is not None and current and count + len(piece[1]) > chunk_size:
+    for piece in pieces:  # one unit without completions_per_forward; else at most completions_per_forward completions per unit
+        if completions_per_forward is not None and current and count + len(piece[1]) > completions_per_forward:
             units.append(current)
             current, count = [], 0
         current.append(piece)
@@ -131,19 +131,19 @@ class GroupCollator:
     """A kind's collator plus the packed group layout of its batch (`pack_sequences`).
 
     The kind's own keys (row tensors, and its right-padded per-row sequences, which the per-row reference path
-    and tests read) are kept as they are; the group keys are added. `chunk_size`: completions per forward unit.
+    and tests read) are kept as they are; the group keys are added. `completions_per_forward`: completions per forward unit.
     """
 
-    def __init__(self, collator, chunk_size: int | None = None):
+    def __init__(self, collator, completions_per_forward: int | None = None):
         if not hasattr(collator, "sequences"):
             raise TypeError(f"{type(collator).__name__} has no sequences(rows): it cannot be packed by prompt")
-        self.collator, self.chunk_size = collator, chunk_size
+        self.collator, self.completions_per_forward = collator, completions_per_forward
         self.pad_token_id = collator.pad_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(rows)
         prompts, completions = self.collator.sequences(rows)
-        batch.update(pack_sequences(prompts, completions, self.pad_token_id, self.chunk_size))
+        batch.update(pack_sequences(prompts, completions, self.pad_token_id, self.completions_per_forward))
         return batch
 
 

@@ -267,7 +267,7 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     trainer = InfalignTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=kind.collator(tokenizer.pad_token_id),
         processing_class=tokenizer, loss=cfg.loss, beta=beta, reference=reference, log_z=log_z,
-        group_forward=cfg.group_forward, chunk_size=cfg.chunk_size,
+        group_forward=cfg.group_forward, completions_per_forward=cfg.completions_per_forward,
     )
     trainer.add_callback(CheckpointMarker(config, cfg.save_total_limit))
     trainer.add_callback(NonFiniteGuard())  # a NaN loss or gradient stops the run before it reaches the weights

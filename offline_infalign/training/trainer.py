@@ -14,7 +14,7 @@ chunks. The loss and its gradients are the per-row forward's (`logprobs.completi
 (`packed_check.check_packed`: features the packed attention cannot express are refused by name, then the batch
 is computed both ways without gradients and compared within a per-dtype tolerance); otherwise the run goes per
 row, with one warning naming the reason or the measured gap. The decision is `packed_check` on the trainer.
-`chunk_size` (completions per forward pass) bounds memory by a chunk instead of K with an exact two-pass step:
+`completions_per_forward` (completions per forward pass) bounds memory by a chunk instead of K with an exact two-pass step:
 pass 1 computes every sequence's log-prob without gradients and the loss's gradient with respect to them; pass
 2 backpropagates Σ_n (∂L/∂logπ_n) · logπ_n one chunk at a time, which has the same parameter gradient.
 
@@ -52,31 +52,31 @@ class InfalignTrainer(Trainer):
 
     Args (beyond Trainer's): loss (a LOSSES name), beta, reference ('stored' | 'live' | 'none'),
     log_z (losses with `needs_log_z`, i.e. pointwise: log Z of the transform at beta), group_forward (batches
-    of whole prompts, each prompt and distinct completion computed once; see the module docstring), chunk_size
+    of whole prompts, each prompt and distinct completion computed once; see the module docstring), completions_per_forward
     (completions per forward pass in the two-pass step; None: one pass). Works with any causal LM;
     reference='live' needs a PeftModel (the reference is the policy with its adapter disabled).
     """
 
     def __init__(self, *args, loss: str, beta: float, reference: str = "stored", log_z: float | None = None,
-                 group_forward: bool = True, chunk_size: int | None = None, **kwargs):
+                 group_forward: bool = True, completions_per_forward: int | None = None, **kwargs):
         spec = get_loss(loss)
         fn, self.kind, self.dataset_kind = spec.fn, spec.kind, get_kind(spec.kind)
-        if chunk_size is not None and not group_forward:
-            raise InfalignError("chunk_size needs group_forward (chunks are pieces of a prompt's group)")
+        if completions_per_forward is not None and not group_forward:
+            raise InfalignError("completions_per_forward needs group_forward (chunks are pieces of a prompt's group)")
         collator = kwargs.get("data_collator")
         if group_forward and getattr(type(collator), "sequences", Collator.sequences) is Collator.sequences:
             logger.warning("group forward off: the collator %s does not say its sequences (Collator.sequences)",
                            type(collator).__name__)
-            group_forward, chunk_size = False, None
+            group_forward, completions_per_forward = False, None
         if group_forward:
-            kwargs["data_collator"] = GroupCollator(collator, chunk_size)
+            kwargs["data_collator"] = GroupCollator(collator, completions_per_forward)
         super().__init__(*args, **kwargs)
         if spec.needs_log_z:
             if log_z is None:
                 raise InfalignError(f"the {loss} loss needs log_z = log Z(transform, beta)")
             fn = functools.partial(fn, log_z=log_z)
         self.loss_name, self.loss_fn, self.beta, self.reference = loss, fn, check_beta(beta), reference
-        self.group_forward, self.chunk_size = group_forward, chunk_size
+        self.group_forward, self.completions_per_forward = group_forward, completions_per_forward
         self._packed: bool | None = None  # decided at the first batch (`check_packed`)
         self.packed_check: PackedCheck | None = None
         # compute_loss returns the mean over the micro-batch; let Trainer divide by accumulation steps.
@@ -148,12 +148,12 @@ class InfalignTrainer(Trainer):
         loss, losses = self._loss(logps, self._ref_logps(model, inputs), inputs, "train" if model.training else "eval")
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
 
-    # -- the two-pass step (chunk_size) --------------------------------------------------------------------------
+    # -- the two-pass step (completions_per_forward) --------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """With chunk_size: pass 1 gives every log-prob and ∂L/∂logπ without a graph; pass 2 backpropagates
-        (∂L/∂logπ) · logπ per unit (≤ chunk_size completions with their prompt). Same loss and gradient as one
+        """With completions_per_forward: pass 1 gives every log-prob and ∂L/∂logπ without a graph; pass 2 backpropagates
+        (∂L/∂logπ) · logπ per unit (≤ completions_per_forward completions with their prompt). Same loss and gradient as one
         pass (the forwards are deterministic: no dropout, see TrainConfig), memory of one unit."""
-        if self.chunk_size is None:
+        if self.completions_per_forward is None:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
