@@ -1,4 +1,4 @@
-"""Output folders and inputs that are not what a stage expects (issue 11): --out onto another stage's folder is
+"""Output folders and inputs that are not what a stage expects: --out onto another stage's folder is
 refused naming the stage it holds; --verify hashes an input against its manifest."""
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Bad input → one clear line on stderr (exit code 2), never a traceback, and before any heavy work (issue 11).
+"""Bad input → one clear line on stderr (exit code 2), never a traceback, and before any heavy work.
 
 Each test calls the CLI in-process (`offline_infalign.cli.main`) and checks the exit code, that the one error line
 names the bad value, and that no traceback was printed. The exact-context-length prompt is in

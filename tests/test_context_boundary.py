@@ -1,4 +1,4 @@
-"""The exact-context-length prompt (issue 11): one clear line or a prompt that fits, never an IndexError."""
+"""The exact-context-length prompt: one clear line or a prompt that fits, never an IndexError."""
 
 import json
 

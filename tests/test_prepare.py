@@ -282,10 +282,7 @@ def _prepare_cfg(scored_dir, out, **kw):
     ({"temperature": 0.7, "tempered": True}, "temperature=0.7"),
     ({"top_p": 0.9, "tempered": True}, "top_p=0.9"),
     ({"top_k": 50, "tempered": True}, "top_k=50"),
-    # an older scored artifact: the settings only in the sample config it copied
-    ({"temperature": None, "top_p": None, "top_k": None, "tempered": None,
-      "sample_config": {"temperature": 1.3, "top_p": 1.0, "top_k": 0}}, "temperature=1.3"),
-], ids=["temperature", "top_p", "top_k", "sample_config"])
+], ids=["temperature", "top_p", "top_k"])
 def test_prepare_refuses_tempered_samples_unless_allowed(bpe_scored, tmp_path, settings, named):
     from train_fixtures import save_scored
 

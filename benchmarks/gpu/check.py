@@ -1,4 +1,4 @@
-"""GPU check (issue 12), one table: this trainer vs TRL's DPOTrainer with precomputed reference log-probs on a
+"""GPU check, one table: this trainer vs TRL's DPOTrainer with precomputed reference log-probs on a
 real model, QLoRA vs bf16 LoRA peak memory, hf vs vLLM sampling throughput, and the exactness of the group
 forward against the per-row forward in bf16.
 
@@ -18,7 +18,7 @@ Rows (each a measurement, nothing is asserted; a missing optional package is a r
   tokens of the pair rows (prompt + completion of each of the two sequences) over the timed steps; peak memory is
   torch.cuda.max_memory_allocated.
 - memory: the same training with QLoRA (nf4) vs bf16 LoRA, a few steps each.
-- sampling: `sample_completions` with decoder="generate" (the backend before issue 12) and "shared_prefill",
+- sampling: `sample_completions` with decoder="generate" (the earlier backend, kept as the reference) and "shared_prefill",
   then vLLM (`sample_completions_vllm`) when it imports; generated tokens/s, wall clock.
 - exactness: log-probs of one batch by the group (packed) forward vs the per-row forward, both bf16, and each
   against the per-row forward in float32; and the sampler's ref_logps (bf16 cached decoding) vs a teacher-forced
@@ -327,7 +327,7 @@ def section_exactness(ctx) -> list[tuple]:
     rows = []
     if "group_forward" not in {f.name for f in dataclasses.fields(TrainConfig)}:
         rows.append(("exactness", "group vs row log-probs, bf16",
-                     "TODO(issue 12): no group forward in this tree; per-row only", ""))
+                     "no group forward in this tree; per-row only", ""))
         trainer = None
     else:
         trainer = _our_trainer(ctx.data, ctx.folder, ctx.root / "exact", ctx.shape, ctx.bf16)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 12): one table — this trainer vs TRL with precomputed reference log-probs on Gemma 3 270M (or
+# GPU check: one table — this trainer vs TRL with precomputed reference log-probs on Gemma 3 270M (or
 # a random model of its config), QLoRA vs bf16 LoRA peak memory, hf vs vLLM sampling, group vs row log-probs in
 # bf16. Under 8 minutes on one H100/H200. See benchmarks/gpu/check.py and benchmarks/README.md ("GPU check").
 #

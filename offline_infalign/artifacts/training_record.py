@@ -52,10 +52,7 @@ def names_code(spec) -> bool:
 
 
 def _dataset_manifest(info: dict[str, Any]) -> dict[str, Any]:
-    for key in ("dataset_manifest", "manifest"):
-        if isinstance(info.get(key), dict):
-            return info[key]
-    return {}
+    return info["dataset_manifest"] if isinstance(info.get("dataset_manifest"), dict) else {}
 
 
 def _first(*values):
@@ -125,7 +122,7 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     reward_model = _first(cfg.reward_model, trained_reward)
     if not reward_model:
         raise InfalignError(f"no judge reward for policy {policy!r}: pass --reward-model (path, module:function "
-                            "or demo)")
+                            f"or {', '.join(SCORERS)})")
     # The training reward's label applies only when the judge is that same reward model.
     reward_label = cfg.reward_label
     if reward_label is None and str(reward_model) == str(trained_reward):
@@ -156,8 +153,6 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     else:
         name = _first(info.get("transform"), manifest.get("transform"))
         tilt = _first(info.get("tilt"), manifest.get("tilt"))
-        if isinstance(name, dict):  # a serialized Transform
-            name, tilt = name.get("name"), name.get("tilt", tilt)
         transform = None
         if name is not None:
             transform = parse_transform(name) if ":" in str(name) else Transform(str(name), tilt)

@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterable
 from ..config.base import add_config_arguments, load_config, overrides_from_args
 from ..core.errors import InfalignError
 
-__all__ = ["CommandParser", "add_command", "load", "served", "CONFIG_HELP", "CONFIG_HELP_LONG"]
+__all__ = ["CommandParser", "add_command", "load", "served", "CONFIG_HELP"]
 
-# `--config`'s help; {config} is the config class's name. Some commands have always said it the long way.
+# `--config`'s help; {config} is the config class's name.
 CONFIG_HELP = "YAML file with {config} keys; command-line flags override it"
-CONFIG_HELP_LONG = "YAML file with {config} keys; flags given on the command line override it"
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import CONFIG_HELP_LONG, add_command, load, served
+from ._common import add_command, load, served
 
 
 def add_parser(subparsers) -> None:
@@ -14,8 +14,7 @@ def add_parser(subparsers) -> None:
         "the exp tilt chosen for the served procedure — at matched KL (beta from the finite-K model, corrected on "
         "the measured KL), evaluated together against the same base samples: the paired difference exp − identity "
         "with its interval. Writes DIR/demo_report.json, DIR/demo_tradeoff.png and every stage's artifacts; a rerun "
-        "resumes.",
-        config_help=CONFIG_HELP_LONG)
+        "resumes.")
 
 
 def _one_line(text: str, width: int = 96) -> str:

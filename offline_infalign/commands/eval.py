@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import CONFIG_HELP_LONG, add_command, load
+from ._common import add_command, load
 
 
 def _int_list(text: str) -> list[int]:
@@ -62,7 +62,6 @@ def add_parser(subparsers) -> None:
         "policy's under policy_samples/ by the adapter's content): a later eval into DIR (or with --samples-cache "
         "DIR) with the same base model, prompts, --samples, --max-new-tokens, stop set, dtype and seed samples only "
         "what it has not sampled yet.",
-        config_help=CONFIG_HELP_LONG,
         skip=("n", "procedure", "policy"), more_flags=_list_flags)
 
 

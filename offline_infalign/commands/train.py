@@ -12,7 +12,7 @@ effective batch is it × processes × gradient_accumulation_steps (infalign_trai
 
 from __future__ import annotations
 
-from ._common import CONFIG_HELP_LONG, add_command, load
+from ._common import add_command, load
 
 
 def _description() -> str:
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
         subparsers, "train", "TrainConfig", run,
         help="train a LoRA/QLoRA adapter toward the tilted policy on a prepared dataset",
         description=_description,
-        config_help=CONFIG_HELP_LONG, positional_config=True)
+        positional_config=True)
 
 
 def run(args) -> int:

@@ -1,4 +1,4 @@
-"""Checks of the models a command names, run before any data is read or any weights load (issue 11).
+"""Checks of the models a command names, run before any data is read or any weights load.
 
 A model path that does not exist, or a folder holding something else (a config.json that is not JSON, no
 config at all, no weights, no tokenizer), otherwise surfaces minutes later, deep inside transformers, as a

@@ -38,10 +38,8 @@ SAMPLING_FACTS = ("stop_token_ids", "cut_fraction", "tempered", "temperature", "
 
 def sampling_settings(manifest: dict) -> dict[str, Any]:
     """temperature, top_p, top_k of the samples behind an artifact (None where nothing says): the manifest's
-    own keys (samples, and the scored/prepared copies), else the sample config a scored manifest keeps
-    (`sample_config`), else `config` (a samples artifact made before the keys existed)."""
-    sources = [manifest, manifest.get("sample_config") or {}, manifest.get("config") or {}]
-    return {key: next((src[key] for src in sources if src.get(key) is not None), None) for key in UNTEMPERED}
+    own keys (samples and imports write them; scored and prepared manifests copy them)."""
+    return {key: manifest.get(key) for key in UNTEMPERED}
 
 
 def tempered_settings(manifest: dict) -> list[str]:
