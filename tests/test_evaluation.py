@@ -201,15 +201,15 @@ def test_resolve_settings_reads_training_info(tmp_path):
         "transform": "exp", "tilt": -4.0, "beta": 0.5, "loss": "tilted_pairwise", "procedure": "won", "n": 4,
     }
     s = resolve_settings(EvalConfig(policy=str(tmp_path), samples=8), info)
-    assert (s["model"], s["reward_model"], s["dataset"], s["prompts"]) == ("base-model", "rm-path", "data/prepared",
+    assert (s.model, s.reward_model, s.dataset, s.prompts) == ("base-model", "rm-path", "data/prepared",
                                                                            None)
-    assert s["procedures"] == ["won"] and s["ns"] == [1, 2, 4, 8]
-    assert str(s["transform"]) == "exp:tilt=-4" and s["beta"] == 0.5
-    assert (s["stop_token_ids"], s["warnings"], s["reward_label"]) == ([], [], None)
+    assert s.procedures == ["won"] and s.ns == [1, 2, 4, 8]
+    assert str(s.transform) == "exp:tilt=-4" and s.beta == 0.5
+    assert (s.stop_token_ids, s.warnings, s.reward_label) == ([], [], None)
     # Command-line values win over the training info.
     s = resolve_settings(EvalConfig(policy=str(tmp_path), samples=8, model="m2", reward_model="demo",
                                     procedure=["bon"], n=[3], transform="identity", beta=2.0), info)
-    assert (s["model"], s["reward_model"], s["procedures"], s["ns"], str(s["transform"]), s["beta"]) == (
+    assert (s.model, s.reward_model, s.procedures, s.ns, str(s.transform), s.beta) == (
         "m2", "demo", ["bon"], [3], "identity", 2.0)
     # A foreign adapter without training info must say which flag is missing.
     with pytest.raises(InfalignError, match="--model"):
@@ -227,16 +227,16 @@ def test_resolve_settings_stop_ids_label_and_warnings(tmp_path):
             "warnings": ["tempered samples"]}
     s = resolve_settings(EvalConfig(policy=str(tmp_path)), info)
     # The training samples' stop ids (the model's own are added when sampling), with the command line's.
-    assert s["stop_token_ids"] == [2, 9]
-    assert resolve_settings(EvalConfig(policy=str(tmp_path), stop_token_ids=[11, 2]), info)["stop_token_ids"] == [
+    assert s.stop_token_ids == [2, 9]
+    assert resolve_settings(EvalConfig(policy=str(tmp_path), stop_token_ids=[11, 2]), info).stop_token_ids == [
         2, 9, 11]
     # Training's warnings and the dataset's, each once, in order.
-    assert s["warnings"] == ["tempered samples", "beta small"]
+    assert s.warnings == ["tempered samples", "beta small"]
     # The training reward's label applies to the same judge only; the command line's label wins.
-    assert s["reward_label"] == "positive"
-    assert resolve_settings(EvalConfig(policy=str(tmp_path), reward_model="rm"), info)["reward_label"] == "positive"
-    assert resolve_settings(EvalConfig(policy=str(tmp_path), reward_model="other"), info)["reward_label"] is None
-    assert resolve_settings(EvalConfig(policy=str(tmp_path), reward_label="0"), info)["reward_label"] == "0"
+    assert s.reward_label == "positive"
+    assert resolve_settings(EvalConfig(policy=str(tmp_path), reward_model="rm"), info).reward_label == "positive"
+    assert resolve_settings(EvalConfig(policy=str(tmp_path), reward_model="other"), info).reward_label is None
+    assert resolve_settings(EvalConfig(policy=str(tmp_path), reward_label="0"), info).reward_label == "0"
 
 
 def test_cli_parses_comma_lists():

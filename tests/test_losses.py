@@ -107,10 +107,13 @@ def test_minimizer_is_the_tilt(name):
 
 
 def test_bad_input():
-    with pytest.raises(InfalignError, match="beta"):
-        L.dpo(t(0.0), t(0.0), t(0.0), beta=0.0)
-    with pytest.raises(InfalignError, match="beta"):
-        L.tilted_pairwise(t(0.0), t(0.0), t(0.0), beta=-1.0)
+    # beta is checked once where it enters (configs, InfalignTrainer), with this check, not on every loss call
+    from offline_infalign.core.checks import check_beta
+
+    for bad in (0.0, -1.0, float("inf"), float("nan"), "x"):
+        with pytest.raises(InfalignError, match="beta must be a finite number > 0"):
+            check_beta(bad)
+    assert check_beta(0.5) == 0.5
     with pytest.raises(InfalignError, match="at least 2"):
         L.listwise(t(0.0, 0.0).unsqueeze(0), t(0.0, 1.0).unsqueeze(0), torch.tensor([[True, False]]), beta=1.0)
     with pytest.raises(InfalignError, match="unknown loss 'dpoo'"):

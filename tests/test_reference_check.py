@@ -73,7 +73,7 @@ def _cfg(data, tmp_path, dataset, **kw):
 
 def _choice(data, tmp_path, dataset, **kw):
     _, info = T.make_trainer(_cfg(data, tmp_path, dataset, **kw))
-    return info["reference"], info["reference_reason"], info["reference_check"]
+    return info.reference, info.reference_reason, info.reference_check
 
 
 def test_the_gap_is_measured_against_a_hand_made_offset(data):
@@ -157,4 +157,4 @@ def test_other_kinds(tmp_path):
         cfg = load_config(TrainConfig, None, dict(dataset=str(prepared), model=str(model), loss=loss, bf16=False,
                                                   out=str(tmp_path / f"o_{kind}"), max_steps=1, save_steps=None))
         _, info = T.make_trainer(cfg)
-        assert info["reference"] == "stored" and info["reference_check"]["gap_per_token"]["max"] < 1e-5
+        assert info.reference == "stored" and info.reference_check["gap_per_token"]["max"] < 1e-5

@@ -216,7 +216,7 @@ def test_a_recorded_model_folder_or_demo_judge_still_applies(tmp_path, folders):
     for judge in (str(folders["pickle_rm"]), "demo", "org/reward-model"):  # weights (or built in), not code
         cfg = SimpleNamespace(**{**fields, "policy": str(tmp_path), "prompts": "demo"})
         settings = resolve_settings(cfg, {"model": str(folders["safe"]), "reward_model": judge})
-        assert settings["reward_model"] == judge and not names_code(judge)
+        assert settings.reward_model == judge and not names_code(judge)
     assert names_code("judge_plugin:score")
     # The same name from the dataset manifest inside the record is refused as well.
     cfg = SimpleNamespace(**{**fields, "policy": str(tmp_path), "prompts": "demo"})

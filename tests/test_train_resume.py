@@ -139,10 +139,10 @@ def test_reference_auto_goes_by_fingerprint_not_path(data, tmp_path, monkeypatch
                                 model_fingerprint=fp_a)
     monkeypatch.chdir(b)
     _, info = T.make_trainer(cfg_for(data, tmp_path / "o1", dataset=str(prepared), model="m/policy"))
-    assert info["reference"] == "live"
-    assert fp_a in info["reference_reason"] and fingerprint_model(b / "m" / "policy") in info["reference_reason"]
+    assert info.reference == "live"
+    assert fp_a in info.reference_reason and fingerprint_model(b / "m" / "policy") in info.reference_reason
     _, info = T.make_trainer(cfg_for(data, tmp_path / "o2", dataset=str(prepared), model=str(tmp_path / "copy")))
-    assert info["reference"] == "stored" and fp_a in info["reference_reason"]
+    assert info.reference == "stored" and fp_a in info.reference_reason
 
 
 def test_record_holds_the_resolved_model_and_eval_finds_it_from_elsewhere(data, tmp_path, monkeypatch):
@@ -153,10 +153,10 @@ def test_record_holds_the_resolved_model_and_eval_finds_it_from_elsewhere(data, 
     assert record["model_fingerprint"] == fingerprint_model(data["model"])
     monkeypatch.chdir(tmp_path)  # "model" names nothing here
     settings = resolve_settings(EvalConfig(policy=str(out), reward_model="demo"), record)
-    assert settings["model"] == str(data["model"].resolve())
+    assert settings.model == str(data["model"].resolve())
     # The recorded folder replaced by another model: refused when taken from the record, a warning when named.
     other = save_tiny_lm(tmp_path / "other", seed=5)
     with pytest.raises(InfalignError, match="is not the model policy .* was trained on"):
         resolve_settings(EvalConfig(policy=str(out), reward_model="demo"), {**record, "model": str(other)})
     s = resolve_settings(EvalConfig(policy=str(out), reward_model="demo", model=str(other)), record)
-    assert any("was trained on" in w for w in s["warnings"])
+    assert any("was trained on" in w for w in s.warnings)

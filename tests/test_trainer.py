@@ -56,7 +56,7 @@ STEP0 = {
     "dpo": lambda rows, info: math.log(2),
     "ipo": lambda rows, info: 1 / (4 * BETA**2),
     "listwise": lambda rows, info: np.mean([math.log(len(r["completions"])) for r in rows]),
-    "pointwise": lambda rows, info: np.mean([np.mean([(t - BETA * info["log_z"]) ** 2 for t in r["targets"]])
+    "pointwise": lambda rows, info: np.mean([np.mean([(t - BETA * info.log_z) ** 2 for t in r["targets"]])
                                              for r in rows]),
     "weighted_sft": lambda rows, info: np.mean([-r["weight"] * r["ref_logp"] for r in rows]),  # −w · log π_ref
 }
@@ -77,7 +77,7 @@ def test_pointwise_log_z_is_the_partition_function(data, tmp_path):
     _, info = T.make_trainer(cfg_for(data, "pointwise", tmp_path))
     u = (np.arange(100000) + 0.5) / 100000
     phi = (np.exp(3.0 * u) - 1) / (np.exp(3.0) - 1)
-    assert info["log_z"] == pytest.approx(math.log(np.mean(np.exp(phi / BETA))), rel=1e-6)
+    assert info.log_z == pytest.approx(math.log(np.mean(np.exp(phi / BETA))), rel=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["tilted_pairwise", "tilted_sigmoid", "listwise", "pointwise", "weighted_sft"])
@@ -251,7 +251,7 @@ def test_qlora_trains_on_cpu_with_live_reference(data, tmp_path):
     if modeling.bitsandbytes_problem() is not None:
         pytest.skip(f"bitsandbytes cannot run here: {modeling.bitsandbytes_problem()}")
     trainer, info = T.make_trainer(cfg_for(data, "tilted_sigmoid", tmp_path, qlora=True, max_steps=2))
-    assert info["reference"] == "live" and "nf4" in info["reference_reason"]
+    assert info.reference == "live" and "nf4" in info.reference_reason
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
@@ -277,7 +277,7 @@ def test_trains_on_prepare_output(data, tmp_path, kind, loss):
     save_artifact(prepared, out, {"stage": "prepared", "kind": kind, "transform": "exp", "tilt": 3.0, "beta": BETA,
                                   "procedure": "bon", "n": 4, "model": str(data["model"])})
     trainer, info = T.make_trainer(cfg_for({**data, kind: out}, loss, tmp_path, max_steps=1))
-    assert info["reference"] == "stored"
+    assert info.reference == "stored"
     batch, rows = first_batch(trainer)
     value = loss_of(trainer, batch)
     if loss == "tilted_sigmoid":
@@ -325,7 +325,7 @@ def test_a_new_dataset_kind_is_one_registry_entry(data, tmp_path):
         cfg = cfg_for(data, "weighted_sft", tmp_path, max_steps=1)
         cfg.dataset, cfg.loss = str(out), "weighted_rows_sft"
         trainer, info = T.make_trainer(cfg)
-        assert info["kind"] == "weighted_rows" and info["reference"] == "stored"
+        assert info.kind == "weighted_rows" and info.reference == "stored"
         batch, rows = first_batch(trainer)
         assert loss_of(trainer, batch) == pytest.approx(np.mean([-r["weight"] * r["ref_logp"] for r in rows]),
                                                         rel=1e-5)

@@ -148,7 +148,7 @@ def test_vllm_own_numbers_float32_and_bfloat16(lane, tmp_path):
         _, info = T.make_trainer(load_config(TrainConfig, None, dict(
             dataset=str(tmp_path / "p"), model=str(lane["llama"]), loss="listwise", out=str(tmp_path / "a"),
             max_steps=1, bf16=False, save_steps=None)))
-        assert info["reference"] == "live" and f"computed in {auto['ref_dtype']}" in info["reference_reason"]
+        assert info.reference == "live" and f"computed in {auto['ref_dtype']}" in info.reference_reason
 
 
 def test_the_same_command_in_a_fresh_process_gives_the_same_ids(lane, tmp_path):

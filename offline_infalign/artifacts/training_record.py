@@ -19,13 +19,18 @@ config; a judge that is a model folder or hub id loads, as weights (safetensors,
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import InfalignError
+from ..core.procedures import PROCEDURE_NAMES
+from ..core.transforms import Transform, parse_transform
 from ..models.scorers import SCORERS
+from .fingerprint import fingerprint_model
+from .report import default_ns
 
-__all__ = ["TRAIN_INFO", "read_training_info", "resolve_settings", "names_code"]
+__all__ = ["TRAIN_INFO", "EvalSettings", "read_training_info", "resolve_settings", "names_code"]
 
 TRAIN_INFO = "infalign_train.json"
 
@@ -80,8 +85,6 @@ def _check_base_model(cfg, info: dict[str, Any], model: str, warnings: list[str]
     recorded = info.get("model_fingerprint")
     if not recorded:
         return
-    from .fingerprint import fingerprint_model
-
     now = fingerprint_model(model)
     if now == recorded:
         return
@@ -92,20 +95,58 @@ def _check_base_model(cfg, info: dict[str, Any], model: str, warnings: list[str]
     warnings.append(what)
 
 
-def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
-    """Fill what the command line left out from the adapter's training info; say what is still missing.
+@dataclass(frozen=True)
+class EvalSettings:
+    """What one policy is evaluated with: the command line's values, else its training record's."""
 
-    Returns model, reward_model, reward_label, prompts (None → the prepared dataset's test split), dataset (path
-    or None), procedures, ns, transform (Transform or None), beta, loss, stop_token_ids (extra stop ids: the
-    command line's and the training samples'; the model's own are added when sampling), warnings (list[str]).
-    """
-    from ..core.procedures import PROCEDURE_NAMES
-    from ..core.transforms import Transform, parse_transform
-    from .report import default_ns
+    model: str  # the base model
+    reward_model: str  # the judge
+    reward_label: str | None  # its output, for a judge with several
+    prompts: str | None  # a prompt source; None: the prepared dataset's test split
+    dataset: str | None  # the prepared dataset the policy was trained on (path)
+    procedures: list[str]
+    ns: list[int]
+    transform: Transform | None  # for the prediction
+    beta: float | None
+    loss: str | None
+    stop_token_ids: list[int]  # extra stop ids: the command line's and the training samples'
+    warnings: list[str]  # training's and the dataset's, each once
 
+
+def resolve_settings(cfg, info: dict[str, Any]) -> EvalSettings:
+    """Fill what the command line left out from the adapter's training info; say what is still missing."""
     policy = _policy_folder(cfg)
     train_cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     manifest = _dataset_manifest(info)
+    model = _base_model(cfg, info, train_cfg, manifest, policy)
+    reward_model, reward_label = _judge(cfg, info, manifest, policy)
+    # docs/math.md §8: evaluation samples stop where the training samples stopped.
+    recorded_stops = _first(info.get("stop_token_ids"), manifest.get("stop_token_ids")) or []
+    stops = sorted({int(i) for i in [*recorded_stops, *(cfg.stop_token_ids or [])]})
+    warnings: list[str] = []
+    for w in [*(info.get("warnings") or []), *(manifest.get("warnings") or [])]:
+        if str(w) not in warnings:  # train may copy the dataset's warnings into its own list
+            warnings.append(str(w))
+    _check_base_model(cfg, info, str(model), warnings)
+    # The absolute manifest path survives a change of working directory; config.dataset may be relative.
+    dataset = (str(Path(info["dataset_manifest_path"]).parent) if info.get("dataset_manifest_path")
+               else train_cfg.get("dataset"))
+    if cfg.prompts is None and not dataset:
+        raise InfalignError(f"no prompts for policy {policy!r}: pass --prompts (builder name or .jsonl path)")
+    trained_procedure = _first(info.get("procedure"), manifest.get("procedure"))
+    # Without a (known) trained procedure, evaluate under the first registered one: best-of-N.
+    procedures = cfg.procedure or [trained_procedure if trained_procedure in PROCEDURE_NAMES else PROCEDURE_NAMES[0]]
+    ns = cfg.n or default_ns(cfg.samples, _first(info.get("n"), manifest.get("n")))
+    beta = _first(cfg.beta, info.get("beta"), train_cfg.get("beta"), manifest.get("beta"))
+    return EvalSettings(
+        model=str(model), reward_model=str(reward_model),
+        reward_label=None if reward_label is None else str(reward_label), prompts=cfg.prompts, dataset=dataset,
+        procedures=list(procedures), ns=sorted({int(n) for n in ns}), transform=_transform(cfg, info, manifest),
+        beta=None if beta is None else float(beta), loss=info.get("loss", train_cfg.get("loss")),
+        stop_token_ids=stops, warnings=warnings)
+
+
+def _base_model(cfg, info, train_cfg, manifest, policy: str) -> str:
     model = _first(cfg.model, info.get("model"), train_cfg.get("model"), manifest.get("model"))
     if model is None:
         adapter_cfg = Path(policy) / "adapter_config.json"
@@ -113,6 +154,11 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
             model = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not model:
         raise InfalignError(f"no base model for policy {policy!r}: pass --model (the adapter has no {TRAIN_INFO})")
+    return model
+
+
+def _judge(cfg, info, manifest, policy: str) -> tuple[Any, Any]:
+    """(reward_model, reward_label): the command line's judge, else the training reward, never code a record names."""
     trained_reward = _first(info.get("reward_model"), manifest.get("reward_model"))
     if cfg.reward_model is None and trained_reward is not None and names_code(trained_reward):
         raise InfalignError(
@@ -127,47 +173,14 @@ def resolve_settings(cfg, info: dict[str, Any]) -> dict[str, Any]:
     reward_label = cfg.reward_label
     if reward_label is None and str(reward_model) == str(trained_reward):
         reward_label = _first(info.get("reward_label"), manifest.get("reward_label"))
-    # docs/math.md §8: evaluation samples stop where the training samples stopped.
-    recorded_stops = _first(info.get("stop_token_ids"), manifest.get("stop_token_ids")) or []
-    stops = sorted({int(i) for i in [*recorded_stops, *(cfg.stop_token_ids or [])]})
-    warnings: list[str] = []
-    for w in [*(info.get("warnings") or []), *(manifest.get("warnings") or [])]:
-        if str(w) not in warnings:  # train may copy the dataset's warnings into its own list
-            warnings.append(str(w))
-    _check_base_model(cfg, info, str(model), warnings)
-    # The absolute manifest path survives a change of working directory; config.dataset may be relative.
-    dataset = (str(Path(info["dataset_manifest_path"]).parent) if info.get("dataset_manifest_path")
-               else train_cfg.get("dataset"))
-    if cfg.prompts is None and not dataset:
-        raise InfalignError(f"no prompts for policy {policy!r}: pass --prompts (builder name or .jsonl path)")
+    return reward_model, reward_label
 
-    trained_procedure = _first(info.get("procedure"), manifest.get("procedure"))
-    trained_n = _first(info.get("n"), manifest.get("n"))
-    # Without a (known) trained procedure, evaluate under the first registered one: best-of-N.
-    procedures = cfg.procedure or [trained_procedure if trained_procedure in PROCEDURE_NAMES else PROCEDURE_NAMES[0]]
-    ns = cfg.n or default_ns(cfg.samples, trained_n)
 
-    loss = info.get("loss", train_cfg.get("loss"))
+def _transform(cfg, info, manifest) -> Transform | None:
     if cfg.transform is not None:
-        transform = parse_transform(cfg.transform)
-    else:
-        name = _first(info.get("transform"), manifest.get("transform"))
-        tilt = _first(info.get("tilt"), manifest.get("tilt"))
-        transform = None
-        if name is not None:
-            transform = parse_transform(name) if ":" in str(name) else Transform(str(name), tilt)
-    beta = _first(cfg.beta, info.get("beta"), train_cfg.get("beta"), manifest.get("beta"))
-    return {
-        "model": str(model),
-        "reward_model": str(reward_model),
-        "reward_label": None if reward_label is None else str(reward_label),
-        "prompts": cfg.prompts,
-        "dataset": dataset,
-        "procedures": list(procedures),
-        "ns": sorted({int(n) for n in ns}),
-        "transform": transform,
-        "beta": None if beta is None else float(beta),
-        "loss": loss,
-        "stop_token_ids": stops,
-        "warnings": warnings,
-    }
+        return parse_transform(cfg.transform)
+    name = _first(info.get("transform"), manifest.get("transform"))
+    if name is None:
+        return None
+    tilt = _first(info.get("tilt"), manifest.get("tilt"))
+    return parse_transform(name) if ":" in str(name) else Transform(str(name), tilt)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import InfalignError
 
-__all__ = ["check_finite", "check_positive", "decode_utf8"]
+__all__ = ["check_finite", "check_positive", "check_beta", "decode_utf8"]
 
 
 def check_finite(values, what: str, ids: Sequence | None = None, hint: str = "") -> np.ndarray:
@@ -42,6 +42,11 @@ def check_positive(value, what: str, name: str | None = None) -> float:
     if not (math.isfinite(v) and v > 0):
         raise InfalignError(f"{what} must be a finite number > 0, got {got}")
     return v
+
+
+def check_beta(beta) -> float:
+    """β as a finite float > 0 (the KL coefficient), checked once where it enters a computation."""
+    return check_positive(beta, "beta", name="beta")
 
 
 def decode_utf8(data: bytes, what: str, fix: str = "save it as UTF-8") -> str:

@@ -1,7 +1,8 @@
 """Offline losses for the tilted objective (docs/math.md §6), each a small function on log-prob tensors.
 
 Notation (docs/math.md §6): h(y) = log π_θ(y|x) − log π_ref(y|x) is a completion's log-ratio ("logratio" below),
-summed over its tokens; Φ is the transformed calibrated reward ("target"); β > 0 is the KL coefficient.
+summed over its tokens; Φ is the transformed calibrated reward ("target"); β > 0 is the KL coefficient, checked
+once where it enters (the configs, `InfalignTrainer`; `core.checks.check_beta`), not on every loss call.
 Every tilted loss here is minimized exactly when h = Φ/β + const(x), i.e. π_θ = π* ∝ π_ref · exp(Φ/β).
 
 Each loss returns `(losses, metrics)`: per-example losses, shape (B,), which the trainer multiplies by the
@@ -24,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .checks import check_positive
 from .errors import InfalignError
 
 if TYPE_CHECKING:
     import torch
+    from torch import Tensor
 
     Metrics = dict[str, torch.Tensor]
+    LossOutput = tuple[Tensor, Metrics]  # per-example losses (B,) and the metrics to log
 
 # torch is imported inside the functions that call it, not here: the configs and every `--help` read the registry
 # (`LOSSES`) below, and should not wait a second and a half for torch.
@@ -48,12 +50,7 @@ __all__ = [
     "LossSpec",
     "LOSS_NAMES",
     "get_loss",
-    "check_beta",
 ]
-
-
-def check_beta(beta: float) -> float:
-    return check_positive(beta, "beta", name="beta")
 
 
 def _pair_metrics(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> Metrics:
@@ -70,20 +67,21 @@ def _pair_metrics(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tens
 # ---- pairs ---------------------------------------------------------------------------------------------------
 
 
-def tilted_pairwise(chosen_logratios, rejected_logratios, target_margin, beta):
+def tilted_pairwise(chosen_logratios: Tensor, rejected_logratios: Tensor, target_margin: Tensor,
+                    beta: float) -> LossOutput:
     """Squared reward distillation (docs/math.md §6, the IPO form): ℓ = (h_c − h_r − (Φ_c − Φ_r)/β)².
 
     Example: h_c = 0.5, h_r = −0.5, margin 0.3, β = 0.1 → (1.0 − 3.0)² = 4.0. At h = 0 the loss is (margin/β)².
     Shapes: all (B,) → losses (B,).
     """
-    beta = check_beta(beta)
     residual = chosen_logratios - rejected_logratios - target_margin / beta  # (B,)
     metrics = _pair_metrics(chosen_logratios, rejected_logratios, beta)
     metrics["loss/residual_abs"] = residual.detach().abs().mean()
     return residual.pow(2), metrics
 
 
-def tilted_sigmoid(chosen_logratios, rejected_logratios, target_margin, beta):
+def tilted_sigmoid(chosen_logratios: Tensor, rejected_logratios: Tensor, target_margin: Tensor,
+                   beta: float) -> LossOutput:
     """Soft-label sigmoid (docs/math.md §6, the DPO form): ℓ = −p log σ(z) − (1 − p) log σ(−z), z = β(h_c − h_r),
     p = σ(Φ_c − Φ_r). Minimized at z = Φ_c − Φ_r; with p = 1 (an infinite margin) it is `dpo`.
 
@@ -94,7 +92,6 @@ def tilted_sigmoid(chosen_logratios, rejected_logratios, target_margin, beta):
     import torch
     import torch.nn.functional as F
 
-    beta = check_beta(beta)
     z = beta * (chosen_logratios - rejected_logratios)  # (B,)
     p = torch.sigmoid(target_margin.to(z.dtype))
     # −log σ(z) = softplus(−z): stable for large |z|.
@@ -104,7 +101,7 @@ def tilted_sigmoid(chosen_logratios, rejected_logratios, target_margin, beta):
     return losses, metrics
 
 
-def dpo(chosen_logratios, rejected_logratios, target_margin, beta):
+def dpo(chosen_logratios: Tensor, rejected_logratios: Tensor, target_margin: Tensor, beta: float) -> LossOutput:
     """DPO baseline (Rafailov et al. 2023): ℓ = −log σ(β(h_c − h_r)). target_margin is ignored: the baseline
     only knows which completion is preferred.
 
@@ -112,17 +109,15 @@ def dpo(chosen_logratios, rejected_logratios, target_margin, beta):
     """
     import torch.nn.functional as F
 
-    beta = check_beta(beta)
     z = beta * (chosen_logratios - rejected_logratios)
     return F.softplus(-z), _pair_metrics(chosen_logratios, rejected_logratios, beta)
 
 
-def ipo(chosen_logratios, rejected_logratios, target_margin, beta):
+def ipo(chosen_logratios: Tensor, rejected_logratios: Tensor, target_margin: Tensor, beta: float) -> LossOutput:
     """IPO baseline (Azar et al. 2023, TRL's form): ℓ = (h_c − h_r − 1/(2β))². target_margin is ignored.
 
     Example: h_c − h_r = 2, β = 0.5 → (2 − 1)² = 1. At h = 0: 1/(4β²) = 1.
     """
-    beta = check_beta(beta)
     residual = chosen_logratios - rejected_logratios - 1.0 / (2.0 * beta)
     return residual.pow(2), _pair_metrics(chosen_logratios, rejected_logratios, beta)
 
@@ -138,7 +133,7 @@ def _check_group(mask: torch.Tensor) -> None:
         )
 
 
-def _group_metrics(logratios, targets, mask, beta) -> Metrics:
+def _group_metrics(logratios: Tensor, targets: Tensor, mask: Tensor, beta: float) -> Metrics:
     """TRL-style metrics for a group: 'chosen' is the completion with the largest target, 'rejected' the smallest."""
     import torch
 
@@ -149,7 +144,7 @@ def _group_metrics(logratios, targets, mask, beta) -> Metrics:
     return _pair_metrics(h.gather(-1, best).squeeze(-1), h.gather(-1, worst).squeeze(-1), beta)
 
 
-def listwise(logratios, targets, mask, beta):
+def listwise(logratios: Tensor, targets: Tensor, mask: Tensor, beta: float) -> LossOutput:
     """Listwise cross-entropy (docs/math.md §6): ℓ = −Σ_i q_i log softmax(β h)_i with q = softmax(Φ), both over the
     row's real completions. Minimized at β h = Φ + const, for every group (Gibbs' inequality).
 
@@ -160,7 +155,6 @@ def listwise(logratios, targets, mask, beta):
     """
     import torch
 
-    beta = check_beta(beta)
     mask = mask.bool()
     _check_group(mask)
     neg_inf = torch.finfo(logratios.dtype).min
@@ -170,7 +164,7 @@ def listwise(logratios, targets, mask, beta):
     return losses, _group_metrics(logratios, targets, mask, beta)
 
 
-def pointwise(logratios, targets, mask, beta, log_z):
+def pointwise(logratios: Tensor, targets: Tensor, mask: Tensor, beta: float, log_z: float) -> LossOutput:
     """Quantile-reward regression (docs/math.md §6, QRPO-style): ℓ = mean_i (β h_i − Φ_i + β log Z)² over the row's
     real completions, Z = ∫₀¹ exp(Φ(u)/β) du (`core.tradeoff.log_partition`). Needs no pairs: the calibrated
     reward is Uniform(0, 1) under π_ref, so log Z is the same for every prompt.
@@ -179,7 +173,6 @@ def pointwise(logratios, targets, mask, beta, log_z):
     mean 0.125. At h = 0: mean_i (Φ_i − β log Z)².
     Shapes: logratios, targets, mask (B, K) → losses (B,).
     """
-    beta = check_beta(beta)
     mask = mask.bool()
     if mask.sum(-1).min() < 1:
         raise InfalignError("a pointwise group has no completions")
@@ -194,7 +187,7 @@ def pointwise(logratios, targets, mask, beta, log_z):
 # ---- bon (one row per completion, weighted) ------------------------------------------------------------------
 
 
-def weighted_sft(policy_logps, weight):
+def weighted_sft(policy_logps: Tensor, weight: Tensor) -> LossOutput:
     """Weighted SFT / BoN distillation (docs/math.md §6): ℓ_i = −w_i log π_θ(y_i|x), w = softmax(Φ/β) within the prompt
     (self-normalized importance weights of π* against π_ref). Needs no reference log-probs.
 

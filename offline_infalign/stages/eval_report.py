@@ -48,15 +48,15 @@ def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tupl
     from ..artifacts.report import PREDICTION_NOTE, cut_note, length_summary, make_predict_fn, summarize
 
     s = p.settings
-    transform, beta = s["transform"], s["beta"]
-    predict_fn = make_predict_fn(transform, beta, s["loss"])
+    transform, beta = s.transform, s.beta
+    predict_fn = make_predict_fn(transform, beta, s.loss)
     report = summarize(p.rewards, base_rewards, p.draws["log_ratios"], procedures, ns, predict_fn=predict_fn,
                        num_bootstrap=cfg.num_bootstrap, confidence=cfg.confidence, seed=cfg.seed,
                        token_kls=p.draws["token_kls"])
     lengths = length_summary({"policy": p.draws["policy_samples"], "base": base})
     # Warnings training passed on (e.g. samples drawn tempered: docs/math.md §9) come first: they qualify
     # every number below.
-    notes = list(s["warnings"])
+    notes = list(s.warnings)
     notes.append(PREDICTION_NOTE if predict_fn is not None else
                  "no prediction: the adapter has no transform/beta (or was trained with a DPO/IPO baseline loss); "
                  "pass --transform and --beta to compare with a tilt")
@@ -67,14 +67,14 @@ def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tupl
         notes.append(f"policy samples {p.samples_note}")
     report.update({
         "policy": str(p.folder),
-        "model": s["model"],
-        "reward_model": s["reward_model"],
-        "reward_label": s["reward_label"],
-        "prompts": s["prompts"] or f"{s['dataset']} [{cfg.split}]",
+        "model": s.model,
+        "reward_model": s.reward_model,
+        "reward_label": s.reward_label,
+        "prompts": s.prompts or f"{s.dataset} [{cfg.split}]",
         "transform": None if transform is None else str(transform),
         "tilt": None if transform is None else transform.tilt,
         "beta": beta,
-        "loss": s["loss"],
+        "loss": s.loss,
         "trained_for": {"procedure": p.info.get("procedure"), "n": p.info.get("n")},
         **lengths,  # cut_fraction and mean_length, each {"policy", "base"}
         "max_new_tokens": cfg.max_new_tokens,
@@ -109,8 +109,8 @@ def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_sampl
     from ..config import config_to_dict
 
     single = len(policies) == 1
-    procedures = union(p.settings["procedures"] for p in policies)
-    ns = sorted(set(union(p.settings["ns"] for p in policies)))
+    procedures = union(p.settings.procedures for p in policies)
+    ns = sorted(set(union(p.settings.ns for p in policies)))
     base_line = f"base samples {base_samples['note']} ({base_samples['folder']})"
     facts = {"package_version": __version__, "config": config_to_dict(cfg), "timings": timings}
     made = {}

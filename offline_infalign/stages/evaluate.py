@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts.training_record import EvalSettings, read_training_info, resolve_settings
 from ..core.errors import InfalignError
 from . import eval_cache as cache
 from .eval_report import union, write_reports
@@ -29,20 +30,20 @@ from .eval_report import union, write_reports
 __all__ = ["evaluate", "load_eval_prompts"]
 
 
-def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None,
+def load_eval_prompts(settings: EvalSettings, split: str, limit: int | None,
                       verify: bool | None = None) -> list[dict[str, Any]]:
     """[{prompt_id, prompt}] from a prompt source, or from the held-out split of the adapter's prepared dataset."""
-    if settings["prompts"] is not None:
+    if settings.prompts is not None:
         from data_builders import get_prompt_source
 
         # Hub datasets repeat some prompts (HH does); evaluate each once.
-        rows = list(get_prompt_source(settings["prompts"], split=split, limit=limit, on_duplicate="skip"))
+        rows = list(get_prompt_source(settings.prompts, split=split, limit=limit, on_duplicate="skip"))
     else:
         from ..artifacts.storage import load_artifact
 
-        dataset, _ = load_artifact(settings["dataset"], verify=verify)
+        dataset, _ = load_artifact(settings.dataset, verify=verify)
         if not hasattr(dataset, "keys") or split not in dataset:
-            raise InfalignError(f"prepared dataset {settings['dataset']!r} has no split {split!r}; pass --prompts")
+            raise InfalignError(f"prepared dataset {settings.dataset!r} has no split {split!r}; pass --prompts")
         part = dataset[split]
         rows, seen = [], set()
         # pairs/bon datasets hold several rows per prompt: keep each prompt once, in order.
@@ -53,7 +54,7 @@ def load_eval_prompts(settings: dict[str, Any], split: str, limit: int | None,
             if limit is not None and len(rows) >= limit:
                 break
     if not rows:
-        raise InfalignError(f"no evaluation prompts from {settings['prompts'] or settings['dataset']!r} (split {split!r})")
+        raise InfalignError(f"no evaluation prompts from {settings.prompts or settings.dataset!r} (split {split!r})")
     return [{"prompt_id": str(r["prompt_id"]), "prompt": r["prompt"]} for r in rows]
 
 
@@ -63,7 +64,7 @@ class _Policy:
     name: str
     folder: str
     info: dict[str, Any]
-    settings: dict[str, Any]
+    settings: EvalSettings
     draws: dict[str, Any] | None = None
     samples_note: str = ""  # whether its samples were drawn now or reused (eval_cache)
     rewards: np.ndarray | None = None
@@ -73,8 +74,6 @@ def _resolve(cfg) -> list[_Policy]:
     """Each policy's settings from the command line and its training record; they must share one base model and
     one judge (a comparison against one base, by one judge)."""
     from ..artifacts.fingerprint import fingerprint_model
-    from ..artifacts.training_record import read_training_info, resolve_settings
-
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     policies = []
     for name, folder in cfg.policies():
@@ -84,14 +83,14 @@ def _resolve(cfg) -> list[_Policy]:
     first = policies[0]
     for p in policies[1:]:
         for what, key in (("judge", "reward_model"), ("judge label", "reward_label")):
-            if p.settings[key] != first.settings[key]:
+            if getattr(p.settings, key) != getattr(first.settings, key):
                 raise InfalignError(f"policies {first.name!r} and {p.name!r} name different {what}s "
-                                    f"({first.settings[key]!r}, {p.settings[key]!r}); pass --reward-model (and "
+                                    f"({getattr(first.settings, key)!r}, {getattr(p.settings, key)!r}); pass --reward-model (and "
                                     "--reward-label) to judge every policy with one")
-        if p.settings["model"] != first.settings["model"] and (
-                fingerprint_model(p.settings["model"]) != fingerprint_model(first.settings["model"])):
+        if p.settings.model != first.settings.model and (
+                fingerprint_model(p.settings.model) != fingerprint_model(first.settings.model)):
             raise InfalignError(f"policies {first.name!r} and {p.name!r} were trained on different base models "
-                                f"({first.settings['model']!r}, {p.settings['model']!r}); a comparison needs one "
+                                f"({first.settings.model!r}, {p.settings.model!r}); a comparison needs one "
                                 "base model (pass --model to name it)")
     return policies
 
@@ -103,13 +102,13 @@ def _prompts(cfg, policies: list[_Policy]) -> list[dict[str, Any]]:
     rows = load_eval_prompts(first.settings, cfg.split, cfg.limit, cfg.verify)
     if cfg.prompts is None:
         for p in policies[1:]:
-            if p.settings["dataset"] == first.settings["dataset"]:
+            if p.settings.dataset == first.settings.dataset:
                 continue
             other = load_eval_prompts(p.settings, cfg.split, cfg.limit, cfg.verify)
             if [r["prompt_id"] for r in other] != [r["prompt_id"] for r in rows]:
                 raise InfalignError(f"policies {first.name!r} and {p.name!r} hold out different prompts (the "
-                                    f"{cfg.split!r} splits of {first.settings['dataset']!r} and "
-                                    f"{p.settings['dataset']!r}); pass --prompts to judge them on one set")
+                                    f"{cfg.split!r} splits of {first.settings.dataset!r} and "
+                                    f"{p.settings.dataset!r}); pass --prompts to judge them on one set")
     return rows
 
 
@@ -198,8 +197,8 @@ def _evaluate(cfg) -> dict[str, Any]:
     policies = _resolve(cfg)
     first = policies[0].settings
     # A bad base model or judge is one line now, not after minutes of sampling (the tokenizer is the adapter's).
-    check_model(first["model"], "base model", cfg.trust_remote_code, tokenizer=False)
-    check_reward(first["reward_model"], cfg.trust_remote_code)
+    check_model(first.model, "base model", cfg.trust_remote_code, tokenizer=False)
+    check_reward(first.reward_model, cfg.trust_remote_code)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     kept = Path(cfg.samples_cache) if cfg.samples_cache else out  # where the drawn samples are kept
@@ -211,7 +210,7 @@ def _evaluate(cfg) -> dict[str, Any]:
     dtype = resolve_dtype(cfg.dtype, device)
 
     def load(p: _Policy):
-        model, tokenizer = load_adapted(first["model"], p.folder, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+        model, tokenizer = load_adapted(first.model, p.folder, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
                                         allow_pickle_weights=cfg.allow_pickle_weights)
         return model.to(device).eval(), tokenizer
 
@@ -224,8 +223,8 @@ def _evaluate(cfg) -> dict[str, Any]:
         if not rows:
             raise InfalignError(f"all {skipped} evaluation prompts are longer than the context allows; "
                                 "use --on-long-prompt truncate or lower --max-new-tokens")
-    stop_ids = stop_token_ids(model, tokenizer, extra=union(q.settings["stop_token_ids"] for q in policies))
-    key = cache.cache_key(fingerprint_model(first["model"]), rows, cfg.samples, cfg.max_new_tokens, stop_ids,
+    stop_ids = stop_token_ids(model, tokenizer, extra=union(q.settings.stop_token_ids for q in policies))
+    key = cache.cache_key(fingerprint_model(first.model), rows, cfg.samples, cfg.max_new_tokens, stop_ids,
                           str(dtype).removeprefix("torch."), cfg.seed)
     base, base_note = cache.load_base(kept, key)
     if base is None:
@@ -247,10 +246,10 @@ def _evaluate(cfg) -> dict[str, Any]:
     timings["sample_and_kl_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scorer = load_scorer(first["reward_model"], device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
-                         trust_remote_code=cfg.trust_remote_code, reward_label=first["reward_label"],
+    scorer = load_scorer(first.reward_model, device=device, dtype=cfg.dtype, batch_size=cfg.score_batch_size,
+                         trust_remote_code=cfg.trust_remote_code, reward_label=first.reward_label,
                          allow_pickle_weights=cfg.allow_pickle_weights)
-    judge = cache.judge_key(fingerprint_reward(first["reward_model"]), first["reward_label"])
+    judge = cache.judge_key(fingerprint_reward(first.reward_model), first.reward_label)
     cached = cache.cached_rewards(kept, judge)
     if cached is not None and np.asarray(cached).shape == (len(rows), cfg.samples):
         base_rewards = np.asarray(cached, dtype=np.float64)

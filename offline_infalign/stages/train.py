@@ -33,10 +33,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainingArguments, set_seed
 
 from .. import __version__
 from ..artifacts.checkpoints import (
@@ -51,16 +53,18 @@ from ..artifacts.checkpoints import (
 from ..artifacts.fingerprint import fingerprint_model
 from ..artifacts.storage import write_json_atomic
 from ..artifacts.training_record import TRAIN_INFO
+from ..core.checks import check_beta
 from ..core.errors import InfalignError
-from ..core.losses import check_beta, get_loss
+from ..core.losses import get_loss
 from ..core.tradeoff import log_partition
 from ..kinds import get_kind
+from ..models import modeling
 from ..models.tokenization import tokenize_dataset
 from ..training.guard import NonFiniteGuard, progress_closed_on_error
 from ..training.reference import choose_reference
 from ..training.trainer import InfalignTrainer
 
-__all__ = ["make_trainer", "train"]
+__all__ = ["make_trainer", "train", "TrainerInfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,19 +172,76 @@ def _run_config(cfg) -> dict[str, Any]:
     return run_config(cfg, fingerprint_model(cfg.model), dataset_fingerprint(cfg.dataset))
 
 
-def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTrainer, dict[str, Any]]:
+@dataclass(frozen=True)
+class TrainerInfo:
+    """What `make_trainer` decided besides the trainer, for the training record and the model card."""
+
+    manifest: dict[str, Any]  # the prepared dataset's
+    beta: float
+    kind: str
+    reference: str  # "stored", "live" or "none"
+    reference_reason: str
+    reference_check: dict[str, Any] | None  # the stored reference's self-check, when it ran
+    log_z: float | None  # the pointwise loss's log Z
+    run_config: dict[str, Any]
+
+
+def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTrainer, TrainerInfo]:
     """Load dataset, policy and reference choice for `cfg` and build the trainer (not yet trained).
 
     config: the run config (`checkpoints.run_config`; computed when not given), recorded in each checkpoint's
-    completion marker. Returns (trainer, info) with info keys manifest, beta, kind, reference, reference_reason,
-    log_z, run_config.
+    completion marker.
     """
-    from transformers import TrainingArguments, set_seed
-
-    from ..models import modeling
-
     spec = get_loss(cfg.loss)
     kind = get_kind(spec.kind)
+    dataset, manifest, beta = _dataset_at_beta(cfg, spec, kind)
+    # log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (docs/math.md §4/§6).
+    log_z = float(log_partition(_transform_from_manifest(manifest, cfg.loss), beta)) if spec.needs_log_z else None
+
+    config = config or _run_config(cfg)
+    _check_stored_ids_model(dataset, kind, manifest, cfg, config["model_fingerprint"])
+
+    use_gpu = torch.cuda.is_available()
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(use_gpu and torch.cuda.is_bf16_supported())
+    if bf16 and not use_gpu:
+        logger.warning("bf16 on CPU is slow and imprecise; consider --no-bf16")
+    model, tokenizer = _load_policy(cfg, bf16, use_gpu)
+    weights_dtype = modeling.base_weights_dtype(model)
+    reference, why = choose_reference(cfg.reference, cfg.loss, kind.name, dataset.column_names, manifest,
+                                      weights_dtype, cfg.model, fingerprint=config["model_fingerprint"])
+    if reference == "live" and cfg.full_finetune:
+        raise InfalignError(f"full_finetune needs the dataset's stored reference log-probs, but reference=auto "
+                            f"chose live: {why}. A live reference is the policy with its LoRA adapter disabled, "
+                            "and full fine-tuning has none; pass --reference stored to use the stored columns "
+                            "anyway (e.g. computed in another dtype), prepare the dataset from samples of this "
+                            "model, or train with LoRA")
+    logger.info("reference log-probs: %s (%s)", reference, why)
+
+    out = Path(cfg.out)
+    args = _training_args(cfg, out / "checkpoints", bf16, use_gpu)
+    with args.main_process_first(desc="tokenize"):  # rank 0 writes the cache, the others read it
+        dataset, dropped = tokenize_dataset(dataset, tokenizer, kind, cfg.max_length, cache_dir=out / "tokenized")
+    if dropped:
+        logger.warning("dropped %d row(s) longer than max_length=%d", dropped, cfg.max_length)
+    if len(dataset) == 0:
+        raise InfalignError(f"no training rows left in {cfg.dataset!r} (split {cfg.split!r})")
+    check = None
+    if reference == "stored" and cfg.reference_check:
+        reference, why, check = _check_reference(cfg, model, dataset, kind, tokenizer.pad_token_id, reference, why,
+                                                 weights_dtype)
+    trainer = InfalignTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=kind.collator(tokenizer.pad_token_id),
+        processing_class=tokenizer, loss=cfg.loss, beta=beta, reference=reference, log_z=log_z,
+        group_forward=cfg.group_forward, completions_per_forward=cfg.completions_per_forward,
+    )
+    trainer.add_callback(CheckpointMarker(config, cfg.save_total_limit))
+    trainer.add_callback(NonFiniteGuard())  # a NaN loss or gradient stops the run before it reaches the weights
+    return trainer, TrainerInfo(manifest=manifest, beta=beta, kind=kind.name, reference=reference,
+                                reference_reason=why, reference_check=check, log_z=log_z, run_config=config)
+
+
+def _dataset_at_beta(cfg, spec, kind):
+    """(dataset, manifest, beta): the prepared split, checked for the loss, with the rows at the run's beta."""
     dataset, manifest = _load_dataset(cfg.dataset, cfg.split, cfg.verify)
     if manifest.get("kind") != kind.name:
         raise InfalignError(f"loss {cfg.loss!r} trains on a {kind.name!r} dataset, but {cfg.dataset!r} is "
@@ -196,16 +257,10 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
         logger.info("beta %g differs from the dataset's %g: recomputing the %s weights", beta, manifest["beta"],
                     kind.name)
         dataset = kind.at_beta(dataset, beta)
-    # log Z = log ∫₀¹ exp(Φ(u)/β) du for the pointwise loss (docs/math.md §4/§6).
-    log_z = float(log_partition(_transform_from_manifest(manifest, cfg.loss), beta)) if spec.needs_log_z else None
+    return dataset, manifest, beta
 
-    config = config or _run_config(cfg)
-    _check_stored_ids_model(dataset, kind, manifest, cfg, config["model_fingerprint"])
 
-    use_gpu = torch.cuda.is_available()
-    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(use_gpu and torch.cuda.is_bf16_supported())
-    if bf16 and not use_gpu:
-        logger.warning("bf16 on CPU is slow and imprecise; consider --no-bf16")
+def _load_policy(cfg, bf16: bool, use_gpu: bool):
     set_seed(cfg.seed)  # peft draws the LoRA A init from the global RNG, before Trainer seeds anything
     model, tokenizer = modeling.load_policy(
         cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -220,20 +275,11 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
             module.p = 0.0
-    weights_dtype = modeling.base_weights_dtype(model)
-    reference, why = choose_reference(cfg.reference, cfg.loss, kind.name, dataset.column_names, manifest,
-                                      weights_dtype, cfg.model, fingerprint=config["model_fingerprint"])
-    if reference == "live" and cfg.full_finetune:
-        raise InfalignError(f"full_finetune needs the dataset's stored reference log-probs, but reference=auto "
-                            f"chose live: {why}. A live reference is the policy with its LoRA adapter disabled, "
-                            "and full fine-tuning has none; pass --reference stored to use the stored columns "
-                            "anyway (e.g. computed in another dtype), prepare the dataset from samples of this "
-                            "model, or train with LoRA")
-    logger.info("reference log-probs: %s (%s)", reference, why)
+    return model, tokenizer
 
-    out = Path(cfg.out)
-    checkpoints = out / "checkpoints"
-    args = TrainingArguments(
+
+def _training_args(cfg, checkpoints: Path, bf16: bool, use_gpu: bool) -> TrainingArguments:
+    return TrainingArguments(
         output_dir=str(checkpoints),
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         num_train_epochs=cfg.num_train_epochs,
@@ -254,26 +300,6 @@ def make_trainer(cfg, config: dict[str, Any] | None = None) -> tuple[InfalignTra
         dataloader_pin_memory=use_gpu,
         ddp_find_unused_parameters=False,
     )
-    with args.main_process_first(desc="tokenize"):  # rank 0 writes the cache, the others read it
-        dataset, dropped = tokenize_dataset(dataset, tokenizer, kind, cfg.max_length, cache_dir=out / "tokenized")
-    if dropped:
-        logger.warning("dropped %d row(s) longer than max_length=%d", dropped, cfg.max_length)
-    if len(dataset) == 0:
-        raise InfalignError(f"no training rows left in {cfg.dataset!r} (split {cfg.split!r})")
-    check = None
-    if reference == "stored" and cfg.reference_check:
-        reference, why, check = _check_reference(cfg, model, dataset, kind, tokenizer.pad_token_id, reference, why,
-                                                 weights_dtype)
-    trainer = InfalignTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=kind.collator(tokenizer.pad_token_id),
-        processing_class=tokenizer, loss=cfg.loss, beta=beta, reference=reference, log_z=log_z,
-        group_forward=cfg.group_forward, completions_per_forward=cfg.completions_per_forward,
-    )
-    trainer.add_callback(CheckpointMarker(config, cfg.save_total_limit))
-    trainer.add_callback(NonFiniteGuard())  # a NaN loss or gradient stops the run before it reaches the weights
-    info = {"manifest": manifest, "beta": beta, "kind": kind.name, "reference": reference,
-            "reference_reason": why, "reference_check": check, "log_z": log_z, "run_config": config}
-    return trainer, info
 
 
 def _check_reference(cfg, model, dataset, kind, pad_token_id: int, reference: str, why: str, weights_dtype: str):
@@ -330,7 +356,7 @@ def _train(cfg) -> Path:
         return out
     resume = resume_checkpoint(cfg.resume_from_checkpoint, out / "checkpoints", config)
     trainer, info = make_trainer(cfg, config)
-    manifest, beta, reference, why = info["manifest"], info["beta"], info["reference"], info["reference_reason"]
+    manifest, beta, reference, why = info.manifest, info.beta, info.reference, info.reference_reason
     tokenizer = trainer.processing_class
     if trainer.is_world_process_zero():
         start_run(out, config)  # after everything loaded: a command that fails early pins nothing on the folder
@@ -361,16 +387,16 @@ def _train(cfg) -> Path:
             "tilt": manifest.get("tilt"),
             "beta": beta,
             "loss": cfg.loss,
-            "kind": info["kind"],
+            "kind": info.kind,
             "procedure": manifest.get("procedure"),
             "n": manifest.get("n"),
             "reward_model": manifest.get("reward_model"),
             "reference": reference,
             "reference_reason": why,
-            "reference_check": info["reference_check"],
+            "reference_check": info.reference_check,
             # the group forward's first-batch decision (packed, or per row with the reason / measured gap)
             "packed_check": trainer.packed_check.as_dict() if trainer.packed_check else None,
-            "log_z": info["log_z"],
+            "log_z": info.log_z,
             "warnings": _warnings(manifest),
             "global_step": trainer.state.global_step,
             "world_size": trainer.args.world_size,

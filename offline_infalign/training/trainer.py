@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from ..core.checks import check_beta
 from ..core.errors import InfalignError
-from ..core.losses import check_beta, get_loss
+from ..core.losses import get_loss
 from ..kinds import get_kind
 from ..kinds.base import Collator
 from ..models.groups import GroupBatchSampler, GroupCollator, prompt_groups
