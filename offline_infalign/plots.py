@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 
 from .core.errors import InfalignError
+from .core.procedures import PROCEDURES, get_procedure
+from .core.tradeoff import tradeoff_curves
+from .core.transforms import parse_transform
 
 __all__ = ["check_plot_path", "plot_tradeoff_curves", "plot_win_rate_vs_n", "plot_tradeoff", "plot_comparison",
            "plot_demo"]
@@ -56,8 +59,6 @@ def check_plot_path(path) -> Path:
 
 def _label(procedure: str, n: int) -> str:
     """'best-of-4' for ("bon", 4): the procedure registry's label with N filled in."""
-    from .core.procedures import get_procedure
-
     return get_procedure(procedure).label.replace("N", str(n))
 
 
@@ -132,8 +133,6 @@ def _save(fig, path) -> Path:
 
 def plot_win_rate_vs_n(report: dict[str, Any], path, predict_fn: Callable[[str, int], Any] | None = None) -> Path:
     """Measured win rate vs N with its interval as error bars, the predicted curve as a line."""
-    from .core.procedures import PROCEDURES
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, (procedure, by_n) in enumerate(report["results"].items()):
@@ -167,8 +166,6 @@ def plot_tradeoff(report: dict[str, Any], out_dir, transform=None) -> list[Path]
     Curves: the adapter's transform swept over β (when it has one) and the optimum, the yardstick. Points: the
     measurement with its interval, and the prediction for the adapter's exact β. Files `tradeoff_<proc>_n<N>.png`.
     """
-    from .core.tradeoff import tradeoff_curves
-
     kl, pred_kl = report["kl"], report.get("predicted_kl")
     reach = max(kl + 2 * (report["kl_stderr"] if np.isfinite(report["kl_stderr"]) else 0.0), pred_kl or 0.0)
     kl_max = max(1.5 * reach, 0.05)  # the curves extend past both points
@@ -203,9 +200,6 @@ def plot_comparison(report: dict[str, Any], path) -> Path:
     """An evaluation of several policies (stages/eval_report.py): left, each policy's measured win rate and KL on
     its transform's predicted curve (and the optimum's); right, each policy's paired difference from the baseline
     under that procedure and N and under N = 1 (docs/math.md §10)."""
-    from .core.tradeoff import tradeoff_curves
-    from .core.transforms import parse_transform
-
     procedure, n = _served(report)
     policies, baseline = report["policies"], report["baseline"]
     kl_max = max([0.05] + [1.3 * r["kl"] for r in policies.values()])
@@ -238,9 +232,6 @@ def plot_demo(arms: Sequence[dict[str, Any]], procedure: str, n: int, kl_budget:
     arms: the demo report's arms (name, transform text, kl, win_rate, ci_low, ci_high); comparison: the demo
     report's `comparison` (policy, baseline, difference, ci, kl, and `standard` when measured).
     """
-    from .core.tradeoff import tradeoff_curves
-    from .core.transforms import parse_transform
-
     kl_max = max([1.5 * kl_budget] + [1.2 * r["kl"] for r in arms])
     curves = tradeoff_curves(procedure, n, [(r["transform"], parse_transform(r["transform"])) for r in arms],
                              kl_max=kl_max, num_points=16)

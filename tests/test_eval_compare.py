@@ -52,11 +52,10 @@ def three(tmp_path_factory):
 @pytest.fixture
 def counted(monkeypatch):
     """Every sampler call (its seed) and every judge call (its progress label)."""
-    import offline_infalign.models.sampling as sampling
-    import offline_infalign.models.scoring as scoring
+    import offline_infalign.stages.evaluate as evaluate_stage  # where the stage looks the two names up
 
     calls = SimpleNamespace(seeds=[], judged=[])
-    real_sample, real_score = sampling.sample_completions, scoring.score_in_chunks
+    real_sample, real_score = evaluate_stage.sample_completions, evaluate_stage.score_in_chunks
 
     def sample(*args, **kwargs):
         calls.seeds.append(kwargs["seed"])
@@ -66,8 +65,8 @@ def counted(monkeypatch):
         calls.judged.append(desc)
         return real_score(scorer, prompts, completions, chunk, desc)
 
-    monkeypatch.setattr(sampling, "sample_completions", sample)
-    monkeypatch.setattr(scoring, "score_in_chunks", score)
+    monkeypatch.setattr(evaluate_stage, "sample_completions", sample)
+    monkeypatch.setattr(evaluate_stage, "score_in_chunks", score)
     return calls
 
 

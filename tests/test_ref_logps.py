@@ -115,8 +115,8 @@ def test_the_sampler_numbers_when_asked_and_no_second_model_for_a_forward_in_its
         assets["lm"], rows, torch.bfloat16)]), abs=0.05)  # bf16 decode vs bf16 teacher forcing: rounding only
 
     loads = []
-    real = modeling.load_causal_lm
-    monkeypatch.setattr(modeling, "load_causal_lm", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = sample_stage.load_causal_lm  # where the stage looks it up
+    monkeypatch.setattr(sample_stage, "load_causal_lm", lambda *a, **k: loads.append(a) or real(*a, **k))
     forward = sample_stage.run_sample(_cfg(assets, tmp_path / "f", ref_logps_from="forward"), progress=False)
     assert len(loads) == 1  # the float32 sampler is the float32 forward's model
     sampler = sample_stage.run_sample(_cfg(assets, tmp_path / "a"), progress=False)  # auto: its own numbers

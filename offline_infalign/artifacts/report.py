@@ -17,6 +17,10 @@ import numpy as np
 
 from ..core.checks import check_finite
 from ..core.errors import InfalignError
+from ..core.estimators import compare_win_rates, estimate_kl, estimate_win_rate
+from ..core.losses import LOSSES
+from ..core.procedures import PROCEDURE_NAMES
+from ..core.tradeoff import predict
 
 __all__ = ["summarize", "compare", "make_predict_fn", "default_ns", "length_summary", "cut_note", "PREDICTION_NOTE",
            "PredictFn", "CUT_NOTE_ABOVE"]
@@ -68,9 +72,6 @@ def summarize(
     "mean_reward": {"policy", "base"}, "num_prompts", "samples"}; each win-rate entry has win_rate, ci_low,
     ci_high and predicted (None without a prediction).
     """
-    from ..core.estimators import estimate_kl, estimate_win_rate
-    from ..core.procedures import PROCEDURE_NAMES
-
     pol = _as_2d("policy_rewards", policy_rewards)  # (P, M)
     base = _as_2d("base_rewards", base_rewards)  # (P, M')
     if pol.shape[0] != base.shape[0]:
@@ -133,9 +134,6 @@ def compare(policy_rewards: dict[str, Any], base_rewards, kls: dict[str, tuple[f
     "results": {procedure: {str(n): {difference, ci_low, ci_high}}}}} for every policy but the baseline.
     A difference of win rates at unmatched KL is confounded by the KL: more KL buys win rate along the curve.
     """
-    from ..core.estimators import compare_win_rates
-    from ..core.procedures import PROCEDURE_NAMES
-
     if baseline not in policy_rewards:
         raise InfalignError(f"baseline {baseline!r} is not one of the policies ({', '.join(policy_rewards)})")
     base = _as_2d("base_rewards", base_rewards)
@@ -215,8 +213,6 @@ def _untilted(loss) -> bool:
 
     An unknown loss name (a foreign record) is not known to be a baseline, so it keeps its prediction.
     """
-    from ..core.losses import LOSSES
-
     return isinstance(loss, str) and loss in LOSSES and not LOSSES[loss].tilted
 
 
@@ -224,7 +220,6 @@ def make_predict_fn(transform, beta: float | None, loss: str | None) -> PredictF
     """predict(procedure, n) from core.tradeoff for the adapter's tilt, or None when no tilt applies."""
     if transform is None or beta is None or _untilted(loss):
         return None
-    from ..core.tradeoff import predict
 
     cache: dict[tuple[str, int], Any] = {}
 

@@ -21,6 +21,8 @@ from .base import (
 __all__ = ["ImportConfig", "ExportConfig", "LAYOUT_CHOICES", "TOO_LONG_POLICIES"]
 
 LAYOUT_CHOICES = ("auto", *dict.fromkeys(layout for name in FORMAT_NAMES for layout in get_format(name).LAYOUTS))
+# "qrpo: original or verl": each registered format's layouts, for the --layout help.
+_LAYOUTS_HELP = "; ".join(f"{name}: {spell(get_format(name).LAYOUTS)}" for name in FORMAT_NAMES)
 TOO_LONG_POLICIES = ("fail", "skip")
 
 
@@ -35,7 +37,7 @@ class ImportConfig:
                        "tokenizer encodes the texts, and it computes ref_logps on those ids")
     out: str = field(help="output artifact folder (a scored artifact: `infalign prepare --input` it)")
     format: str = field("qrpo", help=f"the dataset's format: {spell(FORMAT_NAMES)}", choices=FORMAT_NAMES)
-    layout: str = field("auto", help="the format's layout (qrpo: original or verl); auto: from the columns",
+    layout: str = field("auto", help=f"the format's layout ({_LAYOUTS_HELP}); auto: from the columns",
                         choices=LAYOUT_CHOICES)
     split: str = field("train", help="split to read from a DatasetDict folder or a hub dataset")
     limit: int | None = field(None, help="import at most this many prompts (the first ones)")
@@ -91,7 +93,7 @@ class ExportConfig:
     out: str = field(help="output folder: a `datasets` DatasetDict (datasets.load_from_disk(OUT)[split]) plus "
                      "manifest.json")
     format: str = field("qrpo", help=f"the format to write: {spell(FORMAT_NAMES)}", choices=FORMAT_NAMES)
-    layout: str = field("original", help="the format's layout (qrpo: original or verl)",
+    layout: str = field("original", help=f"the format's layout ({_LAYOUTS_HELP})",
                         choices=LAYOUT_CHOICES[1:])
     split: str = field("train", help="the split name the rows are written under")
     verify: bool | None = field(None, help=VERIFY_HELP)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import InfalignError
+from ..models.tokenization import encode_completion, encode_prompt
 from .corpus import all_prompts, review_corpus, template_texts
 
 __all__ = ["DEMO_RECIPE", "SHIPPED_MODEL", "demo_model_dir", "recipe_hash", "rebuild_shipped_model", "demo_prompts",
@@ -262,7 +263,6 @@ def _prepare(recipe: dict, corpus: list[tuple[str, str]]):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ..models.tokenization import encode_completion, encode_prompt
 
     tokenizer = _build_tokenizer(template_texts() + [text for pair in corpus for text in pair])
     sequences = [encode_prompt(tokenizer, p) + encode_completion(tokenizer, c) for p, c in corpus]

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.storage import output_lock, write_json_atomic
+from ..artifacts.training_record import TRAIN_INFO
 from ..config import (
     DemoConfig,
     EvalConfig,
@@ -33,18 +35,28 @@ from ..config import (
     SampleConfig,
     ScoreConfig,
     TrainConfig,
+    config_diff,
+    config_to_dict,
     load_config,
 )
+from ..core import tradeoff
 from ..core.errors import InfalignError
+from ..core.kl_match import Try, matched_pair, nearest, next_beta
+from ..core.losses import get_loss
+from ..core.transforms import Transform
+from ..plots import plot_demo
+from ..stages import train as trainer
+from ..stages.evaluate import evaluate
+from ..stages.prepare import run_prepare
+from ..stages.sample import run_sample
+from ..stages.score import run_score
+from .assets import demo_model_dir
 
 __all__ = ["run_demo", "arms", "showcase"]
 
 
 def arms(cfg: DemoConfig) -> list[dict[str, Any]]:
     """The two transforms: identity (the baseline) and the chosen exp tilt at the budget (docs/math.md §7)."""
-    from ..core import tradeoff
-    from ..core.transforms import Transform
-
     return [{"name": "identity", "transform": Transform("identity")},
             {"name": "exp", "transform": tradeoff.choose(cfg.procedure, cfg.n, cfg.kl, with_optimum=False).transform}]
 
@@ -75,9 +87,6 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
     The stages skip finished outputs, so without this a rerun with, say, more steps would silently reuse the
     old adapters; the sampling stages refuse on their own, training and evaluation would not.
     """
-    from ..artifacts.storage import write_json_atomic
-    from ..config import config_diff, config_to_dict
-
     path, now = out / "demo_config.json", config_to_dict(cfg)
     if path.is_file():
         diff = config_diff(json.loads(path.read_text()), now, ignore=("out",))
@@ -90,10 +99,6 @@ def _claim(out: Path, cfg: DemoConfig) -> None:
 
 def _train(cfg: DemoConfig, model: str, kind: str, name: str, transform, beta: float, round_: int) -> Path:
     """Prepare and train one try (each step skipped when its output is already complete); its adapter folder."""
-    from ..artifacts.training_record import TRAIN_INFO
-    from ..stages import train as trainer
-    from ..stages.prepare import run_prepare
-
     data, tag = Path(cfg.out) / "data", f"{name}_r{round_}"
     prepared, adapter = data / f"prepared_{tag}", Path(cfg.out) / f"adapter_{tag}"
     run_prepare(load_config(PrepareConfig, None, dict(
@@ -120,8 +125,6 @@ def _eval_config(cfg: DemoConfig, model: str, policies: list[str], out: Path) ->
 
 def _measure(cfg: DemoConfig, model: str, adapter: Path, name: str, round_: int) -> dict[str, Any]:
     """Evaluate one try (skipped when done): its report."""
-    from ..stages.evaluate import evaluate
-
     ev = Path(cfg.out) / "tries" / f"{name}_r{round_}"
     if (ev / "report.json").is_file():
         return json.loads((ev / "report.json").read_text())
@@ -131,8 +134,6 @@ def _measure(cfg: DemoConfig, model: str, adapter: Path, name: str, round_: int)
 def _match(cfg: DemoConfig, model: str, kind: str, arm: dict[str, Any], target: float,
            log: Callable[[str], None], step: str) -> list[dict[str, Any]]:
     """Train and measure until the measured KL is within kl_tolerance of `target` (core/kl_match.py)."""
-    from ..core.kl_match import Try, next_beta
-
     name, transform, tries = arm["name"], arm["transform"], []
     while (beta := next_beta(transform, target, cfg.num_samples, [Try(t["beta"], t["kl"]) for t in tries],
                              cfg.kl_tolerance, cfg.kl_corrections)) is not None:
@@ -152,8 +153,6 @@ def _match(cfg: DemoConfig, model: str, kind: str, arm: dict[str, Any], target: 
 
 def _arm_summary(cfg: DemoConfig, name: str, transform, report: dict[str, Any], tries, folder: Path) -> dict:
     """One policy's row of the demo report, from the comparison's evaluation."""
-    from ..core import tradeoff
-
     served = report["results"][cfg.procedure][str(cfg.n)]
     try:  # where the measured point would sit on its transform's predicted curve (docs/math.md §4)
         at_kl = tradeoff.predict(transform, tradeoff.beta_for_kl(transform, max(report["kl"], 1e-4)),
@@ -179,21 +178,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda s: None) -> di
     stage also locks its own subfolder (different files: no stage waits on the demo's lock); the demo's
     folder holds its stages' folders by design (own_subfolders).
     """
-    from ..artifacts.storage import output_lock
-
     with output_lock(cfg.out, own_subfolders=True):
         return _run_demo(cfg, log)
 
 
 def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    from ..core.kl_match import matched_pair, nearest
-    from ..core.losses import get_loss
-    from ..plots import plot_demo
-    from ..stages.evaluate import evaluate
-    from ..stages.sample import run_sample
-    from ..stages.score import run_score
-    from .assets import demo_model_dir
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     kind = get_loss(cfg.loss).kind
@@ -261,6 +250,4 @@ def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
 
 
 def _as_try(t: dict[str, Any]):
-    from ..core.kl_match import Try
-
     return Try(t["beta"], t["kl"])

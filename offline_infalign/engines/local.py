@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..models.modeling import free_memory
+
 
 class LocalEngine:
     def __init__(self, cfg, job, workers: int | None = None):
@@ -16,7 +18,6 @@ class LocalEngine:
     def __exit__(self, *exc) -> None:
         if self.job is not None and getattr(self, "_loaded", False):
             self.job = None  # the model goes with the job: free its memory for what loads next (build's score)
-            from ..models.modeling import free_memory
 
             free_memory()
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from data_builders import normalize_prompt, prompt_id
+
 from ..core.errors import InfalignError
 from . import Imported
 
@@ -128,8 +130,6 @@ def _read_verl(row: dict[str, Any], where: str) -> Imported:
 
 
 def _prompt(messages, where: str):
-    from data_builders import normalize_prompt
-
     if not isinstance(messages, list) or not messages:
         raise InfalignError(f"{where}: the prompt must be a non-empty list of chat messages, got {_short(messages)}")
     return normalize_prompt(messages, where)
@@ -137,8 +137,6 @@ def _prompt(messages, where: str):
 
 def _prompt_id(given, prompt, where: str) -> str:
     if given is None and prompt is not None:
-        from data_builders import prompt_id
-
         return prompt_id(prompt)
     if not isinstance(given, (str, int)) or isinstance(given, bool) or not str(given).strip():
         raise InfalignError(f"{where}: prompt_id must be a non-empty string, got {_short(given)}")

@@ -44,8 +44,10 @@ import logging
 
 import numpy as np
 
+from ..artifacts.storage import load_artifact
 from ..core.errors import InfalignError
 from ..kinds.pairs import PairsKind
+from ..models.tokenization import check_stored_ids
 
 __all__ = ["SampledIdsDPOTrainer", "load_pairs", "check_trl_version", "SUPPORTED_TRL", "ID_COLUMNS",
            "REFERENCE_COLUMNS"]
@@ -91,7 +93,6 @@ def load_pairs(path: str, split: str = "train", verify: bool | None = None):
     artifact's folder and the next open refuses the changed artifact."""
     from datasets import DatasetDict
 
-    from ..artifacts.storage import load_artifact
 
     data, manifest = load_artifact(path, stage="prepared", verify=verify)
     if manifest.get("kind") != PairsKind.name:
@@ -145,7 +146,6 @@ class SampledIdsDPOTrainer(DPOTrainer):
         """The stored ids as they are (no EOS added, no tokenization), checked; rows over max_length dropped."""
         from datasets import Dataset
 
-        from ..models.tokenization import check_stored_ids
 
         if not isinstance(dataset, Dataset):
             raise InfalignError(f"SampledIdsDPOTrainer needs a map-style datasets.Dataset for {dataset_name}, got "

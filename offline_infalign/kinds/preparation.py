@@ -21,6 +21,9 @@ import numpy as np
 from ..core.calibration import calibrate
 from ..core.checks import check_finite
 from ..core.errors import InfalignError
+from ..core.finite_k import finite_k_tilt
+from ..core.procedures import get_procedure
+from ..core.tradeoff import predict
 from ..core.transforms import Transform
 from . import ScoredMatrices, get_kind
 
@@ -229,10 +232,6 @@ class Guidance:
 def guidance(transform: Transform, beta: float, k: int, procedure: str, n: int) -> Guidance:
     """Predicted win rate at β, the finite-K ceiling at K, and warnings when β is below the floor for this K or
     the ceiling is more than CEILING_GAP below the prediction (see the constants above)."""
-    from ..core.finite_k import finite_k_tilt
-    from ..core.procedures import get_procedure
-    from ..core.tradeoff import predict
-
     pred = predict(transform, beta, procedure, n)
     ceiling = finite_k_tilt(transform, beta, k, procedure, n)
     ranks = (np.arange(1, k + 1) - 0.5) / k

@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InfalignError
+from .modeling import check_safetensors, default_device, from_pretrained, load_tokenizer, resolve_dtype
+from .preflight import check_model
 from .scorers import SCORERS, registered_function
+from .tokenization import apply_chat_template
 
 __all__ = ["Scorer", "HFRewardScorer", "CallableScorer", "load_scorer", "check_reward", "score_texts",
            "score_in_chunks", "label_column", "RewardCallError"]
@@ -192,7 +195,6 @@ class HFRewardScorer(Scorer):
                  allow_pickle_weights: bool = False):
         from transformers import AutoModelForSequenceClassification
 
-        from .modeling import check_safetensors, default_device, from_pretrained, load_tokenizer
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InfalignError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -209,8 +211,6 @@ class HFRewardScorer(Scorer):
                 "`tokenizer.pad_token = tokenizer.eos_token` and save it with the reward model)"
             )
         if model is None:
-            from .modeling import resolve_dtype  # 'auto': bf16 on a bf16-capable GPU, float32 otherwise
-
             model = from_pretrained(AutoModelForSequenceClassification, path, what="reward model",
                                     allow_pickle_weights=allow_pickle_weights,
                                     dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code)
@@ -224,8 +224,6 @@ class HFRewardScorer(Scorer):
 
     def text(self, prompt: Any, completion: str) -> str:
         """The (prompt, completion) conversation as the reward model reads it."""
-        from .tokenization import apply_chat_template
-
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -282,7 +280,6 @@ def load_scorer(spec, device: str | None = None, dtype: str | None = None, batch
         return CallableScorer(registered_function(spec), spec)
     if _names_callable(spec):
         return CallableScorer(_import_callable(spec), spec)
-    from .preflight import check_model
 
     check_model(spec, "reward model", trust_remote_code)
     return HFRewardScorer(spec, device=device, dtype=dtype, batch_size=batch_size,
@@ -323,7 +320,6 @@ def check_reward(spec, trust_remote_code: bool = False) -> None:
     if _names_callable(str(spec)):
         _import_callable(str(spec))
         return
-    from .preflight import check_model
 
     check_model(str(spec), "reward model", trust_remote_code)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..core.errors import InfalignError
+from .modeling import check_safetensors, free_memory
 from .sampling import _check_params, _group, _stop_set, prompt_seed, record_completion
 from .tokenization import check_tokenizer, encode_prompt
 
@@ -128,7 +129,6 @@ def load_vllm(model_path: str, tensor_parallel_size: int = 1, dtype: str = "auto
     from vllm import LLM
     from vllm.platforms import current_platform
 
-    from .modeling import check_safetensors
 
     # Safetensors only unless allowed, as modeling.from_pretrained: vLLM's "auto" falls back to pickle files.
     check_safetensors(model_path, allow_pickle_weights)
@@ -148,8 +148,6 @@ def vllm_dtype(llm) -> str:
 
 def release_vllm(llm) -> None:
     """Stop the engine and free its memory (its KV cache reserves most of a GPU), so another model can load."""
-    from .modeling import free_memory
-
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()

@@ -11,9 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data_builders import get_prompt_source
+
 from ..config import BuildConfig
 from ..core.errors import InfalignError
 from ..engines import engine_session, open_engine
+from ..models.preflight import check_model
+from ..models.scoring import check_reward
 from .prepare import run_prepare
 from .sample import run_sample
 from .score import ScoreJob, run_score
@@ -30,7 +34,6 @@ def check_reward_before_sampling(cfg: BuildConfig) -> None:
     """
     import dataclasses
 
-    from data_builders import get_prompt_source
 
     score = dataclasses.replace(cfg.score_config(), batch_size=1)
     row = next(iter(get_prompt_source(cfg.prompts, split=cfg.split, limit=1, data_files=cfg.prompts_data_files,
@@ -48,9 +51,6 @@ def check_reward_before_sampling(cfg: BuildConfig) -> None:
 
 def run_build(cfg: BuildConfig, progress: bool = True) -> dict[str, dict[str, Any]]:
     """sample → score → prepare below `cfg.out` (prepare only without --shard); manifests by stage."""
-    from ..models.preflight import check_model
-    from ..models.scoring import check_reward
-
     check_model(cfg.model, "model", cfg.trust_remote_code)  # the cheap checks of both models first
     check_reward(cfg.reward_model, cfg.trust_remote_code)
     paths = cfg.paths()

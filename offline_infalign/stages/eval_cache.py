@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts.fingerprint import fingerprint_model
+
 __all__ = ["cache_key", "load_base", "save_base", "load_policy", "save_policy", "policy_fingerprint",
            "cached_rewards", "save_rewards", "judge_key", "BASE_FILE"]
 
@@ -59,7 +61,6 @@ def policy_fingerprint(folder) -> str:
     files = [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
     if all(f.is_file() for f in files):
         return "adapter:" + hashlib.sha256("".join(_sha256(f) for f in files).encode()).hexdigest()[:32]
-    from ..artifacts.fingerprint import fingerprint_model
 
     return fingerprint_model(folder)
 

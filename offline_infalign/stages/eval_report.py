@@ -15,6 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
+from ..artifacts.report import PREDICTION_NOTE, compare, cut_note, length_summary, make_predict_fn, summarize
+from ..config import config_to_dict
+from ..plots import plot_comparison, plot_tradeoff, plot_win_rate_vs_n
+
 __all__ = ["write_reports", "write_samples", "union"]
 
 
@@ -45,8 +50,6 @@ def write_samples(path: Path, rows, draws, base, policy_rewards, base_rewards) -
 
 def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tuple[dict[str, Any], Any]:
     """One policy's report (without the run's facts) and its prediction function."""
-    from ..artifacts.report import PREDICTION_NOTE, cut_note, length_summary, make_predict_fn, summarize
-
     s = p.settings
     transform, beta = s.transform, s.beta
     predict_fn = make_predict_fn(transform, beta, s.loss)
@@ -88,8 +91,6 @@ def _policy_report(cfg, p, procedures, ns, base, base_rewards, stop_ids) -> tupl
 
 
 def _plots(report: dict[str, Any], folder: Path, transform, predict_fn) -> list[str]:
-    from ..plots import plot_tradeoff, plot_win_rate_vs_n
-
     return [str(plot_win_rate_vs_n(report, folder / "win_rate_vs_n.png", predict_fn)),
             *(str(path) for path in plot_tradeoff(report, folder, transform))]
 
@@ -104,10 +105,6 @@ def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_sampl
 
     base_samples: {"folder": where they are kept, "note": "reused", "drawn (...)" or "redrawn: <why>"}.
     """
-    from .. import __version__
-    from ..artifacts.report import compare
-    from ..config import config_to_dict
-
     single = len(policies) == 1
     procedures = union(p.settings.procedures for p in policies)
     ns = sorted(set(union(p.settings.ns for p in policies)))
@@ -157,8 +154,6 @@ def write_reports(cfg, out: Path, policies, rows, base, base_rewards, base_sampl
         if single:
             report["plots"] = _plots(report, out, *plotting[policies[0].name])
         else:
-            from ..plots import plot_comparison
-
             report["plots"] = [str(plot_comparison(report, out / "comparison.png"))]
             for name, r in report["policies"].items():
                 r["plots"] = _plots(r, out / name, *plotting[name])

@@ -22,8 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from data_builders import get_prompt_source
+
+from ..artifacts.fingerprint import fingerprint_model, fingerprint_reward
+from ..artifacts.storage import load_artifact, output_lock
 from ..artifacts.training_record import EvalSettings, read_training_info, resolve_settings
 from ..core.errors import InfalignError
+from ..models.logprobs import ids_logps_and_kl
+from ..models.modeling import default_device, free_memory, load_adapted, resolve_dtype, stop_token_ids
+from ..models.preflight import check_model
+from ..models.sampling import context_length, fit_prompts, sample_completions
+from ..models.scoring import check_reward, load_scorer, score_in_chunks
+from ..models.tokenization import encode_prompt
 from . import eval_cache as cache
 from .eval_report import union, write_reports
 
@@ -34,13 +44,9 @@ def load_eval_prompts(settings: EvalSettings, split: str, limit: int | None,
                       verify: bool | None = None) -> list[dict[str, Any]]:
     """[{prompt_id, prompt}] from a prompt source, or from the held-out split of the adapter's prepared dataset."""
     if settings.prompts is not None:
-        from data_builders import get_prompt_source
-
         # Hub datasets repeat some prompts (HH does); evaluate each once.
         rows = list(get_prompt_source(settings.prompts, split=split, limit=limit, on_duplicate="skip"))
     else:
-        from ..artifacts.storage import load_artifact
-
         dataset, _ = load_artifact(settings.dataset, verify=verify)
         if not hasattr(dataset, "keys") or split not in dataset:
             raise InfalignError(f"prepared dataset {settings.dataset!r} has no split {split!r}; pass --prompts")
@@ -73,7 +79,6 @@ class _Policy:
 def _resolve(cfg) -> list[_Policy]:
     """Each policy's settings from the command line and its training record; they must share one base model and
     one judge (a comparison against one base, by one judge)."""
-    from ..artifacts.fingerprint import fingerprint_model
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     policies = []
     for name, folder in cfg.policies():
@@ -120,8 +125,6 @@ def _gen(cfg, stop_ids: list[int]) -> dict[str, Any]:
 
 def _draw_base(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -> list[dict[str, Any]]:
     """M base samples per prompt: the policy model with its adapter off, seed + 1."""
-    from ..models.sampling import sample_completions
-
     # Another seed than the policies': with the same random stream a policy close to the base would produce the
     # same completions, coupling the two sides that the estimator treats as independent.
     with model.disable_adapter():
@@ -142,10 +145,6 @@ def _draw_policy(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -
     prompt_ids (P lists), policy_samples (P dicts from sample_completions), and policy_logps, ref_logps,
     log_ratios and token_kls, each (P, M).
     """
-    from ..models.logprobs import ids_logps_and_kl
-    from ..models.sampling import sample_completions
-    from ..models.tokenization import encode_prompt
-
     prompts = [r["prompt"] for r in rows]
     policy_samples = sample_completions(model, tokenizer, prompts, [r["prompt_id"] for r in rows], seed=cfg.seed,
                                         **_gen(cfg, stop_ids))
@@ -164,8 +163,6 @@ def _draw_policy(model, tokenizer, rows: list[dict], cfg, stop_ids: list[int]) -
 
 def _judge(scorer, rows: list[dict], samples: list[dict[str, Any]], cfg, side: str) -> np.ndarray:
     """Judge rewards (P, M) of one side's samples; the judge reads the decoded text."""
-    from ..models.scoring import score_in_chunks
-
     flat_prompts = [r["prompt"] for r in rows for _ in range(cfg.samples)]
     completions = [c for s in samples for c in s["completions"]]
     rewards = score_in_chunks(scorer, flat_prompts, completions, 8 * cfg.score_batch_size, f"judge ({side})")
@@ -180,19 +177,11 @@ def evaluate(cfg) -> dict[str, Any]:
     report}, "baseline", "comparisons": report.compare(...), ...}. The folder is locked for the run
     (storage.output_lock): a second run into it is refused at once.
     """
-    from ..artifacts.storage import output_lock
-
     with output_lock(cfg.out):
         return _evaluate(cfg)
 
 
 def _evaluate(cfg) -> dict[str, Any]:
-    from ..artifacts.fingerprint import fingerprint_model, fingerprint_reward
-    from ..models.modeling import default_device, free_memory, load_adapted, resolve_dtype, stop_token_ids
-    from ..models.preflight import check_model
-    from ..models.sampling import context_length, fit_prompts
-    from ..models.scoring import check_reward, load_scorer
-
     t0 = time.perf_counter()
     policies = _resolve(cfg)
     first = policies[0].settings

@@ -28,11 +28,18 @@ from typing import Any
 
 import numpy as np
 
+from data_builders import load_rows
+
 from ..artifacts.fingerprint import fingerprint_model, fingerprint_tokenizer
 from ..artifacts.storage import ChunkStore, base_manifest, output_lock, read_manifest, save_artifact
 from ..config import config_to_dict
 from ..core.errors import InfalignError
 from ..integrations import get_format
+from ..models.logprobs import ids_logps
+from ..models.modeling import base_weights_dtype, load_causal_lm, load_tokenizer, stop_token_ids
+from ..models.preflight import check_model
+from ..models.sampling import context_length
+from ..models.tokenization import check_tokenizer, encode_prompt
 from .common import chunk_slices, progress_bar
 from .sample import COLUMNS, cut_fraction, is_tempered
 
@@ -48,8 +55,6 @@ _SCAN_BATCH = 1000
 
 def run_import(cfg, progress: bool = True) -> dict[str, Any]:
     """Import `cfg.input` into the scored artifact `cfg.out`; returns its manifest (the folder is locked)."""
-    from ..models.preflight import check_model
-
     check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
     with output_lock(cfg.out):
         return _run_import(cfg, progress)
@@ -60,7 +65,6 @@ def read_source(path: str, split: str = "train"):
     `split`), or a hub dataset id; anything else is one error."""
     import datasets
 
-    from data_builders import load_rows
 
     local = Path(path)
     if local.is_dir():
@@ -98,7 +102,6 @@ def _context_length(cfg) -> int | None:
 
     from transformers import AutoConfig
 
-    from ..models.sampling import context_length
 
     return context_length(SimpleNamespace(config=AutoConfig.from_pretrained(cfg.model,
                                                                            trust_remote_code=cfg.trust_remote_code)))
@@ -106,8 +109,6 @@ def _context_length(cfg) -> int | None:
 
 def _encode(tokenizer, item, stop_id: int, max_new_tokens: int | None) -> dict[str, Any]:
     """prompt_ids, completion_ids and finish_reasons of one imported prompt (the rule in the module docstring)."""
-    from ..models.tokenization import encode_prompt
-
     ids, finish = [], []
     for text in item.completions:
         body = list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -169,9 +170,6 @@ def _scan(fmt, dataset, layout: str, cfg, tokenizer, stop_id: int, context: int 
 def _run_import(cfg, progress: bool) -> dict[str, Any]:
     import datasets
 
-    from ..models.logprobs import ids_logps
-    from ..models.modeling import base_weights_dtype, load_causal_lm, load_tokenizer, stop_token_ids
-    from ..models.tokenization import check_tokenizer
 
     fmt = get_format(cfg.format)
     dataset = read_source(cfg.input, cfg.split)

@@ -11,6 +11,7 @@ from ..artifacts.storage import ChunkStore, load_artifact, output_lock, read_man
 from ..config import MergeConfig, config_diff
 from ..core.errors import InfalignError
 from ..engines import ENGINE_FIELDS
+from .sample import cut_fraction
 
 # Config keys that legitimately differ between the shards of one run (where chunks were computed among them).
 _SHARD_FREE = ("shard", "out", "input", "input_hash", "batch_size", "chunk_size", "device", *ENGINE_FIELDS)
@@ -95,7 +96,6 @@ def _run_merge(cfg: MergeConfig) -> dict[str, Any]:
         manifest["input_hash"] = None
     merged = datasets.concatenate_datasets(parts)
     if "finish_reasons" in merged.column_names:  # the whole run's, not the first shard's
-        from .sample import cut_fraction
 
         manifest["cut_fraction"] = cut_fraction(merged["finish_reasons"])
     return save_artifact(merged, cfg.out, manifest)

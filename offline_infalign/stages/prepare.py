@@ -22,6 +22,8 @@ from ..artifacts.storage import (
 )
 from ..config import PrepareConfig, config_to_dict
 from ..core.errors import InfalignError
+from ..core.tradeoff import choose
+from ..core.transforms import get_transform, parse_transform
 from ..kinds import get_kind
 from ..kinds.preparation import guidance, prepare
 from .sample import REF_FACTS
@@ -55,11 +57,7 @@ def tempered_settings(manifest: dict) -> list[str]:
 
 def resolve_transform(cfg: PrepareConfig) -> dict[str, Any]:
     """{transform: Transform, beta, and for auto the tradeoff tool's predictions} (docs/math.md §7)."""
-    from ..core.transforms import get_transform, parse_transform
-
     if cfg.transform == "auto":
-        from ..core.tradeoff import choose
-
         choice = choose(cfg.procedure, cfg.n, cfg.kl)
         return {"transform": choice.transform, "beta": float(choice.beta), "kl": float(cfg.kl),
                 "predicted": {"kl": float(choice.kl), "win_rate": float(choice.win_rate),

@@ -29,6 +29,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from data_builders import get_prompt_source
+
 from ..artifacts.fingerprint import fingerprint_model, fingerprint_tokenizer
 from ..artifacts.storage import (
     WORK,
@@ -42,6 +44,12 @@ from ..artifacts.storage import (
 from ..config import SampleConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
 from ..engines import ENGINE_FIELDS, open_engine
+from ..models.load_checks import check_device
+from ..models.modeling import base_weights_dtype, free_memory, load_causal_lm, load_tokenizer, stop_token_ids
+from ..models.preflight import check_model
+from ..models.sampling import context_length, fit_prompts, forward_ref_logps, sample_completions
+from ..models.tokenization import check_tokenizer
+from ..models.vllm_sampling import load_vllm, release_vllm, sample_completions_vllm, vllm_dtype
 from .common import chunk_slices, progress_bar, shard_slice
 
 # Config fields that cannot change the result, so a resume may change them (allow_pickle_weights only lets a
@@ -56,8 +64,6 @@ COLUMNS = ("prompt_ids", "completions", "completion_ids", "finish_reasons", "ref
 
 
 def _prompt_rows(cfg: SampleConfig) -> list[dict[str, Any]]:
-    from data_builders import get_prompt_source
-
     rows = list(get_prompt_source(cfg.prompts, split=cfg.split, limit=cfg.limit, data_files=cfg.prompts_data_files,
                                   on_duplicate=cfg.on_duplicate_prompt))
     kinds = {isinstance(r["prompt"], str) for r in rows}
@@ -81,14 +87,8 @@ def _model_id(model) -> dict[str, Any]:
 def _load_sampler(cfg: SampleConfig):
     """(sampling function, model, tokenizer, context length or None, model ids for the manifest, stop set,
     the dtype the sampler runs in)."""
-    from ..models.modeling import base_weights_dtype, load_causal_lm, load_tokenizer, stop_token_ids
-    from ..models.sampling import context_length, sample_completions
-    from ..models.tokenization import check_tokenizer
-
     # Without --pad-token-as-eos a tokenizer lacking a pad token is refused below (check_tokenizer).
     if cfg.backend == "vllm":
-        from ..models.vllm_sampling import load_vllm, sample_completions_vllm, vllm_dtype
-
         tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, pad_token_as_eos=cfg.pad_token_as_eos)
         model = load_vllm(cfg.model, cfg.tensor_parallel_size, cfg.dtype, cfg.seed, cfg.trust_remote_code,
                           allow_pickle_weights=cfg.allow_pickle_weights, memory_fraction=cfg.vllm_memory_fraction)
@@ -129,8 +129,6 @@ class SampleJob:
         self.cfg = cfg
 
     def load(self) -> dict[str, Any]:
-        from ..models.load_checks import check_device
-
         check_device(self.cfg.device)  # where the model runs (with --engine ray: on the worker, not the driver)
         self.sampler, self.model, self.tokenizer, ctx, ids, self.stop, dtype = _load_sampler(self.cfg)
         self.resolved = resolve_ref_logps(self.cfg, dtype)
@@ -143,8 +141,6 @@ class SampleJob:
         return len(part)
 
     def run(self, part, bar=None) -> list[dict[str, list]]:
-        from ..models.sampling import forward_ref_logps
-
         out = _sample_chunk(self.sampler, self.model, self.tokenizer, part, self.cfg, bar, self.stop,
                             sampler_logps=not self.forward)
         if self.inline:
@@ -160,13 +156,9 @@ class SampleJob:
     def release(self) -> None:
         """Free the sampler this process loaded (none with --engine ray: the workers end with the engine); a
         vLLM engine is shut down, its KV cache with it."""
-        from ..models.modeling import free_memory
-
         model = self.__dict__.pop("model", None)
         self.__dict__.pop("sampler", None)
         if model is not None and self.cfg.backend == "vllm":
-            from ..models.vllm_sampling import release_vllm
-
             release_vllm(model)
         del model
         free_memory()
@@ -180,9 +172,6 @@ class ForwardJob:
         self.cfg, self.dtype = cfg, dtype
 
     def load(self) -> dict[str, Any]:
-        from ..models.load_checks import check_device
-        from ..models.modeling import load_causal_lm
-
         check_device(self.cfg.device)
         self.model, tokenizer = load_causal_lm(self.cfg.model, self.cfg.device, self.dtype,
                                                self.cfg.trust_remote_code, pad_token_as_eos=True,
@@ -194,8 +183,6 @@ class ForwardJob:
         return len(part["prompt_ids"])
 
     def run(self, part, bar=None) -> list[list[float]]:
-        from ..models.sampling import forward_ref_logps
-
         out = forward_ref_logps(self.model, part["prompt_ids"], part["completion_ids"], self.pad,
                                 self.cfg.batch_size)
         if bar is not None:
@@ -219,8 +206,6 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
 
     The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
     """
-    from ..models.preflight import check_model
-
     check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
     with output_lock(cfg.out):
         return _run_sample(cfg, progress)
@@ -303,7 +288,6 @@ def _sample_all(cfg: SampleConfig, rows, store: ChunkStore, config: dict[str, An
     """Sample every chunk not yet written on `engine`. Returns the facts for the manifest and the forward pass."""
     import datasets
 
-    from ..models.sampling import fit_prompts
 
     started = engine.start()  # the sampler loads here (in each worker with --engine ray)
     tokenizer, ctx, stop, resolved = started["tokenizer"], started["context_length"], started["stop"], \

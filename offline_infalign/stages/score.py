@@ -16,8 +16,10 @@ from ..artifacts.storage import (
 from ..config import ScoreConfig, config_to_dict, parse_shard
 from ..core.errors import InfalignError
 from ..engines import ENGINE_FIELDS, open_engine
+from ..models.load_checks import check_device
+from ..models.scoring import check_reward, load_scorer, score_texts
 from .common import chunk_slices, progress_bar, shard_slice
-from .sample import REF_FACTS
+from .sample import REF_FACTS, prompt_list_hash
 
 # Config fields that cannot change the rewards (the engine only says where chunks are computed).
 _SCORE_FREE = ("batch_size", "device", "allow_pickle_weights", "verify", *ENGINE_FIELDS)
@@ -28,8 +30,6 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
 
     The folder is locked for the run (storage.output_lock): a second run into it is refused at once.
     """
-    from ..models.scoring import check_reward
-
     check_reward(cfg.reward_model, cfg.trust_remote_code)  # a bad reward is one line, before anything is read
     with output_lock(cfg.out), open_engine(cfg, ScoreJob(cfg)) as engine:
         return _run_score(cfg, engine, progress)
@@ -43,9 +43,6 @@ class ScoreJob:
         self.cfg = cfg
 
     def load(self) -> dict[str, Any]:
-        from ..models.load_checks import check_device
-        from ..models.scoring import load_scorer
-
         c = self.cfg
         check_device(c.device)  # where the reward runs (with --engine ray: on the worker, not the driver)
         self.scorer = load_scorer(c.reward_model, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
@@ -57,8 +54,6 @@ class ScoreJob:
         return len(chunk["prompt_id"])
 
     def run(self, chunk, bar=None) -> list[list[float]]:
-        from ..models.scoring import score_texts
-
         rewards = score_texts(self.scorer, chunk["prompt"], chunk["completions"], chunk["prompt_id"])
         if bar is not None:
             bar.update(self.count(chunk))
@@ -88,8 +83,6 @@ def _run_score(cfg: ScoreConfig, engine, progress: bool) -> dict[str, Any]:
         return read_manifest(cfg.out)
     # The list this run's part is cut from: the whole input when sharding here, else the samples run's list.
     if shard:
-        from .sample import prompt_list_hash
-
         whole = {"prompt_list_hash": prompt_list_hash(samples["prompt_id"]), "prompt_list_size": len(samples)}
     else:
         whole = {key: upstream.get(key) for key in ("prompt_list_hash", "prompt_list_size")}

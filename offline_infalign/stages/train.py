@@ -50,18 +50,29 @@ from ..artifacts.checkpoints import (
     run_config,
     start_run,
 )
-from ..artifacts.fingerprint import fingerprint_model
-from ..artifacts.storage import write_json_atomic
+from ..artifacts.fingerprint import fingerprint_model, fingerprint_tokenizer
+from ..artifacts.output_folder import disk_full_as_one_line
+from ..artifacts.storage import load_artifact, output_lock, write_json_atomic
 from ..artifacts.training_record import TRAIN_INFO
+from ..config import config_to_dict
 from ..core.checks import check_beta
 from ..core.errors import InfalignError
 from ..core.losses import get_loss
 from ..core.tradeoff import log_partition
+from ..core.transforms import Transform
 from ..kinds import get_kind
 from ..models import modeling
+from ..models.modeling import load_tokenizer
+from ..models.preflight import check_model
 from ..models.tokenization import tokenize_dataset
 from ..training.guard import NonFiniteGuard, progress_closed_on_error
-from ..training.reference import choose_reference
+from ..training.reference import (
+    check_stored_reference,
+    choose_reference,
+    decide_reference,
+    reference_tolerance,
+    same_model,
+)
 from ..training.trainer import InfalignTrainer
 
 __all__ = ["make_trainer", "train", "TrainerInfo"]
@@ -72,7 +83,6 @@ logger = logging.getLogger(__name__)
 def _load_dataset(path: str, split: str, verify: bool | None = None):
     from datasets import DatasetDict
 
-    from ..artifacts.storage import load_artifact
 
     data, manifest = load_artifact(path, stage="prepared", verify=verify)
     if isinstance(data, DatasetDict):
@@ -83,8 +93,6 @@ def _load_dataset(path: str, split: str, verify: bool | None = None):
 
 
 def _transform_from_manifest(manifest: dict, loss: str):
-    from ..core.transforms import Transform
-
     name = manifest.get("transform")
     if not name:
         raise InfalignError(f"the dataset manifest names no transform; the {loss} loss needs it for log Z")
@@ -146,17 +154,12 @@ def _check_stored_ids_model(dataset, kind, manifest: dict, cfg, fingerprint: str
     """Stored token ids are the sampling tokenizer's: training another model on them is right only when its
     tokenizer gives each id the same token. With the sampler's `tokenizer_fingerprint` in the manifest that is
     checked (fingerprint.fingerprint_tokenizer) before the model loads; without it, a warning."""
-    from ..training.reference import same_model
-
     stored = [c for c in ("prompt_ids", *kind.id_columns.values()) if c in dataset.column_names]
     sampled_with = manifest.get("tokenizer") or manifest.get("model")
     if not stored or (manifest.get("model_fingerprint") and fingerprint == manifest["model_fingerprint"]):
         return  # no ids, or the very files the samples were drawn with, tokenizer included
     recorded = manifest.get("tokenizer_fingerprint")
     if recorded:
-        from ..artifacts.fingerprint import fingerprint_tokenizer
-        from ..models.modeling import load_tokenizer
-
         mine = fingerprint_tokenizer(load_tokenizer(cfg.model, cfg.trust_remote_code))
         if mine != recorded:
             raise InfalignError(f"the dataset's token ids ({', '.join(stored)}) were made by tokenizer "
@@ -307,7 +310,6 @@ def _check_reference(cfg, model, dataset, kind, pad_token_id: int, reference: st
     the trainer runs them; returns (reference, reason, the check's record for infalign_train.json)."""
     import contextlib
 
-    from ..training.reference import check_stored_reference, decide_reference, reference_tolerance
 
     tolerance = cfg.reference_tolerance if cfg.reference_tolerance is not None else reference_tolerance(weights_dtype)
     # The policy with its adapter disabled is the base model; full fine-tuning has not changed its weights yet.
@@ -336,9 +338,6 @@ def train(cfg) -> Path:
     complete checkpoint; another config is refused (checkpoints.py). The main process locks OUT for the run.
     """
 
-    from ..artifacts.output_folder import disk_full_as_one_line
-    from ..artifacts.storage import output_lock
-    from ..models.preflight import check_model
 
     check_model(cfg.model, "model", cfg.trust_remote_code)  # a bad path is one line, before anything is read
     with output_lock(cfg.out) if _is_main_process() else disk_full_as_one_line(cfg.out):
@@ -346,8 +345,6 @@ def train(cfg) -> Path:
 
 
 def _train(cfg) -> Path:
-    from ..config import config_to_dict
-
     out = Path(cfg.out)
     config = _run_config(cfg)
     state = check_folder(out, config, explicit=cfg.resume_from_checkpoint is not None)

@@ -25,6 +25,7 @@ import numpy as np
 from ..core.errors import InfalignError
 from ..core.losses import get_loss
 from ..kinds import get_kind
+from ..models.sampling import forward_ref_logps
 
 __all__ = ["choose_reference", "same_model", "check_stored_reference", "decide_reference", "reference_tolerance",
            "CHECK_SEQUENCES"]
@@ -117,7 +118,6 @@ def check_stored_reference(model, dataset, kind, pad_token_id: int, num_sequence
     """
     import torch
 
-    from ..models.sampling import forward_ref_logps
 
     rng = np.random.default_rng(seed)
     picked = sorted(int(i) for i in rng.choice(len(dataset), size=min(num_sequences, len(dataset)), replace=False))
