@@ -1,4 +1,5 @@
-"""The training record `infalign_train.json` that `infalign train` writes into the adapter folder, read back.
+"""The training record `infalign_train.json` that `infalign train` writes into the adapter folder, read back, and
+the model card (README.md) written beside it.
 
 The writer (stages/train.py) imports `TRAIN_INFO` from here, so the file name lives in one place. Evaluation
 reads the record to fill what its command line left out: base model, judge (and its reward label), prompts,
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES
 from ..core.transforms import Transform, parse_transform
@@ -30,7 +32,8 @@ from ..models.scorers import SCORERS
 from .fingerprint import fingerprint_model
 from .report import default_ns
 
-__all__ = ["TRAIN_INFO", "EvalSettings", "read_training_info", "resolve_settings", "names_code"]
+__all__ = ["TRAIN_INFO", "EvalSettings", "read_training_info", "resolve_settings", "names_code", "model_card",
+           "dataset_warnings"]
 
 TRAIN_INFO = "infalign_train.json"
 
@@ -184,3 +187,55 @@ def _transform(cfg, info, manifest) -> Transform | None:
         return None
     tilt = _first(info.get("tilt"), manifest.get("tilt"))
     return parse_transform(name) if ":" in str(name) else Transform(str(name), tilt)
+
+
+def model_card(cfg, manifest: dict, beta: float, reference: str, metrics: dict) -> str:
+    """The README.md train writes beside the adapter: what it was trained on and with, and the dataset's warnings."""
+    transform = manifest.get("transform")
+    tilt = manifest.get("tilt")
+    full = cfg.full_finetune  # a whole model folder, not an adapter
+    lines = [
+        "---",
+        f"library_name: {'transformers' if full else 'peft'}",
+        f"base_model: {cfg.model}",
+        f"tags: [offline-infalign, {'full-finetune' if full else 'lora'}, infalign]",
+        "---",
+        "",
+        f"# InfAlign {'model' if full else 'adapter'} for `{cfg.model}`",
+        "",
+        f"{'Fully fine-tuned model' if full else 'LoRA adapter'} trained offline with "
+        "[offline-infalign](https://arxiv.org/abs/2412.19792) to approximate the "
+        "tilted policy π* ∝ π_ref · exp(Φ(C)/β) (C: calibrated reward, Φ: transform).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| dataset | `{Path(cfg.dataset).resolve()}` (manifest: `{Path(cfg.dataset).resolve() / 'manifest.json'}`) |",
+        f"| dataset kind | {manifest.get('kind')} |",
+        f"| transform | {transform} |",
+        f"| tilt | {tilt} |",
+        f"| beta | {beta} |",
+        f"| loss | {cfg.loss} |",
+        f"| procedure / n | {manifest.get('procedure')} / {manifest.get('n')} |",
+        f"| reward model | {manifest.get('reward_model')} |",
+        f"| reference log-probs | {reference} |",
+        "| LoRA | none: full fine-tuning |" if cfg.full_finetune else
+        f"| LoRA | r={cfg.lora_r}, alpha={cfg.lora_alpha or 2 * cfg.lora_r}, dropout={cfg.lora_dropout}, "
+        f"targets={', '.join(cfg.target_modules)}{', QLoRA nf4' if cfg.qlora else ''} |",
+        f"| offline-infalign | {__version__} |",
+        "",
+        "Load it with `offline_infalign.models.modeling.load_adapted(base_model, adapter_dir)`; evaluate it with "
+        "`infalign eval --policy <this folder>`.",
+        "",
+        "Final training metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
+                                              if isinstance(v, (int, float))),
+        "",
+    ]
+    warnings = dataset_warnings(manifest)
+    if warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
+    return "\n".join(lines)
+
+
+def dataset_warnings(manifest: dict) -> list[str]:
+    """The dataset manifest's warnings (prepare writes them: tempered samples, β or K too small)."""
+    return [str(w) for w in manifest.get("warnings") or []]

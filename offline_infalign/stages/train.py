@@ -53,7 +53,7 @@ from ..artifacts.checkpoints import (
 from ..artifacts.fingerprint import fingerprint_model, fingerprint_tokenizer
 from ..artifacts.output_folder import disk_full_as_one_line
 from ..artifacts.storage import load_artifact, output_lock, write_json_atomic
-from ..artifacts.training_record import TRAIN_INFO
+from ..artifacts.training_record import TRAIN_INFO, dataset_warnings, model_card
 from ..config import config_to_dict
 from ..core.checks import check_beta
 from ..core.errors import InfalignError
@@ -97,57 +97,6 @@ def _transform_from_manifest(manifest: dict, loss: str):
     if not name:
         raise InfalignError(f"the dataset manifest names no transform; the {loss} loss needs it for log Z")
     return Transform(name, manifest.get("tilt"))
-
-
-def _model_card(cfg, manifest: dict, beta: float, reference: str, metrics: dict) -> str:
-    transform = manifest.get("transform")
-    tilt = manifest.get("tilt")
-    full = cfg.full_finetune  # a whole model folder, not an adapter
-    lines = [
-        "---",
-        f"library_name: {'transformers' if full else 'peft'}",
-        f"base_model: {cfg.model}",
-        f"tags: [offline-infalign, {'full-finetune' if full else 'lora'}, infalign]",
-        "---",
-        "",
-        f"# InfAlign {'model' if full else 'adapter'} for `{cfg.model}`",
-        "",
-        f"{'Fully fine-tuned model' if full else 'LoRA adapter'} trained offline with "
-        "[offline-infalign](https://arxiv.org/abs/2412.19792) to approximate the "
-        "tilted policy π* ∝ π_ref · exp(Φ(C)/β) (C: calibrated reward, Φ: transform).",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| dataset | `{Path(cfg.dataset).resolve()}` (manifest: `{Path(cfg.dataset).resolve() / 'manifest.json'}`) |",
-        f"| dataset kind | {manifest.get('kind')} |",
-        f"| transform | {transform} |",
-        f"| tilt | {tilt} |",
-        f"| beta | {beta} |",
-        f"| loss | {cfg.loss} |",
-        f"| procedure / n | {manifest.get('procedure')} / {manifest.get('n')} |",
-        f"| reward model | {manifest.get('reward_model')} |",
-        f"| reference log-probs | {reference} |",
-        "| LoRA | none: full fine-tuning |" if cfg.full_finetune else
-        f"| LoRA | r={cfg.lora_r}, alpha={cfg.lora_alpha or 2 * cfg.lora_r}, dropout={cfg.lora_dropout}, "
-        f"targets={', '.join(cfg.target_modules)}{', QLoRA nf4' if cfg.qlora else ''} |",
-        f"| offline-infalign | {__version__} |",
-        "",
-        "Load it with `offline_infalign.models.modeling.load_adapted(base_model, adapter_dir)`; evaluate it with "
-        "`infalign eval --policy <this folder>`.",
-        "",
-        "Final training metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
-                                              if isinstance(v, (int, float))),
-        "",
-    ]
-    warnings = _warnings(manifest)
-    if warnings:
-        lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
-    return "\n".join(lines)
-
-
-def _warnings(manifest: dict) -> list[str]:
-    """The dataset manifest's warnings (prepare writes them: tempered samples, β or K too small)."""
-    return [str(w) for w in manifest.get("warnings") or []]
 
 
 def _check_stored_ids_model(dataset, kind, manifest: dict, cfg, fingerprint: str | None) -> None:
@@ -250,7 +199,7 @@ def _dataset_at_beta(cfg, spec, kind):
         raise InfalignError(f"loss {cfg.loss!r} trains on a {kind.name!r} dataset, but {cfg.dataset!r} is "
                             f"kind={manifest.get('kind')!r}")
     kind.check_columns(dataset.column_names, spec)
-    for warning in _warnings(manifest):  # once per run; the model card and the training record repeat them
+    for warning in dataset_warnings(manifest):  # once per run; the model card and the training record repeat them
         logger.warning("dataset %s: %s", cfg.dataset, warning)
     beta = cfg.beta if cfg.beta is not None else manifest.get("beta")
     if beta is None:
@@ -369,7 +318,7 @@ def _train(cfg) -> Path:
     trainer.save_model(str(out))  # (main process only)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
-        (out / "README.md").write_text(_model_card(cfg, manifest, beta, reference, metrics))
+        (out / "README.md").write_text(model_card(cfg, manifest, beta, reference, metrics))
         record = {
             "config": config_to_dict(cfg),
             "dataset_manifest": manifest,
@@ -394,7 +343,7 @@ def _train(cfg) -> Path:
             # the group forward's first-batch decision (packed, or per row with the reason / measured gap)
             "packed_check": trainer.packed_check.as_dict() if trainer.packed_check else None,
             "log_z": info.log_z,
-            "warnings": _warnings(manifest),
+            "warnings": dataset_warnings(manifest),
             "global_step": trainer.state.global_step,
             "world_size": trainer.args.world_size,
             "total_train_batch_size": trainer.args.world_size * trainer.args.per_device_train_batch_size
