@@ -303,7 +303,7 @@ def section_sampling(ctx) -> list[tuple]:
     del model
     _free()
     try:
-        from offline_infalign.models.sampling import load_vllm, sample_completions_vllm
+        from offline_infalign.models.vllm_sampling import load_vllm, sample_completions_vllm
 
         llm = load_vllm(str(ctx.folder), dtype="bfloat16" if ctx.bf16 else "float32", max_model_len=1024)
     except ImportError as exc:
