@@ -82,9 +82,10 @@ def model_folder(toy: bool, root: Path) -> tuple[Path, str]:
         from tests.tiny_models import tiny_causal_lm, tiny_tokenizer
 
         tok = tiny_tokenizer()
+        # head_dim 32: vLLM's CPU attention kernels take 32..512, so the toy run exercises the vLLM row too
         model = tiny_causal_lm(tok, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               max_position_embeddings=256)
-        desc = "toy Llama (hidden 64, 2 layers, 65-word vocabulary), random init"
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256)
+        desc = "toy Llama (hidden 64, head_dim 32, 2 layers, 65-word vocabulary), random init"
     else:
         from real.gemma import _MARKER, cache_dir
 
@@ -305,7 +306,9 @@ def section_sampling(ctx) -> list[tuple]:
     try:
         from offline_infalign.models.vllm_sampling import load_vllm, sample_completions_vllm
 
-        llm = load_vllm(str(ctx.folder), dtype="bfloat16" if ctx.bf16 else "float32", max_model_len=1024)
+        # the toy model knows 256 positions; vLLM refuses a max_model_len above the model's own
+        llm = load_vllm(str(ctx.folder), dtype="bfloat16" if ctx.bf16 else "float32",
+                        max_model_len=None if ctx.toy else 1024)
     except ImportError as exc:
         rows.append(("sampling", "vLLM", f"skipped: not installed ({exc.name})", ""))
         return rows
