@@ -76,10 +76,11 @@ def test_small_k_costs_the_exp_tilt_more_than_identity():
 
 
 def test_bad_input_and_unreachable_kl():
-    with pytest.raises(InfalignError, match="K must be an integer >= 2, got 1"):
+    with pytest.raises(InfalignError, match=r"^num_samples K must be an integer >= 2 \(completions per "
+                                            r"prompt\), got 1$"):
         finite_k_tilt(Transform("identity"), 0.5, 1)
     with pytest.raises(InfalignError, match="procedure must be 'bon' or 'won', got 'mean'"):
         finite_k_tilt(Transform("identity"), 0.5, 4, "mean")
-    with pytest.raises(InfalignError, match="beta must be > 0, got 0"):
+    with pytest.raises(InfalignError, match="^beta must be a finite number > 0, got 0$"):
         finite_k_tilt(Transform("identity"), 0, 4)
     assert finite_k_at_kl(Transform("identity"), 10.0, 8) is None  # above log 8

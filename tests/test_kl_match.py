@@ -61,8 +61,18 @@ def test_finite_k_beta_values_and_large_k_limit():
 def test_unreachable_budget_names_it():
     with pytest.raises(InfalignError, match=r"kl=3\.5 .*K=32.*log K = 3\.466"):
         finite_k_beta(EXP, 3.5, 32)
-    with pytest.raises(InfalignError, match="K must be an integer >= 2"):
+    with pytest.raises(InfalignError, match=r"^num_samples K must be an integer >= 2 \(completions per "
+                                            r"prompt\), got 1$"):
         finite_k_beta(EXP, 0.3, 1)
+
+
+def test_a_bad_try_is_named():
+    with pytest.raises(InfalignError, match=r"^the last try Try\(beta=0\.0, kl=0\.5\): beta must be a finite number "
+                                            r"> 0, got 0\.0$"):
+        next_beta(IDENTITY, 0.3, 32, [Try(0.0, 0.5)])
+    with pytest.raises(InfalignError, match=r"^the last try Try\(beta=0\.3, kl=nan\): its measured KL must be "
+                                            r"finite, got nan$"):
+        next_beta(IDENTITY, 0.3, 32, [Try(0.3, float("nan"))])
 
 
 @pytest.mark.parametrize("transform,beta", [(IDENTITY, 0.34), (EXP, 0.37), (EXP, 0.05), (Transform("log"), 0.8)])

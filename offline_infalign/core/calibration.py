@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from .checks import check_finite
+from .checks import check_finite, check_num_samples
 from .errors import InfalignError
 
 __all__ = ["calibrate", "calibrate_against"]
@@ -45,9 +45,7 @@ def calibrate(rewards) -> np.ndarray:
     """
     r = _as_float(rewards, "rewards")
     _check(r, "rewards")
-    k = r.shape[-1]
-    if k < 2:
-        raise InfalignError(f"calibration needs num_samples K >= 2 per prompt, got K={k}")
+    k = check_num_samples(r.shape[-1], what="rewards per prompt: the last axis")
     # With average (mid) ranks R in 1..K: #{r_j < r_i} + ½ #{r_j = r_i} = R − ½ (i counts itself once).
     # rankdata is vectorized along the axis; it runs on blocks of ~0.5M values so its several temporaries stay
     # small and are reused (one call on 100k × 64 allocates ~50 MB per temporary; first calls were up to 2x slower).
@@ -75,9 +73,7 @@ def calibrate_against(rewards, reference) -> np.ndarray:
     ref = _as_float(reference, "reference rewards")
     _check(r, "rewards")
     _check(ref, "reference rewards")
-    k = ref.shape[-1]
-    if k < 2:
-        raise InfalignError(f"calibration needs num_samples K >= 2 reference rewards per prompt, got K={k}")
+    k = check_num_samples(ref.shape[-1], what="reference rewards per prompt: the last axis")
     if r.shape[:-1] != ref.shape[:-1]:
         raise InfalignError(
             f"rewards with leading shape {r.shape[:-1]} do not match reference rewards {ref.shape[:-1]}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
 from .errors import InfalignError
 
-__all__ = ["check_finite", "check_positive", "check_beta", "decode_utf8"]
+__all__ = ["check_finite", "check_positive", "check_beta", "check_num_samples", "decode_utf8"]
 
 
 def check_finite(values, what: str, ids: Sequence | None = None, hint: str = "") -> np.ndarray:
@@ -44,9 +45,36 @@ def check_positive(value, what: str, name: str | None = None) -> float:
     return v
 
 
-def check_beta(beta) -> float:
-    """β as a finite float > 0 (the KL coefficient), checked once where it enters a computation."""
-    return check_positive(beta, "beta", name="beta")
+def _prefix(owner: str | None) -> str:
+    return f"{owner}: " if owner else ""
+
+
+def check_beta(beta, owner: str | None = None) -> float:
+    """β, the KL coefficient, as a float: a finite real number > 0; InfalignError otherwise.
+
+    The package's one check of β (docs/design.md, "β and K are checked where they enter"): every place β
+    enters — a config, a core function, `prepare`, `InfalignTrainer`, a β read from a manifest — calls it, so
+    the message has one wording, "OWNER: beta must be a finite number > 0, got X". A bool, a string (even "0.5":
+    a config's text is made a number before it gets here), NaN, ±inf, 0 and negatives are refused.
+    """
+    if isinstance(beta, numbers.Real) and not isinstance(beta, bool):
+        value = float(beta)
+        if math.isfinite(value) and value > 0:
+            return value
+    raise InfalignError(f"{_prefix(owner)}beta must be a finite number > 0, got {beta!r}")
+
+
+def check_num_samples(k, owner: str | None = None, what: str = "completions per prompt") -> int:
+    """K, the number of base samples per prompt, as an int >= 2 (calibration ranks a completion among the
+    others: one sample has no rank); InfalignError otherwise.
+
+    The package's one check of K: "OWNER: num_samples K must be an integer >= 2 (WHAT), got X", where `what`
+    says what K counts at that place (completions per prompt, rewards per prompt, completions in a listwise group).
+    A bool or a float (2.0 too) is not an integer; numpy integers are.
+    """
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 2:
+        return int(k)
+    raise InfalignError(f"{_prefix(owner)}num_samples K must be an integer >= 2 ({what}), got {k!r}")
 
 
 def decode_utf8(data: bytes, what: str, fix: str = "save it as UTF-8") -> str:

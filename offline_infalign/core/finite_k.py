@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
-from .checks import check_positive
+from .checks import check_beta, check_num_samples, check_positive
 from .errors import InfalignError
 from .procedures import Procedure, check_n, get_procedure
 from .transforms import Transform
@@ -52,14 +52,18 @@ class FiniteK:
 
 
 def _check(k, procedure, n) -> tuple[Procedure, int]:
-    _check_k(k)
+    check_num_samples(k)
     return get_procedure(procedure), check_n(n)
 
 
 def sample_weights(transform: Transform, beta: float, k: int) -> np.ndarray:
     """w_i ∝ exp(Φ(c_i)/β) over the K ranks, c_i = (i − ½)/K, shape (K,), ascending in reward."""
-    if not beta > 0:
-        raise InfalignError(f"beta must be > 0, got {beta!r}")
+    return _weights(transform, check_beta(beta), check_num_samples(k))
+
+
+def _weights(transform: Transform, beta: float, k: int) -> np.ndarray:
+    # Unchecked: the public functions check β and K once at their entry; finite_k_beta's search calls this with
+    # β = e^x from its bracket many times.
     logits = transform((np.arange(1, k + 1) - 0.5) / k) / beta
     w = np.exp(logits - logits.max())
     return w / w.sum()
@@ -75,7 +79,8 @@ def finite_k_tilt(transform: Transform, beta: float, k: int, procedure: str = "b
                   draws: int = 4000, seed: int = 0) -> FiniteK:
     """Win rate and KL of the tilt restricted to K samples (module docstring), `draws` Monte Carlo draws."""
     proc, n = _check(k, procedure, n)
-    w = sample_weights(transform, beta, k)
+    beta, k = check_beta(beta), int(k)
+    w = _weights(transform, beta, k)
     cdf = np.cumsum(w)[:-1]  # (K−1,) F on [U_(i), U_(i+1))
     u = np.sort(np.random.default_rng(seed).random((draws, k)), axis=1)  # (D, K)
     wins = proc.finite_k_win_rate(cdf, u, n)  # (D,)
@@ -84,8 +89,7 @@ def finite_k_tilt(transform: Transform, beta: float, k: int, procedure: str = "b
 
 def restricted_kl(transform: Transform, beta: float, k: int) -> float:
     """Σ w log(K w): the KL of the tilt restricted to K samples against the K-sample empirical base."""
-    _check_k(k)
-    return _kl(sample_weights(transform, beta, int(k)))
+    return _kl(sample_weights(transform, beta, k))
 
 
 def kl_elasticity(transform: Transform, beta: float, k: int) -> float:
@@ -95,21 +99,14 @@ def kl_elasticity(transform: Transform, beta: float, k: int) -> float:
     d KL / d log β = −a² Var_w(Φ). s ≈ 2 for a gentle tilt (KL ≈ Var(Φ)/(2β²)), less once the weights
     concentrate on the top samples and KL nears its ceiling log K.
     """
-    _check_k(k)
-    if not beta > 0:
-        raise InfalignError(f"beta must be > 0, got {beta!r}")
-    w = sample_weights(transform, beta, int(k))
-    phi = transform((np.arange(1, int(k) + 1) - 0.5) / int(k))
+    beta, k = check_beta(beta), check_num_samples(k)
+    w = _weights(transform, beta, k)
+    phi = transform((np.arange(1, k + 1) - 0.5) / k)
     var = float(np.sum(w * (phi - np.sum(w * phi)) ** 2))
     kl = _kl(w)
     if not kl > 0:
         raise InfalignError(f"the restricted tilt {transform} at beta={beta:g} has KL 0; no elasticity")
     return var / (beta * beta * kl)
-
-
-def _check_k(k) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-        raise InfalignError(f"num_samples K must be an integer >= 2, got {k!r}")
 
 
 # The restricted KL is searched over β in [e^-15, e^15]: wider than any β the tradeoff tool gives (1e-6 ... 1e6).
@@ -123,11 +120,11 @@ def finite_k_beta(transform: Transform, kl: float, k: int) -> float:
     exact tilt's β (tradeoff.beta_for_kl) is larger. Raises InfalignError when no β reaches `kl`: the restricted
     KL is below log K (all weight on the top sample), and a transform flat at the top may stay further below.
     """
-    _check_k(k)
+    k = check_num_samples(k)
     kl = check_positive(kl, "KL budget (nats)", name="kl")
 
     def gap(log_beta: float) -> float:
-        return _kl(sample_weights(transform, float(np.exp(log_beta)), int(k))) - kl
+        return _kl(_weights(transform, float(np.exp(log_beta)), k)) - kl
 
     lo, hi = _LOG_BETA_RANGE
     g_lo, g_hi = gap(lo), gap(hi)

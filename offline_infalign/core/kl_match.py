@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .checks import check_positive
+from .checks import check_beta, check_positive
 from .errors import InfalignError
 from .finite_k import finite_k_beta, kl_elasticity
 from .transforms import Transform
@@ -67,8 +67,9 @@ def next_beta(transform: Transform, kl: float, k: int, tries: Sequence[Try], tol
     last = tries[-1]
     if abs(last.kl - kl) <= tolerance or len(tries) > max_corrections:
         return None
-    if not (math.isfinite(last.beta) and last.beta > 0 and math.isfinite(last.kl)):
-        raise InfalignError(f"a try must have a finite beta > 0 and a finite measured KL, got {last}")
+    check_beta(last.beta, f"the last try {last}")
+    if not math.isfinite(last.kl):
+        raise InfalignError(f"the last try {last}: its measured KL must be finite, got {last.kl!r}")
     s_model = kl_elasticity(transform, last.beta, k)
     slope = s_model
     if len(tries) >= 2:

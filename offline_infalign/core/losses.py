@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .checks import check_num_samples
 from .errors import InfalignError
 
 if TYPE_CHECKING:
@@ -126,11 +127,10 @@ def ipo(chosen_logratios: Tensor, rejected_logratios: Tensor, target_margin: Ten
 
 
 def _check_group(mask: torch.Tensor) -> None:
+    # One sync per call (as any `if` on a tensor); the smallest group is named only when one is too small.
     counts = mask.sum(-1)
     if bool((counts < 2).any()):
-        raise InfalignError(
-            f"a listwise group has {int(counts.min())} completion(s); every group needs at least 2"
-        )
+        check_num_samples(int(counts.min()), "listwise loss", what="completions in a group")
 
 
 def _group_metrics(logratios: Tensor, targets: Tensor, mask: Tensor, beta: float) -> Metrics:

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from . import density as D
-from .checks import check_positive
+from .checks import check_beta, check_positive
 from .density import BETA_MAX, BETA_MIN
 from .errors import InfalignError
 from .optimum import Optimum, ascend, optimal_from
@@ -47,17 +47,6 @@ def _check_procedure(procedure: str, n) -> tuple[Procedure, int]:
     return get_procedure(procedure), check_n(n)
 
 
-def _check_beta(beta) -> float:
-    # Worded as tests/test_tradeoff.py pins it ("finite and > 0"), unlike check_positive's "a finite number".
-    try:
-        b = float(beta)
-    except (TypeError, ValueError):
-        raise InfalignError(f"beta must be a number > 0, got {beta!r}") from None
-    if not (np.isfinite(b) and b > 0):
-        raise InfalignError(f"beta must be finite and > 0, got {beta!r}")
-    return b
-
-
 def _check_kl(kl) -> float:
     return check_positive(kl, "KL budget (nats)", name="kl")
 
@@ -86,30 +75,30 @@ def predict(transform: Transform, beta: float, procedure: str = "bon", n: int = 
     """KL, standard win rate and BoN/WoN win rate of the tilt exp(Φ/β) (docs/math.md §4)."""
     transform = _check_transform(transform)
     proc, n = _check_procedure(procedure, n)
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     d = D.tilted(transform, beta)
     return Prediction(transform, beta, D.kl(d), D.win_rate(d, proc, n), D.standard_win_rate(d), proc.name, n)
 
 
 def kl_divergence(transform: Transform, beta: float) -> float:
     """KL(π ‖ π_ref) = ∫ f log f of the tilt (docs/math.md §4), in nats."""
-    return D.kl(D.tilted(_check_transform(transform), _check_beta(beta)))
+    return D.kl(D.tilted(_check_transform(transform), check_beta(beta)))
 
 
 def standard_win_rate(transform: Transform, beta: float) -> float:
     """∫ u f(u) du: the N = 1 win rate against the base model (docs/math.md §4)."""
-    return D.standard_win_rate(D.tilted(_check_transform(transform), _check_beta(beta)))
+    return D.standard_win_rate(D.tilted(_check_transform(transform), check_beta(beta)))
 
 
 def win_rate(transform: Transform, beta: float, procedure: str = "bon", n: int = 4) -> float:
     """Best-of-N or worst-of-N win rate of the tilt against the base model under the same procedure (docs/math.md §4)."""
     proc, n = _check_procedure(procedure, n)
-    return D.win_rate(D.tilted(_check_transform(transform), _check_beta(beta)), proc, n)
+    return D.win_rate(D.tilted(_check_transform(transform), check_beta(beta)), proc, n)
 
 
 def log_partition(transform: Transform, beta: float) -> float:
     """log Z, Z = ∫₀¹ exp(Φ(u)/β) du (the constant of the pointwise loss, docs/math.md §6)."""
-    return D.tilted(_check_transform(transform), _check_beta(beta)).log_z
+    return D.tilted(_check_transform(transform), check_beta(beta)).log_z
 
 
 def beta_for_kl(transform: Transform, kl: float) -> float:
