@@ -1,5 +1,7 @@
 """core/checks.py: the one check of β and the one check of K, each with one wording, against hand-written values."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,46 @@ def test_check_num_samples_returns_an_int(good):
     out = check_num_samples(good)
     assert out == int(good) and type(out) is int
 
+
+def test_no_other_beta_or_k_wording_in_the_package():
+    # Every check of β and K goes through these two functions: no hand-written message is left beside them.
+    import pathlib
+
+    import offline_infalign
+
+    root = pathlib.Path(offline_infalign.__file__).parent
+    pattern = re.compile(r"beta must be (?!given)|K >= 2|needs at least 2|num_samples.{0,8}must be an integer >= 2")
+    found = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py")) if p.name != "checks.py"
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert found == []
+
+
+def _configs():
+    from offline_infalign.config.data import BuildConfig, PrepareConfig, SampleConfig
+    from offline_infalign.config.demo import DemoConfig
+    from offline_infalign.config.evaluate import EvalConfig
+    from offline_infalign.config.tradeoff import TradeoffConfig
+    from offline_infalign.config.train import TrainConfig
+
+    build = dict(prompts="p", model="m", reward_model="r", out="o", transform="identity")
+    beta = "beta must be a finite number > 0, got"
+    k = "num_samples K must be an integer >= 2 (completions per prompt), got"
+    return [
+        (PrepareConfig, dict(input="i", out="o", transform="identity", beta=0.0), f"prepare: {beta} 0.0"),
+        (BuildConfig, dict(build, beta=-1.0), f"prepare: {beta} -1.0"),
+        (TrainConfig, dict(dataset="d", model="m", loss="dpo", out="o", beta=float("nan")), f"train: {beta} nan"),
+        (EvalConfig, dict(policy=["a"], out="o", beta=0.0), f"eval: {beta} 0.0"),
+        (TradeoffConfig, dict(transform="identity", beta=True), f"tradeoff: {beta} True"),
+        (SampleConfig, dict(prompts="p", model="m", out="o", num_samples=1), f"sample: {k} 1"),
+        (BuildConfig, dict(build, beta=0.5, num_samples=True), f"sample: {k} True"),
+        (TradeoffConfig, dict(transform="identity", beta=0.5, num_samples=1), f"tradeoff: {k} 1"),
+        (DemoConfig, dict(out="o", num_samples=0), f"demo: {k} 0"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_each_config_checks_beta_and_k_with_the_one_wording(i):
+    cls, kwargs, message = _configs()[i]
+    with pytest.raises(InfalignError) as exc:
+        cls(**kwargs)
+    assert str(exc.value) == message

@@ -112,7 +112,7 @@ def test_yaml_config_and_unknown_key(assets, tmp_path, capsys):
 def test_bad_inputs_each_give_one_clear_line(assets, tmp_path, capsys):
     base = ["sample", "--model", assets["lm"], "--max-new-tokens", "3", "--device", "cpu"]
     err = _error(capsys, base + ["--prompts", assets["prompts"], "--num-samples", "1", "--out", str(tmp_path / "k")])
-    assert "num_samples must be an integer >= 2, got 1" in err
+    assert err.endswith("sample: num_samples K must be an integer >= 2 (completions per prompt), got 1")
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"prompt": "the cat"}\n{"prompt": "the cat"}\n')
     err = _error(capsys, base + ["--prompts", str(dup), "--out", str(tmp_path / "d")])

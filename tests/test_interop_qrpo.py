@@ -247,7 +247,8 @@ def test_bad_input_is_one_line(model, tmp_path, capsys):
     assert "row 0: prompts with tool definitions (tools) cannot be imported" in line(_write(tmp_path, verl))
     one = [dict(r, offline_trajectories=r["offline_trajectories"][:1], offline_rewards=r["offline_rewards"][:1],
                 ref_rewards=r["offline_rewards"][:1]) for r in _fixture_rows("verl")]
-    assert "has 1 completion(s); calibration needs K >= 2" in line(_write(tmp_path, one))
+    assert line(_write(tmp_path, one)).endswith("row 0 (prompt_id up-0001): num_samples K must be an integer >= 2 "
+                                              "(completions per prompt), got 1")
     assert f"input file {str(tmp_path / 'missing.jsonl')!r} does not exist" in line(tmp_path / "missing.jsonl")
     broken = tmp_path / "broken.jsonl"
     broken.write_text((FIXTURES / "verl.jsonl").read_text().replace('"prompt_id": "up-0002"', '"prompt_id": up-0002'))

@@ -198,7 +198,7 @@ def test_long_prompts_in_the_pipeline(assets, tmp_path):
 
 def test_build_config_checks():
     base = {"prompts": "p.jsonl", "model": "m", "reward_model": "r", "out": "o"}
-    with pytest.raises(InfalignError, match="sample: num_samples must be an integer >= 2, got 1"):
+    with pytest.raises(InfalignError, match=r"^sample: num_samples K must be an integer >= 2 \(completions per prompt\), got 1$"):
         load_config(BuildConfig, None, {**base, "num_samples": 1})
     with pytest.raises(InfalignError, match=r"unknown config key\(s\) in command-line overrides: 'num_sample'"):
         load_config(BuildConfig, None, {**base, "num_sample": 4})

@@ -118,11 +118,12 @@ def test_bad_inputs():
         prepare(datasets.Dataset.from_dict(data), "pairs", Transform("identity"), 1.0)
     k1 = {k: ([[v[0]] for v in vals] if k in ("completions", "rewards", "ref_logps") else vals)
           for k, vals in SCORED.items()}
-    with pytest.raises(InfalignError, match="num_samples K >= 2 .* got K=1"):
+    with pytest.raises(InfalignError, match=r"^prepare: num_samples K must be an integer >= 2 \(completions per "
+                                            r"prompt of the scored dataset\), got 1$"):
         prepare(datasets.Dataset.from_dict(k1), "pairs", Transform("identity"), 1.0)
     with pytest.raises(InfalignError, match="kind 'triples' is not allowed; allowed: pairs, listwise, bon"):
         prepare(_scored(), "triples", Transform("identity"), 1.0)
-    with pytest.raises(InfalignError, match="beta must be > 0, got 0"):
+    with pytest.raises(InfalignError, match="^prepare: beta must be a finite number > 0, got 0$"):
         prepare(_scored(), "bon", Transform("identity"), 0)
 
 

@@ -56,12 +56,27 @@ def test_bad_input_is_one_line_exit_2(data, tmp_path, capsys):
     rc = cli.main(["train", "--dataset", str(data["pairs"]), "--model", str(data["model"]), "--loss", "dpo",
                    "--beta", "-1", "--out", str(tmp_path)])
     assert rc == 2
-    assert "beta must be a finite number > 0, got beta=-1.0" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith("train: beta must be a finite number > 0, got -1.0")
     # `--config FILE` is read like the positional file (the unknown key is found), and two files are refused.
     assert cli.main(["train", "--config", str(cfg)]) == 2
     assert "betaa" in capsys.readouterr().err
     assert cli.main(["train", str(cfg), "--config", str(tmp_path / "other.yaml")]) == 2
     assert "two config files given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [-1.0, "0.5", None])
+def test_a_bad_beta_in_the_manifest_is_named(data, tmp_path, capsys, bad):
+    # Without --beta the run takes the manifest's: a value read from disk is checked where it enters.
+    copy = tmp_path / "pairs"
+    shutil.copytree(data["pairs"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "beta": bad}))
+    assert cli.main(["train", "--dataset", str(copy), "--model", str(data["model"]), "--loss", "dpo",
+                     "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("beta is not given and the dataset manifest has none; pass --beta" if bad is None else
+                        f"train: the manifest of {str(copy)!r}: beta must be a finite number > 0, got {bad!r}")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out" / "infalign_train.json").exists()
 
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from data_builders import source_names
 
+from ..core.checks import check_beta, check_num_samples
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
 from ..core.transforms import TILTED_NAMES, TRANSFORM_NAMES
@@ -113,7 +114,7 @@ class SampleConfig:
         for name in ("prompts", "model", "out"):
             if not getattr(self, name):
                 raise InfalignError(f"{owner}: {name} must be given")
-        positive_int(owner, "num_samples", self.num_samples, 2)
+        check_num_samples(self.num_samples, owner)
         for name in ("max_new_tokens", "batch_size", "chunk_size", "tensor_parallel_size"):
             positive_int(owner, name, getattr(self, name))
         if self.limit is not None:
@@ -274,8 +275,7 @@ class PrepareConfig:
             if self.beta is None:
                 raise InfalignError(f"{owner}: beta must be given with --transform {self.transform} "
                                     "(or use --transform auto with --procedure/--n/--kl)")
-            if not 0 < float(self.beta) < float("inf"):
-                raise InfalignError(f"{owner}: beta must be a finite number > 0, got {self.beta!r}")
+            check_beta(self.beta, owner)
 
 
 @dataclasses.dataclass

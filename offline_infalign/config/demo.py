@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..core.checks import check_num_samples
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
 from .base import field, positive_int, spell
@@ -50,8 +51,7 @@ class DemoConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise InfalignError(f"demo: {name} must be a number > 0, got {value!r}")
-        if not isinstance(self.num_samples, int) or self.num_samples < 2:
-            raise InfalignError(f"demo: num_samples (K) must be an integer >= 2, got {self.num_samples!r}")
+        check_num_samples(self.num_samples, "demo")
         if self.n > self.eval_samples:
             raise InfalignError(f"demo: n={self.n} must be <= eval_samples={self.eval_samples} (docs/math.md §8)")
         if not float(self.kl) > 0:

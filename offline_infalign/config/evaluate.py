@@ -6,6 +6,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from ..core.checks import check_beta
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES, PROCEDURES
 from ..models.scorers import quoted_names
@@ -108,8 +109,8 @@ class EvalConfig:
                 positive_int("eval", "stop_token_ids", i, 0)
         if not 0.0 < float(self.confidence) < 1.0:
             raise InfalignError(f"eval: confidence must be in (0, 1), got {self.confidence!r}")
-        if self.beta is not None and not float(self.beta) > 0.0:
-            raise InfalignError(f"eval: beta must be > 0, got {self.beta!r}")
+        if self.beta is not None:
+            check_beta(self.beta, "eval")
         if self.on_long_prompt not in LONG_PROMPT_POLICIES:
             raise InfalignError(f"eval: on_long_prompt {self.on_long_prompt!r} not allowed; allowed: "
                                 f"{', '.join(LONG_PROMPT_POLICIES)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..core.checks import check_beta, check_num_samples
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURES, get_procedure
 from ..core.transforms import TILTED_NAMES, TRANSFORM_NAMES
@@ -43,12 +44,14 @@ class TradeoffConfig:
         if self.procedure not in list(PROCEDURES):
             raise InfalignError(f"tradeoff: procedure must be one of {', '.join(PROCEDURES)}, got {self.procedure!r}")
         positive_int("tradeoff", "n (best_of_n / worst_of_n)", self.n)
-        for name in ("beta", "kl", "kl_max"):
+        if self.beta is not None:
+            check_beta(self.beta, "tradeoff")
+        for name in ("kl", "kl_max"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
                 raise InfalignError(f"tradeoff: {name} must be a finite number > 0, got {value!r}")
         if self.num_samples is not None:
-            positive_int("tradeoff", "num_samples (K)", self.num_samples, 2)
+            check_num_samples(self.num_samples, "tradeoff")
             if self.optimal:
                 raise InfalignError("tradeoff: --num-samples applies to a transform or --choose, not --optimal")
         if self.optimal and self.choose:

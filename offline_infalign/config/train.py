@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from ..core.checks import check_beta
 from ..core.errors import InfalignError
 from ..core.losses import LOSSES
 from .base import ALLOW_PICKLE_HELP, VERIFY_HELP, field, positive_int
@@ -113,8 +114,8 @@ class TrainConfig:
             raise InfalignError(f"train: unknown loss {self.loss!r}; allowed: {', '.join(_loss_names())}")
         if self.reference not in _REFERENCES:
             raise InfalignError(f"train: reference {self.reference!r} not allowed; allowed: {', '.join(_REFERENCES)}")
-        if self.beta is not None and not (float(self.beta) > 0.0 and float(self.beta) < float("inf")):
-            raise InfalignError(f"train: beta must be a finite number > 0, got beta={self.beta!r}")
+        if self.beta is not None:
+            check_beta(self.beta, "train")
         for name in ("lora_r", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
             positive_int("train", name, getattr(self, name))
         for name in ("max_steps", "save_steps", "max_length", "lora_alpha", "save_total_limit"):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import InfalignError
+from ..core.checks import check_num_samples
 from ..core.losses import kl_estimates
 from .base import Collator, DatasetKind, Rows, ScoredMatrices, floats
 
@@ -67,9 +67,9 @@ class ListwiseKind(DatasetKind):
     def check_rows(self, dataset) -> None:
         short = [i for i, c in enumerate(dataset["completions"]) if len(c) < 2]
         if short:
-            pid = dataset[short[0]].get("prompt_id", short[0])
-            raise InfalignError(f"listwise group {pid!r} has {len(dataset[short[0]]['completions'])} completion(s); "
-                                "every group needs at least 2")
+            row = dataset[short[0]]
+            check_num_samples(len(row["completions"]), f"listwise group {row.get('prompt_id', short[0])!r}",
+                              what="completions in a group")
 
     def collator(self, pad_token_id: int) -> ListwiseCollator:
         return ListwiseCollator(pad_token_id)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..core.calibration import calibrate
-from ..core.checks import check_finite
+from ..core.checks import check_beta, check_finite, check_num_samples
 from ..core.errors import InfalignError
 from ..core.finite_k import finite_k_tilt
 from ..core.procedures import get_procedure
@@ -129,8 +129,7 @@ def prepare(scored, kind: str, transform: Transform, beta: float, test_fraction:
     import datasets
 
     dataset_kind = get_kind(kind)
-    if not beta > 0:
-        raise InfalignError(f"beta must be > 0, got {beta!r}")
+    beta = check_beta(beta, "prepare")
     options = kind_options(dataset_kind, options)
     missing = {"prompt_id", "prompt", "completions", "rewards", "ref_logps"} - set(scored.column_names)
     if missing:
@@ -140,9 +139,7 @@ def prepare(scored, kind: str, transform: Transform, beta: float, test_fraction:
         raise InfalignError("scored dataset has no prompts")
     rewards = _matrix(scored, "rewards", ids)  # (P, K)
     check_finite(rewards, "reward", ids=ids, hint="rewards must be finite: fix the reward model or drop that prompt")
-    k = rewards.shape[1]
-    if k < 2:
-        raise InfalignError(f"calibration needs num_samples K >= 2 completions per prompt, got K={k}")
+    k = check_num_samples(rewards.shape[1], "prepare", what="completions per prompt of the scored dataset")
     warnings = _tied_prompts(rewards, ids, kind)
     test = np.array([is_test_prompt(pid, test_fraction) for pid in ids], dtype=bool)
     if test.all():

@@ -33,6 +33,7 @@ from data_builders import load_rows
 from ..artifacts.fingerprint import fingerprint_model, fingerprint_tokenizer
 from ..artifacts.storage import ChunkStore, base_manifest, output_lock, read_manifest, save_artifact
 from ..config import config_to_dict
+from ..core.checks import check_num_samples
 from ..core.errors import InfalignError
 from ..integrations import get_format
 from ..models.logprobs import ids_logps
@@ -134,9 +135,7 @@ def _scan(fmt, dataset, layout: str, cfg, tokenizer, stop_id: int, context: int 
             (item,) = fmt.read([row], layout, first_row=i)
             where = f"row {i} (prompt_id {item.prompt_id})"
             if k is None:
-                k = len(item.completions)
-                if k < 2:
-                    raise InfalignError(f"{where} has {k} completion(s); calibration needs K >= 2 per prompt")
+                k = check_num_samples(len(item.completions), where)
             elif len(item.completions) != k:
                 raise InfalignError(f"{where} has {len(item.completions)} completions but the first row has {k}; "
                                     "every prompt needs the same number K")

@@ -201,10 +201,12 @@ def _dataset_at_beta(cfg, spec, kind):
     kind.check_columns(dataset.column_names, spec)
     for warning in dataset_warnings(manifest):  # once per run; the model card and the training record repeat them
         logger.warning("dataset %s: %s", cfg.dataset, warning)
-    beta = cfg.beta if cfg.beta is not None else manifest.get("beta")
-    if beta is None:
+    if cfg.beta is not None:
+        beta = float(cfg.beta)  # checked by TrainConfig
+    elif manifest.get("beta") is None:
         raise InfalignError("beta is not given and the dataset manifest has none; pass --beta")
-    beta = check_beta(beta)
+    else:  # read from disk: checked here, where it enters
+        beta = check_beta(manifest["beta"], f"train: the manifest of {cfg.dataset!r}")
     if kind.beta_in_rows and manifest.get("beta") is not None and not math.isclose(beta, float(manifest["beta"])):
         logger.info("beta %g differs from the dataset's %g: recomputing the %s weights", beta, manifest["beta"],
                     kind.name)

@@ -76,7 +76,8 @@ class InfalignTrainer(Trainer):
             if log_z is None:
                 raise InfalignError(f"the {loss} loss needs log_z = log Z(transform, beta)")
             fn = functools.partial(fn, log_z=log_z)
-        self.loss_name, self.loss_fn, self.beta, self.reference = loss, fn, check_beta(beta), reference
+        self.beta = check_beta(beta, "InfalignTrainer")
+        self.loss_name, self.loss_fn, self.reference = loss, fn, reference
         self.group_forward, self.completions_per_forward = group_forward, completions_per_forward
         self._packed: bool | None = None  # decided at the first batch (`check_packed`)
         self.packed_check: PackedCheck | None = None
