@@ -98,3 +98,15 @@ def test_a_registered_scorer_shows_in_help(copy):
           '    "toy": BuiltinScorer("offline_infalign.demo.assets:demo_reward"),')
     for command in ("score", "build", "eval"):
         assert "'toy'" in _shown(_infalign(copy, command, "--help")), command
+
+
+def test_a_registered_format_shows_in_help_and_choices(copy):
+    # A toy format on QRPO's module: its label reaches import's and export's one-line summaries, its name --format.
+    _edit(copy / "offline_infalign/integrations/__init__.py", '    "qrpo": Format(',
+          '    "toy": Format("offline_infalign.integrations.qrpo", label="Toy"),')
+    summary = _shown(_infalign(copy, "--help"))
+    assert "import a reference dataset (QRPO's or Toy's layouts)" in summary, summary
+    assert "write a scored artifact in QRPO's or Toy's layout (qrpo: original or verl; toy: original or verl)" \
+        in summary, summary
+    for command in ("import", "export"):
+        assert re.search(r"format.*\btoy\b", _shown(_infalign(copy, command, "--help"))), command

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from ..config.interop import FORMAT_LABELS, LAYOUTS_HELP
 from ._common import add_command, load
 
 
 def add_parser(subparsers) -> None:
     add_command(
         subparsers, "export", "ExportConfig", run,
-        help="write a scored artifact in QRPO's layout (original or verl)",
+        help=f"write a scored artifact in {FORMAT_LABELS} layout ({LAYOUTS_HELP})",
         description="Write the prompts, their K completion texts and raw rewards in the --format's --layout, as a "
         "`datasets` DatasetDict (datasets.load_from_disk(OUT)[split]) plus manifest.json. The token ids and "
         "ref_logps are not part of those layouts; QRPO calibrates the raw rewards itself.")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 
+from ..config.interop import FORMAT_LABELS
 from ._common import add_command, load
 
 
 def add_parser(subparsers) -> None:
     add_command(
         subparsers, "import", "ImportConfig", run,
-        help="import a reference dataset (QRPO's layouts) as a scored artifact",
+        help=f"import a reference dataset ({FORMAT_LABELS} layouts) as a scored artifact",
         description="Read K reference completions per prompt with raw rewards (--format qrpo: the original layout, "
         "ref_completions + ref_rewards, or the verl layout, prompt_messages + offline_trajectories + offline_rewards) "
         "and write a scored artifact: prompts as given, completion texts encoded with --model's tokenizer (recorded "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..core.errors import InfalignError
-from ..integrations import FORMAT_NAMES, get_format
+from ..integrations import FORMAT_NAMES, FORMATS, get_format
 from .base import (
     ALLOW_PICKLE_HELP,
     DTYPES,
@@ -18,11 +18,13 @@ from .base import (
     spell,
 )
 
-__all__ = ["ImportConfig", "ExportConfig", "LAYOUT_CHOICES", "TOO_LONG_POLICIES"]
+__all__ = ["ImportConfig", "ExportConfig", "LAYOUT_CHOICES", "LAYOUTS_HELP", "FORMAT_LABELS", "TOO_LONG_POLICIES"]
 
 LAYOUT_CHOICES = ("auto", *dict.fromkeys(layout for name in FORMAT_NAMES for layout in get_format(name).LAYOUTS))
 # "qrpo: original or verl": each registered format's layouts, for the --layout help.
-_LAYOUTS_HELP = "; ".join(f"{name}: {spell(get_format(name).LAYOUTS)}" for name in FORMAT_NAMES)
+LAYOUTS_HELP = "; ".join(f"{name}: {spell(get_format(name).LAYOUTS)}" for name in FORMAT_NAMES)
+# "QRPO's": each registered format's label, for the one-line summaries of `import` and `export` in `infalign --help`.
+FORMAT_LABELS = spell(f"{FORMATS[name].label}'s" for name in FORMAT_NAMES)
 TOO_LONG_POLICIES = ("fail", "skip")
 
 
@@ -37,7 +39,7 @@ class ImportConfig:
                        "tokenizer encodes the texts, and it computes ref_logps on those ids")
     out: str = field(help="output artifact folder (a scored artifact: `infalign prepare --input` it)")
     format: str = field("qrpo", help=f"the dataset's format: {spell(FORMAT_NAMES)}", choices=FORMAT_NAMES)
-    layout: str = field("auto", help=f"the format's layout ({_LAYOUTS_HELP}); auto: from the columns",
+    layout: str = field("auto", help=f"the format's layout ({LAYOUTS_HELP}); auto: from the columns",
                         choices=LAYOUT_CHOICES)
     split: str = field("train", help="split to read from a DatasetDict folder or a hub dataset")
     limit: int | None = field(None, help="import at most this many prompts (the first ones)")
@@ -93,7 +95,7 @@ class ExportConfig:
     out: str = field(help="output folder: a `datasets` DatasetDict (datasets.load_from_disk(OUT)[split]) plus "
                      "manifest.json")
     format: str = field("qrpo", help=f"the format to write: {spell(FORMAT_NAMES)}", choices=FORMAT_NAMES)
-    layout: str = field("original", help=f"the format's layout ({_LAYOUTS_HELP})",
+    layout: str = field("original", help=f"the format's layout ({LAYOUTS_HELP})",
                         choices=LAYOUT_CHOICES[1:])
     split: str = field("train", help="the split name the rows are written under")
     verify: bool | None = field(None, help=VERIFY_HELP)

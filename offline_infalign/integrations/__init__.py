@@ -4,7 +4,7 @@ formats `infalign import` / `infalign export` convert (`FORMATS`).
 A format is one module here with `LAYOUTS` (its layout names), `READS` (per layout, the columns `read` looks at),
 `detect_layout(columns)`, `check_columns(columns, layout)`, `read(rows, layout, first_row)` (rows of that layout →
 `Imported` prompts, each bad row one `InfalignError`) and `write(prompts, layout)` (the columns of that layout),
-plus one line in `FORMATS`. Nothing here reads or writes files: `stages/import_.py` and
+plus one line in `FORMATS` (its module and the label `--help` names it by). Nothing here reads or writes files: `stages/import_.py` and
 `stages/export.py` do. `integrations.trl` imports trl, so it is imported only by whoever uses it.
 """
 
@@ -16,10 +16,19 @@ from typing import Any
 
 from ..core.errors import InfalignError
 
-__all__ = ["FORMATS", "FORMAT_NAMES", "get_format", "Imported"]
+__all__ = ["Format", "FORMATS", "FORMAT_NAMES", "get_format", "Imported"]
 
-# format name -> module (imported on use)
-FORMATS = {"qrpo": "offline_infalign.integrations.qrpo"}
+
+@dataclass(frozen=True)
+class Format:
+    module: str  # the format's module, imported on use (the configs import it for its LAYOUTS)
+    label: str  # the other system's name as `infalign --help` says it: "import a reference dataset (QRPO's layouts)"
+
+
+# format name -> its module and label, one line per format
+FORMATS: dict[str, Format] = {
+    "qrpo": Format("offline_infalign.integrations.qrpo", label="QRPO"),
+}
 FORMAT_NAMES = tuple(FORMATS)
 
 
@@ -37,4 +46,4 @@ class Imported:
 def get_format(name: str):
     if name not in FORMATS:
         raise InfalignError(f"format {name!r} is not known; known: {', '.join(FORMAT_NAMES)}")
-    return importlib.import_module(FORMATS[name])
+    return importlib.import_module(FORMATS[name].module)
