@@ -211,6 +211,13 @@ def test_resolve_settings_reads_training_info(tmp_path):
                                     procedure=["bon"], n=[3], transform="identity", beta=2.0), info)
     assert (s.model, s.reward_model, s.procedures, s.ns, str(s.transform), s.beta) == (
         "m2", "demo", ["bon"], [3], "identity", 2.0)
+    # A beta read from the record is checked where it enters, the record named; --beta replaces it unchecked.
+    for bad in (float("nan"), "0.5", True):
+        with pytest.raises(InfalignError) as exc:
+            resolve_settings(EvalConfig(policy=str(tmp_path), samples=8), {**info, "beta": bad})
+        assert str(exc.value) == (f"eval: the training record of policy {str(tmp_path)!r}: beta must be a finite "
+                                  f"number > 0, got {bad!r}")
+    assert resolve_settings(EvalConfig(policy=str(tmp_path), samples=8, beta=2.0), {**info, "beta": "x"}).beta == 2.0
     # A foreign adapter without training info must say which flag is missing.
     with pytest.raises(InfalignError, match="--model"):
         resolve_settings(EvalConfig(policy=str(tmp_path)), {})

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..core.checks import check_beta
 from ..core.errors import InfalignError
 from ..core.procedures import PROCEDURE_NAMES
 from ..core.transforms import Transform, parse_transform
@@ -140,12 +141,18 @@ def resolve_settings(cfg, info: dict[str, Any]) -> EvalSettings:
     # Without a (known) trained procedure, evaluate under the first registered one: best-of-N.
     procedures = cfg.procedure or [trained_procedure if trained_procedure in PROCEDURE_NAMES else PROCEDURE_NAMES[0]]
     ns = cfg.n or default_ns(cfg.samples, _first(info.get("n"), manifest.get("n")))
-    beta = _first(cfg.beta, info.get("beta"), train_cfg.get("beta"), manifest.get("beta"))
+    recorded_beta = _first(info.get("beta"), train_cfg.get("beta"), manifest.get("beta"))
+    if cfg.beta is not None:
+        beta = float(cfg.beta)  # checked by EvalConfig
+    elif recorded_beta is not None:  # read from disk: checked here, where it enters
+        beta = check_beta(recorded_beta, f"eval: the training record of policy {policy!r}")
+    else:
+        beta = None
     return EvalSettings(
         model=str(model), reward_model=str(reward_model),
         reward_label=None if reward_label is None else str(reward_label), prompts=cfg.prompts, dataset=dataset,
         procedures=list(procedures), ns=sorted({int(n) for n in ns}), transform=_transform(cfg, info, manifest),
-        beta=None if beta is None else float(beta), loss=info.get("loss", train_cfg.get("loss")),
+        beta=beta, loss=info.get("loss", train_cfg.get("loss")),
         stop_token_ids=stops, warnings=warnings)
 
 
