@@ -13,7 +13,6 @@ pairs per prompt: 40 GB per index array).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 import tracemalloc
@@ -25,33 +24,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from offline_infalign.kinds.pairs import _all_pairs  # noqa: E402
-
-
-def listed(rewards, pairs_per_prompt, seed, ids):
-    """The former code: every pair i < j listed per prompt, the untied ones kept, a sorted draw of them."""
-    k = rewards.shape[1]
-    ii, jj = np.triu_indices(k, 1)
-    out_i, out_j, owner = [], [], []
-    for a, pid in enumerate(ids):
-        untied = np.flatnonzero(rewards[a, ii] != rewards[a, jj])
-        if pairs_per_prompt is not None and pairs_per_prompt < len(untied):
-            rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"pairs:{seed}:{pid}".encode()).digest()[:8],
-                                                       "little"))
-            pick = np.sort(rng.choice(untied, size=pairs_per_prompt, replace=False))
-        else:
-            pick = untied
-        out_i.append(ii[pick])
-        out_j.append(jj[pick])
-        owner.append(np.full(len(pick), a))
-    i, j, owner = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(owner)
-    first = rewards[owner, i] > rewards[owner, j]
-    return np.where(first, i, j), np.where(first, j, i), owner
+from tests.listed_pairs import listed_pairs  # noqa: E402  (the former code, also the test's reference)
 
 
 def matrices(rewards, pairs_per_prompt):
     p, k = rewards.shape
-    return SimpleNamespace(ids=[f"p{a}" for a in range(p)], rewards=rewards, pairs_per_prompt=pairs_per_prompt,
-                           seed=0, prompts=["a prompt of some length"] * p, completion_ids=None,
+    # a kind's prepare options travel in `options` (kinds/pairs.py)
+    return SimpleNamespace(ids=[f"p{a}" for a in range(p)], rewards=rewards,
+                           options={"pairs": "all", "pairs_per_prompt": pairs_per_prompt, "seed": 0}, prompts=["a prompt of some length"] * p, completion_ids=None,
                            completions=[["a completion of some length"] * min(k, 64)] * p)
 
 
@@ -74,11 +54,11 @@ def main() -> None:
         for per_prompt in (None, 8):
             m = matrices(rewards, per_prompt)
             new = _all_pairs(rewards, m)
-            old = listed(rewards, per_prompt, 0, m.ids)
+            old = listed_pairs(rewards, per_prompt, 0, m.ids)[:3]
             assert all(np.array_equal(a, b) for a, b in zip(new[:3], old)), "the two differ"
             t_old = t_new = float("inf")
             for _ in range(args.repeats):  # interleaved
-                t_old = min(t_old, cpu(listed, rewards, per_prompt, 0, m.ids))
+                t_old = min(t_old, cpu(listed_pairs, rewards, per_prompt, 0, m.ids))
                 t_new = min(t_new, cpu(_all_pairs, rewards, m))
             shape = f"{args.prompts} x K=32, {label}, {'all pairs' if per_prompt is None else '8 per prompt'}"
             print(f"{shape:44s} {t_old:15.2f} {t_new:15.2f} {t_old / t_new:7.2f}x")

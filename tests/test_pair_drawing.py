@@ -1,9 +1,8 @@
 """How a pairs dataset picks its pairs (kinds/pairs.py): every untied pair, or `pairs_per_prompt` drawn uniformly
 without replacement among the untied pairs, without ever listing the K(K−1)/2 pairs of a prompt — so K = 100 000
 with 10 pairs per prompt is milliseconds and megabytes, and all pairs of such a K is refused before anything is
-built. The pairs are those the listing drew for every seed (`_listed`, the former code, is the reference)."""
+built. The pairs are those the listing drew for every seed (`listed_pairs`, the former code, is the reference)."""
 
-import hashlib
 import tracemalloc
 from types import SimpleNamespace
 
@@ -16,29 +15,7 @@ from offline_infalign.core.transforms import Transform
 from offline_infalign.kinds import pairs as pairs_kind
 from offline_infalign.kinds.pairs import UntiedPairs, _all_pairs, untied_counts
 from offline_infalign.kinds.preparation import prepare
-
-
-def _listed(rewards, pairs_per_prompt, seed, ids):
-    """The pairs as they were picked by listing all of them: np.triu_indices, the untied ones, and a sorted draw
-    of `pairs_per_prompt` of their positions in that list with the prompt's generator."""
-    k = rewards.shape[1]
-    ii, jj = np.triu_indices(k, 1)
-    out_i, out_j, owner, tied = [], [], [], 0
-    for a, pid in enumerate(ids):
-        untied = np.flatnonzero(rewards[a, ii] != rewards[a, jj])
-        tied += len(ii) - len(untied)
-        if pairs_per_prompt is not None and pairs_per_prompt < len(untied):
-            digest = hashlib.sha256(f"pairs:{seed}:{pid}".encode()).digest()[:8]
-            rng = np.random.default_rng(int.from_bytes(digest, "little"))
-            pick = np.sort(rng.choice(untied, size=pairs_per_prompt, replace=False))
-        else:
-            pick = untied
-        out_i.append(ii[pick])
-        out_j.append(jj[pick])
-        owner.append(np.full(len(pick), a))
-    i, j, owner = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(owner)
-    first = rewards[owner, i] > rewards[owner, j]
-    return np.where(first, i, j), np.where(first, j, i), owner, tied
+from tests.listed_pairs import listed_pairs
 
 
 def _matrices(rewards, pairs_per_prompt=None, seed=0, texts=None):
@@ -70,7 +47,7 @@ def test_drawn_and_listed_pairs_are_the_same_for_every_seed(monkeypatch):
         # blocks of a few prompts (and of one): the result must not depend on how the prompts are blocked
         monkeypatch.setattr(pairs_kind, "_BLOCK_BYTES", int(rng.integers(1, 4000)))
         i, j, owner, counts = _all_pairs(rewards, m)
-        ref = _listed(rewards, m.options["pairs_per_prompt"], m.options["seed"], m.ids)
+        ref = listed_pairs(rewards, m.options["pairs_per_prompt"], m.options["seed"], m.ids)
         for got, want in zip((i, j, owner), ref[:3]):
             np.testing.assert_array_equal(got, want)
         assert counts == {"skipped_tied_pairs": ref[3]}
