@@ -53,16 +53,18 @@ def grouped_ids_logps(model, prompt_ids: Sequence[Sequence[int]], completion_ids
     with torch.no_grad():
         for rows in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
             p_ids, c_ids = [prompt_ids[i] for i in rows], [completion_ids[i] for i in rows]
-            batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, pad_token_id).items()}
-            group = pack_sequences(p_ids, c_ids, pad_token_id)
-            group["group_units"] = [{k: v.to(device) for k, v in u.items()} for u in group["group_units"]]
-            group["group_seq_index"] = group["group_seq_index"].to(device)
+            # The first batch is built both ways for the check; after it, only the way the run computes.
+            if packed is not True:
+                batch = {k: v.to(device) for k, v in pad_pairs(p_ids, c_ids, pad_token_id).items()}
+            if packed is not False:
+                group = pack_sequences(p_ids, c_ids, pad_token_id)
+                group["group_units"] = [{k: v.to(device) for k, v in u.items()} for u in group["group_units"]]
+                group["group_seq_index"] = group["group_seq_index"].to(device)
             if packed is None:
                 verdict = check_packed(model, {**batch, **group})
                 packed = verdict.packed
                 if not packed:
-                    log.warning("grouped log-probs: running per row (exact, slower) "
-                                                        "because %s", verdict.describe())
+                    log.warning("grouped log-probs: running per row (exact, slower) because %s", verdict.describe())
             if packed:
                 lp = packed_logps(model, group["group_units"], group["group_num_seqs"])[group["group_seq_index"]]
             else:
